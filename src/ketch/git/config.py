@@ -1,0 +1,43 @@
+"""Reading a repository's git config (dulwich parses the format)."""
+
+from __future__ import annotations
+
+import os
+
+from dulwich.config import ConfigFile
+
+from ketch.errors import KetchError
+
+
+class GitConfig:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self._cfg = ConfigFile.from_path(path) if os.path.exists(path) else ConfigFile()
+        except (ValueError, OSError) as e:
+            raise KetchError(f"{path}: unreadable git config: {e}") from e
+
+    def get(self, section: str, key: str) -> str | None:
+        try:
+            value = self._cfg.get((section.encode(),), key.encode())
+        except KeyError:
+            return None
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+    def get_int(self, section: str, key: str) -> int | None:
+        """An integer with git's k/m/g suffixes."""
+        v = self.get(section, key)
+        if v is None:
+            return None
+        v = v.strip().lower()
+        mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(v[-1:], 1)
+        try:
+            return int(v[:-1] if mult > 1 else v) * mult
+        except ValueError as e:
+            raise KetchError(f"{self.path}: {section}.{key} is not a number: {v!r}") from e
+
+    def get_bool(self, section: str, key: str, default: bool = False) -> bool:
+        v = self.get(section, key)
+        if v is None:
+            return default
+        return v.strip().lower() in ("true", "yes", "on", "1", "")
