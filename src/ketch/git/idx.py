@@ -35,28 +35,26 @@ def write_idx_v2(
 
     The bytes equal what `git index-pack` writes for the same pack.
     """
-    ents = sorted(entries)
-    n = len(ents)
-    ids = np.frombuffer(b"".join(e[0] for e in ents), dtype=np.uint8).reshape(n, 20)
-    counts = np.bincount(ids[:, 0], minlength=256) if n else np.zeros(256, np.int64)
+    n = len(entries)
+    ids = np.array([e[0] for e in entries], dtype="S20")
+    order = np.argsort(ids, kind="stable")
+    ids_raw = np.frombuffer(ids[order].tobytes(), dtype=np.uint8).reshape(n, 20)
+    counts = np.bincount(ids_raw[:, 0], minlength=256) if n else np.zeros(256, np.int64)
     fanout = np.cumsum(counts).astype(">u4")
-    crcs = np.array([e[1] for e in ents], dtype=">u4")
-    offs = [e[2] for e in ents]
-    small = np.empty(n, dtype=">u4")
-    large: list[int] = []
-    for i, off in enumerate(offs):
-        if off < 0x80000000:
-            small[i] = off
-        else:
-            small[i] = 0x80000000 | len(large)
-            large.append(off)
+    crcs = np.array([e[1] for e in entries], dtype=">u4")[order]
+    offs = np.array([e[2] for e in entries], dtype=np.uint64)[order]
+    big = offs >= 0x80000000
+    small = offs.astype(">u4")
+    large = offs[big]
+    small[big] = 0x80000000 | np.arange(len(large), dtype=np.uint32)
+
     parts = [
         _HEADER,
         fanout.tobytes(),
-        ids.tobytes(),
+        ids_raw.tobytes(),
         crcs.tobytes(),
         small.tobytes(),
-        np.array(large, dtype=">u8").tobytes(),
+        large.astype(">u8").tobytes(),
         pack_sha,
     ]
     h = hashlib.sha1()

@@ -21,7 +21,7 @@ import struct
 import tempfile
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
@@ -35,7 +35,8 @@ DEFAULT_LEVEL = 1
 _STORE_RATIO = 0.98  # compressed/raw at or above this: compression did not pay
 _STORE_AFTER = 2  # consecutive non-shrinking chunks before storing
 _PROBE_EVERY = 16  # while storing, compress every Nth chunk to notice a change
-_MIN_PREDICT = 1024  # below this size just compress: it's cheap
+_MIN_PREDICT = 64  # below this size just compress
+_SAMPLE = 2048  # bytes deflated to test a stream that is being stored
 
 
 def entry_header(type_num: int, size: int) -> bytes:
@@ -51,29 +52,78 @@ def entry_header(type_num: int, size: int) -> bytes:
     return bytes(out)
 
 
+def zlib_stored(data: bytes | memoryview) -> bytes:
+    """A zlib stream of stored blocks: byte-identical to zlib.compress(data, 0),
+    without allocating a deflate state per object."""
+    n = len(data)
+    out = [b"\x78\x01"]
+    if n == 0:
+        out.append(b"\x01\x00\x00\xff\xff")
+    i = 0
+    while i < n:
+        blk = data[i : i + 65535]
+        i += len(blk)
+        out.append(struct.pack("<BHH", 1 if i >= n else 0, len(blk), len(blk) ^ 0xFFFF))
+        out.append(bytes(blk))
+    out.append(struct.pack(">I", zlib.adler32(data)))
+    return b"".join(out)
+
+
 def encode_entry(type_num: int, data: bytes | memoryview, level: int) -> tuple[bytes, int, bool]:
     """(encoded entry, crc32, shrank) for one object."""
-    z = zlib.compress(data, level)
+    z = zlib.compress(data, level) if level else zlib_stored(data)
     enc = entry_header(type_num, len(data)) + z
     return enc, zlib.crc32(enc), len(z) < _STORE_RATIO * len(data)
 
 
 class _Predictor:
+    """Guesses whether the next chunk of a stream is worth deflating.
+
+    After a run of chunks that did not shrink it stores them, testing every
+    few chunks on a small sample (deflating a whole random chunk to learn that
+    it is random costs more than storing a dozen)."""
+
     def __init__(self) -> None:
         self.run = 0
         self.n = 0
 
-    def level_for(self, size: int, level: int) -> tuple[int, bool]:
-        """(level to use, whether this is a probe whose outcome should be recorded)."""
-        if level == 0 or size < _MIN_PREDICT:
-            return level, False
-        self.n += 1
-        if self.run >= _STORE_AFTER and self.n % _PROBE_EVERY:
-            return 0, False
-        return level, True
+    def compress(self, data: bytes | memoryview, level: int) -> bytes | None:
+        """The deflated chunk, or None when it should be stored."""
+        n = len(data)
+        if n < _MIN_PREDICT:
+            return zlib.compress(data, level)
+        if self.run >= _STORE_AFTER:
+            self.n += 1
+            if self.n % _PROBE_EVERY:
+                return None
+            sample = data[:_SAMPLE]
+            if len(zlib.compress(sample, level)) >= _STORE_RATIO * len(sample):
+                return None
+        z = zlib.compress(data, level)
+        self.run = 0 if len(z) < _STORE_RATIO * n else self.run + 1
+        return z
 
-    def record(self, shrank: bool) -> None:
-        self.run = 0 if shrank else self.run + 1
+
+# A batch of encoded entries: their bytes back to back, and (length, crc32) each.
+_Encoded = tuple[bytes, list[tuple[int, int]]]
+
+
+class _Done:
+    """Already-encoded entries in the pending queue (no pool round trip)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: _Encoded) -> None:
+        self.value = value
+
+    def result(self) -> _Encoded:
+        return self.value
+
+    def cancel(self) -> bool:
+        return False
+
+
+_Pending = Future[_Encoded] | _Done
 
 
 class PackWriter:
@@ -92,6 +142,7 @@ class PackWriter:
         max_pack_size: int = DEFAULT_MAX_PACK_SIZE,
         max_pack_objects: int | None = None,
         exists: Callable[[bytes], bool] | None = None,
+        exists_many: Callable[[list[bytes]], Sequence[bool]] | None = None,
         on_pack: Callable[[str], None] | None = None,
         threads: int | None = None,
         fsync: bool = True,
@@ -102,17 +153,20 @@ class PackWriter:
         self.max_pack_size = max_pack_size
         self.max_pack_objects = max_pack_objects or max(1, max_pack_size // 5000)
         self._exists = exists
+        self._exists_many = exists_many
         self._on_pack = on_pack
         self._fsync = fsync
         nthreads = threads if threads is not None else min(4, os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(max_workers=max(1, nthreads))
-        self._pending: deque[tuple[bytes, Future[tuple[bytes, int, bool]], bool]] = deque()
+        self._pending: deque[tuple[list[bytes], _Pending, int]] = deque()
         self._pending_bytes = 0
-        self._max_pending_bytes = 32 << 20
+        self._max_pending_bytes = 16 << 20
         self._predictor = _Predictor()
         # Ids written in this session, including packs already closed: their idx
         # may not be in the caller's index yet.
         self._written: set[bytes] = set()
+        self._small: list[tuple[bytes, int, bytes]] = []
+        self._small_bytes = 0
         self._tmpdir: str | None = None
         self._file: BinaryIO | None = None
         self._entries: list[tuple[bytes, int, int]] = []
@@ -128,25 +182,111 @@ class PackWriter:
             return True
         return self._exists is not None and self._exists(oid)
 
+    def _new_indices(self, oids: list[bytes]) -> list[int]:
+        """Positions of ids neither stored nor written yet (first occurrence only)."""
+        seen = self._written
+        cand = [i for i, o in enumerate(oids) if o not in seen]
+        if cand and self._exists_many is not None:
+            there = self._exists_many([oids[i] for i in cand])
+            cand = [i for i, t in zip(cand, there, strict=True) if not t]
+        elif cand and self._exists is not None:
+            cand = [i for i in cand if not self._exists(oids[i])]
+        out = []
+        batch: set[bytes] = set()
+        for i in cand:
+            if oids[i] not in batch:
+                batch.add(oids[i])
+                out.append(i)
+        return out
+
     def write(self, type_num: int, data: bytes | memoryview) -> bytes:
         """Store one object unless it is already there; returns its raw id."""
         h = hashlib.sha1(header(type_num, len(data)))
         h.update(data)
         oid = h.digest()
-        if not self.exists(oid):
-            self.write_new(oid, type_num, data)
+        if oid not in self._written and not (self._exists is not None and self._exists(oid)):
+            self._written.add(oid)
+            # Single objects (trees, commits, small files) are deflated in batches
+            # on the pool: zlib's per-call setup is most of the cost for them.
+            self._small.append((oid, type_num, bytes(data)))
+            self._small_bytes += len(data)
+            if len(self._small) >= 256 or self._small_bytes >= 1 << 20:
+                self._flush_small()
         return oid
 
-    def write_new(self, oid: bytes, type_num: int, data: bytes | memoryview) -> None:
-        """Store an object the caller has checked is new; `oid` must be its id."""
-        self._written.add(oid)
-        level, probe = self._predictor.level_for(len(data), self.level)
-        if isinstance(data, memoryview):
-            data = bytes(data)  # the caller may reuse its buffer before the pool runs
-        fut = self._pool.submit(encode_entry, type_num, data, level)
-        self._pending.append((oid, fut, probe))
-        self._pending_bytes += len(data)
-        while self._pending_bytes > self._max_pending_bytes or len(self._pending) > 1024:
+    def _flush_small(self) -> None:
+        if not self._small:
+            return
+        items, size = self._small, self._small_bytes
+        self._small, self._small_bytes = [], 0
+        fut = self._pool.submit(self._encode_items, items)
+        self._enqueue([oid for oid, _, _ in items], fut, size)
+
+    def _encode_items(self, items: list[tuple[bytes, int, bytes]]) -> _Encoded:
+        """Runs on a pool thread: whole objects, always deflated (no prediction)."""
+        parts: list[bytes] = []
+        meta = []
+        for _, type_num, data in items:
+            head = entry_header(type_num, len(data))
+            z = zlib.compress(data, self.level) if self.level else zlib_stored(data)
+            parts += (head, z)
+            meta.append((len(head) + len(z), zlib.crc32(z, zlib.crc32(head))))
+        return b"".join(parts), meta
+
+    def write_many(self, type_num: int, datas: Sequence[bytes | memoryview]) -> list[bytes]:
+        """Store several objects of one type (e.g. the chunks of one read) at once:
+        one existence query and one pool task for the whole batch."""
+        sha1 = hashlib.sha1
+        oids = []
+        for d in datas:
+            h = sha1(header(type_num, len(d)))
+            h.update(d)
+            oids.append(h.digest())
+        new = self._new_indices(oids)
+        if new:
+            new_ids = [oids[i] for i in new]
+            self._written.update(new_ids)
+            payload = [datas[i] for i in new]
+            size = sum(len(d) for d in payload)
+            fut = self._pool.submit(self._encode_batch, type_num, payload)
+            self._enqueue(new_ids, fut, size)
+        return oids
+
+    def _encode_batch(self, type_num: int, datas: Sequence[bytes | memoryview]) -> _Encoded:
+        """Runs on a pool thread (zlib and crc32 drop the GIL): the batch's entries
+        back to back, and each entry's (length, crc32).
+
+        Stored entries are assembled from pieces around the caller's buffer, so
+        the data is copied once (by the final join) and checksummed twice."""
+        parts: list[bytes | memoryview] = []
+        meta = []
+        pred = self._predictor
+        level = self.level
+        crc32 = zlib.crc32
+        pack = struct.pack
+        for d in datas:
+            n = len(d)
+            z = pred.compress(d, level) if level else None
+            if z is not None or n > 0xFFFF:
+                if z is None:
+                    z = zlib_stored(d)
+                head = entry_header(type_num, n)
+                parts += (head, z)
+                meta.append((len(head) + len(z), crc32(z, crc32(head))))
+            else:
+                head = entry_header(type_num, n) + b"\x78\x01" + pack("<BHH", 1, n, n ^ 0xFFFF)
+                tail = pack(">I", zlib.adler32(d))
+                parts += (head, d, tail)
+                meta.append((len(head) + n + 4, crc32(tail, crc32(d, crc32(head)))))
+        return b"".join(parts), meta
+
+    def _enqueue(self, oids: list[bytes], fut: _Pending, size: int) -> None:
+        self._pending.append((oids, fut, size))
+        self._pending_bytes += size
+        while self._pending and (
+            self._pending_bytes > self._max_pending_bytes or len(self._pending) > 64
+            or isinstance(self._pending[0][1], _Done)
+        ):
             self._drain_one()
 
     def write_raw(self, oid: bytes, encoded: bytes, crc: int) -> None:
@@ -154,25 +294,42 @@ class PackWriter:
         if self.exists(oid):
             return
         self._written.add(oid)
-        fut: Future[tuple[bytes, int, bool]] = Future()
-        fut.set_result((encoded, crc, True))
-        self._pending.append((oid, fut, False))
-        self._drain_all()
+        self._enqueue([oid], _Done((encoded, [(len(encoded), crc)])), len(encoded))
 
     def _drain_one(self) -> None:
-        oid, fut, probe = self._pending.popleft()
-        enc, crc, shrank = fut.result()
-        if probe:
-            self._predictor.record(shrank)
-        self._pending_bytes -= max(0, len(enc) - 30)
-        self._append(oid, enc, crc)
+        oids, fut, size = self._pending.popleft()
+        self._pending_bytes -= size
+        blob, meta = fut.result()
+        total = len(blob)
+        if (
+            self._file is not None
+            and self._offset + total < self.max_pack_size
+            and len(self._entries) + len(oids) < self.max_pack_objects
+        ):
+            # The whole batch fits in the open pack: one write.
+            self._file.write(blob)
+            off = self._offset
+            entries = self._entries
+            for oid, (n, crc) in zip(oids, meta, strict=True):
+                entries.append((oid, crc, off))
+                off += n
+            self._offset = off
+            self.objects_written += len(oids)
+            self.bytes_written += total
+            return
+        pos = 0
+        view = memoryview(blob)
+        for oid, (n, crc) in zip(oids, meta, strict=True):
+            self._append(oid, view[pos : pos + n], crc)
+            pos += n
 
     def _drain_all(self) -> None:
+        self._flush_small()
         while self._pending:
             self._drain_one()
         self._pending_bytes = 0
 
-    def _append(self, oid: bytes, enc: bytes, crc: int) -> None:
+    def _append(self, oid: bytes, enc: bytes | memoryview, crc: int) -> None:
         if self._file is None:
             self._open()
         assert self._file is not None
@@ -187,7 +344,7 @@ class PackWriter:
     def _open(self) -> None:
         os.makedirs(self.pack_dir, exist_ok=True)
         self._tmpdir = tempfile.mkdtemp(prefix="pack-tmp-", dir=self.objects_dir)
-        self._file = open(os.path.join(self._tmpdir, "pack"), "w+b")  # noqa: SIM115
+        self._file = open(os.path.join(self._tmpdir, "pack"), "w+b", buffering=1 << 22)  # noqa: SIM115
         self._file.write(b"PACK" + struct.pack(">II", 2, 0))
         self._offset = 12
         self._entries = []
@@ -260,6 +417,7 @@ class PackWriter:
         for _, fut, _ in self._pending:
             fut.cancel()
         self._pending.clear()
+        self._small.clear()
         self.abort_current()
         self._pool.shutdown(wait=True)
 
