@@ -1,0 +1,85 @@
+"""Options and helpers shared by the command modules."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from ketch.repo import LocalRepository, default_repo_path
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def repo_option(f: F) -> F:
+    """`-d DIR` on every command (it may also come before the command)."""
+    return click.option(
+        "-d", "--dir", "repo_dir", metavar="DIR", default=None,
+        help="repository (default: $KETCH_DIR, else ~/.ketch)",
+    )(f)
+
+
+def repo_path(ctx: click.Context, repo_dir: str | None) -> str:
+    if repo_dir is None and ctx.obj is not None:
+        repo_dir = ctx.obj.get("repo_dir")
+    return default_repo_path(repo_dir)
+
+
+def open_repo(ctx: click.Context, repo_dir: str | None) -> LocalRepository:
+    repo = LocalRepository(repo_path(ctx, repo_dir))
+    ctx.call_on_close(repo.close)
+    return repo
+
+
+def out() -> Any:
+    return sys.stdout.buffer
+
+
+def show_progress() -> bool:
+    return sys.stderr.isatty() and not os.environ.get("KETCH_QUIET")
+
+
+class TermProgress:
+    """Bytes, rate and ETA on stderr, redrawn at most a few times a second."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.total: int | None = None
+        self.bytes = 0
+        self.files = 0
+        self.t0 = time.monotonic()
+        self._last = 0.0
+        self.warnings: list[str] = []
+
+    def start(self, total_bytes: int | None, total_files: int | None = None) -> None:
+        self.total = total_bytes
+
+    def advance(self, nbytes: int = 0, nfiles: int = 0) -> None:
+        self.bytes += nbytes
+        self.files += nfiles
+        now = time.monotonic()
+        if now - self._last >= 0.2:
+            self._last = now
+            self._draw(now)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        click.echo(f"\r\x1b[K{message}", err=True)
+
+    def _draw(self, now: float) -> None:
+        dt = max(now - self.t0, 1e-6)
+        rate = self.bytes / dt
+        text = f"{self.label}: {self.bytes / 1e6:,.1f} MB, {rate / 1e6:,.1f} MB/s"
+        if self.total:
+            pct = 100.0 * self.bytes / self.total
+            eta = (self.total - self.bytes) / rate if rate > 0 else 0
+            text += f", {pct:.1f}%, ETA {int(eta) // 60}:{int(eta) % 60:02d}"
+        click.echo(f"\r\x1b[K{text}", err=True, nl=False)
+
+    def finish(self) -> None:
+        self._draw(time.monotonic())
+        click.echo("", err=True)

@@ -1,0 +1,60 @@
+"""`ketch` entry point: the only place that catches errors broadly and maps them
+to one-line messages and the documented exit codes (0 ok, 1 warnings, 2 failed)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+
+import click
+
+from ketch import __version__
+from ketch.cli import cat_file, init, join, ls, split
+from ketch.errors import EXIT_FAILED, KetchError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-d", "--dir", "repo_dir", metavar="DIR", default=None,
+              help="repository (default: $KETCH_DIR, else ~/.ketch)")
+@click.version_option(__version__, prog_name="ketch")
+@click.pass_context
+def cli(ctx: click.Context, repo_dir: str | None) -> None:
+    """ketch: deduplicating backups in bup-compatible git repositories."""
+    ctx.obj = {"repo_dir": repo_dir}
+
+
+for _cmd in (init.command, split.command, join.command, cat_file.command, ls.command):
+    cli.add_command(_cmd)
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> int:
+    click.echo(f"ketch: error: {message}", err=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        rv = cli.main(args=argv, prog_name="ketch", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as e:
+        code = e.exit_code
+    except click.exceptions.Abort:
+        code = _fail("aborted")
+    except click.ClickException as e:
+        code = _fail(e.format_message(), EXIT_FAILED)
+    except KetchError as e:
+        code = _fail(str(e), e.exit_code)
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`); that is not our failure.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = 0
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        code = _fail(f"{where}{e.strerror or errno.errorcode.get(e.errno or 0, str(e))}")
+    except KeyboardInterrupt:
+        code = _fail("interrupted")
+    except Exception as e:  # noqa: BLE001 - last resort: never show a traceback
+        code = _fail(f"internal error: {type(e).__name__}: {e}")
+    sys.exit(code)

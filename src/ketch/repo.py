@@ -1,0 +1,281 @@
+"""One Repository interface: objects and refs, read and written the same way
+whether the repository is a local directory, a server over ssh, or an S3 mirror.
+
+Writes happen in a session (`Repository.writer()`): objects go into packs that
+become visible only when durable, and refs move afterwards, by compare-and-swap.
+`ls`, `restore`, `cat-file` and the VFS use only this interface.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from ketch.errors import KetchError, NotARepository, ObjectNotFound, RefNotFound
+from ketch.git import objects as gobj
+from ketch.git.config import GitConfig
+from ketch.git.loose import iter_loose_ids, loose_exists, read_loose
+from ketch.git.objindex import ObjectIndex
+from ketch.git.pack import DEFAULT_LEVEL, DEFAULT_MAX_PACK_SIZE, PackWriter
+from ketch.git.packread import PackFile
+from ketch.git.refs import Refs
+
+
+class ObjectWriter(Protocol):
+    """A write session: objects written here are durable only after `close()`."""
+
+    def write(self, type_num: int, data: bytes | memoryview) -> bytes: ...
+    def write_many(self, type_num: int, datas: Sequence[bytes | memoryview]) -> list[bytes]: ...
+    def exists(self, oid: bytes) -> bool: ...
+    def close(self) -> list[str]: ...
+    def abort(self) -> None: ...
+
+
+class Repository(ABC):
+    """Objects by id, and refs: the five operations every backend offers."""
+
+    @abstractmethod
+    def read(self, oid: bytes) -> tuple[int, bytes]:
+        """(type number, content); raises ObjectNotFound."""
+
+    @abstractmethod
+    def has_many(self, oids: Sequence[bytes]) -> npt.NDArray[np.bool_]: ...
+
+    def exists(self, oid: bytes) -> bool:
+        return bool(self.has_many([oid])[0])
+
+    @abstractmethod
+    def writer(
+        self,
+        *,
+        level: int = DEFAULT_LEVEL,
+        max_pack_size: int | None = None,
+        max_pack_objects: int | None = None,
+    ) -> ObjectWriter: ...
+
+    @abstractmethod
+    def read_ref(self, name: bytes) -> bytes | None: ...
+
+    @abstractmethod
+    def iter_refs(self, prefix: bytes = b"refs/") -> Iterator[tuple[bytes, bytes]]: ...
+
+    @abstractmethod
+    def update_ref(
+        self, name: bytes, new: bytes, old: bytes | None, message: bytes = b""
+    ) -> None:
+        """Move `name` from `old` (None: must not exist) to `new`, or raise RefConflict."""
+
+    def close(self) -> None:  # noqa: B027 - backends without resources need nothing
+        pass
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- conveniences built on the five operations ---------------------------
+
+    def read_typed(self, oid: bytes, want: int) -> bytes:
+        t, data = self.read(oid)
+        if t != want:
+            raise KetchError(
+                f"object {oid.hex()} is a {gobj.TYPE_NAMES[t].decode()}, "
+                f"not a {gobj.TYPE_NAMES[want].decode()}"
+            )
+        return data
+
+    def resolve_ref(self, spec: bytes) -> bytes:
+        """A full ref, a branch or tag name, HEAD, or a (possibly abbreviated) hex id."""
+        for name in (spec, b"refs/heads/" + spec, b"refs/tags/" + spec, b"refs/" + spec):
+            if name.startswith(b"refs/") or name == b"HEAD":
+                oid = self.read_ref(name)
+                if oid is not None:
+                    return oid
+        if 4 <= len(spec) <= 40 and all(c in b"0123456789abcdef" for c in spec.lower()):
+            oid = self.expand_hex(spec.lower().decode())
+            if oid is not None:
+                return oid
+        raise RefNotFound(f"unknown ref or object: {spec.decode(errors='replace')}")
+
+    def expand_hex(self, hexid: str) -> bytes | None:
+        if len(hexid) == 40:
+            oid = bytes.fromhex(hexid)
+            return oid if self.exists(oid) else None
+        return None
+
+
+def _is_repo(path: str) -> bool:
+    return os.path.isdir(os.path.join(path, "objects")) and os.path.isdir(
+        os.path.join(path, "refs")
+    )
+
+
+def init_repository(path: str) -> bool:
+    """Create a bare repository that git and bup accept; False if one is already there."""
+    if _is_repo(path):
+        return False
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise KetchError(f"{path}: exists and is not a directory")
+    for sub in ("objects/pack", "objects/info", "refs/heads", "refs/tags", "info"):
+        os.makedirs(os.path.join(path, sub), exist_ok=True)
+    files = {
+        "HEAD": "ref: refs/heads/master\n",
+        "config": (
+            "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n"
+            "\tlogAllRefUpdates = true\n[pack]\n\tindexVersion = 2\n"
+        ),
+        "description": "ketch backup repository\n",
+    }
+    for name, text in files.items():
+        p = os.path.join(path, name)
+        if not os.path.exists(p):
+            with open(p, "w") as f:
+                f.write(text)
+    return True
+
+
+class LocalRepository(Repository):
+    """A bare git repository on a local filesystem."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        if not _is_repo(self.path):
+            raise NotARepository(f"{path}: not a repository (run 'ketch init -d {path}')")
+        self.objects_dir = os.path.join(self.path, "objects")
+        self.pack_dir = os.path.join(self.objects_dir, "pack")
+        self.config = GitConfig(os.path.join(self.path, "config"))
+        self.refs = Refs(self.path)
+        self.index = ObjectIndex(self.pack_dir)
+        self._packs: dict[str, PackFile] = {}
+        self._has_loose = self._any_loose()
+
+    def _any_loose(self) -> bool:
+        try:
+            names = os.listdir(self.objects_dir)
+        except OSError:
+            return False
+        return any(len(n) == 2 and os.listdir(os.path.join(self.objects_dir, n)) for n in names)
+
+    def close(self) -> None:
+        for p in self._packs.values():
+            p.close()
+        self._packs.clear()
+        self.index.close()
+
+    # -- objects ----------------------------------------------------------------
+
+    def _pack(self, idx_name: str) -> PackFile:
+        p = self._packs.get(idx_name)
+        if p is None:
+            base = os.path.join(self.pack_dir, idx_name[: -len(".idx")])
+            p = PackFile(base + ".pack", base + ".idx")
+            self._packs[idx_name] = p
+        return p
+
+    def _read_packed(self, oid: bytes) -> tuple[int, bytes] | None:
+        for attempt in (0, 1):
+            hit = self.index.find(oid)
+            if hit is not None:
+                name, offset = hit
+                return self._pack(name).read_at(offset, resolve_base=self._read_base)
+            if attempt == 0 and not self.index.refresh():
+                break
+        return None
+
+    def _read_base(self, oid: bytes) -> tuple[int, bytes]:
+        return self.read(oid)
+
+    def read(self, oid: bytes) -> tuple[int, bytes]:
+        got = self._read_packed(oid)
+        if got is None and self._has_loose:
+            got = read_loose(self.objects_dir, oid)
+        if got is None:
+            raise ObjectNotFound(f"object {oid.hex()} not found in {self.path}")
+        return got
+
+    def has_many(self, oids: Sequence[bytes]) -> npt.NDArray[np.bool_]:
+        found = self.index.contains_many(np.array(oids, dtype="S20"))
+        if self._has_loose and not found.all():
+            for i, oid in enumerate(oids):
+                if not found[i]:
+                    found[i] = loose_exists(self.objects_dir, oid)
+        return found
+
+    def exists(self, oid: bytes) -> bool:
+        if self.index.find(oid) is not None:
+            return True
+        return self._has_loose and loose_exists(self.objects_dir, oid)
+
+    def expand_hex(self, hexid: str) -> bytes | None:
+        if len(hexid) == 40:
+            return super().expand_hex(hexid)
+        matches = set(self.index.find_prefix(hexid))
+        if self._has_loose:
+            matches.update(o for o in iter_loose_ids(self.objects_dir) if o.hex().startswith(hexid))
+        if len(matches) > 1:
+            raise KetchError(f"ambiguous object id prefix: {hexid}")
+        return matches.pop() if matches else None
+
+    def writer(
+        self,
+        *,
+        level: int = DEFAULT_LEVEL,
+        max_pack_size: int | None = None,
+        max_pack_objects: int | None = None,
+    ) -> PackWriter:
+        limit = max_pack_size or self.config.get_int("pack", "packSizeLimit") or DEFAULT_MAX_PACK_SIZE
+        return PackWriter(
+            self.objects_dir,
+            level=level,
+            max_pack_size=limit,
+            max_pack_objects=max_pack_objects,
+            exists=self.exists,
+            exists_many=self._exists_many,
+            on_pack=self._on_pack,
+        )
+
+    def _exists_many(self, oids: list[bytes]) -> list[bool]:
+        return [bool(x) for x in self.has_many(oids)]
+
+    def _on_pack(self, idx_path: str) -> None:
+        self.index.add_idx(idx_path)
+
+    def maintain(self) -> None:
+        """bup's after-save housekeeping: merge small idx files, refresh the bloom."""
+        self.index.maintain()
+
+    # -- refs ---------------------------------------------------------------------
+
+    def read_ref(self, name: bytes) -> bytes | None:
+        return self.refs.read(name)
+
+    def iter_refs(self, prefix: bytes = b"refs/") -> Iterator[tuple[bytes, bytes]]:
+        return self.refs.iter_refs(prefix)
+
+    def update_ref(
+        self, name: bytes, new: bytes, old: bytes | None, message: bytes = b""
+    ) -> None:
+        self.refs.update(name, new, old, message=message)
+
+
+def default_repo_path(explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    env = os.environ.get("KETCH_DIR")
+    if env:
+        return env
+    return os.path.join(os.path.expanduser("~"), ".ketch")
+
+
+def open_repository(path: str | None) -> LocalRepository:
+    return LocalRepository(default_repo_path(path))
+
