@@ -1,0 +1,56 @@
+# ketch developer entry points.  See README.md.
+#
+#   make demo    set up, then back up, list and restore a sample into a local repository
+#   make test    set up, then ruff, mypy and pytest (any failure fails the target;
+#                PYTEST_ARGS="-k pack" passes extra arguments to pytest)
+#   make lint    ruff + mypy only
+#   make bench   ketch and bup side by side (BENCH_ARGS="--scale 0.1" for a quick run)
+#   make deps    Debian packages (apt-get when root, otherwise says what is missing)
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV   := .venv
+STAMP  := $(VENV)/.stamp
+BENCH_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: venv deps test lint demo bench clean
+
+# The venv is (re)built only when pyproject.toml is newer than the stamp, so a
+# second `make test` installs nothing.
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@echo "==> bootstrapping $(VENV) (pyproject.toml changed or venv missing)"
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --disable-pip-version-check -q -e '.[dev]'
+	@touch $@
+
+deps:
+	@bash scripts/install-deps.sh
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+
+# All three always run (so one CI run reports everything); any failure fails
+# the target.
+test: deps venv
+	@rc=0; \
+	echo "==> ruff check src tests bench"; $(VENV)/bin/ruff check src tests bench || rc=1; \
+	echo "==> mypy"; $(VENV)/bin/mypy || rc=1; \
+	echo "==> pytest -q"; $(VENV)/bin/pytest -q $(PYTEST_ARGS) || rc=1; \
+	if [ $$rc -ne 0 ]; then echo "==> make test: FAILED (see above)" >&2; fi; \
+	exit $$rc
+
+demo: deps venv
+	@bash scripts/demo.sh
+
+bench: deps venv
+	$(VENV)/bin/python bench/bench.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install the Debian packages ketch's tests, demo and benchmark need.
+#
+# Idempotent: does nothing when everything is present.  As root it runs
+# `apt-get update` (only when something is missing) and installs what is
+# missing; as any other user it prints the command to run and carries on
+# (tests that need a missing tool skip themselves outside CI).
+set -euo pipefail
+
+# Later issues add: openssh-server mariadb-server postgresql
+PACKAGES="bup git python3-venv acl attr time"
+
+if ! command -v dpkg-query >/dev/null 2>&1; then
+    echo "install-deps: not a Debian system; install the equivalents of: $PACKAGES" >&2
+    exit 0
+fi
+
+missing=()
+for pkg in $PACKAGES; do
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    if [[ "$status" != *"install ok installed"* ]]; then
+        missing+=("$pkg")
+    fi
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+    exit 0
+fi
+
+cmd="DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${missing[*]}"
+if [[ $(id -u) -ne 0 ]]; then
+    echo "install-deps: missing Debian packages: ${missing[*]}" >&2
+    echo "install-deps: run:  sudo apt-get update && sudo $cmd" >&2
+    exit 0
+fi
+
+echo "==> installing Debian packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get -o DPkg::Lock::Timeout=300 update -qq
+apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}"
