@@ -237,6 +237,11 @@ class _Kernel:
         for s in range(0, n, _BLOCK):
             e = min(n, s + _BLOCK)
             lo = max(0, s - _EARLY)
+            if not a[lo:e].any():
+                # An all-zero window is the initial state, which never splits;
+                # disk images are full of such runs.
+                hits[s:e] = False
+                continue
             x = self._x8(a[lo:e])
             np.equal(x[s - lo :], _X_HIT & 0xFF, out=hits[s:e])
         # One nonzero() over the whole buffer is much cheaper than one per block.

@@ -35,24 +35,40 @@ def write_idx_v2(
 
     The bytes equal what `git index-pack` writes for the same pack.
     """
-    n = len(entries)
-    ids = np.array([e[0] for e in entries], dtype="S20")
+    return write_idx_v2_flat(
+        out,
+        b"".join(e[0] for e in entries),
+        np.array([e[1] for e in entries], dtype=np.uint32),
+        np.array([e[2] for e in entries], dtype=np.uint64),
+        pack_sha,
+    )
+
+
+def write_idx_v2_flat(
+    out: BinaryIO,
+    oids: bytes | bytearray,
+    crcs: npt.ArrayLike,
+    offsets: npt.ArrayLike,
+    pack_sha: bytes,
+) -> bytes:
+    """`write_idx_v2` for ids given back to back and parallel crc/offset arrays."""
+    n = len(oids) // 20
+    ids = np.frombuffer(bytes(oids), dtype="S20") if n else np.empty(0, "S20")
     order = np.argsort(ids, kind="stable")
     ids_raw = np.frombuffer(ids[order].tobytes(), dtype=np.uint8).reshape(n, 20)
     counts = np.bincount(ids_raw[:, 0], minlength=256) if n else np.zeros(256, np.int64)
     fanout = np.cumsum(counts).astype(">u4")
-    crcs = np.array([e[1] for e in entries], dtype=">u4")[order]
-    offs = np.array([e[2] for e in entries], dtype=np.uint64)[order]
+    crc_arr = np.asarray(crcs, dtype=np.uint32)[order].astype(">u4")
+    offs = np.asarray(offsets, dtype=np.uint64)[order]
     big = offs >= 0x80000000
     small = offs.astype(">u4")
     large = offs[big]
     small[big] = 0x80000000 | np.arange(len(large), dtype=np.uint32)
-
     parts = [
         _HEADER,
         fanout.tobytes(),
         ids_raw.tobytes(),
-        crcs.tobytes(),
+        crc_arr.tobytes(),
         small.tobytes(),
         large.astype(">u8").tobytes(),
         pack_sha,

@@ -14,6 +14,7 @@ that did not shrink, it stores (level 0) and re-probes every few chunks.
 
 from __future__ import annotations
 
+import array
 import hashlib
 import os
 import shutil
@@ -25,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
-from ketch.git.idx import write_idx_v2
+from ketch.git.idx import write_idx_v2_flat
 from ketch.git.objects import header
 
 DEFAULT_MAX_PACK_SIZE = 1_000_000_000
@@ -37,6 +38,8 @@ _STORE_AFTER = 2  # consecutive non-shrinking chunks before storing
 _PROBE_EVERY = 16  # while storing, compress every Nth chunk to notice a change
 _MIN_PREDICT = 64  # below this size just compress
 _SAMPLE = 2048  # bytes deflated to test a stream that is being stored
+_ALPHABET_SAMPLE = 256
+_ALPHABET_RANDOM = 128  # distinct bytes in 256 random ones: ~162; text: ~40
 
 
 def entry_header(type_num: int, size: int) -> bytes:
@@ -94,11 +97,14 @@ class _Predictor:
             return zlib.compress(data, level)
         if self.run >= _STORE_AFTER:
             self.n += 1
-            if self.n % _PROBE_EVERY:
-                return None
-            sample = data[:_SAMPLE]
-            if len(zlib.compress(sample, level)) >= _STORE_RATIO * len(sample):
-                return None
+            # A small alphabet compresses even without repeats: a few-µs check
+            # catches text and low-entropy data after a run of random chunks.
+            if len(set(data[:_ALPHABET_SAMPLE])) >= _ALPHABET_RANDOM:
+                if self.n % _PROBE_EVERY:
+                    return None
+                sample = data[:_SAMPLE]
+                if len(zlib.compress(sample, level)) >= _STORE_RATIO * len(sample):
+                    return None
         z = zlib.compress(data, level)
         self.run = 0 if len(z) < _STORE_RATIO * n else self.run + 1
         return z
@@ -124,6 +130,33 @@ class _Done:
 
 
 _Pending = Future[_Encoded] | _Done
+
+
+class _Entries:
+    """(oid, crc32, offset) of the open pack, packed flat: a 1 GB pack holds
+    ~130k entries, which as Python tuples would cost ~25 MB."""
+
+    def __init__(self) -> None:
+        self.oids = bytearray()
+        self.crcs = array.array("L")
+        self.offsets = array.array("Q")
+
+    def __len__(self) -> int:
+        return len(self.crcs)
+
+    def add(self, oid: bytes, crc: int, offset: int) -> None:
+        self.oids += oid
+        self.crcs.append(crc)
+        self.offsets.append(offset)
+
+    def extend(self, oids: list[bytes], meta: list[tuple[int, int]], offset: int) -> int:
+        """Append entries laid back to back from `offset`; returns the end offset."""
+        for oid, (n, crc) in zip(oids, meta, strict=True):
+            self.oids += oid
+            self.crcs.append(crc)
+            self.offsets.append(offset)
+            offset += n
+        return offset
 
 
 class PackWriter:
@@ -160,7 +193,7 @@ class PackWriter:
         self._pool = ThreadPoolExecutor(max_workers=max(1, nthreads))
         self._pending: deque[tuple[list[bytes], _Pending, int]] = deque()
         self._pending_bytes = 0
-        self._max_pending_bytes = 16 << 20
+        self._max_pending_bytes = 8 << 20
         self._predictor = _Predictor()
         # Ids written in this session, including packs already closed: their idx
         # may not be in the caller's index yet.
@@ -169,7 +202,7 @@ class PackWriter:
         self._small_bytes = 0
         self._tmpdir: str | None = None
         self._file: BinaryIO | None = None
-        self._entries: list[tuple[bytes, int, int]] = []
+        self._entries = _Entries()
         self._offset = 0
         self.closed_idx: list[str] = []
         self.objects_written = 0
@@ -308,12 +341,7 @@ class PackWriter:
         ):
             # The whole batch fits in the open pack: one write.
             self._file.write(blob)
-            off = self._offset
-            entries = self._entries
-            for oid, (n, crc) in zip(oids, meta, strict=True):
-                entries.append((oid, crc, off))
-                off += n
-            self._offset = off
+            self._offset = self._entries.extend(oids, meta, self._offset)
             self.objects_written += len(oids)
             self.bytes_written += total
             return
@@ -334,7 +362,7 @@ class PackWriter:
             self._open()
         assert self._file is not None
         self._file.write(enc)
-        self._entries.append((oid, crc, self._offset))
+        self._entries.add(oid, crc, self._offset)
         self._offset += len(enc)
         self.objects_written += 1
         self.bytes_written += len(enc)
@@ -347,7 +375,7 @@ class PackWriter:
         self._file = open(os.path.join(self._tmpdir, "pack"), "w+b", buffering=1 << 22)  # noqa: SIM115
         self._file.write(b"PACK" + struct.pack(">II", 2, 0))
         self._offset = 12
-        self._entries = []
+        self._entries = _Entries()
 
     # -- closing ------------------------------------------------------------
 
@@ -372,7 +400,8 @@ class PackWriter:
         f.close()
         idx_tmp = os.path.join(tmpdir, "idx")
         with open(idx_tmp, "wb") as xf:
-            write_idx_v2(xf, self._entries, pack_sha)
+            write_idx_v2_flat(xf, self._entries.oids, self._entries.crcs,
+                              self._entries.offsets, pack_sha)
             xf.flush()
             if self._fsync:
                 os.fsync(xf.fileno())
@@ -382,7 +411,7 @@ class PackWriter:
         if self._fsync:
             _fsync_dir(self.pack_dir)
         os.rmdir(tmpdir)
-        self._entries = []
+        self._entries = _Entries()
         self.closed_idx.append(base + ".idx")
         if self._on_pack is not None:
             self._on_pack(base + ".idx")
@@ -410,7 +439,7 @@ class PackWriter:
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
-        self._entries = []
+        self._entries = _Entries()
 
     def abort(self) -> None:
         """Drop everything not yet in a closed pack."""
