@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from ketch.cli.common import TermProgress, open_repo, repo_option, show_progress
+from ketch.cli.excludeopts import exclude_options, rules_from
+from ketch.errors import UsageError
+from ketch.index import Index, index_path_for
+from ketch.progress import NullProgress, Progress
+from ketch.save import SaveOptions, save
+from ketch.timeparse import parse_date
+
+
+def _graft(value: str) -> tuple[str, str]:
+    old, sep, new = value.partition("=")
+    if not sep or not old or not new:
+        raise UsageError(f"--graft needs OLD=NEW, got {value!r}")
+    return old, new
+
+
+@click.command("save")
+@repo_option
+@click.option("-n", "--name", required=True, help="branch to add this save to")
+@click.option("--date", default=None, help="save date (seconds since the epoch, or ISO 8601)")
+@click.option("--strip", is_flag=True, help="store each PATH's contents at the archive root")
+@click.option("--strip-path", default=None, metavar="P", help="remove prefix P from paths")
+@click.option("--graft", multiple=True, metavar="OLD=NEW", help="store OLD as NEW")
+@exclude_options
+@click.option("--compress", "level", type=click.IntRange(0, 9), default=1, show_default=True)
+@click.option("--no-index", is_flag=True, help="read every file (ignore the index)")
+@click.option("-q", "--quiet", is_flag=True, help="no progress")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON on stdout")
+@click.argument("paths", nargs=-1, required=True)
+@click.pass_context
+def command(ctx: click.Context, /, repo_dir: str | None, name: str, date: str | None,
+            strip: bool, strip_path: str | None, graft: tuple[str, ...], level: int,
+            no_index: bool, quiet: bool, as_json: bool, paths: tuple[str, ...],
+            **kw: Any) -> int:
+    """Save PATHS (exactly these, recursively) as a new save on branch NAME."""
+    opts = SaveOptions(name=name, paths=list(paths), strip=strip, strip_path=strip_path,
+                       grafts=[_graft(g) for g in graft], rules=rules_from(kw),
+                       date=parse_date(date) if date else None, level=level,
+                       argv=["ketch", *sys.argv[1:]])
+    repo = open_repo(ctx, repo_dir)
+    progress: Progress = (TermProgress("Saving")
+                          if show_progress() and not quiet else NullProgress())
+    if no_index:
+        res = save(repo, opts, progress=progress)
+    else:
+        with Index(index_path_for(repo.path)) as index:
+            res = save(repo, opts, index=index, progress=progress)
+    if not isinstance(progress, TermProgress):
+        for w in res.warnings:
+            click.echo(f"ketch: warning: {w}", err=True)
+    if as_json:
+        click.echo(json.dumps(res.as_dict(), indent=2))
+    if not quiet:
+        rate = res.bytes_read / res.seconds / 1e6 if res.seconds else 0.0
+        click.echo(f"Saved {name}: {res.files} files, {res.dirs} dirs, "
+                   f"{res.bytes_read / 1e6:,.1f} MB read, {res.bytes_new / 1e6:,.1f} MB new, "
+                   f"{res.seconds:.1f} s ({rate:,.1f} MB/s)"
+                   + (f", {len(res.warnings)} warnings" if res.warnings else ""), err=True)
+    return res.exit_code

@@ -1,0 +1,254 @@
+"""ketch's filesystem index: path -> stat fingerprint, object id, git mode.
+
+It is a cache, never the definition of a save: `ketch save PATH...` saves exactly
+the paths it is given, as they are when it runs, and only asks the index whether
+a file with an unchanged fingerprint already has a stored object id (then the
+file is not read). `ketch index PATH...` refreshes fingerprints ahead of a save
+and remembers each root's exclude rules, which later saves of that root apply.
+
+Storage is SQLite in WAL mode: crash-safe, and lookups and scans stay on disk,
+so memory does not grow with the number of paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from ketch.errors import KetchError
+from ketch.excludes import ExcludeRules
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    path BLOB PRIMARY KEY,
+    dev INTEGER, ino INTEGER, mode INTEGER, size INTEGER,
+    mtime INTEGER, ctime INTEGER, nlink INTEGER,
+    oid BLOB, gitmode INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS roots (
+    path BLOB PRIMARY KEY, rules TEXT, indexed_at INTEGER
+) WITHOUT ROWID;
+"""
+
+# Changes this close to the walk's start may not have moved mtime yet (timestamps
+# have coarse granularity): such files get no reusable id and are read next time.
+_RACY_NS = 1_000_000_000
+
+
+class IndexError_(KetchError):
+    """The index could not be read or written."""
+
+
+class Fingerprint(NamedTuple):
+    dev: int
+    ino: int
+    mode: int
+    size: int
+    mtime: int
+    ctime: int
+    nlink: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Fingerprint:
+        return cls(st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns,
+                   st.st_ctime_ns, st.st_nlink)
+
+
+class Entry(NamedTuple):
+    fingerprint: Fingerprint
+    oid: bytes | None
+    gitmode: int | None
+
+
+@dataclass
+class IndexResult:
+    paths: int = 0
+    changed: int = 0
+    removed: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+class Index:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as e:
+            raise IndexError_(f"{path}: cannot open index: {e}") from None
+        self._pending: list[tuple[object, ...]] = []
+        self.started_ns = time.time_ns()
+
+    def close(self) -> None:
+        self.flush()
+        self._db.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- lookups used by save ----------------------------------------------------
+
+    def lookup(self, path: bytes) -> Entry | None:
+        row = self._db.execute(
+            "SELECT dev, ino, mode, size, mtime, ctime, nlink, oid, gitmode FROM files"
+            " WHERE path = ?", (path,)).fetchone()
+        if row is None:
+            return None
+        return Entry(Fingerprint(*row[:7]), row[7], row[8])
+
+    def reusable(self, path: bytes, st: os.stat_result) -> tuple[bytes, int] | None:
+        """(oid, gitmode) when the index holds an id for exactly this file state."""
+        e = self.lookup(path)
+        if e is None or e.oid is None or e.gitmode is None:
+            return None
+        if e.fingerprint != Fingerprint.of(st):
+            return None
+        return e.oid, e.gitmode
+
+    def record(self, path: bytes, st: os.stat_result, oid: bytes | None,
+               gitmode: int | None) -> None:
+        fp = Fingerprint.of(st)
+        if max(fp.mtime, fp.ctime) >= self.started_ns - _RACY_NS:
+            oid = None
+        self._pending.append((path, *fp, oid, gitmode))
+        if len(self._pending) >= 2000:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        rows, self._pending = self._pending, []
+        with self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO files (path, dev, ino, mode, size, mtime, ctime, nlink,"
+                " oid, gitmode) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+
+    # -- roots and their rules ------------------------------------------------------
+
+    def set_root(self, path: bytes, rules: ExcludeRules) -> None:
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO roots VALUES (?,?,?)",
+                             (path, json.dumps(rules.as_dict()), int(time.time())))
+
+    def rules_for(self, path: bytes) -> ExcludeRules:
+        """The rules recorded by `ketch index` for the nearest root covering path."""
+        best: tuple[int, ExcludeRules] | None = None
+        for root, text in self._db.execute("SELECT path, rules FROM roots"):
+            if path == root or path.startswith(root.rstrip(b"/") + b"/") or root == b"/":
+                if best is None or len(root) > best[0]:
+                    best = (len(root), ExcludeRules.from_dict(json.loads(text)))
+        return best[1] if best else ExcludeRules()
+
+    def roots(self) -> list[bytes]:
+        return [r for (r,) in self._db.execute("SELECT path FROM roots ORDER BY path")]
+
+    def total_size_under(self, path: bytes) -> int | None:
+        lo = path.rstrip(b"/") + b"/"
+        row = self._db.execute(
+            "SELECT SUM(size), COUNT(*) FROM files WHERE path >= ? AND path < ?",
+            (lo, lo[:-1] + b"0")).fetchone()
+        return int(row[0]) if row and row[1] else None
+
+    def _children(self, dir_path: bytes) -> Iterator[tuple[bytes, Fingerprint]]:
+        lo = dir_path.rstrip(b"/") + b"/"
+        for row in self._db.execute(
+                "SELECT path, dev, ino, mode, size, mtime, ctime, nlink FROM files"
+                " WHERE path >= ? AND path < ?", (lo, lo[:-1] + b"0")):
+            rest = row[0][len(lo):]
+            if b"/" not in rest:
+                yield row[0], Fingerprint(*row[1:])
+
+    # -- `ketch index` ----------------------------------------------------------------
+
+    def update(self, roots: list[bytes], rules: ExcludeRules,
+               on_path: Callable[[int], None] | None = None) -> IndexResult:
+        """Walk `roots`, refresh fingerprints (an unchanged file costs one lstat),
+        drop entries for paths that are gone, and remember the rules per root."""
+        self.started_ns = time.time_ns()
+        res = IndexResult()
+        for root in roots:
+            root = os.path.abspath(root)
+            try:
+                st = os.lstat(root)
+            except OSError as e:
+                raise IndexError_(f"{os.fsdecode(root)}: {e.strerror}") from None
+            self.set_root(root, rules)
+            self._update_path(root, st, rules, st.st_dev, res, on_path)
+        self.flush()
+        return res
+
+    def _update_path(self, path: bytes, st: os.stat_result, rules: ExcludeRules, dev: int,
+                     res: IndexResult, on_path: Callable[[int], None] | None) -> None:
+        # One directory at a time, so memory is bounded by the widest directory.
+        stack = [(path, st)]
+        while stack:
+            p, pst = stack.pop()
+            self._note(p, pst, res)
+            if not stat.S_ISDIR(pst.st_mode):
+                continue
+            if rules.one_file_system and pst.st_dev != dev:
+                continue
+            if rules.has_marker(p):
+                continue
+            try:
+                names = sorted(os.listdir(p))
+            except OSError as e:
+                res.warnings.append(f"{os.fsdecode(p)}: {e.strerror}")
+                continue
+            present = set()
+            subdirs = []
+            for name in names:
+                child = os.path.join(p, name)
+                try:
+                    cst = os.lstat(child)
+                except OSError as e:
+                    res.warnings.append(f"{os.fsdecode(child)}: {e.strerror}")
+                    continue
+                if rules.excluded(child, name, stat.S_ISDIR(cst.st_mode)):
+                    continue
+                present.add(child)
+                if stat.S_ISDIR(cst.st_mode):
+                    subdirs.append((child, cst))
+                else:
+                    self._note(child, cst, res)
+                if on_path is not None:
+                    on_path(1)
+            gone = [c for c, _ in self._children(p) if c not in present]
+            if gone:
+                self._forget(gone, res)
+            stack.extend(reversed(subdirs))
+
+    def _note(self, path: bytes, st: os.stat_result, res: IndexResult) -> None:
+        res.paths += 1
+        e = self.lookup(path)
+        fp = Fingerprint.of(st)
+        if e is not None and e.fingerprint == fp:
+            return
+        res.changed += 1
+        self._pending.append((path, *fp, None, None))
+        if len(self._pending) >= 2000:
+            self.flush()
+
+    def _forget(self, paths: list[bytes], res: IndexResult) -> None:
+        self.flush()
+        with self._db:
+            for p in paths:
+                lo = p + b"/"
+                cur = self._db.execute("DELETE FROM files WHERE path = ? OR (path >= ? AND path < ?)",
+                                       (p, lo, p + b"0"))
+                res.removed += cur.rowcount
+
+
+def index_path_for(repo_path: str) -> str:
+    return os.path.join(repo_path, "ketch-index.sqlite")

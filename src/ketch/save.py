@@ -1,0 +1,482 @@
+"""`ketch save`: a filesystem snapshot as one commit, in bup 0.33's exact layout.
+
+What a save contains (the rule, documented in the README): exactly the paths
+given on the command line, recursively, as they are while the save runs, minus
+the exclude rules (given to `save`, or recorded by `ketch index` for a root that
+covers the path). The index is only a cache: a file whose fingerprint (dev,
+inode, mode, size, mtime, ctime, nlink) matches an indexed id is not read again.
+No save drops a path because of what another save or another name indexed.
+
+Layout (bup-format.md 2): the commit's tree is `/`; every directory tree holds a
+`.bupm` (its own metadata first, then one record per non-directory entry in
+unmangled-name order); chunked files are `NAME.bup` trees; names ending in
+`.bup`/`.bup?` get `.bupl`; regular files are 100644, symlinks 120000 with the
+target as blob, fifos/sockets/devices are empty blobs described by `.bupm`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ketch import split as hs
+from ketch.commits import argv_message, commit_bytes
+from ketch.errors import EXIT_OK, EXIT_WARNINGS, KetchError, UsageError
+from ketch.excludes import ExcludeRules
+from ketch.git import objects as gobj
+from ketch.git.refs import validate_branch_name
+from ketch.index import Index
+from ketch.metadata import EMPTY_RECORD, from_path
+from ketch.progress import NullProgress, Progress
+from ketch.repo import ObjectWriter, Repository
+
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+def mangle(name: bytes, is_chunked: bool) -> bytes:
+    """bup's tree entry name for a filesystem name (bup-format.md 2.4)."""
+    if is_chunked:
+        return name + b".bup"
+    if name.endswith(b".bup") or name[:-1].endswith(b".bup"):
+        return name + b".bupl"
+    return name
+
+
+@dataclass
+class SaveOptions:
+    name: str
+    paths: list[str]
+    strip: bool = False
+    strip_path: str | None = None
+    grafts: list[tuple[str, str]] = field(default_factory=list)
+    rules: ExcludeRules = field(default_factory=ExcludeRules)
+    date: float | None = None
+    level: int = 1
+    argv: list[str] = field(default_factory=lambda: ["ketch", "save"])
+
+
+@dataclass
+class SaveResult:
+    commit: bytes = b""
+    tree: bytes = b""
+    name: str = ""
+    files: int = 0
+    dirs: int = 0
+    files_read: int = 0
+    bytes_read: int = 0
+    bytes_new: int = 0
+    objects_new: int = 0
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_WARNINGS if self.warnings else EXIT_OK
+
+    def as_dict(self) -> dict[str, object]:
+        return {"name": self.name, "commit": self.commit.hex(), "tree": self.tree.hex(),
+                "files": self.files, "dirs": self.dirs, "files_read": self.files_read,
+                "bytes_read": self.bytes_read, "bytes_new": self.bytes_new,
+                "objects_new": self.objects_new, "seconds": round(self.seconds, 3),
+                "warnings": self.warnings}
+
+
+# -- the archive's top: from "/" down to each source, per strip/graft ------------
+
+
+@dataclass
+class _Node:
+    """A directory of the archive above (or at) the sources."""
+
+    meta_path: bytes | None  # where its metadata comes from; None: empty record
+    children: dict[bytes, _Node] = field(default_factory=dict)
+    source: bytes | None = None  # a real directory whose entries are merged here
+    file_source: bytes | None = None  # a non-directory source placed at this name
+
+
+def _split_abs(path: bytes) -> list[bytes]:
+    return [p for p in path.split(b"/") if p]
+
+
+def _archive_path(src: bytes, opts: SaveOptions, sources: list[bytes]) -> tuple[bytes, Callable[[bytes], bytes | None]]:
+    """(archive path of src, metadata source for an archive directory path)."""
+    if opts.strip:
+        prefix = max((s for s in sources if src == s or src.startswith(s.rstrip(b"/") + b"/")),
+                     key=len)
+        rest = src[len(prefix):] or b"/"
+        return rest, lambda a: prefix if a == b"/" else None
+    if opts.strip_path is not None:
+        sp = os.fsencode(os.path.abspath(opts.strip_path)).rstrip(b"/")
+        if src == sp or src.startswith(sp + b"/"):
+            return src[len(sp):] or b"/", lambda a: sp + (a if a != b"/" else b"")
+        return src, lambda a: a
+    for old_s, new_s in opts.grafts:
+        old = os.fsencode(os.path.abspath(old_s)).rstrip(b"/") or b"/"
+        new = os.fsencode(new_s).rstrip(b"/") or b"/"
+        if src == old or src.startswith(old.rstrip(b"/") + b"/"):
+            rest = src[len(old.rstrip(b"/")):]
+            arch = (new.rstrip(b"/") + rest) or b"/"
+
+            def meta_of(a: bytes, old: bytes = old, new: bytes = new) -> bytes | None:
+                if a == new:
+                    return old
+                if (new + b"/").startswith(a.rstrip(b"/") + b"/") and len(a) < len(new):
+                    return None  # created by the graft: no real directory behind it
+                return old.rstrip(b"/") + a[len(new.rstrip(b"/")):]
+            return arch, meta_of
+    return src, lambda a: a
+
+
+def build_top(opts: SaveOptions, warn: Callable[[str], None]) -> _Node:
+    sources = []
+    for p in opts.paths:
+        ap = os.fsencode(os.path.abspath(p))
+        if not os.path.lexists(ap):
+            raise UsageError(f"{p}: no such file or directory")
+        sources.append(ap)
+    if opts.strip and opts.strip_path:
+        raise UsageError("--strip and --strip-path cannot be combined")
+    if opts.grafts and (opts.strip or opts.strip_path):
+        raise UsageError("--graft cannot be combined with --strip or --strip-path")
+    root = _Node(meta_path=b"/")
+    root_sources: set[bytes | None] = set()
+    for src in sources:
+        arch, meta_of = _archive_path(src, opts, sources)
+        parts = _split_abs(arch)
+        is_dir = stat.S_ISDIR(os.lstat(src).st_mode)
+        if not parts:
+            root_sources.add(meta_of(b"/"))
+            if is_dir:
+                if root.source is not None and root.source != src:
+                    warn(f"{os.fsdecode(src)}: merged into the archive root with "
+                         f"{os.fsdecode(root.source)}")
+                root.source = root.source or src
+            continue
+        root_sources.add(meta_of(b"/"))
+        node = root
+        for i, part in enumerate(parts[:-1]):
+            a = b"/" + b"/".join(parts[: i + 1])
+            node = node.children.setdefault(part, _Node(meta_path=meta_of(a)))
+        last = parts[-1]
+        if last in node.children:
+            warn(f"{os.fsdecode(src)}: duplicate archive path {os.fsdecode(arch)}, skipped")
+            continue
+        if is_dir:
+            node.children[last] = _Node(meta_path=src, source=src)
+        else:
+            node.children[last] = _Node(meta_path=None, file_source=src)
+    if len(root_sources) == 1:
+        root.meta_path = root_sources.pop()
+    else:
+        root.meta_path = None  # sources from different roots: bup writes an empty record
+    return root
+
+
+# -- the walk ------------------------------------------------------------------------
+
+
+class _Saver:
+    def __init__(self, repo: Repository, w: ObjectWriter, index: Index | None,
+                 opts: SaveOptions, progress: Progress, result: SaveResult) -> None:
+        self.repo = repo
+        self.w = w
+        self.index = index
+        self.opts = opts
+        self.progress = progress
+        self.result = result
+        self.hardlinks: dict[tuple[int, int], bytes] = {}
+        self.rules_cache: dict[bytes, ExcludeRules] = {}
+
+    def warn(self, msg: str) -> None:
+        self.result.warnings.append(msg)
+        self.progress.warn(msg)
+
+    def rules(self, source: bytes) -> ExcludeRules:
+        r = self.rules_cache.get(source)
+        if r is None:
+            r = self.opts.rules
+            if self.index is not None:
+                r = r.merged(self.index.rules_for(source))
+            self.rules_cache[source] = r
+        return r
+
+    # -- objects -----------------------------------------------------------------
+
+    def store_bytes(self, data: bytes) -> tuple[int, bytes]:
+        """Chunk a small in-memory stream (a .bupm): (mode, oid)."""
+        if len(data) < 64 and data:
+            return gobj.MODE_FILE, self.w.write(gobj.BLOB, data)
+        sp = hs.Splitter(4)
+        chunks = list(sp.feed(data)) + list(sp.finish())
+        return self._chunks_to_object(chunks)
+
+    def _chunks_to_object(self, chunks: list[tuple[memoryview, int]]) -> tuple[int, bytes]:
+        if not chunks:
+            return gobj.MODE_FILE, gobj.EMPTY_BLOB_ID if self.repo.exists(
+                gobj.EMPTY_BLOB_ID) else self.w.write(gobj.BLOB, b"")
+        if len(chunks) == 1:
+            return gobj.MODE_FILE, self.w.write(gobj.BLOB, chunks[0][0])
+        tree = hs.ChunkTree(self.w)
+        oids = self.w.write_many(gobj.BLOB, [c for c, _ in chunks])
+        for oid, (c, level) in zip(oids, chunks, strict=True):
+            tree.add(gobj.MODE_FILE, oid, len(c), level)
+        top = tree.top()
+        if len(top) == 1:
+            return top[0][0], top[0][1]
+        return gobj.MODE_TREE, hs.make_shalist_tree(self.w, top)
+
+    def store_file(self, path: bytes, st: os.stat_result) -> tuple[int, bytes, int] | None:
+        """Read and chunk a regular file: (gitmode, oid, bytes read), None if unreadable."""
+        try:
+            try:
+                fd = os.open(path, os.O_RDONLY | _O_NOATIME | os.O_NOFOLLOW)
+            except PermissionError:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as e:
+            self.warn(f"{os.fsdecode(path)}: {e.strerror}; skipped")
+            return None
+        try:
+            with os.fdopen(fd, "rb", buffering=0) as f:
+                sp = hs.Splitter(4)
+                tree: hs.ChunkTree | None = None
+                first: list[tuple[memoryview, int]] = []
+                size = 0
+                for block in hs.read_blocks(f):
+                    size += len(block)
+                    self.progress.advance(len(block))
+                    got = list(sp.feed(block))
+                    if tree is None and not first:
+                        first = got
+                        continue
+                    tree = self._flush_chunks(tree, first + got)
+                    first = []
+                rest = list(sp.finish())
+                if tree is None:
+                    mode, oid = self._chunks_to_object(first + rest)
+                else:
+                    tree = self._flush_chunks(tree, rest)
+                    top = tree.top()
+                    if len(top) == 1:
+                        mode, oid = top[0][0], top[0][1]
+                    else:
+                        mode, oid = gobj.MODE_TREE, hs.make_shalist_tree(self.w, top)
+        except OSError as e:
+            self.warn(f"{os.fsdecode(path)}: read error: {e.strerror}; skipped")
+            return None
+        self.result.files_read += 1
+        self.result.bytes_read += size
+        try:
+            after = os.lstat(path)
+            if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
+                    st.st_size, st.st_mtime_ns, st.st_ctime_ns) or size != st.st_size:
+                self.warn(f"{os.fsdecode(path)}: changed while being saved")
+        except OSError:
+            self.warn(f"{os.fsdecode(path)}: removed while being saved")
+        return mode, oid, size
+
+    def _flush_chunks(self, tree: hs.ChunkTree | None,
+                      chunks: list[tuple[memoryview, int]]) -> hs.ChunkTree:
+        if tree is None:
+            tree = hs.ChunkTree(self.w)
+        if chunks:
+            oids = self.w.write_many(gobj.BLOB, [c for c, _ in chunks])
+            for oid, (c, level) in zip(oids, chunks, strict=True):
+                tree.add(gobj.MODE_FILE, oid, len(c), level)
+        return tree
+
+    # -- entries -----------------------------------------------------------------
+
+    def nondir(self, path: bytes, name: bytes, st: os.stat_result
+               ) -> tuple[gobj.TreeEntry, bytes] | None:
+        """The tree entry and .bupm record of a non-directory."""
+        hl = None
+        if st.st_nlink > 1:
+            hl = self.hardlinks.setdefault((st.st_dev, st.st_ino), path)
+        mode = st.st_mode
+        size: int | None = None
+        if stat.S_ISREG(mode):
+            got = self.index.reusable(path, st) if self.index is not None else None
+            if got is not None and self.w.exists(got[0]):
+                oid, gitmode = got
+                size = st.st_size
+                self.progress.advance(st.st_size)
+            else:
+                stored = self.store_file(path, st)
+                if stored is None:
+                    return None
+                gitmode, oid, size = stored
+                if self.index is not None:
+                    self.index.record(path, st, oid, gitmode)
+        elif stat.S_ISLNK(mode):
+            try:
+                target = os.readlink(path)
+            except OSError as e:
+                self.warn(f"{os.fsdecode(path)}: {e.strerror}; skipped")
+                return None
+            gitmode, oid = gobj.MODE_SYMLINK, self.w.write(gobj.BLOB, target)
+        else:
+            gitmode, oid = gobj.MODE_FILE, self.w.write(gobj.BLOB, b"")
+        try:
+            meta = from_path(path, st, hardlink_target=hl, warn=self.warn)
+        except OSError as e:
+            self.warn(f"{os.fsdecode(path)}: {e.strerror}; skipped")
+            return None
+        if size is not None:
+            meta.size = size
+        self.result.files += 1
+        self.progress.advance(0, 1)
+        chunked = gitmode == gobj.MODE_TREE
+        return gobj.TreeEntry(gitmode, mangle(name, chunked), oid), meta.encode()
+
+    def directory(self, path: bytes, st: os.stat_result, rules: ExcludeRules,
+                  dev: int) -> bytes | None:
+        """Save a real directory recursively; its tree id (None if unreadable)."""
+        got = self.contents(path, st, rules, dev)
+        return None if got is None else self.make_tree(*got)
+
+    def contents(self, path: bytes, st: os.stat_result, rules: ExcludeRules, dev: int
+                 ) -> tuple[bytes, list[gobj.TreeEntry], list[tuple[bytes, bytes]]] | None:
+        """(own .bupm record, tree entries, non-directory records) of a directory."""
+        try:
+            meta = from_path(path, st, warn=self.warn)
+            names = sorted(os.listdir(path))
+        except OSError as e:
+            self.warn(f"{os.fsdecode(path)}: {e.strerror}; skipped")
+            return None
+        if rules.has_marker(path):
+            names = []
+        entries: list[gobj.TreeEntry] = []
+        records: list[tuple[bytes, bytes]] = []
+        for name in names:
+            child = os.path.join(path, name)
+            try:
+                cst = os.lstat(child)
+            except OSError as e:
+                self.warn(f"{os.fsdecode(child)}: {e.strerror}; skipped")
+                continue
+            is_dir = stat.S_ISDIR(cst.st_mode)
+            if rules.excluded(child, name, is_dir):
+                continue
+            if is_dir:
+                if rules.one_file_system and cst.st_dev != dev:
+                    continue
+                sub = self.directory(child, cst, rules, dev)
+                if sub is not None:
+                    entries.append(gobj.TreeEntry(gobj.MODE_TREE, mangle(name, False), sub))
+            else:
+                got = self.nondir(child, name, cst)
+                if got is not None:
+                    entries.append(got[0])
+                    records.append((name, got[1]))
+        return meta.encode(), entries, records
+
+    def make_tree(self, dir_record: bytes, entries: list[gobj.TreeEntry],
+                  records: list[tuple[bytes, bytes]]) -> bytes:
+        records.sort(key=lambda r: r[0])
+        bupm = dir_record + b"".join(r for _, r in records)
+        bupm_mode, bupm_oid = self.store_bytes(bupm)
+        entries.append(gobj.TreeEntry(bupm_mode, b".bupm", bupm_oid))
+        self.result.dirs += 1
+        return self.w.write(gobj.TREE, gobj.encode_tree(entries))
+
+    def node(self, node: _Node) -> bytes:
+        """Save an archive directory above the sources (or a source merged into it)."""
+        dir_record = EMPTY_RECORD
+        if node.meta_path is not None:
+            try:
+                dir_record = from_path(node.meta_path, warn=self.warn).encode()
+            except OSError as e:
+                self.warn(f"{os.fsdecode(node.meta_path)}: {e.strerror}")
+        entries: list[gobj.TreeEntry] = []
+        records: list[tuple[bytes, bytes]] = []
+        taken: set[bytes] = set()
+        for name, child in sorted(node.children.items()):
+            taken.add(name)
+            if child.file_source is not None:
+                try:
+                    got = self.nondir(child.file_source, name, os.lstat(child.file_source))
+                except OSError as e:
+                    self.warn(f"{os.fsdecode(child.file_source)}: {e.strerror}; skipped")
+                    continue
+                if got is not None:
+                    entries.append(got[0])
+                    records.append((name, got[1]))
+            elif child.source is not None and not child.children:
+                st = os.lstat(child.source)
+                sub = self.directory(child.source, st, self.rules(child.source), st.st_dev)
+                if sub is not None:
+                    entries.append(gobj.TreeEntry(gobj.MODE_TREE, mangle(name, False), sub))
+            else:
+                entries.append(gobj.TreeEntry(gobj.MODE_TREE, mangle(name, False),
+                                              self.node(child)))
+        if node.source is not None:
+            # A source merged into this node (--strip, or a graft onto it).
+            st = os.lstat(node.source)
+            merged = self.contents(node.source, st, self.rules(node.source), st.st_dev)
+            if merged is not None:
+                entries += [e for e in merged[1] if _plain(e.name) not in taken]
+                records += [r for r in merged[2] if r[0] not in taken]
+        return self.make_tree(dir_record, entries, records)
+
+
+def _plain(name: bytes) -> bytes:
+    """A tree entry's filesystem name (undo mangle)."""
+    if name.endswith(b".bupl"):
+        return name[:-5]
+    if name.endswith(b".bup"):
+        return name[:-4]
+    return name
+
+
+def save(repo: Repository, opts: SaveOptions, *, index: Index | None = None,
+         progress: Progress | None = None) -> SaveResult:
+    """Save `opts.paths` as a new commit on branch `opts.name`."""
+    progress = progress or NullProgress()
+    t0 = time.monotonic()
+    validate_branch_name(opts.name.encode())
+    refname = b"refs/heads/" + opts.name.encode()
+    result = SaveResult(name=opts.name)
+    def warn(msg: str) -> None:
+        result.warnings.append(msg)
+        progress.warn(msg)
+
+    top = build_top(opts, warn)
+    if index is not None:
+        total = sum(index.total_size_under(os.fsencode(os.path.abspath(p))) or 0
+                    for p in opts.paths)
+        progress.start(total or None)
+    old = repo.read_ref(refname)
+    w = repo.writer(level=opts.level)
+    try:
+        saver = _Saver(repo, w, index, opts, progress, result)
+        result.tree = saver.node(top)
+        msg = argv_message("ketch save", opts.argv)
+        result.commit = w.write(gobj.COMMIT, commit_bytes(result.tree, old, opts.date, msg))
+    except BaseException:
+        w.abort()
+        if index is not None:
+            index.flush()
+        raise
+    w.close()
+    if index is not None:
+        index.flush()
+    progress.finish()
+    result.bytes_new = getattr(w, "bytes_written", 0)
+    result.objects_new = getattr(w, "objects_written", 0)
+    try:
+        repo.update_ref(refname, result.commit, old, message=b"ketch save")
+    except KetchError:
+        raise
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise KetchError("no space left on device while updating the branch") from None
+        raise
+    maintain = getattr(repo, "maintain", None)
+    if callable(maintain):
+        maintain()
+    result.seconds = time.monotonic() - t0
+    return result
