@@ -600,3 +600,40 @@ def test_property_trees_match_bup(
     path = tmp_path_factory.mktemp("prop") / "in.bin"
     path.write_bytes(data)
     assert bup_split("-t", path) == [ours_tree(data)]
+
+
+# -- many small files chunked in one pass -------------------------------------------
+
+
+def _file_strategy() -> st.SearchStrategy[bytes]:
+    part = st.one_of(
+        st.binary(min_size=0, max_size=3000),
+        st.integers(0, 40_000).map(lambda n: bytes(n)),
+        st.integers(0, 70_000).map(lambda n: random.Random(n).randbytes(n)),
+    )
+    return st.lists(part, max_size=3).map(b"".join)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_file_strategy(), max_size=12))
+def test_split_files_equals_one_splitter_per_file(files: list[bytes]) -> None:
+    from ketch.split import split_files
+
+    got = split_files(files)
+    assert len(got) == len(files)
+    for data, chunks in zip(files, got, strict=True):
+        sp = Splitter(4)
+        want = [(bytes(c), lv) for c, lv in list(sp.feed(data)) + list(sp.finish())]
+        assert [(bytes(c), lv) for c, lv in chunks] == want
+
+
+def test_split_files_on_real_sizes() -> None:
+    from ketch.split import split_files
+
+    r = random.Random(12)
+    files = [r.randbytes(int(r.lognormvariate(8, 1.5))) for _ in range(300)]
+    files += [bytes(100_000), b"x" * 70_000, b""]
+    for data, chunks in zip(files, split_files(files), strict=True):
+        sp = Splitter(4)
+        want = [(bytes(c), lv) for c, lv in list(sp.feed(data)) + list(sp.finish())]
+        assert [(bytes(c), lv) for c, lv in chunks] == want

@@ -9,6 +9,7 @@ with '/' appended for directories, as bup does.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -66,6 +67,10 @@ class ExcludeRules:
             return [str(x) for x in v] if isinstance(v, list) else []
         return cls(strs("globs"), strs("regexes"), strs("if_present"),
                    bool(d.get("one_file_system")))
+
+    def key(self) -> str:
+        """A stable text naming these rules (stored with trees built under them)."""
+        return json.dumps(self.as_dict(), sort_keys=True)
 
     def __bool__(self) -> bool:
         return bool(self.globs or self.regexes or self.if_present or self.one_file_system)

@@ -12,6 +12,7 @@ so memory does not grow with the number of paths.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -24,13 +25,18 @@ from typing import NamedTuple
 from ketch.errors import KetchError
 from ketch.excludes import ExcludeRules
 
+_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     path BLOB PRIMARY KEY,
     dev INTEGER, ino INTEGER, mode INTEGER, size INTEGER,
     mtime INTEGER, ctime INTEGER, nlink INTEGER,
-    oid BLOB, gitmode INTEGER
+    oid BLOB, gitmode INTEGER,
+    meta BLOB,      -- files: the encoded .bupm record saved with this state
+    rules TEXT,     -- directories: the exclude rules the tree was made with
+    parent BLOB     -- the containing directory, for one-query directory listings
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS files_parent ON files (parent);
 CREATE TABLE IF NOT EXISTS roots (
     path BLOB PRIMARY KEY, rules TEXT, indexed_at INTEGER
 ) WITHOUT ROWID;
@@ -64,6 +70,8 @@ class Entry(NamedTuple):
     fingerprint: Fingerprint
     oid: bytes | None
     gitmode: int | None
+    meta: bytes | None = None
+    rules: str | None = None
 
 
 @dataclass
@@ -81,6 +89,11 @@ class Index:
             self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            (version,) = self._db.execute("PRAGMA user_version").fetchone()
+            if version != _VERSION:
+                # Only a cache: an index from another ketch version is rebuilt.
+                self._db.executescript("DROP TABLE IF EXISTS files; DROP TABLE IF EXISTS roots;")
+                self._db.execute(f"PRAGMA user_version={_VERSION}")
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as e:
             raise IndexError_(f"{path}: cannot open index: {e}") from None
@@ -101,11 +114,20 @@ class Index:
 
     def lookup(self, path: bytes) -> Entry | None:
         row = self._db.execute(
-            "SELECT dev, ino, mode, size, mtime, ctime, nlink, oid, gitmode FROM files"
-            " WHERE path = ?", (path,)).fetchone()
+            "SELECT dev, ino, mode, size, mtime, ctime, nlink, oid, gitmode, meta, rules"
+            " FROM files WHERE path = ?", (path,)).fetchone()
         if row is None:
             return None
-        return Entry(Fingerprint(*row[:7]), row[7], row[8])
+        return Entry(Fingerprint(*row[:7]), *row[7:])
+
+    def children(self, dir_path: bytes) -> dict[bytes, Entry]:
+        """Every entry directly inside a directory, in one query."""
+        out = {}
+        for row in self._db.execute(
+                "SELECT path, dev, ino, mode, size, mtime, ctime, nlink, oid, gitmode, meta,"
+                " rules FROM files WHERE parent = ?", (dir_path,)):
+            out[row[0]] = Entry(Fingerprint(*row[1:8]), *row[8:])
+        return out
 
     def reusable(self, path: bytes, st: os.stat_result) -> tuple[bytes, int] | None:
         """(oid, gitmode) when the index holds an id for exactly this file state."""
@@ -117,11 +139,12 @@ class Index:
         return e.oid, e.gitmode
 
     def record(self, path: bytes, st: os.stat_result, oid: bytes | None,
-               gitmode: int | None) -> None:
+               gitmode: int | None, meta: bytes | None = None, rules: str | None = None
+               ) -> None:
         fp = Fingerprint.of(st)
         if max(fp.mtime, fp.ctime) >= self.started_ns - _RACY_NS:
             oid = None
-        self._pending.append((path, *fp, oid, gitmode))
+        self._pending.append((path, *fp, oid, gitmode, meta, rules, os.path.dirname(path)))
         if len(self._pending) >= 2000:
             self.flush()
 
@@ -129,15 +152,27 @@ class Index:
         if not self._pending:
             return
         rows, self._pending = self._pending, []
-        with self._db:
+        with self._transaction():
             self._db.executemany(
                 "INSERT OR REPLACE INTO files (path, dev, ino, mode, size, mtime, ctime, nlink,"
-                " oid, gitmode) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+                " oid, gitmode, meta, rules, parent) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        # The connection is in autocommit mode: without an explicit transaction
+        # every row would be its own commit.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     # -- roots and their rules ------------------------------------------------------
 
     def set_root(self, path: bytes, rules: ExcludeRules) -> None:
-        with self._db:
+        with self._transaction():
             self._db.execute("INSERT OR REPLACE INTO roots VALUES (?,?,?)",
                              (path, json.dumps(rules.as_dict()), int(time.time())))
 
@@ -161,13 +196,10 @@ class Index:
         return int(row[0]) if row and row[1] else None
 
     def _children(self, dir_path: bytes) -> Iterator[tuple[bytes, Fingerprint]]:
-        lo = dir_path.rstrip(b"/") + b"/"
         for row in self._db.execute(
                 "SELECT path, dev, ino, mode, size, mtime, ctime, nlink FROM files"
-                " WHERE path >= ? AND path < ?", (lo, lo[:-1] + b"0")):
-            rest = row[0][len(lo):]
-            if b"/" not in rest:
-                yield row[0], Fingerprint(*row[1:])
+                " WHERE parent = ?", (dir_path,)):
+            yield row[0], Fingerprint(*row[1:])
 
     # -- `ketch index` ----------------------------------------------------------------
 
@@ -190,11 +222,13 @@ class Index:
 
     def _update_path(self, path: bytes, st: os.stat_result, rules: ExcludeRules, dev: int,
                      res: IndexResult, on_path: Callable[[int], None] | None) -> None:
-        # One directory at a time, so memory is bounded by the widest directory.
+        # One directory at a time (one query for its rows), so memory is bounded by
+        # the widest directory and an unchanged file costs one lstat.
+        root = self.lookup(path)
+        self._note(path, st, root.fingerprint if root else None, res)
         stack = [(path, st)]
         while stack:
             p, pst = stack.pop()
-            self._note(p, pst, res)
             if not stat.S_ISDIR(pst.st_mode):
                 continue
             if rules.one_file_system and pst.st_dev != dev:
@@ -206,6 +240,7 @@ class Index:
             except OSError as e:
                 res.warnings.append(f"{os.fsdecode(p)}: {e.strerror}")
                 continue
+            known = dict(self._children(p))
             present = set()
             subdirs = []
             for name in names:
@@ -218,31 +253,30 @@ class Index:
                 if rules.excluded(child, name, stat.S_ISDIR(cst.st_mode)):
                     continue
                 present.add(child)
+                self._note(child, cst, known.get(child), res)
                 if stat.S_ISDIR(cst.st_mode):
                     subdirs.append((child, cst))
-                else:
-                    self._note(child, cst, res)
                 if on_path is not None:
                     on_path(1)
-            gone = [c for c, _ in self._children(p) if c not in present]
+            gone = [c for c in known if c not in present]
             if gone:
                 self._forget(gone, res)
             stack.extend(reversed(subdirs))
 
-    def _note(self, path: bytes, st: os.stat_result, res: IndexResult) -> None:
+    def _note(self, path: bytes, st: os.stat_result, old: Fingerprint | None,
+              res: IndexResult) -> None:
         res.paths += 1
-        e = self.lookup(path)
         fp = Fingerprint.of(st)
-        if e is not None and e.fingerprint == fp:
+        if old == fp:
             return
         res.changed += 1
-        self._pending.append((path, *fp, None, None))
+        self._pending.append((path, *fp, None, None, None, None, os.path.dirname(path)))
         if len(self._pending) >= 2000:
             self.flush()
 
     def _forget(self, paths: list[bytes], res: IndexResult) -> None:
         self.flush()
-        with self._db:
+        with self._transaction():
             for p in paths:
                 lo = p + b"/"
                 cur = self._db.execute("DELETE FROM files WHERE path = ? OR (path >= ? AND path < ?)",

@@ -211,7 +211,7 @@ class LocalRepository(Repository):
         return found
 
     def exists(self, oid: bytes) -> bool:
-        if self.index.find(oid) is not None:
+        if self.index.contains_one(oid):
             return True
         return self._has_loose and loose_exists(self.objects_dir, oid)
 

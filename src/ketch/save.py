@@ -29,12 +29,16 @@ from ketch.errors import EXIT_OK, EXIT_WARNINGS, KetchError, UsageError
 from ketch.excludes import ExcludeRules
 from ketch.git import objects as gobj
 from ketch.git.refs import validate_branch_name
-from ketch.index import Index
+from ketch.index import Entry, Fingerprint, Index
 from ketch.metadata import EMPTY_RECORD, from_path
 from ketch.progress import NullProgress, Progress
 from ketch.repo import ObjectWriter, Repository
 
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
+# Files below this size are read whole and chunked together with the rest of
+# their directory's small files, in batches of about _SMALL_BATCH bytes.
+_SMALL_FILE = 1 << 20
+_SMALL_BATCH = 8 << 20
 
 
 def mangle(name: bytes, is_chunked: bool) -> bytes:
@@ -179,6 +183,19 @@ def build_top(opts: SaveOptions, warn: Callable[[str], None]) -> _Node:
 # -- the walk ------------------------------------------------------------------------
 
 
+@dataclass
+class _DirBuild:
+    """One directory being saved."""
+
+    known: dict[bytes, Entry]
+    entries: list[gobj.TreeEntry] = field(default_factory=list)
+    records: list[tuple[bytes, bytes]] = field(default_factory=list)
+    small: list[tuple[bytes, bytes, os.stat_result, bytes]] = field(default_factory=list)
+    small_bytes: int = 0
+    unchanged: bool = True
+    seen: int = 0
+
+
 class _Saver:
     def __init__(self, repo: Repository, w: ObjectWriter, index: Index | None,
                  opts: SaveOptions, progress: Progress, result: SaveResult) -> None:
@@ -214,14 +231,17 @@ class _Saver:
         chunks = list(sp.feed(data)) + list(sp.finish())
         return self._chunks_to_object(chunks)
 
-    def _chunks_to_object(self, chunks: list[tuple[memoryview, int]]) -> tuple[int, bytes]:
+    def _chunks_to_object(self, chunks: list[tuple[memoryview, int]],
+                          oids: list[bytes] | None = None) -> tuple[int, bytes]:
+        """bup's result for a whole file's chunks: the empty blob, the one blob,
+        or a chunk tree; `oids` when the chunks are already stored."""
         if not chunks:
-            return gobj.MODE_FILE, gobj.EMPTY_BLOB_ID if self.repo.exists(
-                gobj.EMPTY_BLOB_ID) else self.w.write(gobj.BLOB, b"")
+            return gobj.MODE_FILE, self.w.write(gobj.BLOB, b"")
+        if oids is None:
+            oids = self.w.write_many(gobj.BLOB, [c for c, _ in chunks])
         if len(chunks) == 1:
-            return gobj.MODE_FILE, self.w.write(gobj.BLOB, chunks[0][0])
+            return gobj.MODE_FILE, oids[0]
         tree = hs.ChunkTree(self.w)
-        oids = self.w.write_many(gobj.BLOB, [c for c, _ in chunks])
         for oid, (c, level) in zip(oids, chunks, strict=True):
             tree.add(gobj.MODE_FILE, oid, len(c), level)
         top = tree.top()
@@ -229,15 +249,55 @@ class _Saver:
             return top[0][0], top[0][1]
         return gobj.MODE_TREE, hs.make_shalist_tree(self.w, top)
 
-    def store_file(self, path: bytes, st: os.stat_result) -> tuple[int, bytes, int] | None:
-        """Read and chunk a regular file: (gitmode, oid, bytes read), None if unreadable."""
+    def _open(self, path: bytes) -> int | None:
         try:
             try:
-                fd = os.open(path, os.O_RDONLY | _O_NOATIME | os.O_NOFOLLOW)
+                return os.open(path, os.O_RDONLY | _O_NOATIME | os.O_NOFOLLOW)
             except PermissionError:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+                return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError as e:
             self.warn(f"{os.fsdecode(path)}: {e.strerror}; skipped")
+            return None
+
+    def _check_unchanged(self, path: bytes, st: os.stat_result, size: int) -> None:
+        self.result.files_read += 1
+        self.result.bytes_read += size
+        try:
+            after = os.lstat(path)
+            if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
+                    st.st_size, st.st_mtime_ns, st.st_ctime_ns) or size != st.st_size:
+                self.warn(f"{os.fsdecode(path)}: changed while being saved")
+        except OSError:
+            self.warn(f"{os.fsdecode(path)}: removed while being saved")
+
+    def read_small(self, path: bytes, st: os.stat_result) -> bytes | None:
+        """A small file's whole content (it is chunked later, with its directory's)."""
+        fd = self._open(path)
+        if fd is None:
+            return None
+        try:
+            # Ask for the known size (+1 to see EOF): a plain read(8 MiB) would
+            # allocate 8 MiB per file.
+            parts = []
+            want = st.st_size + 1
+            try:
+                while piece := os.read(fd, want):
+                    parts.append(piece)
+                    want = max(want - len(piece), 1 << 16)
+            finally:
+                os.close(fd)
+            data = b"".join(parts) if len(parts) != 1 else parts[0]
+        except OSError as e:
+            self.warn(f"{os.fsdecode(path)}: read error: {e.strerror}; skipped")
+            return None
+        self.progress.advance(len(data))
+        self._check_unchanged(path, st, len(data))
+        return data
+
+    def store_file(self, path: bytes, st: os.stat_result) -> tuple[int, bytes, int] | None:
+        """Read and chunk a big regular file: (gitmode, oid, bytes read)."""
+        fd = self._open(path)
+        if fd is None:
             return None
         try:
             with os.fdopen(fd, "rb", buffering=0) as f:
@@ -267,15 +327,7 @@ class _Saver:
         except OSError as e:
             self.warn(f"{os.fsdecode(path)}: read error: {e.strerror}; skipped")
             return None
-        self.result.files_read += 1
-        self.result.bytes_read += size
-        try:
-            after = os.lstat(path)
-            if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
-                    st.st_size, st.st_mtime_ns, st.st_ctime_ns) or size != st.st_size:
-                self.warn(f"{os.fsdecode(path)}: changed while being saved")
-        except OSError:
-            self.warn(f"{os.fsdecode(path)}: removed while being saved")
+        self._check_unchanged(path, st, size)
         return mode, oid, size
 
     def _flush_chunks(self, tree: hs.ChunkTree | None,
@@ -290,18 +342,23 @@ class _Saver:
 
     # -- entries -----------------------------------------------------------------
 
-    def nondir(self, path: bytes, name: bytes, st: os.stat_result
-               ) -> tuple[gobj.TreeEntry, bytes] | None:
-        """The tree entry and .bupm record of a non-directory."""
-        hl = None
-        if st.st_nlink > 1:
-            hl = self.hardlinks.setdefault((st.st_dev, st.st_ino), path)
+    def reuse(self, st: os.stat_result, e: Entry | None) -> tuple[bytes, int] | None:
+        """(oid, gitmode) from the index for an unchanged, still stored file."""
+        if e is None or e.oid is None or e.gitmode is None:
+            return None
+        if e.fingerprint != Fingerprint.of(st) or not self.w.exists(e.oid):
+            return None
+        return e.oid, e.gitmode
+
+    def nondir(self, path: bytes, name: bytes, st: os.stat_result,
+               reused: tuple[bytes, int] | None = None) -> tuple[gobj.TreeEntry, bytes] | None:
+        """The tree entry and .bupm record of a non-directory (big files read here);
+        `reused`: the index's (oid, gitmode) for an unchanged regular file."""
         mode = st.st_mode
         size: int | None = None
         if stat.S_ISREG(mode):
-            got = self.index.reusable(path, st) if self.index is not None else None
-            if got is not None and self.w.exists(got[0]):
-                oid, gitmode = got
+            if reused is not None:
+                oid, gitmode = reused
                 size = st.st_size
                 self.progress.advance(st.st_size)
             else:
@@ -309,8 +366,6 @@ class _Saver:
                 if stored is None:
                     return None
                 gitmode, oid, size = stored
-                if self.index is not None:
-                    self.index.record(path, st, oid, gitmode)
         elif stat.S_ISLNK(mode):
             try:
                 target = os.readlink(path)
@@ -320,6 +375,22 @@ class _Saver:
             gitmode, oid = gobj.MODE_SYMLINK, self.w.write(gobj.BLOB, target)
         else:
             gitmode, oid = gobj.MODE_FILE, self.w.write(gobj.BLOB, b"")
+        got = self.finish_nondir(path, name, st, gitmode, oid, size)
+        if got is not None and self.index is not None:
+            self.index.record(path, st, oid, gitmode, got[1])
+        return got
+
+    def _known_one(self, path: bytes) -> dict[bytes, Entry]:
+        if self.index is None:
+            return {}
+        e = self.index.lookup(path)
+        return {} if e is None else {path: e}
+
+    def finish_nondir(self, path: bytes, name: bytes, st: os.stat_result, gitmode: int,
+                      oid: bytes, size: int | None) -> tuple[gobj.TreeEntry, bytes] | None:
+        hl = None
+        if st.st_nlink > 1:
+            hl = self.hardlinks.setdefault((st.st_dev, st.st_ino), path)
         try:
             meta = from_path(path, st, hardlink_target=hl, warn=self.warn)
         except OSError as e:
@@ -332,15 +403,49 @@ class _Saver:
         chunked = gitmode == gobj.MODE_TREE
         return gobj.TreeEntry(gitmode, mangle(name, chunked), oid), meta.encode()
 
-    def directory(self, path: bytes, st: os.stat_result, rules: ExcludeRules,
-                  dev: int) -> bytes | None:
-        """Save a real directory recursively; its tree id (None if unreadable)."""
+    def store_small(self, pending: list[tuple[bytes, bytes, os.stat_result, bytes]],
+                    entries: list[gobj.TreeEntry], records: list[tuple[bytes, bytes]]) -> None:
+        """Chunk and store a directory's small files together (see split.split_files)."""
+        if not pending:
+            return
+        per_file = hs.split_files([d for _, _, _, d in pending])
+        oids = self.w.write_many(gobj.BLOB, [c for chunks in per_file for c, _ in chunks])
+        i = 0
+        for (path, name, st, data), chunks in zip(pending, per_file, strict=True):
+            gitmode, oid = self._chunks_to_object(chunks, oids[i : i + len(chunks)])
+            i += len(chunks)
+            got = self.finish_nondir(path, name, st, gitmode, oid, len(data))
+            if got is not None:
+                entries.append(got[0])
+                records.append((name, got[1]))
+                if self.index is not None:
+                    self.index.record(path, st, oid, gitmode, got[1])
+        pending.clear()
+
+    def directory(self, path: bytes, st: os.stat_result, rules: ExcludeRules, dev: int,
+                  own: Entry | None = None) -> tuple[bytes | None, bool]:
+        """Save a real directory recursively: (tree id or None if unreadable, whether
+        the tree recorded in the index for it was reused unchanged)."""
         got = self.contents(path, st, rules, dev)
-        return None if got is None else self.make_tree(*got)
+        if got is None:
+            return None, False
+        dir_record, entries, records, unchanged = got
+        rules_key = rules.key()
+        if (unchanged and own is not None and own.oid is not None and own.rules == rules_key
+                and own.fingerprint == Fingerprint.of(st) and self.w.exists(own.oid)):
+            # Nothing in it changed: its old tree (with its old .bupm) still holds,
+            # as bup reuses an unchanged directory.
+            self.result.dirs += 1
+            return own.oid, True
+        tree = self.make_tree(dir_record, entries, records)
+        if self.index is not None:
+            self.index.record(path, st, tree, gobj.MODE_TREE, None, rules_key)
+        return tree, False
 
     def contents(self, path: bytes, st: os.stat_result, rules: ExcludeRules, dev: int
-                 ) -> tuple[bytes, list[gobj.TreeEntry], list[tuple[bytes, bytes]]] | None:
-        """(own .bupm record, tree entries, non-directory records) of a directory."""
+                 ) -> tuple[bytes, list[gobj.TreeEntry], list[tuple[bytes, bytes]], bool] | None:
+        """(own .bupm record, tree entries, non-directory records, whether everything
+        in it matched the index) of a directory."""
         try:
             meta = from_path(path, st, warn=self.warn)
             names = sorted(os.listdir(path))
@@ -349,8 +454,7 @@ class _Saver:
             return None
         if rules.has_marker(path):
             names = []
-        entries: list[gobj.TreeEntry] = []
-        records: list[tuple[bytes, bytes]] = []
+        d = _DirBuild(known=self.index.children(path) if self.index is not None else {})
         for name in names:
             child = os.path.join(path, name)
             try:
@@ -361,18 +465,43 @@ class _Saver:
             is_dir = stat.S_ISDIR(cst.st_mode)
             if rules.excluded(child, name, is_dir):
                 continue
-            if is_dir:
-                if rules.one_file_system and cst.st_dev != dev:
-                    continue
-                sub = self.directory(child, cst, rules, dev)
+            d.seen += 1
+            ent = d.known.get(child)
+            if not is_dir:
+                self.add_nondir(d, child, name, cst, ent)
+            elif not rules.one_file_system or cst.st_dev == dev:
+                sub, same = self.directory(child, cst, rules, dev, ent)
+                d.unchanged &= same
                 if sub is not None:
-                    entries.append(gobj.TreeEntry(gobj.MODE_TREE, mangle(name, False), sub))
-            else:
-                got = self.nondir(child, name, cst)
-                if got is not None:
-                    entries.append(got[0])
-                    records.append((name, got[1]))
-        return meta.encode(), entries, records
+                    d.entries.append(gobj.TreeEntry(gobj.MODE_TREE, mangle(name, False), sub))
+        self.store_small(d.small, d.entries, d.records)
+        return meta.encode(), d.entries, d.records, d.unchanged and d.seen == len(d.known)
+
+    def add_nondir(self, d: _DirBuild, path: bytes, name: bytes, st: os.stat_result,
+                   ent: Entry | None) -> None:
+        reused = self.reuse(st, ent)
+        if reused is not None and ent is not None and ent.meta is not None and st.st_nlink == 1:
+            # Unchanged since the last save: its id and .bupm record as stored.
+            d.entries.append(gobj.TreeEntry(reused[1], mangle(name, reused[1] == gobj.MODE_TREE),
+                                            reused[0]))
+            d.records.append((name, ent.meta))
+            self.result.files += 1
+            self.progress.advance(st.st_size, 1)
+            return
+        d.unchanged = False
+        if reused is None and stat.S_ISREG(st.st_mode) and st.st_size < _SMALL_FILE:
+            data = self.read_small(path, st)
+            if data is not None:
+                d.small.append((path, name, st, data))
+                d.small_bytes += len(data)
+                if d.small_bytes >= _SMALL_BATCH:
+                    self.store_small(d.small, d.entries, d.records)
+                    d.small_bytes = 0
+            return
+        got = self.nondir(path, name, st, reused)
+        if got is not None:
+            d.entries.append(got[0])
+            d.records.append((name, got[1]))
 
     def make_tree(self, dir_record: bytes, entries: list[gobj.TreeEntry],
                   records: list[tuple[bytes, bytes]]) -> bytes:
@@ -398,7 +527,10 @@ class _Saver:
             taken.add(name)
             if child.file_source is not None:
                 try:
-                    got = self.nondir(child.file_source, name, os.lstat(child.file_source))
+                    fst = os.lstat(child.file_source)
+                    got = self.nondir(child.file_source, name, fst,
+                                      self.reuse(fst, self._known_one(child.file_source)
+                                                 .get(child.file_source)))
                 except OSError as e:
                     self.warn(f"{os.fsdecode(child.file_source)}: {e.strerror}; skipped")
                     continue
@@ -407,7 +539,8 @@ class _Saver:
                     records.append((name, got[1]))
             elif child.source is not None and not child.children:
                 st = os.lstat(child.source)
-                sub = self.directory(child.source, st, self.rules(child.source), st.st_dev)
+                sub, _ = self.directory(child.source, st, self.rules(child.source), st.st_dev,
+                                        self._known_one(child.source).get(child.source))
                 if sub is not None:
                     entries.append(gobj.TreeEntry(gobj.MODE_TREE, mangle(name, False), sub))
             else:

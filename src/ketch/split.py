@@ -414,6 +414,86 @@ class Splitter:
         return out, buf[p:]
 
 
+def _early_bounded(buf: bytes, p: int, end: int) -> tuple[int, int]:
+    """`_early_one` that stops at `end` (the end of the file being split)."""
+    w = x = 0
+    for t, c in enumerate(buf[p : min(p + _EARLY, end)]):
+        w += c
+        x += w
+        if (x & _SPLIT_MASK) == _X_HIT:
+            return t, _bits_one(w, x)
+    return -1, 0
+
+
+def split_files(datas: list[bytes], fanbits: int = 4) -> list[list[Chunk]]:
+    """Chunk many whole files (each shorter than one read block) in one pass.
+
+    Each file is chunked exactly as `Splitter` would on its own (fresh rollsum at
+    the file's start, bup's 32 KiB rules, the remainder as the final chunk), but
+    the rollsum kernel runs once over all of them: for small files numpy's
+    per-call overhead, not the arithmetic, is the cost.  Positions within 63
+    bytes of a chunk start are checked with the fresh state, so the continuous
+    state's reach into the previous file never matters.
+    """
+    if any(len(d) >= READ_SIZE for d in datas):
+        raise ValueError("split_files takes files smaller than one read block")
+    if not datas:
+        return []
+    buf = b"".join(datas)
+    mv = memoryview(buf)
+    starts = np.cumsum([0] + [len(d) for d in datas[:-1]], dtype=np.int64)
+    # Fresh-state checks for the two kinds of chunk start that nearly all chunks
+    # have (a file's start, right after a candidate), in bulk; the rare others
+    # (after a 32 KiB cut or an early boundary) are scanned one by one.  A hit
+    # found past the end of its file is ignored where it is used.
+    early_at: dict[int, tuple[int, int]] = {}
+    cand: list[int] = []
+    cand_bits: list[int] = []
+    if len(buf) > _SMALL:
+        kernel = _Kernel()
+        a = np.frombuffer(buf, np.uint8)
+        cand_arr, bits_arr = kernel.candidates(a)
+        cand = cand_arr.tolist()
+        cand_bits = bits_arr.tolist()
+        bulk = np.unique(np.concatenate([starts, cand_arr + 1]))
+        bulk = bulk[bulk < len(buf)]
+        offs, ebits = kernel.early(a, buf, bulk)
+        early_at = dict(zip(bulk.tolist(), zip(offs, ebits, strict=True), strict=True))
+
+    def level(bits: int) -> int:
+        return (bits - BLOB_BITS) // fanbits if fanbits else 0
+
+    out: list[list[Chunk]] = []
+    j = 0
+    for d, s in zip(datas, starts.tolist(), strict=True):
+        e = s + len(d)
+        chunks: list[Chunk] = []
+        p = s
+        while p < e:
+            got = early_at.get(p)
+            off, bits = _early_bounded(buf, p, e) if got is None else got
+            if off >= 0 and p + off < e:
+                end = p + off + 1
+            else:
+                j = bisect_left(cand, p + _EARLY, j)
+                if j == len(cand) or cand[j] >= e:
+                    break
+                end, bits = cand[j] + 1, cand_bits[j]
+            if end - p > BLOB_MAX:
+                chunks.append((mv[p : p + BLOB_MAX], 0))
+                p += BLOB_MAX
+            else:
+                chunks.append((mv[p:end], level(bits)))
+                p = end
+        while e - p >= BLOB_MAX:
+            chunks.append((mv[p : p + BLOB_MAX], 0))
+            p += BLOB_MAX
+        if p < e:
+            chunks.append((mv[p:e], 0))
+        out.append(chunks)
+    return out
+
+
 def split_chunks(blocks: Iterable[bytes], fanbits: int = 4) -> Iterator[Chunk]:
     """(chunk, level) for a stream given as read blocks."""
     splitter = Splitter(fanbits)

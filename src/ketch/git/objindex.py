@@ -221,14 +221,23 @@ class ObjectIndex:
             return False
         return bool(self.contains_many(np.array([oid], dtype="S20"))[0])
 
-    def find(self, oid: bytes) -> tuple[str, int] | None:
-        """(idx basename, pack offset) of ``oid``, or None."""
-        q = np.array([oid], dtype="S20")
+    def contains_one(self, oid: bytes) -> bool:
+        """Whether some idx holds ``oid`` (no offset lookup: cheaper than find)."""
         maybe = self._trusted_bloom.maybe_contains(oid) if self._trusted_bloom is not None else True
         for s in self._sources:
             if s.in_bloom and not maybe:
                 continue
-            pos = int(s.table.positions(q)[0])
+            if s.table.position_one(oid) >= 0:
+                return True
+        return False
+
+    def find(self, oid: bytes) -> tuple[str, int] | None:
+        """(idx basename, pack offset) of ``oid``, or None."""
+        maybe = self._trusted_bloom.maybe_contains(oid) if self._trusted_bloom is not None else True
+        for s in self._sources:
+            if s.in_bloom and not maybe:
+                continue
+            pos = s.table.position_one(oid)
             if pos < 0:
                 continue
             if s.midx is None:
