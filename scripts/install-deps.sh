@@ -8,7 +8,7 @@
 set -euo pipefail
 
 # Later issues add: openssh-server mariadb-server postgresql
-PACKAGES="bup git python3-venv acl attr time"
+PACKAGES="bup git python3-venv acl attr time e2fsprogs python3-pyxattr python3-pylibacl"
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
     echo "install-deps: not a Debian system; install the equivalents of: $PACKAGES" >&2
