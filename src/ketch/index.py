@@ -122,12 +122,10 @@ class Index:
 
     def children(self, dir_path: bytes) -> dict[bytes, Entry]:
         """Every entry directly inside a directory, in one query."""
-        out = {}
-        for row in self._db.execute(
-                "SELECT path, dev, ino, mode, size, mtime, ctime, nlink, oid, gitmode, meta,"
-                " rules FROM files WHERE parent = ?", (dir_path,)):
-            out[row[0]] = Entry(Fingerprint(*row[1:8]), *row[8:])
-        return out
+        return {row[0]: Entry(Fingerprint._make(row[1:8]), *row[8:])
+                for row in self._db.execute(
+                    "SELECT path, dev, ino, mode, size, mtime, ctime, nlink, oid, gitmode, meta,"
+                    " rules FROM files WHERE parent = ?", (dir_path,))}
 
     def reusable(self, path: bytes, st: os.stat_result) -> tuple[bytes, int] | None:
         """(oid, gitmode) when the index holds an id for exactly this file state."""

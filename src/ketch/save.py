@@ -194,6 +194,8 @@ class _DirBuild:
     small_bytes: int = 0
     unchanged: bool = True
     seen: int = 0
+    # unchanged files taken from the index: (path, name, stat, index entry)
+    reused: list[tuple[bytes, bytes, os.stat_result, Entry]] = field(default_factory=list)
 
 
 class _Saver:
@@ -426,28 +428,52 @@ class _Saver:
                   own: Entry | None = None) -> tuple[bytes | None, bool]:
         """Save a real directory recursively: (tree id or None if unreadable, whether
         the tree recorded in the index for it was reused unchanged)."""
-        got = self.contents(path, st, rules, dev)
-        if got is None:
+        d = self.contents(path, rules, dev)
+        if d is None:
             return None, False
-        dir_record, entries, records, unchanged = got
         rules_key = rules.key()
-        if (unchanged and own is not None and own.oid is not None and own.rules == rules_key
+        if (d.unchanged and own is not None and own.oid is not None and own.rules == rules_key
                 and own.fingerprint == Fingerprint.of(st) and self.w.exists(own.oid)):
             # Nothing in it changed: its old tree (with its old .bupm) still holds,
             # as bup reuses an unchanged directory.
             self.result.dirs += 1
             return own.oid, True
-        tree = self.make_tree(dir_record, entries, records)
+        self.verify_reused(d)
+        try:
+            dir_record = from_path(path, st, warn=self.warn).encode()
+        except OSError as e:
+            self.warn(f"{os.fsdecode(path)}: {e.strerror}; skipped")
+            return None, False
+        tree = self.make_tree(dir_record, d.entries, d.records)
         if self.index is not None:
             self.index.record(path, st, tree, gobj.MODE_TREE, None, rules_key)
         return tree, False
 
-    def contents(self, path: bytes, st: os.stat_result, rules: ExcludeRules, dev: int
-                 ) -> tuple[bytes, list[gobj.TreeEntry], list[tuple[bytes, bytes]], bool] | None:
-        """(own .bupm record, tree entries, non-directory records, whether everything
-        in it matched the index) of a directory."""
+    def verify_reused(self, d: _DirBuild) -> None:
+        """Add the files taken from the index to the directory's entries, once their
+        objects are known to be stored (one query for the directory); a file whose
+        objects are gone is read again."""
+        if not d.reused:
+            return
+        there = self.repo.has_many([e.oid for _, _, _, e in d.reused if e.oid is not None])
+        for (path, name, st, e), ok in zip(d.reused, there, strict=True):
+            assert e.oid is not None and e.gitmode is not None and e.meta is not None
+            if ok or self.w.exists(e.oid):
+                d.entries.append(gobj.TreeEntry(
+                    e.gitmode, mangle(name, e.gitmode == gobj.MODE_TREE), e.oid))
+                d.records.append((name, e.meta))
+                continue
+            self.result.files -= 1
+            got = self.nondir(path, name, st, None)
+            if got is not None:
+                d.entries.append(got[0])
+                d.records.append((name, got[1]))
+        d.reused = []
+
+    def contents(self, path: bytes, rules: ExcludeRules, dev: int) -> _DirBuild | None:
+        """A directory's tree entries and non-directory records, and whether all of
+        it matched the index."""
         try:
-            meta = from_path(path, st, warn=self.warn)
             names = sorted(os.listdir(path))
         except OSError as e:
             self.warn(f"{os.fsdecode(path)}: {e.strerror}; skipped")
@@ -455,19 +481,31 @@ class _Saver:
         if rules.has_marker(path):
             names = []
         d = _DirBuild(known=self.index.children(path) if self.index is not None else {})
+        base = path + b"/" if not path.endswith(b"/") else path
+        lstat = os.lstat
+        known = d.known
         for name in names:
-            child = os.path.join(path, name)
+            child = base + name
             try:
-                cst = os.lstat(child)
+                cst = lstat(child)
             except OSError as e:
                 self.warn(f"{os.fsdecode(child)}: {e.strerror}; skipped")
                 continue
             is_dir = stat.S_ISDIR(cst.st_mode)
-            if rules.excluded(child, name, is_dir):
+            if rules and rules.excluded(child, name, is_dir):
                 continue
             d.seen += 1
-            ent = d.known.get(child)
+            ent = known.get(child)
             if not is_dir:
+                if (ent is not None and ent.meta is not None and ent.oid is not None
+                        and cst.st_nlink == 1 and ent.fingerprint == (
+                            cst.st_dev, cst.st_ino, cst.st_mode, cst.st_size,
+                            cst.st_mtime_ns, cst.st_ctime_ns, cst.st_nlink)):
+                    # Unchanged since the last save (the common case on a re-save):
+                    # its id and .bupm record as stored; that the objects are still
+                    # there is checked once per directory, if its tree is rebuilt.
+                    d.reused.append((child, name, cst, ent))
+                    continue
                 self.add_nondir(d, child, name, cst, ent)
             elif not rules.one_file_system or cst.st_dev == dev:
                 sub, same = self.directory(child, cst, rules, dev, ent)
@@ -475,20 +513,16 @@ class _Saver:
                 if sub is not None:
                     d.entries.append(gobj.TreeEntry(gobj.MODE_TREE, mangle(name, False), sub))
         self.store_small(d.small, d.entries, d.records)
-        return meta.encode(), d.entries, d.records, d.unchanged and d.seen == len(d.known)
+        d.unchanged = d.unchanged and d.seen == len(d.known)
+        self.result.files += len(d.reused)
+        if d.reused:
+            self.progress.advance(sum(st.st_size for _, _, st, _ in d.reused), len(d.reused))
+        return d
 
     def add_nondir(self, d: _DirBuild, path: bytes, name: bytes, st: os.stat_result,
                    ent: Entry | None) -> None:
-        reused = self.reuse(st, ent)
-        if reused is not None and ent is not None and ent.meta is not None and st.st_nlink == 1:
-            # Unchanged since the last save: its id and .bupm record as stored.
-            d.entries.append(gobj.TreeEntry(reused[1], mangle(name, reused[1] == gobj.MODE_TREE),
-                                            reused[0]))
-            d.records.append((name, ent.meta))
-            self.result.files += 1
-            self.progress.advance(st.st_size, 1)
-            return
         d.unchanged = False
+        reused = self.reuse(st, ent)
         if reused is None and stat.S_ISREG(st.st_mode) and st.st_size < _SMALL_FILE:
             data = self.read_small(path, st)
             if data is not None:
@@ -549,10 +583,11 @@ class _Saver:
         if node.source is not None:
             # A source merged into this node (--strip, or a graft onto it).
             st = os.lstat(node.source)
-            merged = self.contents(node.source, st, self.rules(node.source), st.st_dev)
+            merged = self.contents(node.source, self.rules(node.source), st.st_dev)
             if merged is not None:
-                entries += [e for e in merged[1] if _plain(e.name) not in taken]
-                records += [r for r in merged[2] if r[0] not in taken]
+                self.verify_reused(merged)
+                entries += [e for e in merged.entries if _plain(e.name) not in taken]
+                records += [r for r in merged.records if r[0] not in taken]
         return self.make_tree(dir_record, entries, records)
 
 

@@ -4,17 +4,37 @@ to one-line messages and the documented exit codes (0 ok, 1 warnings, 2 failed).
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import sys
 
 import click
 
 from ketch import __version__
-from ketch.cli import cat_file, init, join, ls, split
 from ketch.errors import EXIT_FAILED, KetchError
 
+# Command name -> module in ketch.cli. Modules load only when their command runs,
+# so `ketch save` does not pay for importing restore, the VFS and the rest.
+COMMANDS = {
+    "init": "init", "index": "index", "save": "save", "ls": "ls", "restore": "restore",
+    "cat-file": "cat_file", "split": "split", "join": "join",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMANDS.get(cmd_name)
+        if module is None:
+            return None
+        cmd = importlib.import_module(f"ketch.cli.{module}").command
+        assert isinstance(cmd, click.Command)
+        return cmd
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-d", "--dir", "repo_dir", metavar="DIR", default=None,
               help="repository (default: $KETCH_DIR, else ~/.ketch)")
 @click.version_option(__version__, prog_name="ketch")
@@ -22,10 +42,6 @@ from ketch.errors import EXIT_FAILED, KetchError
 def cli(ctx: click.Context, repo_dir: str | None) -> None:
     """ketch: deduplicating backups in bup-compatible git repositories."""
     ctx.obj = {"repo_dir": repo_dir}
-
-
-for _cmd in (init.command, split.command, join.command, cat_file.command, ls.command):
-    cli.add_command(_cmd)
 
 
 def _fail(message: str, code: int = EXIT_FAILED) -> int:
