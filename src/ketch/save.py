@@ -38,7 +38,7 @@ _O_NOATIME = getattr(os, "O_NOATIME", 0)
 # Files below this size are read whole and chunked together with the rest of
 # their directory's small files, in batches of about _SMALL_BATCH bytes.
 _SMALL_FILE = 1 << 20
-_SMALL_BATCH = 8 << 20
+_SMALL_BATCH = 4 << 20
 
 
 def mangle(name: bytes, is_chunked: bool) -> bytes:

@@ -193,7 +193,7 @@ class PackWriter:
         self._pool = ThreadPoolExecutor(max_workers=max(1, nthreads))
         self._pending: deque[tuple[list[bytes], _Pending, int]] = deque()
         self._pending_bytes = 0
-        self._max_pending_bytes = 8 << 20
+        self._max_pending_bytes = 16 << 20
         self._predictor = _Predictor()
         # Ids written in this session, including packs already closed: their idx
         # may not be in the caller's index yet.
@@ -372,7 +372,7 @@ class PackWriter:
     def _open(self) -> None:
         os.makedirs(self.pack_dir, exist_ok=True)
         self._tmpdir = tempfile.mkdtemp(prefix="pack-tmp-", dir=self.objects_dir)
-        self._file = open(os.path.join(self._tmpdir, "pack"), "w+b", buffering=1 << 22)  # noqa: SIM115
+        self._file = open(os.path.join(self._tmpdir, "pack"), "w+b", buffering=1 << 20)  # noqa: SIM115
         self._file.write(b"PACK" + struct.pack(">II", 2, 0))
         self._offset = 12
         self._entries = _Entries()
