@@ -1,16 +1,29 @@
 #!/usr/bin/env python3
 """ketch vs bup, side by side, on the same deterministic corpus (see corpus.py).
 
-    make bench                                  # full size: 1 GiB + ~300 MB
+    make bench                                  # full size: ~1.5 GB of DATA
     .venv/bin/python bench/bench.py --scale 0.1 # quick run
     .venv/bin/python bench/bench.py --only bup  # one tool only
+    .venv/bin/python bench/bench.py --phase cycle
 
-Each phase is a function ``(Context) -> list[Row]``, listed in PHASES; a later
-phase (save, re-save, restore) is one more function. Every command runs under
-``/usr/bin/time`` for its own peak RSS. Rows of the same (phase, item) from
-different tools must agree on the tree id. Results go to a table on stdout and
-to ``bench/results/latest.json``. Exit status: 0 ok, 1 a command failed or the
-tools disagreed, 2 bad setup.
+Each phase is a function ``(Context) -> list[Row]``, listed in PHASES:
+
+- ``split``: ``split -n NAME FILE`` of the image and the dump into a fresh repo.
+- ``cycle``: the whole filesystem-backup cycle of DATA (config tree + image +
+  dump, copied once per run into the work dir): ``save-initial`` (bup: index +
+  save; ketch: save), ``resave`` with nothing changed, ``save-day`` after
+  corpus.mutate_day, and a full ``restore`` into a fresh
+  directory, verified against DATA outside the timing. These depend on each
+  other, so they are one phase that emits several rows.
+
+Every command runs under ``/usr/bin/time`` for its own peak RSS. The page cache
+is warm: DATA is read once before timing (and again after the day's changes),
+and ``sync`` runs before every measured step. Rows of the same (phase, item)
+from different tools must agree on the tree id. The ratios table marks the
+issue's targets met (✓) or missed (✗). Results go to a table on stdout and to
+``bench/results/latest.json``. Exit status: 0 ok, 1 a command failed, a restore
+did not verify, or the tools disagreed (a missed target alone is not a
+failure), 2 bad setup.
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ import os
 import platform
 import resource
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -29,7 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from corpus import CorpusFile, ensure_corpus
+from corpus import Corpus, CorpusFile, DayStats, ensure_corpus, mutate_day
 
 try:
     from rich.console import Console
@@ -43,6 +57,13 @@ DEFAULT_CACHE = Path(os.environ.get("KETCH_BENCH_DIR", "/var/tmp/ketch-bench"))
 DEFAULT_RESULTS = ROOT / "bench" / "results" / "latest.json"
 GNU_TIME = "/usr/bin/time"
 TOOL_NAMES = ("ketch", "bup")
+BRANCH = "bench"  # the cycle phase's save name
+MB = 1_000_000
+RSS_LIMIT_MB = 150.0  # ketch's peak RSS target, everywhere (decimal MB, like MB/s)
+CACHE_NOTE = (
+    "page cache warm for both tools: DATA read once before timing (again after the "
+    "day's changes); sync before every measured step"
+)
 
 
 def log(msg: str) -> None:
@@ -148,16 +169,22 @@ class Row:
     tree: str | None
     ok: bool
     note: str = ""
+    repo_growth: int | None = None  # repo_bytes minus the size before this step
+    changed_bytes: int | None = None  # save-day: bytes the day's changes wrote
+    parts: dict[str, float] = field(default_factory=dict)  # seconds per command
+    verified: str | None = None  # restore: the comparison's result
 
 
 @dataclass
 class Context:
     tools: list[Tool]
-    corpus: list[CorpusFile]
+    corpus: Corpus
     work_dir: Path
     env: dict[str, str]
+    scale: float = 1.0
     keep: bool = False
-    repos: list[Path] = field(default_factory=list)
+    repos: list[Path] = field(default_factory=list)  # scratch, removed unless --keep
+    info: dict[str, object] = field(default_factory=dict)  # extra facts for the JSON
 
     def fresh_repo(self, tool: Tool, phase: str) -> Path:
         repo = self.work_dir / f"{phase}-{tool.name}"
@@ -167,46 +194,299 @@ class Context:
         return repo
 
 
+def _failure(m: Measure) -> str:
+    last = (m.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1]
+    return f"exit {m.returncode}: {last}"
+
+
 def row_from(
-    phase: str, tool: Tool, item: CorpusFile, m: Measure, repo: Path, tree: str | None
+    phase: str,
+    tool: Tool,
+    item: CorpusFile,
+    m: Measure,
+    repo: Path,
+    tree: str | None,
+    before: int | None = None,
 ) -> Row:
     ok = m.returncode == 0 and tree is not None
     note = "" if ok else (m.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1]
     if m.returncode != 0:
-        note = f"exit {m.returncode}: {note}"
+        note = _failure(m)
+    size = repo_bytes(repo)
     return Row(
         phase=phase,
         tool=tool.name,
         item=item.name,
         bytes_in=item.size,
         seconds=round(m.seconds, 3),
-        mb_per_s=round(item.size / 1e6 / m.seconds, 2),
+        mb_per_s=round(item.size / MB / m.seconds, 2),
         max_rss_kib=m.max_rss_kib,
-        repo_bytes=repo_bytes(repo),
+        repo_bytes=size,
         tree=tree,
         ok=ok,
         note=note,
+        repo_growth=None if before is None else size - before,
     )
 
 
 def phase_split(ctx: Context) -> list[Row]:
-    """Fresh repo per tool; ``split -n NAME FILE`` for each corpus file in turn.
+    """Fresh repo per tool; ``split -n NAME FILE`` for each big corpus file in turn.
 
     repo_bytes is the repository size after that step (cumulative)."""
     rows = []
     for tool in ctx.tools:
         repo = ctx.fresh_repo(tool, "split")
-        for item in ctx.corpus:
-            log(f"{tool.name} split -n {item.name} ({item.size / 1e6:.0f} MB)")
+        before: int | None = repo_bytes(repo)
+        for item in ctx.corpus.files:
+            log(f"{tool.name} split -n {item.name} ({item.size / MB:.0f} MB)")
+            os.sync()
             m = measure(tool.cmd(repo, "split", "-n", item.name, str(item.path)), ctx.env)
             tree = rev_parse(repo, f"{item.name}^{{tree}}", ctx.env) if m.returncode == 0 else None
-            rows.append(row_from("split", tool, item, m, repo, tree))
+            rows.append(row_from("split", tool, item, m, repo, tree, before))
+            before = rows[-1].repo_bytes
     return rows
+
+
+# --- the backup cycle
+
+
+def copy_data(src: Path, dst: Path) -> None:
+    """A private copy of DATA (the day's changes must not touch the cache)."""
+    shutil.rmtree(dst, ignore_errors=True)
+    subprocess.run(["cp", "-a", "--reflink=auto", str(src), str(dst)], check=True)
+
+
+def warm(root: Path) -> int:
+    """Read every regular file under ``root`` (page cache warm for both tools),
+    list every directory and read every symlink, so that relatime has settled
+    all atimes (saved in .bupm) before either tool looks; the bytes of regular
+    files, the 'size of DATA' the MB/s are computed from."""
+    total = 0
+    buf = bytearray(1 << 20)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                os.readlink(path)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            total += st.st_size
+            with open(path, "rb", buffering=0) as f:
+                while f.readinto(buf):
+                    pass
+    os.sync()
+    return total
+
+
+def measure_steps(
+    steps: list[tuple[str, list[str]]], env: dict[str, str]
+) -> tuple[Measure, dict[str, float], str]:
+    """Run the commands in turn (all of them, even after a failure): total
+    seconds, max peak RSS, seconds per step, and the failures."""
+    parts: dict[str, float] = {}
+    rss: list[int] = []
+    failures: list[str] = []
+    code = 0
+    out, err = b"", b""
+    for label, cmd in steps:
+        os.sync()
+        m = measure(cmd, env)
+        parts[label] = round(m.seconds, 3)
+        if m.max_rss_kib is not None:
+            rss.append(m.max_rss_kib)
+        if m.returncode != 0:
+            failures.append(f"{label}: {_failure(m)}")
+            code = code or m.returncode
+        out, err = out + m.stdout, err + m.stderr
+    total = Measure(sum(parts.values()), max(rss, default=None), code, out, err)
+    return total, parts, "; ".join(failures)
+
+
+@dataclass
+class CycleState:
+    """One tool's repository in the cycle, and its size before the next step."""
+
+    tool: Tool
+    repo: Path
+    size: int
+
+
+def _cycle_row(
+    phase: str, st: CycleState, data_bytes: int, m: Measure, parts: dict[str, float], note: str
+) -> Row:
+    size = repo_bytes(st.repo)
+    growth, st.size = size - st.size, size
+    return Row(
+        phase=phase,
+        tool=st.tool.name,
+        item="data",
+        bytes_in=data_bytes,
+        seconds=round(m.seconds, 3),
+        mb_per_s=round(data_bytes / MB / m.seconds, 2) if m.seconds > 0 else 0.0,
+        max_rss_kib=m.max_rss_kib,
+        repo_bytes=size,
+        tree=None,
+        ok=not note,
+        note=note,
+        repo_growth=growth,
+        parts=parts,
+    )
+
+
+def save_step(ctx: Context, phase: str, st: CycleState, data: Path, data_bytes: int) -> Row:
+    """Each tool's whole save procedure; the row is its sum. bup needs ``index
+    DATA`` then ``save -n bench DATA``. ketch's save walks the paths it is given
+    itself and uses its index only as a cache, so ``ketch save`` is its whole
+    procedure (``ketch index`` is optional; see README)."""
+    tool = st.tool
+    steps = [("save", tool.cmd(st.repo, "save", "-n", BRANCH, str(data)))]
+    if tool.name == "bup":
+        steps.insert(0, ("index", tool.cmd(st.repo, "index", str(data))))
+    log(f"{tool.name} {phase}: {' + '.join(n for n, _ in steps)} {data} "
+        f"({data_bytes / MB:,.0f} MB)")
+    m, parts, note = measure_steps(steps, ctx.env)
+    row = _cycle_row(phase, st, data_bytes, m, parts, note)
+    # The tree of DATA itself (the save's root holds /var, /var/tmp... whose
+    # atimes the run itself moves); bup names directories as they are.
+    row.tree = rev_parse(st.repo, f"{BRANCH}:{str(data).lstrip('/')}", ctx.env)
+    if row.ok and row.tree is None:
+        row.ok, row.note = False, f"no {BRANCH}:{data} after the save"
+    return row
+
+
+def restore_step(ctx: Context, st: CycleState, data: Path, data_bytes: int) -> Row:
+    """``restore -C OUT bench/latest/DATA`` into a fresh OUT, then (untimed) a
+    comparison of OUT/<name of DATA> with DATA."""
+    tool = st.tool
+    out = ctx.work_dir / f"restore-{tool.name}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    # bup wants an absolute VFS path; ketch's form has no leading slash.
+    ref = f"{'/' if tool.name == 'bup' else ''}{BRANCH}/latest{data}"
+    log(f"{tool.name} restore -C {out} {ref}")
+    m, parts, note = measure_steps(
+        [("restore", tool.cmd(st.repo, "restore", "-C", str(out), ref))], ctx.env
+    )
+    row = _cycle_row("restore", st, data_bytes, m, parts, note)
+    restored = out / data.name
+    if restored.is_dir():
+        log(f"verifying {restored} against {data}")
+        problems = compare_trees(data, restored)
+        row.verified = "identical" if not problems else f"{len(problems)} differences"
+        if problems:
+            row.ok = False
+            shown = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
+            row.note = (row.note + "; " if row.note else "") + f"restore differs: {shown}"
+            for p in problems[:20]:
+                log(f"  {tool.name} restore: {p}")
+    else:
+        row.verified = "nothing restored"
+        row.ok = False
+        row.note = row.note or f"{restored} was not created"
+    if not ctx.keep:
+        shutil.rmtree(out, ignore_errors=True)
+    return row
+
+
+def phase_cycle(ctx: Context) -> list[Row]:
+    """The whole backup cycle of DATA, ketch and bup interleaved step by step
+    on the same copy: save-initial, resave, (the day's changes) save-day,
+    restore."""
+    data = ctx.work_dir / "data"
+    log(f"copying {ctx.corpus.data_dir} to {data}")
+    copy_data(ctx.corpus.data_dir, data)
+    ctx.repos.append(data)
+    data_bytes = warm(data)
+    states = [
+        CycleState(t, repo := ctx.fresh_repo(t, "cycle"), repo_bytes(repo)) for t in ctx.tools
+    ]
+    rows: list[Row] = []
+    for phase in ("save-initial", "resave"):
+        rows += [save_step(ctx, phase, st, data, data_bytes) for st in states]
+    log(f"applying the day's changes to {data}")
+    day: DayStats = mutate_day(data, ctx.scale)
+    ctx.info["day"] = day.as_dict()
+    data_bytes = warm(data)
+    for st in states:
+        row = save_step(ctx, "save-day", st, data, data_bytes)
+        row.changed_bytes = day.changed_bytes
+        rows.append(row)
+    rows += [restore_step(ctx, st, data, data_bytes) for st in states]
+    return rows
+
+
+def _entry(path: str) -> tuple[os.stat_result, str | None]:
+    st = os.lstat(path)
+    return st, os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
+
+
+def _same_bytes(a: str, b: str) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def _compare_entry(rel: str, a: str, b: str) -> str | None:
+    """What differs between ``a`` and ``b`` (one path each side), if anything:
+    type, content or link target, permissions (not of symlinks), owner, mtime."""
+    sa, la = _entry(a)
+    sb, lb = _entry(b)
+    if stat.S_IFMT(sa.st_mode) != stat.S_IFMT(sb.st_mode):
+        return f"{rel}: type {stat.filemode(sa.st_mode)} vs {stat.filemode(sb.st_mode)}"
+    if la != lb:
+        return f"{rel}: symlink -> {la!r} vs {lb!r}"
+    if stat.S_ISREG(sa.st_mode):
+        if sa.st_size != sb.st_size:
+            return f"{rel}: size {sa.st_size} vs {sb.st_size}"
+        if not _same_bytes(a, b):
+            return f"{rel}: content differs"
+    if la is None and stat.S_IMODE(sa.st_mode) != stat.S_IMODE(sb.st_mode):
+        return f"{rel}: mode {oct(stat.S_IMODE(sa.st_mode))} vs {oct(stat.S_IMODE(sb.st_mode))}"
+    if (sa.st_uid, sa.st_gid) != (sb.st_uid, sb.st_gid):
+        return f"{rel}: owner {sa.st_uid}:{sa.st_gid} vs {sb.st_uid}:{sb.st_gid}"
+    if sa.st_mtime_ns != sb.st_mtime_ns:
+        return f"{rel}: mtime {sa.st_mtime_ns} vs {sb.st_mtime_ns}"
+    return None
+
+
+def compare_trees(src: Path, dst: Path) -> list[str]:
+    """Every difference between the tree ``src`` and its restored copy ``dst``:
+    missing or extra names, and what _compare_entry finds."""
+    top = _compare_entry(".", str(src), str(dst))
+    problems: list[str] = [top] if top else []
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel_dir = os.path.relpath(dirpath, src)
+        other = os.path.join(dst, rel_dir)
+        dirnames.sort()
+        names = set(dirnames) | set(filenames)
+        try:
+            there = set(os.listdir(other))
+        except OSError as e:
+            problems.append(f"{rel_dir}: {e.strerror}")
+            dirnames.clear()
+            continue
+        problems += [f"{os.path.join(rel_dir, n)}: missing" for n in sorted(names - there)]
+        problems += [f"{os.path.join(rel_dir, n)}: extra" for n in sorted(there - names)]
+        for name in sorted(names & there):
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            diff = _compare_entry(rel, os.path.join(dirpath, name), os.path.join(other, name))
+            if diff:
+                problems.append(diff)
+        dirnames[:] = [
+            d for d in dirnames if d in there and not os.path.islink(os.path.join(dirpath, d))
+        ]
+    return problems
 
 
 Phase = Callable[[Context], list[Row]]
 PHASES: dict[str, Phase] = {
     "split": phase_split,
+    "cycle": phase_cycle,
 }
 
 
@@ -231,56 +511,121 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
+@dataclass(frozen=True)
+class Target:
+    """One goal of the issue: ``metric`` (a key of the ratio dict) ``op`` ``bound``."""
+
+    metric: str
+    op: str  # ">=" or "<="
+    bound: float
+    label: str
+
+    def check(self, ratio: dict[str, object]) -> dict[str, object]:
+        value = ratio.get(self.metric)
+        met: bool | None = None
+        if isinstance(value, int | float):
+            met = value >= self.bound if self.op == ">=" else value <= self.bound
+        return {"target": self.label, "value": value, "met": met}
+
+
+SPEED_4X = Target("throughput", ">=", 4.0, "speed ≥4×")
+RSS_TARGET = Target("ketch_rss_mb", "<=", RSS_LIMIT_MB, f"RSS ≤{RSS_LIMIT_MB:g} MB")
+TARGETS: dict[str, list[Target]] = {
+    "save-initial": [SPEED_4X],
+    "resave": [Target("time", "<=", 0.5, "time ≤0.5×")],
+    "save-day": [SPEED_4X, Target("repo_growth", "<=", 1.05, "growth ≤1.05×")],
+    "restore": [SPEED_4X],
+}
+
+
 def ratios(rows: list[Row]) -> list[dict[str, object]]:
-    """ketch/bup for each (phase, item) both tools ran."""
+    """ketch/bup for each (phase, item) both tools ran, and the targets (a
+    failed row misses them all)."""
     by_key = {(r.phase, r.item, r.tool): r for r in rows}
     out: list[dict[str, object]] = []
     for r in rows:
         if r.tool != "ketch" or (r.phase, r.item, "bup") not in by_key:
             continue
         b = by_key[(r.phase, r.item, "bup")]
-        out.append(
-            {
-                "phase": r.phase,
-                "item": r.item,
-                "throughput": _ratio(r.mb_per_s, b.mb_per_s),
-                "repo_size": _ratio(r.repo_bytes, b.repo_bytes),
-                "max_rss": _ratio(r.max_rss_kib, b.max_rss_kib),
-                "same_tree": r.tree is not None and r.tree == b.tree,
-            }
-        )
+        if not (r.ok and b.ok):  # no ratios of a failed step, and every target missed
+            out.append(
+                {
+                    "phase": r.phase,
+                    "item": r.item,
+                    "both_ok": False,
+                    "targets": [
+                        {"target": t.label, "value": "failed", "met": False}
+                        for t in [*TARGETS.get(r.phase, []), RSS_TARGET]
+                    ],
+                }
+            )
+            continue
+        x: dict[str, object] = {
+            "phase": r.phase,
+            "item": r.item,
+            "throughput": _ratio(r.mb_per_s, b.mb_per_s),
+            "time": _ratio(r.seconds, b.seconds),
+            "repo_size": _ratio(r.repo_bytes, b.repo_bytes),
+            "repo_growth": _ratio(r.repo_growth, b.repo_growth),
+            "max_rss": _ratio(r.max_rss_kib, b.max_rss_kib),
+            "ketch_rss_mb": None if r.max_rss_kib is None else round(r.max_rss_kib * 1024 / MB, 1),
+            "same_tree": None if r.tree is None and b.tree is None else r.tree == b.tree,
+            "both_ok": True,
+        }
+        x["targets"] = [t.check(x) for t in [*TARGETS.get(r.phase, []), RSS_TARGET]]
+        out.append(x)
     return out
 
 
-def _fmt_row(r: Row) -> list[str]:
-    def mib(n: int | None, div: int) -> str:
-        return "-" if n is None else f"{n / div:,.1f}"
+def _mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / MB:,.1f}"
 
+
+def _fmt_row(r: Row) -> list[str]:
     status = "ok" if r.ok else f"FAIL {r.note}"
+    if r.verified and r.ok:
+        status = f"ok, {r.verified}"
+    parts = " + ".join(f"{k} {v:.2f}" for k, v in r.parts.items()) if len(r.parts) > 1 else ""
     return [
         r.phase,
         r.item,
         r.tool,
         f"{r.seconds:.2f}",
+        parts,
         f"{r.mb_per_s:.1f}",
-        mib(r.max_rss_kib, 1024),
-        mib(r.repo_bytes, 1 << 20),
+        _mb(r.changed_bytes),
+        _mb(None if r.max_rss_kib is None else r.max_rss_kib * 1024),
+        _mb(r.repo_bytes),
+        _mb(r.repo_growth),
         (r.tree or "-")[:12],
         status,
     ]
+
+
+def _fmt_target(t: dict[str, object]) -> str:
+    mark = "✓" if t["met"] else "✗"
+    value = t["value"]
+    shown = f"{value:.3g}" if isinstance(value, int | float) else str(value or "-")
+    return f"{mark} {t['target']}: {shown}"
 
 
 def _fmt_ratio(x: dict[str, object]) -> list[str]:
     def f(v: object) -> str:
         return "-" if v is None else f"{v}"
 
+    same = x.get("same_tree")
+    targets = x["targets"]
+    assert isinstance(targets, list)
     return [
         f(x["phase"]),
         f(x["item"]),
-        f(x["throughput"]),
-        f(x["repo_size"]),
-        f(x["max_rss"]),
-        "yes" if x["same_tree"] else "NO",
+        f(x.get("throughput")),
+        f(x.get("time")),
+        f(x.get("repo_size")),
+        f(x.get("repo_growth")),
+        f(x.get("max_rss")),
+        "-" if same is None else "yes" if same else "NO",
+        "\n".join(_fmt_target(t) for t in targets),
     ]
 
 
@@ -289,35 +634,50 @@ ROW_HEADERS = [
     "item",
     "tool",
     "seconds",
+    "of which",
     "MB/s",
-    "peak RSS MiB",
-    "repo MiB",
+    "changed MB",
+    "peak RSS MB",
+    "repo MB",
+    "growth MB",
     "tree",
     "status",
 ]
 RATIO_HEADERS = [
     "phase",
     "item",
-    "throughput ketch/bup",
-    "repo size ketch/bup",
-    "peak RSS ketch/bup",
+    "MB/s",
+    "time",
+    "repo size",
+    "repo growth",
+    "peak RSS",
     "same tree",
+    "targets",
 ]
 
 
-def print_table(title: str, headers: list[str], body: list[list[str]]) -> None:
+def print_table(title: str, headers: list[str], body: list[list[str]], caption: str = "") -> None:
+    left = ("phase", "item", "tool", "of which", "status", "targets")
     if Console is not None and Table is not None:
-        table = Table(title=title)
+        table = Table(title=title, caption=caption or None)
         for h in headers:
-            table.add_column(h, justify="left" if h in ("phase", "item", "tool") else "right")
+            table.add_column(
+                h,
+                justify="left" if h in left else "right",
+                no_wrap=h != "status",
+                min_width=30 if h == "status" else None,
+            )
         for line in body:
             table.add_row(*line)
-        Console(width=max(120, shutil.get_terminal_size().columns)).print(table)
+        Console(width=max(200, shutil.get_terminal_size().columns)).print(table)
         return
+    body = [[c.replace("\n", "; ") for c in line] for line in body]
     widths = [max(len(c) for c in col) for col in zip(headers, *body, strict=False)]
     print(f"\n{title}")
     for line in [headers, *body]:
         print("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)))
+    if caption:
+        print(caption)
 
 
 # ---------------------------------------------------------------------------
@@ -372,7 +732,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--scale",
         type=float,
         default=1.0,
-        help="corpus size factor (1.0 = 1 GiB image + ~300 MB dump)",
+        help="corpus size factor (1.0 = 20,000-file ~150 MB tree + 1 GiB image + ~300 MB dump)",
     )
     p.add_argument(
         "--cache-dir",
@@ -410,11 +770,21 @@ def write_results(
             "python": platform.python_version(),
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
+            "loadavg_at_start": ctx.info.get("loadavg"),
         },
+        "cache": CACHE_NOTE,
         "tools": {
             t.name: {"argv": list(t.argv), "version": tool_version(t, ctx.env)} for t in ctx.tools
         },
-        "corpus": [{"name": c.name, "path": str(c.path), "bytes": c.size} for c in ctx.corpus],
+        "corpus": {
+            "data_dir": str(ctx.corpus.data_dir),
+            "bytes": ctx.corpus.size,
+            "parts": [
+                {"name": c.name, "path": str(c.path), "bytes": c.size} for c in ctx.corpus.parts
+            ],
+            "tree": ctx.corpus.tree_stats,
+        },
+        "day": ctx.info.get("day"),
         "rows": [asdict(r) for r in rows],
         "ratios": rat,
     }
@@ -430,7 +800,13 @@ def main(argv: list[str] | None = None) -> int:
     corpus = ensure_corpus(args.cache_dir, args.scale, log)
     work_dir = args.cache_dir / "run"
     work_dir.mkdir(parents=True, exist_ok=True)
-    ctx = Context(tools=tools, corpus=corpus, work_dir=work_dir, env=env, keep=args.keep)
+    ctx = Context(
+        tools=tools, corpus=corpus, work_dir=work_dir, env=env, scale=args.scale, keep=args.keep
+    )
+    load = os.getloadavg()
+    ctx.info["loadavg"] = [round(x, 2) for x in load]
+    if load[0] > 1.5:
+        log(f"note: load average {load[0]:.2f}: other work will skew the timings")
     rows: list[Row] = []
     try:
         for name in args.phase or list(PHASES):
@@ -444,9 +820,19 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(repo, ignore_errors=True)
     check_trees(rows)
     rat = ratios(rows)
-    print_table(f"ketch vs bup (scale {args.scale:g})", ROW_HEADERS, [_fmt_row(r) for r in rows])
+    print_table(
+        f"ketch vs bup (scale {args.scale:g}, DATA {corpus.size / MB:,.0f} MB)",
+        ROW_HEADERS,
+        [_fmt_row(r) for r in rows],
+        caption=CACHE_NOTE,
+    )
     if rat:
-        print_table("ratios (ketch / bup)", RATIO_HEADERS, [_fmt_ratio(x) for x in rat])
+        print_table(
+            "ratios ketch / bup, and the targets",
+            RATIO_HEADERS,
+            [_fmt_ratio(x) for x in rat],
+            caption="resave: time ratio; otherwise MB/s ratio. RSS target: ketch's own peak",
+        )
     write_results(args.results, args, ctx, rows, rat)
     return 0 if all(r.ok for r in rows) else 1
 

@@ -1,13 +1,27 @@
 """Deterministic benchmark corpus, generated once into a cache dir and reused.
 
-- ``vm-image``: a VM-disk-like file made of 64 KiB..4 MiB runs (4 KiB aligned)
+All of it lives under one directory, ``DATA`` (``<cache>/corpus-v2-scale-S/data``),
+which the ``cycle`` phase saves as a whole:
+
+- ``etc-tree/``: a configuration tree: 20,000 files, ~150 MB at scale 1, mostly
+  small text files (log-normal sizes, a few hundred bytes to a few hundred KB),
+  some scripts (0755), secrets (0600) and binary files, a few larger files that
+  fill the byte budget, about 6 levels of directories, ~1% symlinks (to files,
+  to directories, a few dangling) and deterministic mtimes.
+- ``vm-image.img``: a VM-disk-like file made of 64 KiB..4 MiB runs (4 KiB aligned)
   of random blocks, zero blocks, low-entropy blocks, and blocks repeated (as
   is, or with a few bytes changed) from earlier in the file. Streamed to disk.
-- ``sql-dump``: a mysqldump-like text: CREATE TABLE and extended INSERT lines
+- ``sql-dump.sql``: a mysqldump-like text: CREATE TABLE and extended INSERT lines
   with varied numbers, names, dates and amounts.
 
-Both are a pure function of (CORPUS_VERSION, SEED, scale): change either
-generator and bump CORPUS_VERSION so cached copies are regenerated.
+The ``split`` phase uses the two big files. Everything is a pure function of
+(CORPUS_VERSION, SEED, scale): change a generator and bump CORPUS_VERSION so
+cached copies are regenerated.
+
+``mutate_day`` applies "a realistic day" of changes to a *copy* of DATA (never
+to the cache): 1% of the image rewritten in place in ~50 places, rows inserted
+in the middle of the dump and rows changed, tree files edited, added, deleted.
+It is deterministic too (its own RNG stream of SEED).
 """
 
 from __future__ import annotations
@@ -15,17 +29,24 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
+import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2  # 2: everything under data/, plus etc-tree
 SEED = 0x6B657463  # "ketc"
 MIB = 1 << 20
 VM_BYTES = 1 << 30  # 1 GiB at scale 1
 SQL_BYTES = 300 * 1000 * 1000  # ~300 MB at scale 1
+TREE_FILES = 20_000  # at scale 1
+TREE_BYTES = 150 * 1000 * 1000  # ~150 MB at scale 1
+TREE_DEPTH = 6
+DATA_DIR = "data"
+TREE_DIR = "etc-tree"
 BLOCK = 4096
 
 
@@ -33,7 +54,23 @@ BLOCK = 4096
 class CorpusFile:
     name: str  # also the ref name used by `split -n`
     path: Path
-    size: int
+    size: int  # bytes; for a directory, of the regular files in it
+
+
+@dataclass(frozen=True)
+class Corpus:
+    data_dir: Path  # DATA: everything below, saved as a whole by the cycle phase
+    parts: list[CorpusFile]  # etc-tree (a directory), vm-image, sql-dump
+    tree_stats: dict[str, int]  # etc-tree: files, dirs, symlinks, bytes
+
+    @property
+    def files(self) -> list[CorpusFile]:
+        """The single big files (what `split` measures)."""
+        return [p for p in self.parts if p.path.is_file()]
+
+    @property
+    def size(self) -> int:
+        return sum(p.size for p in self.parts)
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -228,6 +265,368 @@ def generate_sql_dump(path: Path, size: int, seed: int) -> None:
 
 
 # ---------------------------------------------------------------------------
+# configuration tree
+
+_WORDS = (
+    "acl address alias allow apache2 apparmor apt auth backend bind bootstrap buffer cache "
+    "cert chain charset chroot cipher client cluster compress conf config cron daemon debug "
+    "default deny device dhcp disk dns domain driver enable endpoint env exec facility filter "
+    "firewall format gateway group handler header host hostname http include init interface "
+    "ipv4 ipv6 journal kernel key keepalive level limit listen locale log logrotate mail "
+    "master max memory min mode module mount mysql name netmask network nginx nofile ntp "
+    "option owner pam passwd path pid pool port postfix prefix priority profile protocol "
+    "proxy queue realm redis relay remote resolver retry root route rule sasl schedule "
+    "secret security server service session shell size socket ssh ssl stack storage "
+    "subnet sudo syslog systemd target tcp template timeout timer timezone tls token udev "
+    "udp umask unit upstream user uuid value verify version virtual volume watch worker "
+    "xattr zone"
+).split()
+_EXTS = ("conf", "conf", "conf", "cfg", "ini", "rules", "list", "json", "yaml", "xml", "")
+_BIN_EXTS = ("db", "cache", "bin", "gz")
+_SEPS = (" ", " ", " ", " ", " = ", ", ", "\n", "\n", "\n# ", "\n\n[", "] ", "/", ":")
+
+
+def _tokens(rng: np.random.Generator) -> list[str]:
+    """A vocabulary of config-ish tokens: words, words with digits, addresses,
+    paths, hex ids. Drawn once per generator, so different seeds differ."""
+    n = len(_WORDS)
+    out = list(_WORDS)
+    a, b, c = (rng.integers(0, n, 3000).tolist() for _ in range(3))
+    nums = rng.integers(0, 65536, 3000).tolist()
+    for i in range(3000):
+        kind = i % 6
+        if kind == 0:
+            out.append(f"{_WORDS[a[i]]}_{_WORDS[b[i]]}")
+        elif kind == 1:
+            out.append(f"{_WORDS[a[i]]}{nums[i] % 100}")
+        elif kind == 2:
+            out.append(f"10.{nums[i] >> 8}.{nums[i] & 255}.{b[i] % 255}")
+        elif kind == 3:
+            out.append(f"/{_WORDS[a[i]]}/{_WORDS[b[i]]}/{_WORDS[c[i]]}")
+        elif kind == 4:
+            out.append(f"{nums[i] * 65536 + a[i] * 97 + b[i]:08x}")
+        else:
+            out.append(str(nums[i]))
+    return out
+
+
+def _text(rng: np.random.Generator, vocab: list[str], size: int) -> bytes:
+    """About ``size`` bytes of config-like text (exactly ``size``), unique per call."""
+    k = size // 7 + 8
+    toks = rng.integers(0, len(vocab), k).tolist()
+    seps = rng.integers(0, len(_SEPS), k).tolist()
+    parts: list[str] = []
+    total = 0
+    for t, sp in zip(toks, seps, strict=True):
+        piece = vocab[t] + _SEPS[sp]
+        parts.append(piece)
+        total += len(piece)
+        if total >= size:
+            break
+    while total < size:  # short words: top up
+        piece = vocab[int(rng.integers(0, len(vocab)))] + "\n"
+        parts.append(piece)
+        total += len(piece)
+    data = "".join(parts).encode("ascii")[: size - 1]
+    return data + b"\n" if size else b""
+
+
+def _tree_dirs(rng: np.random.Generator, n_dirs: int) -> list[str]:
+    """Relative directory paths ("" is the root), each parent before its children."""
+    dirs, depth = [""], [0]
+    names: dict[str, set[str]] = {"": set()}
+    for i in range(n_dirs):
+        while True:  # a parent that may still have children
+            p = int(rng.integers(0, len(dirs)))
+            if depth[p] < TREE_DEPTH:
+                break
+        word = _WORDS[int(rng.integers(0, len(_WORDS)))]
+        name = word + (".d" if rng.random() < 0.3 else "")
+        if name in names[dirs[p]]:
+            name = f"{word}-{i}"
+        names[dirs[p]].add(name)
+        path = f"{dirs[p]}/{name}" if dirs[p] else name
+        dirs.append(path)
+        depth.append(depth[p] + 1)
+        names[path] = set()
+    return dirs
+
+
+def _tree_sizes(rng: np.random.Generator, n_files: int, total: int) -> list[int]:
+    """Log-normal small files (median ~2.4 KB, 120 B..400 KB), then a few large
+    files (~0.1% of the count) that take what is left of ``total``."""
+    n_large = max(1, round(n_files * 0.001))
+    small = np.clip(rng.lognormal(np.log(2400.0), 1.3, n_files - n_large), 120, 400_000)
+    left = total - float(small.sum())
+    floor = 256 * 1024 * n_large
+    if left < floor:  # the small files alone are too big for the budget
+        small *= max(total - floor, 0) / float(small.sum())
+        left = total - float(small.sum())
+    weights = rng.uniform(0.5, 1.5, n_large)
+    large = weights / weights.sum() * left
+    sizes = [int(x) for x in small] + [int(x) for x in large]
+    order = rng.permutation(len(sizes)).tolist()  # large ones anywhere
+    return [sizes[i] for i in order]
+
+
+_BASE_MTIME = 1_600_000_000  # 2020-09-13
+
+
+def _file_kind(rng: np.random.Generator, size: int) -> tuple[str, int]:
+    """(kind, mode) for a file of ``size`` bytes."""
+    r = float(rng.random())
+    if size > 1_000_000:
+        return ("binary", 0o644) if r < 0.5 else ("text", 0o644)
+    if r < 0.02:
+        return "binary", 0o644
+    if r < 0.07:
+        return "script", 0o755
+    if r < 0.10:
+        return "secret", 0o600
+    return "text", 0o644
+
+
+def generate_config_tree(root: Path, n_files: int, total: int, seed: int) -> dict[str, int]:
+    """Write the configuration tree into ``root`` (must not exist); its stats."""
+    rng = np.random.default_rng([seed, 3])
+    vocab = _tokens(rng)
+    dirs = _tree_dirs(rng, max(4, n_files // 12))
+    root.mkdir(parents=True)
+    for d in dirs[1:]:
+        (root / d).mkdir()
+    sizes = _tree_sizes(rng, n_files, total)
+    weights = rng.pareto(1.2, len(dirs)) + 0.05  # a few crowded dirs (think ssl/certs)
+    where = rng.choice(len(dirs), size=n_files, p=weights / weights.sum()).tolist()
+    files: list[str] = []
+    written = 0
+    for i, (size, d) in enumerate(zip(sizes, where, strict=True)):
+        kind, mode = _file_kind(rng, size)
+        word = _WORDS[int(rng.integers(0, len(_WORDS)))]
+        if kind == "binary":
+            name = f"{word}-{i}.{_BIN_EXTS[i % len(_BIN_EXTS)]}"
+            data = rng.bytes(size // 2) + bytes(size - size // 2)  # half random, half zeros
+        elif kind == "script":
+            name = f"{word}-{i}"
+            data = b"#!/bin/sh\nset -e\n" + _text(rng, vocab, max(size - 17, 1))
+        else:
+            ext = _EXTS[i % len(_EXTS)]
+            name = f"{word}-{i}.{ext}" if ext else f"{word}-{i}"
+            data = _text(rng, vocab, size)
+        rel = f"{dirs[d]}/{name}" if dirs[d] else name
+        path = root / rel
+        path.write_bytes(data)
+        os.chmod(path, mode)
+        t = _BASE_MTIME + int(rng.integers(0, 3 * 365 * 86400))
+        os.utime(path, (t, t))
+        files.append(rel)
+        written += len(data)
+    n_links = max(1, n_files // 100)
+    for j in range(n_links):
+        d = dirs[int(rng.integers(0, len(dirs)))]
+        r = float(rng.random())
+        if r < 0.05:
+            target = f"../missing-{j}/{_WORDS[j % len(_WORDS)]}.conf"  # dangling
+        else:
+            pool = dirs[1:] if r < 0.15 else files
+            dest = pool[int(rng.integers(0, len(pool)))]
+            target = os.path.relpath(dest, d or ".")
+        link = root / d / f"{_WORDS[j % len(_WORDS)]}-link-{j}"
+        os.symlink(target, link)
+        t = _BASE_MTIME + int(rng.integers(0, 3 * 365 * 86400))
+        os.utime(link, (t, t), follow_symlinks=False)
+    for d in reversed(dirs):  # children first: setting a dir's mtime is the last touch
+        t = _BASE_MTIME + int(rng.integers(0, 3 * 365 * 86400))
+        os.utime(root / d if d else root, (t, t))
+    return {"files": n_files, "dirs": len(dirs), "symlinks": n_links, "bytes": written}
+
+
+# ---------------------------------------------------------------------------
+# "a realistic day" of changes, applied to a copy of DATA
+
+
+@dataclass
+class DayStats:
+    image_places: int = 0
+    image_bytes: int = 0
+    dump_rows_inserted: int = 0
+    dump_rows_changed: int = 0
+    dump_bytes: int = 0
+    tree_edited: int = 0
+    tree_added: int = 0
+    tree_deleted: int = 0
+    tree_bytes: int = 0
+
+    @property
+    def changed_bytes(self) -> int:
+        """Bytes newly written (rewritten, inserted, edited, added)."""
+        return self.image_bytes + self.dump_bytes + self.tree_bytes
+
+    def as_dict(self) -> dict[str, int]:
+        return {**asdict(self), "changed_bytes": self.changed_bytes}
+
+
+def _scaled(n: int, scale: float) -> int:
+    return max(1, round(n * scale))
+
+
+def _mutate_image(path: Path, rng: np.random.Generator, places: int, stats: DayStats) -> None:
+    """Rewrite 1% of the image in place: ``places`` runs of random bytes (4 KiB
+    aligned, one per equal segment, so they never overlap)."""
+    size = path.stat().st_size
+    run = max(BLOCK, round(size / 100 / places / BLOCK) * BLOCK)
+    segment = size // places
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for i in range(places):
+            room = max(segment - run, 0) // BLOCK
+            offset = i * segment + int(rng.integers(0, room + 1)) * BLOCK
+            n = min(run, size - offset)
+            if n <= 0:
+                continue
+            data, done = memoryview(rng.bytes(n)), 0
+            while done < n:
+                done += os.pwrite(fd, data[done:], offset + done)
+            stats.image_places += 1
+            stats.image_bytes += n
+    finally:
+        os.close(fd)
+
+
+def _change_rows(line: str, rng: np.random.Generator, count: int) -> tuple[str, int, int]:
+    """``line`` (an extended INSERT) with ``count`` of its rows regenerated (same
+    ids, new values); how many rows that was, and how many bytes they take."""
+    head, _, body = line.partition(" VALUES (")
+    table = head.split("`")[1]
+    rows = body[: -len(");\n")].split("),(")
+    written = 0
+    picks = rng.choice(len(rows), size=min(count, len(rows)), replace=False).tolist()
+    for j in picks:
+        row_id = int(rows[j].split(",", 1)[0])
+        new = _ROW_MAKERS[table](rng, row_id, 1)[0][1:-1]
+        rows[j] = new
+        written += len(new)
+    return f"{head} VALUES ({'),('.join(rows)});\n", len(picks), written
+
+
+def _mutate_dump(
+    path: Path, rng: np.random.Generator, inserted: int, changed: int, stats: DayStats
+) -> None:
+    """Insert ``inserted`` rows (new INSERT lines) after the middle INSERT line,
+    change ``changed`` existing rows (spread over random lines); rewrite the file
+    (as a new dump would be), renamed over the old one."""
+    with open(path, encoding="ascii", newline="") as f:
+        n_lines = sum(1 for line in f if line.startswith("INSERT INTO"))
+    if n_lines == 0:
+        return
+    hits = np.bincount(rng.integers(0, n_lines, changed), minlength=n_lines).tolist()
+    middle = n_lines // 2
+    tmp = path.with_name(path.name + ".day")
+    k = 0
+    with (
+        open(path, encoding="ascii", newline="") as src,
+        open(tmp, "w", encoding="ascii", newline="") as dst,
+    ):
+        for line in src:
+            if not line.startswith("INSERT INTO"):
+                dst.write(line)
+                continue
+            if hits[k]:
+                line, rows_changed, n = _change_rows(line, rng, hits[k])
+                stats.dump_rows_changed += rows_changed
+                stats.dump_bytes += n
+            dst.write(line)
+            if k == middle:
+                table = line.split("`")[1]
+                next_id = 900_000_000
+                left = inserted
+                while left > 0:
+                    rows = _ROW_MAKERS[table](rng, next_id, min(left, _ROWS_PER_INSERT))
+                    extra = f"INSERT INTO `{table}` VALUES {','.join(rows)};\n"
+                    dst.write(extra)
+                    next_id += len(rows)
+                    left -= len(rows)
+                    stats.dump_rows_inserted += len(rows)
+                    stats.dump_bytes += len(extra)
+            k += 1
+    os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+    tmp.replace(path)
+
+
+def _tree_files(root: Path) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(dirpath, name)
+            if p.is_file() and not p.is_symlink():
+                out.append(p)
+    return out
+
+
+def _mutate_tree(
+    root: Path, rng: np.random.Generator, edits: int, adds: int, deletes: int, stats: DayStats
+) -> None:
+    """Edit ``edits`` files (a line or two replaced and one appended, written back
+    in place like an editor's save), add ``adds`` files (some in a new
+    directory), delete ``deletes`` files."""
+    vocab = _tokens(rng)
+    files = _tree_files(root)
+    order = rng.permutation(len(files)).tolist()
+    edit_set = [files[i] for i in order[:edits]]
+    delete_set = [files[i] for i in order[edits : edits + deletes]]
+    for p in edit_set:
+        data = p.read_bytes()
+        at = int(rng.integers(0, len(data) + 1))
+        cut = min(len(data) - at, int(rng.integers(0, 200)))
+        new = _text(rng, vocab, int(rng.integers(20, 200)))
+        tail = _text(rng, vocab, int(rng.integers(20, 120)))
+        p.write_bytes(data[:at] + new + data[at + cut :] + tail)
+        stats.tree_edited += 1
+        stats.tree_bytes += len(new) + len(tail)
+    for p in delete_set:
+        p.unlink()
+        stats.tree_deleted += 1
+    dirs = sorted({p.parent for p in files})
+    new_dir = root / "day-added.d"
+    new_dir.mkdir(exist_ok=True)
+    sizes = np.clip(rng.lognormal(np.log(2400.0), 1.3, adds), 120, 400_000).astype(int).tolist()
+    for i, size in enumerate(sizes):
+        d = new_dir if i % 10 == 0 else dirs[int(rng.integers(0, len(dirs)))]
+        path = d / f"day-{_WORDS[i % len(_WORDS)]}-{i}.conf"
+        path.write_bytes(_text(rng, vocab, size))
+        stats.tree_added += 1
+        stats.tree_bytes += size
+
+
+def mutate_day(data_dir: Path, scale: float, seed: int = SEED) -> DayStats:
+    """Apply "a realistic day" to ``data_dir`` (a copy of DATA!), deterministically.
+
+    At scale 1: 1% of the image rewritten in 50 places, 2,000 rows inserted in
+    the middle of the dump and 1,000 changed, 200 tree files edited, 100 added,
+    50 deleted. The counts scale with ``scale`` (at least 1 each); the image's
+    share stays 1% in 50 places."""
+    rng = np.random.default_rng([seed, 4])
+    stats = DayStats()
+    _mutate_image(data_dir / _GENERATORS["vm-image"][0], rng, 50, stats)
+    _mutate_dump(
+        data_dir / _GENERATORS["sql-dump"][0],
+        rng,
+        _scaled(2000, scale),
+        _scaled(1000, scale),
+        stats,
+    )
+    _mutate_tree(
+        data_dir / TREE_DIR,
+        rng,
+        _scaled(200, scale),
+        _scaled(100, scale),
+        _scaled(50, scale),
+        stats,
+    )
+    return stats
+
+
+# ---------------------------------------------------------------------------
 # cache
 
 _GENERATORS: dict[str, tuple[str, int, Callable[[Path, int, int], None]]] = {
@@ -238,29 +637,40 @@ _GENERATORS: dict[str, tuple[str, int, Callable[[Path, int, int], None]]] = {
 
 def _params(scale: float) -> dict[str, object]:
     sizes = {name: int(full * scale) // BLOCK * BLOCK for name, (_, full, _) in _GENERATORS.items()}
-    return {"version": CORPUS_VERSION, "seed": SEED, "scale": scale, "target_sizes": sizes}
+    tree = {"files": max(20, round(TREE_FILES * scale)), "bytes": int(TREE_BYTES * scale)}
+    return {
+        "version": CORPUS_VERSION,
+        "seed": SEED,
+        "scale": scale,
+        "target_sizes": sizes,
+        "tree": tree,
+    }
 
 
-def _cached(directory: Path, params: dict[str, object]) -> list[CorpusFile] | None:
+def _cached(directory: Path, params: dict[str, object]) -> Corpus | None:
     try:
         manifest = json.loads((directory / "manifest.json").read_text())
     except (OSError, ValueError):
         return None
     if manifest.get("params") != params:
         return None
-    files = []
+    data = directory / DATA_DIR
+    tree_stats = manifest.get("tree_stats", {})
+    if not (data / TREE_DIR).is_dir() or "bytes" not in tree_stats:
+        return None
+    parts = [CorpusFile(TREE_DIR, data / TREE_DIR, tree_stats["bytes"])]
     for name, (filename, _, _) in _GENERATORS.items():
-        path = directory / filename
+        path = data / filename
         size = manifest.get("sizes", {}).get(name)
         if size is None or not path.is_file() or path.stat().st_size != size:
             return None
-        files.append(CorpusFile(name, path, size))
-    return files
+        parts.append(CorpusFile(name, path, size))
+    return Corpus(data, parts, tree_stats)
 
 
 def ensure_corpus(
     cache_dir: Path, scale: float, log: Callable[[str], None] = lambda s: None
-) -> list[CorpusFile]:
+) -> Corpus:
     """The corpus for ``scale``, generated into ``cache_dir`` unless already there."""
     directory = cache_dir / f"corpus-v{CORPUS_VERSION}-scale-{scale:g}"
     params = _params(scale)
@@ -268,19 +678,29 @@ def ensure_corpus(
     if cached is not None:
         log(f"reusing corpus in {directory}")
         return cached
-    directory.mkdir(parents=True, exist_ok=True)
+    data = directory / DATA_DIR
+    data.mkdir(parents=True, exist_ok=True)
     (directory / "manifest.json").unlink(missing_ok=True)
+    tree = params["tree"]
+    assert isinstance(tree, dict)
+    log(f"generating {TREE_DIR} ({tree['files']} files, {tree['bytes'] / 1e6:.0f} MB)")
+    tmp_tree = data / (TREE_DIR + ".tmp")
+    shutil.rmtree(tmp_tree, ignore_errors=True)
+    shutil.rmtree(data / TREE_DIR, ignore_errors=True)
+    tree_stats = generate_config_tree(tmp_tree, tree["files"], tree["bytes"], SEED)
+    tmp_tree.replace(data / TREE_DIR)
+    parts = [CorpusFile(TREE_DIR, data / TREE_DIR, tree_stats["bytes"])]
     targets = params["target_sizes"]
     assert isinstance(targets, dict)
-    files, sizes = [], {}
+    sizes = {}
     for name, (filename, _, generate) in _GENERATORS.items():
-        path = directory / filename
+        path = data / filename
         log(f"generating {name} ({targets[name] / 1e6:.0f} MB) into {path}")
         tmp = path.with_suffix(path.suffix + ".tmp")
         generate(tmp, targets[name], SEED)
         tmp.replace(path)
         sizes[name] = path.stat().st_size
-        files.append(CorpusFile(name, path, sizes[name]))
-    manifest = {"params": params, "sizes": sizes}
+        parts.append(CorpusFile(name, path, sizes[name]))
+    manifest = {"params": params, "sizes": sizes, "tree_stats": tree_stats}
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return files
+    return Corpus(data, parts, tree_stats)
