@@ -1,0 +1,604 @@
+"""Restore paths from saves into a directory, the way `bup restore` lays them out.
+
+Path semantics follow bup 0.33: `NAME/latest/etc` recreates OUTDIR/etc,
+`NAME/latest/etc/` puts etc's contents into OUTDIR, `NAME/latest/etc/.` does
+that and also gives OUTDIR etc's metadata, and a file restores as OUTDIR/name.
+
+Unlike bup, every blob is checked against the id its tree names while it is
+written, and files always come back sparse (bup needs `--sparse`). Existing
+paths are replaced the way bup replaces them (non-directories are unlinked,
+empty directories removed); an existing directory where a directory is
+restored is merged into instead of bup's "refusing to overwrite" crash.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ketch.errors import KetchError
+from ketch.git import objects as gobj
+from ketch.metadata import Metadata, apply_to_path, create_special
+from ketch.progress import NullProgress, Progress
+from ketch.repo import Repository
+from ketch.vfs import DEFAULT_DIR_MODE, VFS, Item, show_path
+
+# Holes are made from aligned blocks of this size: the common filesystem block,
+# so a hole never saves less than it costs.
+HOLE_BLOCK = 4096
+_ZERO_BLOCK = bytes(HOLE_BLOCK)
+# Coalesce blobs into one pwritev of up to this much (or this many buffers;
+# Linux's IOV_MAX is 1024).
+FLUSH_BYTES = 4 << 20
+FLUSH_BUFFERS = 512
+
+# Errors that doom every later write too: stop at once instead of failing each file.
+_FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO})
+
+_DIR_KINDS = frozenset({"dir", "save"})
+_SPECIAL_KINDS = frozenset({"fifo", "socket", "chardev", "blockdev"})
+
+
+class RestoreError(KetchError):
+    """A restore could not start or had to stop (bad path, unwritable destination)."""
+
+
+class RestoreVerifyError(RestoreError):
+    """Some content did not match its ids, or some items could not be restored."""
+
+    def __init__(self, message: str, result: RestoreResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass
+class RestoreResult:
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    specials: int = 0
+    hardlinks: int = 0
+    bytes: int = 0
+    warnings: list[str] = field(default_factory=list)
+    # Items that were not restored (content mismatch, unreadable objects, paths
+    # that could not be created); any of these makes the restore fail.
+    errors: list[str] = field(default_factory=list)
+
+
+class _ContentError(Exception):
+    """A file's content failed verification; the message says how."""
+
+
+def _quote(path: bytes) -> str:
+    # One-line messages even for names containing newlines.
+    return show_path(path)
+
+
+@dataclass
+class _Target:
+    item: Item
+    name: bytes
+    contents_only: bool
+    apply_top_meta: bool
+
+
+def _parse_path(path: bytes) -> tuple[bytes, bool, bool]:
+    """(vfs path, contents only, apply the leaf's metadata to OUTDIR)."""
+    norm = os.path.normpath(path).lstrip(b"/")
+    if b"/" not in norm:
+        raise RestoreError(f"{_quote(path)}: path doesn't include a branch and revision")
+    _, last = os.path.split(path)
+    if last == b"":
+        return path.rstrip(b"/"), True, False
+    if last == b".":
+        return path[:-1].rstrip(b"/"), True, True
+    return path, False, False
+
+
+def _resolve(vfs: VFS, path: bytes) -> _Target:
+    vpath, contents_only, apply_top = _parse_path(path)
+    try:
+        item = vfs.resolve(vpath, follow=contents_only)
+        name = item.name
+        if item.kind == "latest":
+            # bup follows `latest` but keeps restoring it under that name.
+            item = vfs.resolve(vpath, follow=True)
+    except KetchError as e:
+        # The VFS's messages already name the path.
+        raise RestoreError(str(e)) from e
+    if item.kind in ("root", "tags", "branch"):
+        raise RestoreError(f"{_quote(path)}: not a save or a path inside one")
+    if contents_only and item.kind not in _DIR_KINDS:
+        raise RestoreError(f"{_quote(path)}: cannot be restored as a directory")
+    return _Target(item, name, contents_only, apply_top)
+
+
+def _file_size(vfs: VFS, item: Item) -> int:
+    if item.meta is not None and item.meta.size is not None:
+        return item.meta.size
+    return vfs.size(item)
+
+
+def _link_key(oid: bytes | None, meta: Metadata) -> tuple[object, ...]:
+    # bup only re-links members that still look like one inode: the save may
+    # have caught a link set changing between index and save.
+    return (oid, meta.mode, meta.uid, meta.gid, meta.rdev, meta.mtime, meta.ctime,
+            meta.linux_attr, meta.linux_xattr, meta.posix1e_acl)
+
+
+class _Restorer:
+    def __init__(self, vfs: VFS, numeric_ids: bool, progress: Progress) -> None:
+        self.vfs = vfs
+        self.objects: Repository = vfs.repo
+        self.numeric_ids = numeric_ids
+        self.progress = progress
+        self.result = RestoreResult()
+        # hardlink target -> [(link key, restored path)]
+        self.links: dict[bytes, list[tuple[tuple[object, ...], bytes]]] = {}
+        # Verified all-zero blobs (bup's 32 KiB zero chunk, mostly) -> size, so
+        # long runs of zeros cost neither a read nor a hash per chunk.
+        self.zero_blobs: dict[bytes, int] = {}
+
+    # -- reporting -------------------------------------------------------------
+
+    def warn(self, message: str) -> None:
+        self.result.warnings.append(message)
+        self.progress.warn(message)
+
+    def fail(self, message: str) -> None:
+        self.result.errors.append(message)
+        self.progress.warn(message)
+
+    def os_error(self, path: bytes, e: OSError, what: str) -> None:
+        if e.errno in _FATAL_ERRNOS:
+            raise RestoreError(f"{_quote(path)}: {what}: {e.strerror}") from e
+        self.fail(f"{_quote(path)}: {what}: {e.strerror}")
+
+    # -- totals ----------------------------------------------------------------
+
+    def totals(self, targets: list[_Target]) -> tuple[int, int]:
+        nbytes = nfiles = 0
+        seen: set[bytes] = set()
+        for t in targets:
+            if t.item.kind in _DIR_KINDS:
+                entries: Iterator[tuple[bytes, Item]] = self.vfs.walk(t.item)
+            else:
+                entries = iter([(t.name, t.item)])
+            for _, it in entries:
+                if it.kind in _DIR_KINDS:
+                    continue
+                nfiles += 1
+                if it.kind != "file":
+                    continue
+                hl = it.meta.hardlink_target if it.meta is not None else None
+                if hl:
+                    if hl in seen:
+                        continue
+                    seen.add(hl)
+                nbytes += _file_size(self.vfs, it)
+        return nbytes, nfiles
+
+    # -- the walk ----------------------------------------------------------------
+
+    def run(self, targets: list[_Target], outdir: bytes) -> None:
+        for t in targets:
+            if t.contents_only:
+                meta = self.vfs.fill_meta(t.item).meta
+                self.restore_tree(t.item, outdir, None)
+                if t.apply_top_meta and meta is not None:
+                    self.apply(meta, outdir)
+            elif t.item.kind in _DIR_KINDS:
+                self.restore_tree(t.item, os.path.join(outdir, t.name), t.item)
+            else:
+                self.restore_leaf(t.item, os.path.join(outdir, t.name))
+
+    def restore_tree(self, top: Item, top_path: bytes, create: Item | None) -> None:
+        """Restore a directory's contents under top_path (creating top_path first
+        unless `create` is None); directory metadata is applied on the way out,
+        so neither file creation nor a read-only mode gets in the way."""
+        stack: list[tuple[Iterator[Item], bytes, Metadata | None]] = []
+        if create is not None:
+            made, meta = self.make_dir(create, top_path)
+            if not made:
+                return
+            stack.append((self.vfs.contents(top), top_path, meta))
+        else:
+            stack.append((self.vfs.contents(top), top_path, None))
+        while stack:
+            children, path, meta = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                if meta is not None:
+                    self.apply(meta, path)
+                elif path != top_path or create is not None:
+                    self.default_mode(path, DEFAULT_DIR_MODE)
+                continue
+            dest = os.path.join(path, child.name)
+            if child.kind in _DIR_KINDS:
+                made, sub = self.make_dir(child, dest)
+                if made:
+                    stack.append((self.vfs.contents(child), dest, sub))
+            else:
+                self.restore_leaf(child, dest)
+
+    def make_dir(self, item: Item, path: bytes) -> tuple[bool, Metadata | None]:
+        """Create (or reuse) the directory: (made?, its metadata if it has any)."""
+        try:
+            meta = self.vfs.fill_meta(item).meta
+        except KetchError as e:
+            self.fail(f"{_quote(path)}: not restored: {e}")
+            return False, None
+        if meta is not None and meta.mode is None:
+            meta = None
+        try:
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                st = self.clear(path, want_dir=True)
+                if st is None:
+                    os.mkdir(path, 0o700)
+                elif not os.access(path, os.W_OK | os.X_OK):
+                    os.chmod(path, stat.S_IMODE(st.st_mode) | 0o700)
+        except OSError as e:
+            self.os_error(path, e, "cannot create directory")
+            return False, None
+        except _Refused as e:
+            self.fail(str(e))
+            return False, None
+        self.result.dirs += 1
+        return True, meta
+
+    def clear(self, path: bytes, want_dir: bool) -> os.stat_result | None:
+        """Make way for `path` as bup does; the stat of a directory kept for
+        reuse, else None."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if stat.S_ISDIR(st.st_mode):
+            if want_dir:
+                return st
+            try:
+                os.rmdir(path)
+            except OSError as e:
+                if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise _Refused(
+                        f"{_quote(path)}: refusing to overwrite non-empty directory"
+                    ) from e
+                raise
+        else:
+            os.unlink(path)
+        return None
+
+    def default_mode(self, path: bytes, mode: int) -> None:
+        # Grafted and split saves have entries without metadata; they get the
+        # VFS's default permissions instead of the 0600/0700 they were made with.
+        try:
+            os.chmod(path, stat.S_IMODE(mode))
+        except OSError as e:
+            self.warn(f"{_quote(path)}: chmod {stat.S_IMODE(mode):o}: {e.strerror}")
+
+    def apply(self, meta: Metadata, path: bytes) -> None:
+        try:
+            apply_to_path(meta, path, numeric_ids=self.numeric_ids, warn=self.warn)
+        except (OSError, KetchError) as e:
+            msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            self.warn(f"{_quote(path)}: cannot apply metadata: {msg}")
+
+    # -- non-directories -----------------------------------------------------------
+
+    def restore_leaf(self, item: Item, path: bytes) -> None:
+        meta = item.meta
+        hl = (meta.hardlink_target if meta is not None else None) or b""
+        key = _link_key(item.oid, meta) if hl and meta is not None else None
+        try:
+            # Creation fails with EEXIST rather than following or truncating
+            # whatever is there; only then is the old entry removed.
+            try:
+                linked = key is not None and self.relink(hl, key, path)
+                done = linked or self.create_leaf(item, meta, path)
+            except OSError as e:
+                if e.errno != errno.EEXIST:
+                    raise
+                self.clear(path, want_dir=False)
+                linked = key is not None and self.relink(hl, key, path)
+                done = linked or self.create_leaf(item, meta, path)
+            if linked:
+                self.progress.advance(0, 1)
+                return
+        except _Refused as e:
+            self.fail(str(e))
+            return
+        except OSError as e:
+            self.os_error(path, e, "cannot restore")
+            return
+        self.progress.advance(0, 1)
+        if not done:
+            return
+        if meta is not None and meta.mode is not None:
+            self.apply(meta, path)
+        elif item.kind != "symlink":
+            self.default_mode(path, item.mode)
+        if key is not None:
+            self.links.setdefault(hl, []).append((key, path))
+
+    def relink(self, target: bytes, key: tuple[object, ...], path: bytes) -> bool:
+        for prev_key, prev_path in self.links.get(target, ()):
+            if prev_key != key:
+                continue
+            try:
+                os.link(prev_path, path)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                if e.errno in (errno.EXDEV, errno.EMLINK, errno.EPERM):
+                    continue
+                raise
+            self.result.hardlinks += 1
+            return True
+        return False
+
+    def create_leaf(self, item: Item, meta: Metadata | None, path: bytes) -> bool:
+        """Create the non-directory; False if it failed (already reported)."""
+        kind = item.kind
+        if kind == "file":
+            return self.write_file(item, meta, path)
+        if kind == "symlink":
+            # The VFS falls back to the blob when .bupm has no target.
+            os.symlink(self.vfs.readlink(item), path)
+            self.result.symlinks += 1
+            return True
+        if kind in _SPECIAL_KINDS and meta is not None and meta.mode is not None:
+            create_special(meta, path)
+            self.result.specials += 1
+            return True
+        self.warn(f"{_quote(path)}: not restoring a {kind} without metadata")
+        return False
+
+    # -- regular files -------------------------------------------------------------
+
+    def write_file(self, item: Item, meta: Metadata | None, path: bytes) -> bool:
+        # O_RDWR: repeated blobs are copied from what this file already holds.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        try:
+            w = _FileWriter(fd, self.objects, self.zero_blobs, self.progress)
+            size = w.write(item.oid, item.chunked) if item.oid is not None else 0
+            if meta is not None and meta.size is not None and size != meta.size:
+                raise _ContentError(f"size is {size}, metadata says {meta.size}")
+        except (_ContentError, KetchError) as e:
+            os.close(fd)
+            self.discard(path)
+            self.fail(f"{_quote(path)}: not restored: {e}")
+            return False
+        except BaseException:
+            os.close(fd)
+            self.discard(path)
+            raise
+        os.close(fd)
+        self.result.files += 1
+        self.result.bytes += size
+        return True
+
+    def discard(self, path: bytes) -> None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+class _Refused(Exception):
+    """bup's rule: a non-empty directory is never replaced."""
+
+
+# Kinds of work on a _FileWriter's stack.
+_BLOB, _TREE, _TREE_END = 0, 1, 2
+# Bounds the per-file map of blobs already written (about 100 bytes each).
+_SEEN_LIMIT = 1 << 20
+
+
+class _FileWriter:
+    """Writes one file from its blob or chunk tree, in order.
+
+    Every object read is hashed and compared with the id its tree names
+    before its bytes are used. Zeros become holes: blobs and whole subtrees
+    known to be all zeros are skipped without reading, and aligned zero
+    blocks inside data are seeked over. A blob or subtree seen earlier in the
+    same file (deduplicated data) is copied from where it was written, with
+    copy_file_range, instead of being read, inflated and hashed again. Data
+    is gathered into large pwritev calls.
+    """
+
+    def __init__(self, fd: int, objects: Repository, zero_blobs: dict[bytes, int],
+                 progress: Progress) -> None:
+        self.fd = fd
+        self.objects = objects
+        self.zero_blobs = zero_blobs
+        self.progress = progress
+        self.seen: dict[bytes, tuple[int, int]] = {}  # oid -> (offset, size) in this file
+        self.pos = 0  # logical end of what has been seen
+        self.written = 0  # bytes that are data, not holes
+        self.holes = 0
+        self.unreported = 0  # bytes not yet passed to progress
+        self.buf: list[bytes | memoryview] = []
+        self.buf_start = 0
+        self.buf_len = 0
+
+    def write(self, oid: bytes, chunked: bool) -> int:
+        zero_blobs = self.zero_blobs
+        seen = self.seen
+        read = self.objects.read
+        object_id = gobj.object_id
+        stack: list[tuple[bytes, int, int, int, int]] = [
+            (oid, _TREE if chunked else _BLOB, 0, 0, 0)
+        ]
+        while stack:
+            oid, kind, start, written, holes = stack.pop()
+            if kind == _TREE_END:
+                size = self.pos - start
+                if self.written == written:
+                    zero_blobs[oid] = size
+                elif self.holes == holes and len(seen) < _SEEN_LIMIT:
+                    seen[oid] = (start, size)
+                continue
+            n = zero_blobs.get(oid)
+            if n is not None:
+                self.hole(n)
+                continue
+            prev = seen.get(oid)
+            if prev is not None:
+                self.copy(*prev)
+                continue
+            want = gobj.TREE if kind == _TREE else gobj.BLOB
+            t, data = read(oid)
+            if t != want or object_id(t, data) != oid:
+                raise _ContentError(f"object {oid.hex()} does not match its id")
+            if kind == _TREE:
+                stack.append((oid, _TREE_END, self.pos, self.written, self.holes))
+                entries = list(gobj.decode_tree(data))
+                stack.extend(
+                    (e.oid, _TREE if e.mode == gobj.MODE_TREE else _BLOB, 0, 0, 0)
+                    for e in reversed(entries)
+                )
+                continue
+            n = len(data)
+            if n >= HOLE_BLOCK and not data[0] and data == bytes(n):
+                zero_blobs[oid] = n
+                self.hole(n)
+            elif data.find(_ZERO_BLOCK) < 0:
+                if len(seen) < _SEEN_LIMIT:
+                    seen[oid] = (self.pos, n)
+                self.add(data)
+            else:
+                self.add_with_holes(data)
+        self.flush()
+        os.ftruncate(self.fd, self.pos)
+        self.progress.advance(self.unreported)
+        return self.pos
+
+    def add(self, data: bytes | memoryview) -> None:
+        if not self.buf:
+            self.buf_start = self.pos
+        self.buf.append(data)
+        n = len(data)
+        self.buf_len += n
+        self.pos += n
+        self.written += n
+        if self.buf_len >= FLUSH_BYTES or len(self.buf) >= FLUSH_BUFFERS:
+            self.flush()
+
+    def hole(self, n: int) -> None:
+        self.flush()
+        self.pos += n
+        self.holes += n
+        self.unreported += n
+
+    def copy(self, src: int, n: int) -> None:
+        # The buffer holds one contiguous run ending at pos: write it out before
+        # the copy lands there (its source may be in the buffer, too).
+        self.flush()
+        dst = self.pos
+        done = 0
+        try:
+            while done < n:
+                k = os.copy_file_range(self.fd, self.fd, n - done, src + done, dst + done)
+                if k <= 0:
+                    break
+                done += k
+        except OSError:
+            pass  # not supported here: copy through memory below
+        while done < n:
+            chunk = os.pread(self.fd, min(n - done, FLUSH_BYTES), src + done)
+            if not chunk:
+                raise _ContentError(f"cannot re-read {n} bytes at offset {src}")
+            os.pwrite(self.fd, chunk, dst + done)
+            done += len(chunk)
+        self.pos += n
+        self.written += n
+        self.unreported += n
+
+    def add_with_holes(self, data: bytes) -> None:
+        # Only whole file-aligned blocks become holes, so a hole never splits
+        # a block that also holds data.
+        view = memoryview(data)
+        n = len(data)
+        i = min((-self.pos) % HOLE_BLOCK, n)
+        if i:
+            self.add(view[:i])
+        run_start = i
+        while i + HOLE_BLOCK <= n:
+            if view[i : i + HOLE_BLOCK] == _ZERO_BLOCK:
+                if run_start < i:
+                    self.add(view[run_start:i])
+                j = i + HOLE_BLOCK
+                while j + HOLE_BLOCK <= n and view[j : j + HOLE_BLOCK] == _ZERO_BLOCK:
+                    j += HOLE_BLOCK
+                self.hole(j - i)
+                i = run_start = j
+            else:
+                i += HOLE_BLOCK
+        if run_start < n:
+            self.add(view[run_start:])
+
+    def flush(self) -> None:
+        if not self.buf:
+            return
+        bufs, off, total = self.buf, self.buf_start, self.buf_len
+        self.buf = []
+        self.buf_len = 0
+        done = os.pwritev(self.fd, bufs, off)
+        if done != total:
+            # Short writes are rare on regular files; finish the rest plainly.
+            rest = memoryview(b"".join(bufs))[done:]
+            off += done
+            while rest:
+                k = os.pwrite(self.fd, rest, off)
+                rest = rest[k:]
+                off += k
+        self.progress.advance(total + self.unreported)
+        self.unreported = 0
+
+
+def restore(
+    vfs: VFS,
+    paths: list[bytes],
+    outdir: str | bytes,
+    *,
+    numeric_ids: bool = False,
+    progress: Progress | None = None,
+) -> RestoreResult:
+    """Restore each path (a VFS path such as b"NAME/latest/etc") into outdir.
+
+    Raises RestoreError before writing anything if a path does not resolve or
+    outdir cannot be made, RestoreError midway if the destination as a whole
+    fails (no space, read-only, I/O error), and RestoreVerifyError after
+    finishing everything else if any item failed verification or could not
+    be restored (each is also reported through progress.warn).
+    """
+    progress = progress or NullProgress()
+    targets = [_resolve(vfs, p) for p in paths]
+    out = os.path.abspath(os.fsencode(outdir))
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise RestoreError(f"{_quote(out)}: cannot create output directory: {e.strerror}") from e
+    if not os.path.isdir(out):
+        raise RestoreError(f"{_quote(out)}: not a directory")
+    r = _Restorer(vfs, numeric_ids, progress)
+    try:
+        progress.start(*r.totals(targets))
+        r.run(targets, out)
+    finally:
+        progress.finish()
+    if r.result.errors:
+        n = len(r.result.errors)
+        raise RestoreVerifyError(
+            f"{n} item{'s' if n != 1 else ''} not restored "
+            "(content failed verification or could not be written)",
+            r.result,
+        )
+    return r.result
