@@ -156,6 +156,7 @@ class LocalRepository(Repository):
         self.refs = Refs(self.path)
         self.index = ObjectIndex(self.pack_dir)
         self._packs: dict[str, PackFile] = {}
+        self._mapped = 0
         self._has_loose = self._any_loose()
 
     def _any_loose(self) -> bool:
@@ -181,12 +182,24 @@ class LocalRepository(Repository):
             self._packs[idx_name] = p
         return p
 
+    # Pages of mapped packs count towards RSS once read; closing the packs after
+    # this much has been read keeps a long restore's peak bounded (the kernel's
+    # page cache keeps the data either way).
+    _REMAP_BYTES = 32 << 20
+
     def _read_packed(self, oid: bytes) -> tuple[int, bytes] | None:
         for attempt in (0, 1):
             hit = self.index.find(oid)
             if hit is not None:
                 name, offset = hit
-                return self._pack(name).read_at(offset, resolve_base=self._read_base)
+                got = self._pack(name).read_at(offset, resolve_base=self._read_base)
+                self._mapped += len(got[1])
+                if self._mapped >= self._REMAP_BYTES:
+                    self._mapped = 0
+                    for p in self._packs.values():
+                        p.close()
+                    self._packs.clear()
+                return got
             if attempt == 0 and not self.index.refresh():
                 break
         return None

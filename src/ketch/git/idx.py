@@ -100,6 +100,7 @@ class PackIndex:
             self._map, dtype=">u4", count=256, offset=8
         )
         self.count = int(self.fanout[255])
+        self._fan: list[int] = self.fanout.tolist()
         n = self.count
         self._ids_off = 8 + 1024
         self._crc_off = self._ids_off + 20 * n
@@ -127,14 +128,22 @@ class PackIndex:
             pass  # a caller still holds a view; the map closes when it is collected
 
     def _pos(self, oid: bytes) -> int:
+        # A plain binary search: for one id numpy's call overhead costs more.
         b = oid[0]
-        lo = int(self.fanout[b - 1]) if b else 0
-        hi = int(self.fanout[b])
-        if lo == hi:
-            return -1
-        i = lo + int(np.searchsorted(self.ids[lo:hi], oid))
-        if i < hi and self._map[self._ids_off + 20 * i : self._ids_off + 20 * i + 20] == oid:
-            return i
+        fan = self._fan
+        lo = fan[b - 1] if b else 0
+        hi = fan[b]
+        mm = self._map
+        base = self._ids_off
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            v = mm[base + 20 * mid : base + 20 * mid + 20]
+            if v < oid:
+                lo = mid + 1
+            elif v == oid:
+                return mid
+            else:
+                hi = mid
         return -1
 
     def __contains__(self, oid: object) -> bool:
