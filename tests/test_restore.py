@@ -226,9 +226,7 @@ def test_torture_round_trip(saved: tuple[Path, Path], run_ketch: RunKetch,
                             tmp_path: Path) -> None:
     repo, tree = saved
     out = tmp_path / "out"
-    t0 = time.monotonic()
     proc = restore(run_ketch, repo, out, vpath(tree))
-    elapsed = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr.decode()
     assert b"Traceback" not in proc.stderr
     summary = proc.stderr.decode().strip().splitlines()
@@ -241,7 +239,6 @@ def test_torture_round_trip(saved: tuple[Path, Path], run_ketch: RunKetch,
     acl = subprocess.run(["getfacl", "-cp", out / "tree" / "acldir"], capture_output=True,
                          check=True).stdout
     assert f"default:user:{ODD_UID}:r-x".encode() in acl
-    assert elapsed < 30
 
 
 def test_ketch_save_round_trip(saved: tuple[Path, Path], run_ketch: RunKetch,
@@ -250,13 +247,47 @@ def test_ketch_save_round_trip(saved: tuple[Path, Path], run_ketch: RunKetch,
     repo = tmp_path / "repo"
     run_ketch("init", "-d", repo, check=True)
     proc = run_ketch("save", "-q", "-d", repo, "-n", NAME, tree)
-    if b"No such command" in proc.stderr:
-        pytest.skip("ketch save is not available yet")
     assert proc.returncode == 0, proc.stderr.decode()
     out = tmp_path / "out"
     proc = restore(run_ketch, repo, out, vpath(tree))
     assert proc.returncode == 0, proc.stderr.decode()
     assert_same_tree(tree, out / "tree")
+    # and bup restores what ketch saved
+    bup_out = tmp_path / "bup-out"
+    subprocess.run([_bup_exe(), "-d", repo, "restore", "-q", "-C", bup_out,
+                    b"/" + vpath(tree)], check=True, capture_output=True)
+    assert_same_tree(tree, bup_out / "tree")
+
+
+def test_big_sparse_file_and_huge_directory(run_ketch: RunKetch, tmp_path: Path) -> None:
+    """ketch save -> ketch restore of a 2 GiB sparse file and a 100,000-entry directory."""
+    tree = tmp_path / "big"
+    (tree / "many").mkdir(parents=True)
+    for i in range(100_000):
+        (tree / "many" / f"f{i:06d}").write_bytes(b"%d\n" % i if i % 10 else b"")
+    size = 2 << 30
+    _sparse(tree / "disk.img", size, [(0, b"boot" * 1000), (size // 3, b"data" * 5000),
+                                      (size - 4096, b"end!" * 1024)])
+    repo = tmp_path / "repo"
+    run_ketch("init", "-d", repo, check=True)
+    proc = run_ketch("save", "-q", "-d", repo, "-n", NAME, tree)
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = tmp_path / "out"
+    proc = restore(run_ketch, repo, out, vpath(tree))
+    assert proc.returncode == 0, proc.stderr.decode()
+    got = out / "big"
+    st = os.stat(got / "disk.img")
+    assert st.st_size == size and st.st_blocks * 512 < MB
+    with open(got / "disk.img", "rb") as f:
+        assert f.read(4000) == b"boot" * 1000
+        f.seek(size // 3)
+        assert f.read(20000) == b"data" * 5000
+        f.seek(size - 4096)
+        assert f.read() == b"end!" * 1024
+    names = os.listdir(got / "many")
+    assert len(names) == 100_000
+    assert (got / "many" / "f054321").read_bytes() == b"54321\n"
+    assert (got / "many" / "f054320").read_bytes() == b""
 
 
 def test_library_counts_and_progress(saved: tuple[Path, Path], tmp_path: Path) -> None:

@@ -227,8 +227,6 @@ class _Saver:
 
     def store_bytes(self, data: bytes) -> tuple[int, bytes]:
         """Chunk a small in-memory stream (a .bupm): (mode, oid)."""
-        if len(data) < 64 and data:
-            return gobj.MODE_FILE, self.w.write(gobj.BLOB, data)
         sp = hs.Splitter(4)
         chunks = list(sp.feed(data)) + list(sp.finish())
         return self._chunks_to_object(chunks)

@@ -73,7 +73,8 @@ class TermProgress:
     def _draw(self, now: float) -> None:
         dt = max(now - self.t0, 1e-6)
         rate = self.bytes / dt
-        text = f"{self.label}: {self.bytes / 1e6:,.1f} MB, {rate / 1e6:,.1f} MB/s"
+        files = f"{self.files:,} files, " if self.files else ""
+        text = f"{self.label}: {files}{self.bytes / 1e6:,.1f} MB, {rate / 1e6:,.1f} MB/s"
         if self.total:
             pct = 100.0 * self.bytes / self.total
             eta = (self.total - self.bytes) / rate if rate > 0 else 0

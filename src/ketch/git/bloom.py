@@ -28,8 +28,9 @@ import numpy as np
 import numpy.typing as npt
 
 from ketch.errors import CorruptObject, UsageError
+from ketch.git.durable import AtomicFile
 from ketch.git.idx import PackIndex
-from ketch.git.midx import AtomicFile, BoolArray, IdArray, coerce_ids
+from ketch.git.midx import BoolArray, IdArray, coerce_ids
 
 BLOOM_MAGIC = b"BLOM"
 BLOOM_VERSION = 2

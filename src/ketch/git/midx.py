@@ -23,16 +23,15 @@ import mmap
 import os
 import resource
 import struct
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
 
 from ketch.errors import CorruptObject
+from ketch.git.durable import AtomicFile
 from ketch.git.idx import PackIndex
 
 MIDX_MAGIC = b"MIDX"
@@ -289,66 +288,6 @@ class MidxReader:
         if not isinstance(oid, bytes) or len(oid) != 20:
             return False
         return bool(self.contains_many(np.array([oid], dtype="S20"))[0])
-
-
-# --------------------------------------------------------------------------
-# Atomic output
-
-
-def _umask() -> int:
-    # Reading the umask by setting it would race with other threads.
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
-
-
-class AtomicFile:
-    """A temp file next to ``path`` that replaces it only on a clean exit.
-
-    The temp name starts with a dot and ends in ``.tmp`` so neither bup's nor
-    our globs (``*.idx``, ``*.midx``, ``bup.bloom``) ever pick it up.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        d = os.path.dirname(path) or "."
-        fd, self.tmp = tempfile.mkstemp(prefix=".ketch-", suffix=".tmp", dir=d)
-        os.fchmod(fd, 0o666 & ~_umask())
-        self.file: BinaryIO = os.fdopen(fd, "w+b")
-
-    def __enter__(self) -> AtomicFile:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if t is None:
-            self.commit()
-        else:
-            self.abort()
-
-    def commit(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.tmp, self.path)
-        dfd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-    def abort(self) -> None:
-        self.file.close()
-        try:
-            os.unlink(self.tmp)
-        except FileNotFoundError:
-            pass
 
 
 # --------------------------------------------------------------------------

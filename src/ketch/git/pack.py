@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
+from ketch.git.durable import fsync_dir
 from ketch.git.idx import write_idx_v2_flat
 from ketch.git.objects import header
 
@@ -409,7 +410,7 @@ class PackWriter:
         os.rename(os.path.join(tmpdir, "pack"), base + ".pack")
         os.rename(idx_tmp, base + ".idx")
         if self._fsync:
-            _fsync_dir(self.pack_dir)
+            fsync_dir(self.pack_dir)
         os.rmdir(tmpdir)
         self._entries = _Entries()
         self.closed_idx.append(base + ".idx")
@@ -463,9 +464,3 @@ class PackWriter:
         return self._written
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

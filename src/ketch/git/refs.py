@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 from ketch.errors import KetchError, RefConflict
 from ketch.git.config import GitConfig
+from ketch.git.durable import fsync_dir
 from ketch.git.objects import tz_offset
 
 ZERO_ID = b"\0" * 20
@@ -107,12 +108,6 @@ def _reflog_message(message: bytes) -> bytes:
     return b" ".join(message.split())
 
 
-def _fsync_dir(path: bytes) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _check_id(what: str, value: bytes) -> None:
@@ -343,15 +338,7 @@ class Refs:
         fd, lock = self._take_lock(name, path)
         renamed = False
         try:
-            current, target = self._direct(name)
-            if target is not None:
-                raise RefConflict(f"{name.decode(errors='replace')} is a symbolic ref")
-            if current != old:
-                raise RefConflict(
-                    f"ref {name.decode(errors='replace')} is at "
-                    f"{current.hex() if current else '(none)'}, "
-                    f"expected {old.hex() if old else '(none)'}"
-                )
+            self._expect(name, old)
             if old is None:
                 self._check_df_conflict(name)
             _write_all(fd, new.hex().encode() + b"\n")
@@ -361,12 +348,24 @@ class Refs:
             self._write_reflogs(name, old, new, ident, when, tz, message)
             os.rename(lock, path)
             renamed = True
-            _fsync_dir(os.path.dirname(path))
+            fsync_dir(os.path.dirname(path))
         finally:
             if fd >= 0:
                 os.close(fd)
             if not renamed:
                 _unlink_quietly(lock)
+
+    def _expect(self, name: bytes, old: bytes | None) -> None:
+        """The compare of compare-and-swap, under the ref's lock."""
+        current, target = self._direct(name)
+        if target is not None:
+            raise RefConflict(f"{name.decode(errors='replace')} is a symbolic ref")
+        if current != old:
+            raise RefConflict(
+                f"ref {name.decode(errors='replace')} is at "
+                f"{current.hex() if current else '(none)'}, "
+                f"expected {old.hex() if old else '(none)'}"
+            )
 
     def delete(self, name: bytes, old: bytes) -> None:
         """Delete ``name`` (loose, packed and its reflog) if it points at ``old``."""
@@ -375,14 +374,7 @@ class Refs:
         path = self._path(name)
         fd, lock = self._take_lock(name, path)
         try:
-            current, target = self._direct(name)
-            if target is not None:
-                raise RefConflict(f"{name.decode(errors='replace')} is a symbolic ref")
-            if current != old:
-                raise RefConflict(
-                    f"ref {name.decode(errors='replace')} is at "
-                    f"{current.hex() if current else '(none)'}, expected {old.hex()}"
-                )
+            self._expect(name, old)
             # Packed entry first: were the loose file removed first, a reader could
             # briefly see the stale packed value come back.
             if name in self._packed():
@@ -418,7 +410,7 @@ class Refs:
             fd = -1
             os.rename(lock, path)
             renamed = True
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
         finally:
             if fd >= 0:
                 os.close(fd)
