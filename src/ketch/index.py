@@ -127,15 +127,6 @@ class Index:
                     "SELECT path, dev, ino, mode, size, mtime, ctime, nlink, oid, gitmode, meta,"
                     " rules FROM files WHERE parent = ?", (dir_path,))}
 
-    def reusable(self, path: bytes, st: os.stat_result) -> tuple[bytes, int] | None:
-        """(oid, gitmode) when the index holds an id for exactly this file state."""
-        e = self.lookup(path)
-        if e is None or e.oid is None or e.gitmode is None:
-            return None
-        if e.fingerprint != Fingerprint.of(st):
-            return None
-        return e.oid, e.gitmode
-
     def record(self, path: bytes, st: os.stat_result, oid: bytes | None,
                gitmode: int | None, meta: bytes | None = None, rules: str | None = None
                ) -> None:

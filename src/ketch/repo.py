@@ -287,8 +287,3 @@ def default_repo_path(explicit: str | None) -> str:
     if env:
         return env
     return os.path.join(os.path.expanduser("~"), ".ketch")
-
-
-def open_repository(path: str | None) -> LocalRepository:
-    return LocalRepository(default_repo_path(path))
-

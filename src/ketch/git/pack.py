@@ -22,7 +22,7 @@ import struct
 import tempfile
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
@@ -459,8 +459,3 @@ class PackWriter:
             self.close()
         else:
             self.abort()
-
-    def written_ids(self) -> Iterable[bytes]:
-        return self._written
-
-
