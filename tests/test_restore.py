@@ -256,7 +256,14 @@ def test_ketch_save_round_trip(saved: tuple[Path, Path], run_ketch: RunKetch,
     bup_out = tmp_path / "bup-out"
     subprocess.run([_bup_exe(), "-d", repo, "restore", "-q", "-C", bup_out,
                     b"/" + vpath(tree)], check=True, capture_output=True)
-    assert_same_tree(tree, bup_out / "tree")
+    want, want_links = snapshot(tree)
+    got, got_links = snapshot(bup_out / "tree")
+    # bup 0.33's VFS gives a directory that holds a file named ".bupm" no
+    # metadata of its own, so bup restores its mtime as 0 (bup's bug, not ours).
+    want[b"."].pop("mtime")
+    got[b"."].pop("mtime")
+    assert got == want
+    assert got_links == want_links
 
 
 def test_big_sparse_file_and_huge_directory(run_ketch: RunKetch, tmp_path: Path) -> None:
