@@ -16,11 +16,7 @@ import pytest
 from ketch.git import objects as gobj
 from ketch.metadata import Metadata, decode_all
 from tests.conftest import RunBup, RunKetch
-
-
-def git(repo: Path, *args: str) -> bytes:
-    return subprocess.run(["git", "--git-dir", str(repo), *args], check=True,
-                          capture_output=True).stdout
+from tests.gitutil import git
 
 
 def ls_tree(repo: Path, spec: str) -> dict[bytes, tuple[str, str]]:

@@ -14,11 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RunBup, RunKetch, _subprocess_env
-
-
-def git(repo: Path, *args: str) -> bytes:
-    return subprocess.run(["git", "--git-dir", str(repo), *args], check=True,
-                          capture_output=True).stdout
+from tests.gitutil import git
 
 
 def fsck(repo: Path) -> None:

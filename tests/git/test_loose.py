@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import zlib
@@ -20,32 +19,13 @@ from ketch.git.loose import (
     loose_path,
     read_loose,
 )
-
-GIT_ENV = {
-    **os.environ,
-    "GIT_CONFIG_GLOBAL": "/dev/null",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_AUTHOR_NAME": "Ketch Test",
-    "GIT_AUTHOR_EMAIL": "ketch-test@example.invalid",
-    "GIT_COMMITTER_NAME": "Ketch Test",
-    "GIT_COMMITTER_EMAIL": "ketch-test@example.invalid",
-}
-
-
-def git(repo: Path, *args: str, input: bytes | None = None) -> bytes:
-    return subprocess.run(
-        ["git", "--git-dir", str(repo), *args],
-        input=input,
-        check=True,
-        capture_output=True,
-        env=GIT_ENV,
-    ).stdout
+from tests.gitutil import git
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     path = tmp_path / "r.git"
-    subprocess.run(["git", "init", "-q", "--bare", str(path)], check=True, env=GIT_ENV)
+    subprocess.run(["git", "init", "-q", "--bare", str(path)], check=True)
     return path
 
 

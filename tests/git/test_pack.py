@@ -18,11 +18,7 @@ import pytest
 from ketch.git import objects as gobj
 from ketch.git.idx import PackIndex
 from ketch.git.pack import PackWriter, encode_entry, entry_header
-
-
-def git(repo: Path, *args: str, input: bytes | None = None) -> bytes:
-    return subprocess.run(["git", "--git-dir", str(repo), *args], input=input,
-                          check=True, capture_output=True).stdout
+from tests.gitutil import git
 
 
 @pytest.fixture

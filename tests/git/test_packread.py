@@ -5,7 +5,6 @@ back exactly as `git cat-file --batch` shows it."""
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import struct
 import subprocess
@@ -33,30 +32,11 @@ from ketch.git.packread import (
     apply_delta,
     apply_delta_py,
 )
-
-GIT_ENV = {
-    **os.environ,
-    "GIT_CONFIG_GLOBAL": "/dev/null",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_AUTHOR_NAME": "Ketch Test",
-    "GIT_AUTHOR_EMAIL": "ketch-test@example.invalid",
-    "GIT_COMMITTER_NAME": "Ketch Test",
-    "GIT_COMMITTER_EMAIL": "ketch-test@example.invalid",
-}
-
-
-def git(repo: Path, *args: str, input: bytes | None = None) -> bytes:
-    return subprocess.run(
-        ["git", "--git-dir", str(repo), *args],
-        input=input,
-        check=True,
-        capture_output=True,
-        env=GIT_ENV,
-    ).stdout
+from tests.gitutil import git
 
 
 def init_bare(path: Path) -> Path:
-    subprocess.run(["git", "init", "-q", "--bare", str(path)], check=True, env=GIT_ENV)
+    subprocess.run(["git", "init", "-q", "--bare", str(path)], check=True)
     return path
 
 
@@ -216,7 +196,6 @@ def thin_pack(repo: Path, out_dir: Path, revs: bytes) -> Path:
         input=data,
         check=True,
         capture_output=True,
-        env=GIT_ENV,
     )
     idx = PackIndex(fixed.with_suffix(".idx"))
     try:

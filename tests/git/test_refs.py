@@ -16,16 +16,8 @@ import pytest
 
 from ketch.errors import EXIT_FAILED, KetchError, RefConflict
 from ketch.git.refs import BadRefName, BadRefValue, Refs, check_ref_name, validate_branch_name
+from tests.gitutil import git
 
-GIT_ENV = {
-    **os.environ,
-    "GIT_CONFIG_GLOBAL": "/dev/null",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_AUTHOR_NAME": "Ketch Test",
-    "GIT_AUTHOR_EMAIL": "ketch-test@example.invalid",
-    "GIT_COMMITTER_NAME": "Ketch Test",
-    "GIT_COMMITTER_EMAIL": "ketch-test@example.invalid",
-}
 ZERO = b"\0" * 20
 
 
@@ -36,16 +28,12 @@ def run_git(repo: Path, *args: str, input: bytes | None = None, env: dict[str, s
         input=input,
         check=check,
         capture_output=True,
-        env={**GIT_ENV, **(env or {})},
+        env={**os.environ, **(env or {})},
     )
 
 
-def git(repo: Path, *args: str, input: bytes | None = None) -> bytes:
-    return run_git(repo, *args, input=input).stdout
-
-
 def init_repo(path: Path, log_all: bool = True) -> Path:
-    subprocess.run(["git", "init", "-q", "--bare", str(path)], check=True, env=GIT_ENV)
+    subprocess.run(["git", "init", "-q", "--bare", str(path)], check=True)
     if log_all:
         git(path, "config", "core.logAllRefUpdates", "true")  # as `bup init` does
     return path
@@ -467,7 +455,7 @@ def test_bad_branch_names(name: bytes) -> None:
 def test_good_branch_names_are_good_for_git_too(repo: Path, name: bytes) -> None:
     validate_branch_name(name)
     check_ref_name(b"refs/heads/" + name)
-    subprocess.run(["git", "check-ref-format", b"refs/heads/" + name], check=True, env=GIT_ENV)
+    subprocess.run(["git", "check-ref-format", b"refs/heads/" + name], check=True)
     c = make_commits(repo, 1)[0]
     Refs(repo).update(b"refs/heads/" + name, c, None)
     assert rev_parse(repo, (b"refs/heads/" + name).decode()) == c
