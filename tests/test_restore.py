@@ -252,16 +252,16 @@ def test_ketch_save_round_trip(saved: tuple[Path, Path], run_ketch: RunKetch,
     proc = restore(run_ketch, repo, out, vpath(tree))
     assert proc.returncode == 0, proc.stderr.decode()
     assert_same_tree(tree, out / "tree")
-    # and bup restores what ketch saved
+    # And bup restores what ketch saved. Not the file named ".bupm": bup 0.33's
+    # VFS confuses it with the directory's own metadata when that is chunked,
+    # and then restores the whole directory without metadata (bup's bug).
+    run_ketch("save", "-q", "-d", repo, "-n", "nobupm", "--exclude", ".bupm", tree, check=True)
     bup_out = tmp_path / "bup-out"
     subprocess.run([_bup_exe(), "-d", repo, "restore", "-q", "-C", bup_out,
-                    b"/" + vpath(tree)], check=True, capture_output=True)
+                    b"/nobupm/latest" + os.fsencode(tree)], check=True, capture_output=True)
     want, want_links = snapshot(tree)
     got, got_links = snapshot(bup_out / "tree")
-    # bup 0.33's VFS gives a directory that holds a file named ".bupm" no
-    # metadata of its own, so bup restores its mtime as 0 (bup's bug, not ours).
-    want[b"."].pop("mtime")
-    got[b"."].pop("mtime")
+    del want[b".bupm"]
     assert got == want
     assert got_links == want_links
 
