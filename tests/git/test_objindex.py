@@ -300,5 +300,4 @@ def test_scaling_two_million_ids(tmp_path: Path) -> None:
     )
     assert r["sources"] == 1 and r["bloom"]
     assert anon_growth < 100
-    # The goal is >= 1M ids/s; the bar here is lower so a loaded machine doesn't flake.
-    assert min(r["rates"].values()) > 300_000
+    # Lookup rates are printed, not asserted: timings belong to the benchmark.
