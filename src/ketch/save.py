@@ -233,21 +233,17 @@ class _Saver:
 
     def _chunks_to_object(self, chunks: list[tuple[memoryview, int]],
                           oids: list[bytes] | None = None) -> tuple[int, bytes]:
-        """bup's result for a whole file's chunks: the empty blob, the one blob,
-        or a chunk tree; `oids` when the chunks are already stored."""
-        if not chunks:
-            return gobj.MODE_FILE, self.w.write(gobj.BLOB, b"")
-        if oids is None:
-            oids = self.w.write_many(gobj.BLOB, [c for c, _ in chunks])
-        if len(chunks) == 1:
-            return gobj.MODE_FILE, oids[0]
+        """bup's object for a whole file's chunks (`oids` if already stored)."""
         tree = hs.ChunkTree(self.w)
+        self._add_chunks(tree, chunks, oids)
+        return hs.top_object(self.w, tree.top())
+
+    def _add_chunks(self, tree: hs.ChunkTree, chunks: list[tuple[memoryview, int]],
+                    oids: list[bytes] | None = None) -> None:
+        if oids is None:
+            oids = self.w.write_many(gobj.BLOB, [c for c, _ in chunks]) if chunks else []
         for oid, (c, level) in zip(oids, chunks, strict=True):
             tree.add(gobj.MODE_FILE, oid, len(c), level)
-        top = tree.top()
-        if len(top) == 1:
-            return top[0][0], top[0][1]
-        return gobj.MODE_TREE, hs.make_shalist_tree(self.w, top)
 
     def _open(self, path: bytes) -> int | None:
         try:
@@ -302,43 +298,19 @@ class _Saver:
         try:
             with os.fdopen(fd, "rb", buffering=0) as f:
                 sp = hs.Splitter(4)
-                tree: hs.ChunkTree | None = None
-                first: list[tuple[memoryview, int]] = []
+                tree = hs.ChunkTree(self.w)
                 size = 0
                 for block in hs.read_blocks(f):
                     size += len(block)
                     self.progress.advance(len(block))
-                    got = list(sp.feed(block))
-                    if tree is None and not first:
-                        first = got
-                        continue
-                    tree = self._flush_chunks(tree, first + got)
-                    first = []
-                rest = list(sp.finish())
-                if tree is None:
-                    mode, oid = self._chunks_to_object(first + rest)
-                else:
-                    tree = self._flush_chunks(tree, rest)
-                    top = tree.top()
-                    if len(top) == 1:
-                        mode, oid = top[0][0], top[0][1]
-                    else:
-                        mode, oid = gobj.MODE_TREE, hs.make_shalist_tree(self.w, top)
+                    self._add_chunks(tree, list(sp.feed(block)))
+                self._add_chunks(tree, list(sp.finish()))
+                mode, oid = hs.top_object(self.w, tree.top())
         except OSError as e:
             self.warn(f"{os.fsdecode(path)}: read error: {e.strerror}; skipped")
             return None
         self._check_unchanged(path, st, size)
         return mode, oid, size
-
-    def _flush_chunks(self, tree: hs.ChunkTree | None,
-                      chunks: list[tuple[memoryview, int]]) -> hs.ChunkTree:
-        if tree is None:
-            tree = hs.ChunkTree(self.w)
-        if chunks:
-            oids = self.w.write_many(gobj.BLOB, [c for c, _ in chunks])
-            for oid, (c, level) in zip(oids, chunks, strict=True):
-                tree.add(gobj.MODE_FILE, oid, len(c), level)
-        return tree
 
     # -- entries -----------------------------------------------------------------
 

@@ -560,11 +560,17 @@ def split_to_blob_or_tree(
 ) -> tuple[int, bytes, int]:
     """What `bup save` stores for a file: (mode, oid, size); one chunk is a plain blob."""
     top = _chunk_tree(sink, blocks, fanbits)
+    return (*top_object(sink, top), sum(size for _, _, size in top))
+
+
+def top_object(sink: ObjectSink, top: list[tuple[int, bytes, int]]) -> tuple[int, bytes]:
+    """A file's (mode, oid) from its chunk tree's top list: nothing -> the empty
+    blob, one entry -> that entry (a blob or a subtree), else a tree of them."""
     if not top:
-        return MODE_FILE, sink.write(BLOB, b""), 0
+        return MODE_FILE, sink.write(BLOB, b"")
     if len(top) == 1:
-        return top[0]
-    return MODE_TREE, make_shalist_tree(sink, top), sum(size for _, _, size in top)
+        return top[0][0], top[0][1]
+    return MODE_TREE, make_shalist_tree(sink, top)
 
 
 def split_to_tree(sink: ObjectSink, blocks: Iterable[bytes], fanbits: int = 4) -> tuple[bytes, int]:

@@ -77,15 +77,6 @@ def split_top(
     return tree.top()
 
 
-def blob_or_tree(sink: hs.ObjectSink, top: list[tuple[int, bytes, int]]) -> tuple[int, bytes]:
-    """bup save's file result: nothing -> empty blob, one entry -> it, else a tree."""
-    if not top:
-        return gobj.MODE_FILE, sink.write(gobj.BLOB, b"")
-    if len(top) == 1:
-        return top[0][0], top[0][1]
-    return gobj.MODE_TREE, hs.make_shalist_tree(sink, top)
-
-
 @dataclass
 class SplitResult:
     tree: bytes | None = None
@@ -161,7 +152,7 @@ def _split_into(sink: BatchSink, per_file: list[Iterator[bytes]], result: SplitR
     top = split_top(sink, per_file, fanbits, keep)
     result.size = sum(e[2] for e in top)
     if name is not None:
-        mode, oid = blob_or_tree(sink, top)
+        mode, oid = hs.top_object(sink, top)
         entry_name = b"data.bup" if mode == gobj.MODE_TREE else b"data"
         result.tree = sink.write(gobj.TREE, gobj.encode_tree([gobj.TreeEntry(mode, entry_name, oid)]))
     elif tree or commit:
