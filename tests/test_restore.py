@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from ketch.progress import NullProgress
 from tests.conftest import RunKetch, in_ci
 
 NAME = "t"
@@ -302,24 +303,13 @@ def test_library_counts_and_progress(saved: tuple[Path, Path], tmp_path: Path) -
     from ketch.restore import restore as do_restore
     from ketch.vfs import VFS
 
-    class Recorder:
-        def __init__(self) -> None:
-            self.total: tuple[int | None, int | None] | None = None
-            self.bytes = self.files = 0
-            self.warnings: list[str] = []
+    class Recorder(NullProgress):
+        """NullProgress counts already; this also keeps the announced totals."""
+
+        total: tuple[int | None, int | None] | None = None
 
         def start(self, total_bytes: int | None, total_files: int | None = None) -> None:
             self.total = (total_bytes, total_files)
-
-        def advance(self, nbytes: int = 0, nfiles: int = 0) -> None:
-            self.bytes += nbytes
-            self.files += nfiles
-
-        def warn(self, message: str) -> None:
-            self.warnings.append(message)
-
-        def finish(self) -> None:
-            pass
 
     repo, tree = saved
     rec = Recorder()
