@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from ketch.errors import KetchError, NotARepository, ObjectNotFound, RefNotFound
+from ketch.errors import KetchError, NotARepository, ObjectNotFound, RefConflict, RefNotFound
 from ketch.git import objects as gobj
 from ketch.git.config import GitConfig
 from ketch.git.loose import iter_loose_ids, loose_exists, read_loose
@@ -73,6 +73,13 @@ class Repository(ABC):
 
     def close(self) -> None:  # noqa: B027 - backends without resources need nothing
         pass
+
+    def prefetch(self, oids: Sequence[bytes]) -> None:  # noqa: B027 - a hint
+        """These objects will be read soon: a remote backend fetches them together."""
+
+    @abstractmethod
+    def index_file(self) -> str:
+        """Where the local filesystem index (a cache for saves into this repository) lives."""
 
     def __enter__(self) -> Repository:
         return self
@@ -158,6 +165,9 @@ class LocalRepository(Repository):
         self._packs: dict[str, PackFile] = {}
         self._mapped = 0
         self._has_loose = self._any_loose()
+
+    def index_file(self) -> str:
+        return os.path.join(self.path, "ketch-index.sqlite")
 
     def _any_loose(self) -> bool:
         try:
@@ -278,6 +288,37 @@ class LocalRepository(Repository):
         self, name: bytes, new: bytes, old: bytes | None, message: bytes = b""
     ) -> None:
         self.refs.update(name, new, old, message=message)
+
+
+def advance_branch(
+    repo: Repository,
+    refname: bytes,
+    commit: bytes,
+    old: bytes | None,
+    rebuild: Callable[[bytes | None], bytes],
+    *,
+    message: bytes = b"",
+    attempts: int = 8,
+) -> bytes:
+    """Move `refname` from `old` to `commit`. When another writer moved it first
+    (two saves into one branch at once), the commit is rebuilt on top of the new
+    head with `rebuild(parent) -> commit bytes` and the swap retried, so neither
+    save is lost. Returns the commit the branch now points at."""
+    for _ in range(attempts):
+        try:
+            repo.update_ref(refname, commit, old, message)
+            return commit
+        except RefConflict:
+            old = repo.read_ref(refname)
+            w = repo.writer()
+            try:
+                commit = w.write(gobj.COMMIT, rebuild(old))
+            except BaseException:
+                w.abort()
+                raise
+            w.close()
+    raise RefConflict(f"{refname.decode(errors='replace')} kept moving under this save; "
+                      f"gave up after {attempts} attempts")
 
 
 def default_repo_path(explicit: str | None) -> str:

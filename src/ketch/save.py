@@ -32,7 +32,7 @@ from ketch.git.refs import validate_branch_name
 from ketch.index import Entry, Fingerprint, Index
 from ketch.metadata import EMPTY_RECORD, from_path
 from ketch.progress import NullProgress, Progress
-from ketch.repo import ObjectWriter, Repository
+from ketch.repo import ObjectWriter, Repository, advance_branch
 
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 # Files below this size are read whole and chunked together with the rest of
@@ -606,7 +606,10 @@ def save(repo: Repository, opts: SaveOptions, *, index: Index | None = None,
     result.bytes_new = getattr(w, "bytes_written", 0)
     result.objects_new = getattr(w, "objects_written", 0)
     try:
-        repo.update_ref(refname, result.commit, old, message=b"ketch save")
+        result.commit = advance_branch(
+            repo, refname, result.commit, old,
+            lambda parent: commit_bytes(result.tree, parent, opts.date, msg),
+            message=b"ketch save")
     except KetchError:
         raise
     except OSError as e:

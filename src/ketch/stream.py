@@ -14,7 +14,7 @@ from ketch.errors import KetchError, RefNotFound
 from ketch.git import objects as gobj
 from ketch.git.refs import validate_branch_name
 from ketch.progress import NullProgress, Progress
-from ketch.repo import Repository
+from ketch.repo import Repository, advance_branch
 
 SplitMode = str  # "blobs" | "tree" | "commit" | "name" | "noop"
 
@@ -135,7 +135,11 @@ def split_to_repo(
     w.close()
     progress.finish()
     if refname is not None and result.commit is not None:
-        repo.update_ref(refname, result.commit, old, message=b"ketch split")
+        tree_id = result.tree
+        assert tree_id is not None
+        result.commit = advance_branch(
+            repo, refname, result.commit, old,
+            lambda parent: commit_bytes(tree_id, parent, date, msg), message=b"ketch split")
         result.ref = refname
     return result
 
