@@ -204,9 +204,9 @@ class _Restorer:
             made, meta = self.make_dir(create, top_path)
             if not made:
                 return
-            stack.append((self.vfs.contents(top), top_path, meta))
+            stack.append((self.children(top), top_path, meta))
         else:
-            stack.append((self.vfs.contents(top), top_path, None))
+            stack.append((self.children(top), top_path, None))
         while stack:
             children, path, meta = stack[-1]
             child = next(children, None)
@@ -221,9 +221,15 @@ class _Restorer:
             if child.kind in _DIR_KINDS:
                 made, sub = self.make_dir(child, dest)
                 if made:
-                    stack.append((self.vfs.contents(child), dest, sub))
+                    stack.append((self.children(child), dest, sub))
             else:
                 self.restore_leaf(child, dest)
+
+    def children(self, item: Item) -> Iterator[Item]:
+        kids = list(self.vfs.contents(item))
+        # A server fetches a directory's small files in one request instead of one each.
+        self.vfs.repo.prefetch([k.oid for k in kids if k.kind == "file" and k.oid is not None])
+        return iter(kids)
 
     def make_dir(self, item: Item, path: bytes) -> tuple[bool, Metadata | None]:
         """Create (or reuse) the directory: (made?, its metadata if it has any)."""
@@ -460,6 +466,8 @@ class _FileWriter:
             if kind == _TREE:
                 stack.append((oid, _TREE_END, self.pos, self.written, self.holes))
                 entries = list(gobj.decode_tree(data))
+                self.objects.prefetch([e.oid for e in entries
+                                       if e.oid not in zero_blobs and e.oid not in seen])
                 stack.extend(
                     (e.oid, _TREE if e.mode == gobj.MODE_TREE else _BLOB, 0, 0, 0)
                     for e in reversed(entries)
