@@ -10,13 +10,25 @@ from typing import Any, TypeVar
 
 import click
 
-from ketch.repo import LocalRepository, default_repo_path
+from ketch.errors import UsageError
+from ketch.repo import LocalRepository, Repository, default_repo_path
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _store_remote(ctx: click.Context, _: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        ctx.meta["ketch.remote"] = value
+    return value
+
+
 def repo_option(f: F) -> F:
-    """`-d DIR` on every command (it may also come before the command)."""
+    """`-d DIR` or `-r REMOTE` on every command (either may also come before it)."""
+    f = click.option(
+        "-r", "--remote", metavar="[USER@]HOST:[PATH]", default=None, expose_value=False,
+        callback=_store_remote,
+        help="repository on a server over ssh: HOST:PATH or ssh://[USER@]HOST[:PORT]/PATH",
+    )(f)
     return click.option(
         "-d", "--dir", "repo_dir", metavar="DIR", default=None,
         help="repository (default: $KETCH_DIR, else ~/.ketch)",
@@ -29,8 +41,25 @@ def repo_path(ctx: click.Context, repo_dir: str | None) -> str:
     return default_repo_path(repo_dir)
 
 
-def open_repo(ctx: click.Context, repo_dir: str | None) -> LocalRepository:
-    repo = LocalRepository(repo_path(ctx, repo_dir))
+def remote_of(ctx: click.Context, repo_dir: str | None) -> str | None:
+    remote = ctx.meta.get("ketch.remote")
+    if remote is None and ctx.obj is not None:
+        remote = ctx.obj.get("remote")
+    if remote is not None and (repo_dir is not None or (ctx.obj or {}).get("repo_dir")):
+        raise UsageError("give either -d DIR or -r REMOTE, not both")
+    return remote  # type: ignore[no-any-return]
+
+
+def open_repo(ctx: click.Context, repo_dir: str | None, *, create: bool = False) -> Repository:
+    remote = remote_of(ctx, repo_dir)
+    repo: Repository
+    if remote is not None:
+        from ketch.remote.client import RemoteRepository
+        from ketch.remote.spec import parse_remote
+
+        repo = RemoteRepository(parse_remote(remote), create=create)
+    else:
+        repo = LocalRepository(repo_path(ctx, repo_dir))
     ctx.call_on_close(repo.close)
     return repo
 

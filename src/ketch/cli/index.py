@@ -7,7 +7,7 @@ import click
 
 from ketch.cli.common import open_repo, repo_option
 from ketch.cli.excludeopts import exclude_options, rules_from
-from ketch.index import Index, index_path_for
+from ketch.index import Index
 
 
 @click.command("index")
@@ -21,7 +21,7 @@ def command(ctx: click.Context, /, repo_dir: str | None, quiet: bool, paths: tup
     """Refresh the index for PATHS and remember their exclude rules for `save`."""
     rules = rules_from(kw)
     repo = open_repo(ctx, repo_dir)
-    with Index(index_path_for(repo.path)) as index:
+    with Index(repo.index_file()) as index:
         res = index.update([os.fsencode(p) for p in paths], rules)
     for w in res.warnings:
         click.echo(f"ketch: warning: {w}", err=True)

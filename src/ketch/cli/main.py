@@ -18,7 +18,7 @@ from ketch.errors import EXIT_FAILED, KetchError
 # so `ketch save` does not pay for importing restore, the VFS and the rest.
 COMMANDS = {
     "init": "init", "index": "index", "save": "save", "ls": "ls", "restore": "restore",
-    "cat-file": "cat_file", "split": "split", "join": "join",
+    "cat-file": "cat_file", "split": "split", "join": "join", "server": "server",
 }
 
 
@@ -38,11 +38,13 @@ class _LazyGroup(click.Group):
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-d", "--dir", "repo_dir", metavar="DIR", default=None,
               help="repository (default: $KETCH_DIR, else ~/.ketch)")
+@click.option("-r", "--remote", metavar="[USER@]HOST:[PATH]", default=None,
+              help="repository on a server over ssh")
 @click.version_option(__version__, prog_name="ketch")
 @click.pass_context
-def cli(ctx: click.Context, repo_dir: str | None) -> None:
+def cli(ctx: click.Context, repo_dir: str | None, remote: str | None) -> None:
     """ketch: deduplicating backups in bup-compatible git repositories."""
-    ctx.obj = {"repo_dir": repo_dir}
+    ctx.obj = {"repo_dir": repo_dir, "remote": remote}
 
 
 def _fail(message: str, code: int = EXIT_FAILED) -> int:

@@ -9,7 +9,7 @@ import click
 from ketch.cli.common import TermProgress, open_repo, repo_option, show_progress
 from ketch.cli.excludeopts import exclude_options, rules_from
 from ketch.errors import UsageError
-from ketch.index import Index, index_path_for
+from ketch.index import Index
 from ketch.progress import NullProgress, Progress
 from ketch.save import SaveOptions, save
 from ketch.timeparse import parse_date
@@ -51,13 +51,17 @@ def command(ctx: click.Context, /, repo_dir: str | None, name: str, date: str | 
     if no_index:
         res = save(repo, opts, progress=progress)
     else:
-        with Index(index_path_for(repo.path)) as index:
+        with Index(repo.index_file()) as index:
             res = save(repo, opts, index=index, progress=progress)
     if not isinstance(progress, TermProgress):
         for w in res.warnings:
             click.echo(f"ketch: warning: {w}", err=True)
     if as_json:
-        click.echo(json.dumps(res.as_dict(), indent=2))
+        summary = res.as_dict()
+        traffic = getattr(repo, "traffic", None)
+        if callable(traffic):
+            summary["bytes_sent"], summary["bytes_received"] = traffic()
+        click.echo(json.dumps(summary, indent=2))
     if not quiet:
         rate = res.bytes_read / res.seconds / 1e6 if res.seconds else 0.0
         click.echo(f"Saved {name}: {res.files} files, {res.dirs} dirs, "

@@ -1,0 +1,399 @@
+"""The client side: a `Repository` served by `ketch server` or `bup server`
+over ssh (or by a local server process, for `-r :PATH`).
+
+Only commands bup 0.33's server has are used, so the same client works
+against both. Dedup works as bup's does: the server's idx files are cached
+locally (`~/.cache/ketch/remote/KEY/`), objects they list are never sent, and
+the server's `index` suggestions in the middle of a transfer add more idx
+files to the cache. Unlike bup, the client fetches every idx it lacks before
+its first write, so objects that arrived before an interrupted save are not
+sent again.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from ketch.errors import KetchError, NotARepository, ObjectNotFound, RefConflict
+from ketch.git import objects as gobj
+from ketch.git.durable import AtomicFile
+from ketch.git.objindex import ObjectIndex
+from ketch.git.pack import DEFAULT_LEVEL, DEFAULT_MAX_PACK_SIZE, PackWriter
+from ketch.remote.protocol import SUSPEND, Conn, ConnectionLost, RemoteError, u32
+from ketch.remote.spec import RemoteSpec
+from ketch.repo import Repository
+
+_TYPE_BY_NAME = {name: num for num, name in gobj.TYPE_NAMES.items()}
+_BATCH = 256  # objects per cat-batch request when reading ahead
+
+
+def default_cache_root() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "ketch", "remote")
+
+
+def _server_argv(spec: RemoteSpec) -> list[str]:
+    if spec.protocol == "file":
+        return [sys.executable, "-m", "ketch", "server"]
+    rsh = shlex.split(os.environ.get("KETCH_RSH", "ssh"))
+    remote = os.environ.get("KETCH_REMOTE_COMMAND", "ketch server")
+    port = ["-p", str(spec.port)] if spec.port is not None else []
+    assert spec.host is not None
+    return [*rsh, *port, spec.host, "--", remote]
+
+
+class Client:
+    """One server process and the protocol exchanges with it."""
+
+    def __init__(self, spec: RemoteSpec, *, create: bool = False) -> None:
+        self.spec = spec
+        argv = _server_argv(spec)
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         start_new_session=True)
+        except OSError as e:
+            raise KetchError(f"cannot start {argv[0]}: {e.strerror}") from None
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.conn = Conn(self.proc.stdout.fileno(), self.proc.stdin.fileno(), peer=str(spec))
+        self.closed = False
+        try:
+            self.commands = self._help()
+            if spec.path:
+                verb = b"init-dir " if create else b"set-dir "
+                self.conn.write(verb + os.fsencode(spec.path) + b"\n")
+                self.check_ok()
+        except BaseException:
+            self.close(quit=False)
+            raise
+
+    def _lost(self, e: ConnectionLost) -> KetchError:
+        rv = None
+        try:
+            rv = self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        how = f" (server command exited with code {rv})" if rv else ""
+        return KetchError(f"connection to {self.spec} lost{how}")
+
+    def check_ok(self) -> None:
+        try:
+            self.conn.check_ok()
+        except ConnectionLost as e:
+            raise self._lost(e) from None
+        except RemoteError as e:
+            msg = str(e)
+            if "not a repository" in msg or "is not a repository" in msg:
+                raise NotARepository(f"{self.spec}: {msg}") from None
+            raise KetchError(f"server: {msg}") from None
+
+    def _help(self) -> set[bytes]:
+        self.conn.write(b"help\n")
+        try:
+            head = self.conn.readline()
+            if head != b"Commands:\n":
+                raise KetchError(f"{self.spec}: not a bup/ketch server (got {head[:60]!r})")
+            names = {line.strip() for line in self.conn.lines_until_blank()}
+        except ConnectionLost as e:
+            raise self._lost(e) from None
+        self.check_ok()
+        return names
+
+    def require(self, name: bytes) -> None:
+        if name not in self.commands:
+            raise KetchError(f"{self.spec}: the server has no {name.decode()} command")
+
+    def lines(self) -> Iterator[bytes]:
+        try:
+            yield from self.conn.lines_until_blank()
+        except ConnectionLost as e:
+            raise self._lost(e) from None
+
+    def read(self, n: int) -> bytes:
+        try:
+            return self.conn.read(n)
+        except ConnectionLost as e:
+            raise self._lost(e) from None
+
+    def close(self, *, quit: bool = True) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if quit:
+                self.conn.write(b"quit\n")
+                self.conn.flush()
+        except KetchError:
+            pass
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                f.close()
+        try:
+            rv = self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rv = self.proc.wait()
+        if rv and quit:
+            raise KetchError(f"server command for {self.spec} exited with code {rv}")
+
+
+class RemoteRepository(Repository):
+    def __init__(self, spec: RemoteSpec, *, create: bool = False,
+                 cache_root: str | None = None) -> None:
+        self.spec = spec
+        self.client = Client(spec, create=create)
+        self.cache_dir = os.path.join(cache_root or default_cache_root(), spec.cache_key())
+        self._objindex: ObjectIndex | None = None
+        self._ahead: deque[bytes] = deque()
+        self._fetched: dict[bytes, tuple[int, bytes]] = {}
+
+    @property
+    def conn(self) -> Conn:
+        return self.client.conn
+
+    def traffic(self) -> tuple[int, int]:
+        """(bytes sent, bytes received) on this connection so far."""
+        return self.conn.bytes_sent, self.conn.bytes_received
+
+    def index_file(self) -> str:
+        os.makedirs(self.cache_dir, exist_ok=True)
+        return os.path.join(self.cache_dir, "ketch-index.sqlite")
+
+    def close(self) -> None:
+        if self._objindex is not None:
+            self._objindex.close()
+            self._objindex = None
+        self.client.close()
+
+    # -- the server's idx files, cached ------------------------------------------
+
+    def _index(self) -> ObjectIndex:
+        if self._objindex is None:
+            self._objindex = self._sync_indexes()
+        return self._objindex
+
+    def _sync_indexes(self) -> ObjectIndex:
+        os.makedirs(self.cache_dir, exist_ok=True)
+        self.conn.write(b"list-indexes\n")
+        listed = [line.split(b" ")[0].decode() for line in self.client.lines()]
+        self.client.check_ok()
+        cached = {n for n in os.listdir(self.cache_dir) if n.endswith(".idx")}
+        for stale in cached - set(listed):
+            os.unlink(os.path.join(self.cache_dir, stale))
+        for name in listed:
+            if name not in cached:
+                self.fetch_index(name)
+        index = ObjectIndex(self.cache_dir)
+        index.maintain()
+        return index
+
+    def fetch_index(self, name: str) -> None:
+        if "/" in name or not name.endswith(".idx"):
+            raise KetchError(f"server sent a bad index name: {name!r}")
+        path = os.path.join(self.cache_dir, name)
+        if os.path.exists(path):
+            return
+        self.conn.write(b"send-index " + name.encode() + b"\n")
+        n = int.from_bytes(self.client.read(4), "big")
+        with AtomicFile(path) as f:
+            left = n
+            while left:
+                block = self.client.read(min(left, 1 << 20))
+                f.file.write(block)
+                left -= len(block)
+        self.client.check_ok()
+        if self._objindex is not None:
+            self._objindex.add_idx(path)
+
+    # -- objects ------------------------------------------------------------------
+
+    def prefetch(self, oids: Sequence[bytes]) -> None:
+        # Readers walk depth first: the newest hints are wanted soonest.
+        self._ahead.extendleft(reversed(oids))
+        if len(self._ahead) > 1 << 16:
+            for _ in range(len(self._ahead) - (1 << 16)):
+                self._ahead.pop()
+
+    def read(self, oid: bytes) -> tuple[int, bytes]:
+        got = self._fetched.pop(oid, None)
+        if got is not None:
+            return got
+        batch = [oid]
+        while self._ahead and len(batch) < _BATCH:
+            o = self._ahead.popleft()
+            if o != oid and o not in self._fetched:
+                batch.append(o)
+        if len(self._fetched) > 4 * _BATCH:
+            self._fetched.clear()
+        for o, obj in zip(batch, self._cat_batch([o.hex().encode() for o in batch]),
+                          strict=True):
+            if obj is None:
+                if o == oid:
+                    raise ObjectNotFound(f"object {oid.hex()} not found on {self.spec}")
+                continue
+            t, data, got_oid = obj
+            if got_oid != o or gobj.object_id(t, data) != o:
+                raise KetchError(f"object {o.hex()} from {self.spec} does not match its id")
+            if o != oid:
+                self._fetched[o] = (t, data)
+            else:
+                got = (t, data)
+        assert got is not None
+        return got
+
+    def _cat_batch(self, specs: list[bytes]) -> list[tuple[int, bytes, bytes] | None]:
+        conn = self.conn
+        conn.write(b"cat-batch\n" + b"".join(s + b"\n" for s in specs) + b"\n")
+        out: list[tuple[int, bytes, bytes] | None] = []
+        for _ in specs:
+            line = self.client.conn.readline()
+            if not line:
+                raise self.client._lost(ConnectionLost(""))
+            if line == b"missing\n":
+                out.append(None)
+                continue
+            try:
+                hexid, tname, size = line.split()
+                t = _TYPE_BY_NAME[tname]
+                oid = bytes.fromhex(hexid.decode())
+            except (ValueError, KeyError):
+                raise KetchError(f"{self.spec}: bad cat-batch reply {line[:80]!r}") from None
+            out.append((t, self.client.read(int(size)), oid))
+        self.client.check_ok()
+        return out
+
+    def has_many(self, oids: Sequence[bytes]) -> npt.NDArray[np.bool_]:
+        if not len(oids):
+            return np.zeros(0, dtype=bool)
+        return self._index().contains_many(np.array(oids, dtype="S20"))
+
+    def exists(self, oid: bytes) -> bool:
+        return self._index().contains_one(oid)
+
+    def expand_hex(self, hexid: str) -> bytes | None:
+        got = self._cat_batch([hexid.encode()])[0]
+        return None if got is None else got[2]
+
+    def writer(self, *, level: int = DEFAULT_LEVEL, max_pack_size: int | None = None,
+               max_pack_objects: int | None = None) -> RemoteWriter:
+        self.client.require(b"receive-objects-v2")
+        self._index()
+        return RemoteWriter(self, level=level, max_pack_size=max_pack_size or DEFAULT_MAX_PACK_SIZE,
+                            max_pack_objects=max_pack_objects)
+
+    # -- refs ---------------------------------------------------------------------
+
+    def read_ref(self, name: bytes) -> bytes | None:
+        self.conn.write(b"read-ref " + name + b"\n")
+        line = self.client.conn.readline().strip()
+        self.client.check_ok()
+        return bytes.fromhex(line.decode()) if line else None
+
+    def iter_refs(self, prefix: bytes = b"refs/") -> Iterator[tuple[bytes, bytes]]:
+        self.conn.write(b"refs 0 0\n\n")
+        refs = []
+        for line in self.client.lines():
+            hexid, _, name = line.partition(b" ")
+            if name.startswith(prefix):
+                refs.append((name, bytes.fromhex(hexid.decode())))
+        self.client.check_ok()
+        return iter(sorted(refs))
+
+    def update_ref(self, name: bytes, new: bytes, old: bytes | None,
+                   message: bytes = b"") -> None:
+        self.conn.write(b"update-ref " + name + b"\n" + new.hex().encode() + b"\n"
+                        + (old.hex().encode() if old else b"") + b"\n")
+        try:
+            self.conn.check_ok()
+        except RemoteError as e:
+            if str(e).startswith("conflict:"):
+                raise RefConflict(str(e)[len("conflict:"):].strip()) from None
+            raise KetchError(f"server refused to update {name.decode(errors='replace')}: {e}"
+                             ) from None
+        except ConnectionLost as e:
+            raise self.client._lost(e) from None
+
+
+class RemoteWriter(PackWriter):
+    """The pack writer's batching and compression, with the pack on the server:
+    each encoded entry goes out as a `receive-objects-v2` frame."""
+
+    def __init__(self, repo: RemoteRepository, *, level: int, max_pack_size: int,
+                 max_pack_objects: int | None) -> None:
+        super().__init__(repo.cache_dir, level=level, max_pack_size=max_pack_size,
+                         max_pack_objects=max_pack_objects, exists=repo.exists,
+                         exists_many=lambda oids: repo.has_many(oids).tolist(), fsync=False)
+        self.repo = repo
+        self._streaming = False
+        self._stream_bytes = 0
+
+    def _drain_one(self) -> None:
+        oids, fut, size = self._pending.popleft()
+        self._pending_bytes -= size
+        blob, meta = fut.result()
+        conn = self.repo.conn
+        if not self._streaming:
+            conn.write(b"receive-objects-v2\n")
+            self._streaming = True
+            self._stream_bytes = 0
+        view = memoryview(blob)
+        pos = 0
+        for oid, (n, crc) in zip(oids, meta, strict=True):
+            conn.write(u32(n + 24) + oid + u32(crc))
+            conn.write(view[pos : pos + n])
+            pos += n
+        self.objects_written += len(oids)
+        self.bytes_written += len(blob)
+        self._stream_bytes += len(blob)
+        if conn.has_input():
+            self._take_suggestions(suspend=True)
+        if self._stream_bytes >= self.max_pack_size:
+            self._end_stream()
+
+    def _take_suggestions(self, *, suspend: bool) -> None:
+        """Read the server's `index NAME` suggestions (and, at the end of a
+        stream, the names of the packs it wrote); fetch those idx files."""
+        conn = self.repo.conn
+        conn.write(u32(SUSPEND if suspend else 0))
+        lines = list(self.repo.client.lines())
+        self.repo.client.check_ok()
+        for line in lines:
+            suggested = line.startswith(b"index ")
+            name = (line[6:] if suggested else line).decode(errors="replace")
+            self.repo.fetch_index(name)
+            if not suggested:
+                self.closed_idx.append(name)
+        if suspend:
+            conn.write(b"receive-objects-v2\n")
+
+    def _end_stream(self) -> None:
+        if self._streaming:
+            self._streaming = False
+            self._take_suggestions(suspend=False)
+
+    def flush(self) -> list[str]:
+        self._drain_all()
+        self._end_stream()
+        return list(self.closed_idx)
+
+    def abort_current(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        for _, fut, _ in self._pending:
+            fut.cancel()
+        self._pending.clear()
+        self._small.clear()
+        try:
+            # What the server already has is complete; keeping it makes a retry cheaper.
+            self._end_stream()
+        except KetchError:
+            pass
+        self._pool.shutdown(wait=True)

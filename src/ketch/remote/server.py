@@ -1,0 +1,423 @@
+"""`ketch server`: one repository served over stdin/stdout, speaking bup 0.33's
+protocol (bup-format.md 6.4) so that both ketch and bup clients can use it.
+
+Differences from `bup server`, all invisible to a bup client:
+- a failed command answers `error MESSAGE` and the session goes on, unless the
+  stream can no longer be trusted (a bad object frame);
+- objects received are checked (CRC, and that the id is the hash of the
+  content) before they are written;
+- when the connection drops in the middle of `receive-objects-v2`, the complete
+  objects already received are kept in a finished pack, so a resumed save does
+  not send them again; the half frame is dropped;
+- `--restrict-to DIR` confines every path to DIR and `--append-only` refuses to
+  delete or rewind refs (bup has neither).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ketch.errors import KetchError, NotARepository, ObjectNotFound, RefConflict
+from ketch.git import objects as gobj
+from ketch.git.pack import PackWriter
+from ketch.git.refs import check_ref_name
+from ketch.remote.protocol import SUSPEND, Conn, ConnectionLost, ProtocolError, u32
+from ketch.repo import LocalRepository, default_repo_path, init_repository
+from ketch.stream import iter_blob_data
+from ketch.vfs import VFS
+
+ZERO_HEX = b"0" * 40
+
+
+class Refused(KetchError):
+    """A confined client asked for something its key does not allow."""
+
+
+@dataclass
+class ServerOptions:
+    restrict_to: str | None = None
+    append_only: bool = False
+    default_dir: str | None = None
+
+
+def decode_entry(encoded: bytes) -> tuple[int, bytes]:
+    """(type, content) of one undeltified pack entry, as a client sends it."""
+    c = encoded[0]
+    type_num = (c >> 4) & 7
+    size = c & 15
+    shift = 4
+    pos = 1
+    while c & 0x80:
+        if pos >= len(encoded):
+            raise ProtocolError("truncated object header")
+        c = encoded[pos]
+        pos += 1
+        size |= (c & 0x7F) << shift
+        shift += 7
+    if type_num not in (gobj.COMMIT, gobj.TREE, gobj.BLOB, gobj.TAG):
+        raise ProtocolError(f"object of pack type {type_num} refused (no deltas over the wire)")
+    try:
+        d = zlib.decompressobj()
+        data = d.decompress(encoded[pos:], size + 1)
+    except zlib.error as e:
+        raise ProtocolError(f"object does not inflate: {e}") from None
+    if len(data) != size or not d.eof:
+        raise ProtocolError("object size does not match its header")
+    return type_num, data
+
+
+class Server:
+    def __init__(self, conn: Conn, opts: ServerOptions) -> None:
+        self.conn = conn
+        self.opts = opts
+        self.repo: LocalRepository | None = None
+        self._vfs: VFS | None = None
+        self.suspended: PackWriter | None = None
+        self.root = os.path.realpath(opts.restrict_to) if opts.restrict_to else None
+        self.commands: dict[bytes, Callable[[bytes], None]] = {
+            b"help": self.help, b"init-dir": self.init_dir, b"set-dir": self.set_dir,
+            b"list-indexes": self.list_indexes, b"send-index": self.send_index,
+            b"receive-objects-v2": self.receive_objects, b"read-ref": self.read_ref,
+            b"update-ref": self.update_ref, b"join": self.join, b"cat": self.join,
+            b"cat-batch": self.cat_batch, b"refs": self.refs, b"rev-list": self.rev_list,
+            b"resolve": self.resolve,
+        }
+
+    # -- the loop -------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            while True:
+                line = self.conn.readline()
+                if not line:
+                    return
+                line = line.strip()
+                if not line:
+                    continue
+                name, _, arg = line.partition(b" ")
+                if name == b"quit":
+                    return
+                handler = self.commands.get(name)
+                if handler is None:
+                    self.conn.error(f"unknown server command: {line[:100]!r}")
+                    continue
+                try:
+                    handler(arg)
+                except (ProtocolError, ConnectionLost):
+                    raise
+                except KetchError as e:
+                    self.conn.error(str(e))
+                except OSError as e:
+                    self.conn.error(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}")
+        finally:
+            if self.suspended is not None:
+                self._finish(self.suspended)
+            if self.repo is not None:
+                self.repo.close()
+
+    # -- repository selection and confinement ----------------------------------
+
+    def confine(self, arg: bytes) -> str:
+        path = os.fsdecode(arg)
+        if self.root is None:
+            return path
+        if ".." in path.split("/"):
+            raise Refused(f"{path}: '..' is not allowed in a repository path")
+        full = path if os.path.isabs(path) else os.path.join(self.root, path)
+        real = os.path.realpath(full)
+        if real != self.root and not real.startswith(self.root.rstrip("/") + "/"):
+            raise Refused(f"{path}: outside the repository this key may use")
+        return real
+
+    def _select(self, path: str) -> None:
+        if self.suspended is not None:
+            raise KetchError("cannot change repository during receive-objects-v2")
+        repo = LocalRepository(path)
+        if self.repo is not None:
+            self.repo.close()
+        self.repo = repo
+        self._vfs = None
+
+    def _repo(self) -> LocalRepository:
+        if self.repo is None:
+            if self.root is not None:
+                path = self.root
+            else:
+                path = self.opts.default_dir or default_repo_path(None)
+            self._select(path)
+        assert self.repo is not None
+        return self.repo
+
+    def help(self, _: bytes) -> None:
+        names = sorted([*self.commands, b"quit"])
+        self.conn.write(b"Commands:\n" + b"".join(b"    " + n + b"\n" for n in names))
+        self.conn.ok()
+
+    def init_dir(self, arg: bytes) -> None:
+        path = self.confine(arg)
+        if self.opts.append_only and not os.path.isdir(path):
+            pass  # creating a repository adds; it never removes
+        init_repository(path)
+        self._select(path)
+        self.conn.ok()
+
+    def set_dir(self, arg: bytes) -> None:
+        path = self.confine(arg)
+        try:
+            self._select(path)
+        except NotARepository:
+            raise NotARepository(f"{os.fsdecode(arg)}: not a repository") from None
+        self.conn.ok()
+
+    # -- objects in -----------------------------------------------------------
+
+    def _dumb(self) -> bool:
+        return os.path.exists(os.path.join(self._repo().path, "bup-dumb-server"))
+
+    def list_indexes(self, _: bytes) -> None:
+        repo = self._repo()
+        suffix = b" load" if self._dumb() else b""
+        for name in sorted(os.listdir(repo.pack_dir)):
+            if name.endswith(".idx"):
+                self.conn.write(os.fsencode(name) + suffix + b"\n")
+        self.conn.ok()
+
+    def send_index(self, arg: bytes) -> None:
+        repo = self._repo()
+        name = os.fsdecode(arg)
+        if "/" in name or not name.endswith(".idx") or name.startswith("."):
+            raise Refused(f"bad index name: {name!r}")
+        with open(os.path.join(repo.pack_dir, name), "rb") as f:
+            data = f.read()
+        self.conn.write(u32(len(data)))
+        self.conn.write(data)
+        self.conn.ok()
+
+    def receive_objects(self, _: bytes) -> None:
+        repo = self._repo()
+        w, self.suspended = self.suspended, None
+        if w is None:
+            w = repo.writer()
+        dumb = self._dumb()
+        suggested: set[str] = set()
+        conn = self.conn
+        sha1 = hashlib.sha1
+        try:
+            while True:
+                head = conn.try_read(4)
+                if len(head) < 4:
+                    raise ConnectionLost("client went away in the middle of receive-objects-v2")
+                n = int.from_bytes(head, "big")
+                if n == 0:
+                    names = self._finish(w)
+                    for idx in names:
+                        conn.write(os.fsencode(os.path.basename(idx)) + b"\n")
+                    conn.ok()
+                    return
+                if n == SUSPEND:
+                    self.suspended = w
+                    conn.ok()
+                    return
+                if n <= 24 or n > (1 << 31):
+                    raise ProtocolError(f"bad object frame length {n}")
+                frame = conn.read(n)
+                oid = frame[:20]
+                crc = int.from_bytes(frame[20:24], "big")
+                encoded = frame[24:]
+                if zlib.crc32(encoded) != crc:
+                    raise ProtocolError(f"object {oid.hex()}: CRC mismatch")
+                if not dumb:
+                    hit = repo.index.find(oid)
+                    if hit is not None:
+                        if hit[0] not in suggested:
+                            suggested.add(hit[0])
+                            conn.write(b"index " + os.fsencode(hit[0]) + b"\n")
+                            conn.flush()
+                        continue
+                type_num, data = decode_entry(encoded)
+                h = sha1(gobj.header(type_num, len(data)))
+                h.update(data)
+                if h.digest() != oid:
+                    raise ProtocolError(f"object {oid.hex()}: id does not match its content")
+                w.write_raw(oid, encoded, crc)
+        except BaseException:
+            # Complete objects are worth keeping: a resumed save skips them.
+            self._finish(w)
+            raise
+
+    def _finish(self, w: PackWriter) -> list[str]:
+        if w is self.suspended:
+            self.suspended = None
+        names = w.close()
+        if names and self.repo is not None and not self._dumb():
+            self.repo.maintain()
+        return names
+
+    # -- refs -----------------------------------------------------------------
+
+    def read_ref(self, arg: bytes) -> None:
+        oid = self._repo().read_ref(arg.strip())
+        self.conn.write(oid.hex().encode() + b"\n" if oid else b"")
+        self.conn.ok()
+
+    def update_ref(self, arg: bytes) -> None:
+        repo = self._repo()
+        name = arg.strip()
+        new_hex = self.conn.readline().strip()
+        old_hex = self.conn.readline().strip()
+        check_ref_name(name)
+        if not name.startswith((b"refs/heads/", b"refs/tags/")):
+            raise Refused(f"{name.decode(errors='replace')}: only branches and tags may be set")
+        try:
+            new = bytes.fromhex(new_hex.decode())
+            old = bytes.fromhex(old_hex.decode()) if old_hex and old_hex != ZERO_HEX else None
+        except ValueError:
+            raise KetchError("update-ref: bad object id") from None
+        if len(new) != 20 or new == bytes(20):
+            raise Refused("deleting refs over the wire is not allowed")
+        self._check_complete(repo, new)
+        if self.opts.append_only and old is not None and not self._descends(repo, new, old):
+            raise Refused(f"append-only: {name.decode(errors='replace')} may only move forward")
+        try:
+            repo.update_ref(name, new, old, message=b"ketch server: update-ref")
+        except RefConflict as e:
+            raise RefConflict(f"conflict: {e}") from None
+        self.conn.ok()
+
+    @staticmethod
+    def _check_complete(repo: LocalRepository, oid: bytes) -> None:
+        """Never point a ref at a commit whose tree is not here (a cut connection)."""
+        try:
+            t, data = repo.read(oid)
+        except ObjectNotFound:
+            raise KetchError(f"update-ref: object {oid.hex()} is not in the repository") from None
+        if t == gobj.COMMIT:
+            c = gobj.decode_commit(data)
+            if not repo.exists(c.tree) or not all(repo.exists(p) for p in c.parents):
+                raise KetchError(f"update-ref: commit {oid.hex()} refers to missing objects")
+
+    @staticmethod
+    def _descends(repo: LocalRepository, new: bytes, old: bytes) -> bool:
+        """Is `old` an ancestor of (or equal to) `new`?"""
+        seen = {new}
+        todo = [new]
+        while todo:
+            cur = todo.pop()
+            if cur == old:
+                return True
+            t, data = repo.read(cur)
+            if t != gobj.COMMIT:
+                continue
+            for p in gobj.decode_commit(data).parents:
+                if p not in seen:
+                    seen.add(p)
+                    todo.append(p)
+        return False
+
+    def refs(self, arg: bytes) -> None:
+        words = arg.split()
+        if len(words) != 2 or any(w not in (b"0", b"1") for w in words):
+            raise ProtocolError(f"refs: bad arguments {arg!r}")
+        heads, tags = words[0] == b"1", words[1] == b"1"
+        patterns = list(self.conn.lines_until_blank())
+        for name, oid in sorted(self._repo().iter_refs(b"refs/")):
+            if heads or tags:
+                if not ((heads and name.startswith(b"refs/heads/"))
+                        or (tags and name.startswith(b"refs/tags/"))):
+                    continue
+            if patterns and not any(_ref_matches(name, p) for p in patterns):
+                continue
+            self.conn.write(oid.hex().encode() + b" " + name + b"\n")
+        self.conn.write(b"\n")
+        self.conn.ok()
+
+    def rev_list(self, _: bytes) -> None:
+        repo = self._repo()
+        if self.conn.readline() != b"\n":
+            raise ProtocolError("rev-list: expected an empty count line")
+        fmt = self.conn.readline()
+        if not fmt:
+            raise ConnectionLost("rev-list: connection lost")
+        refs = list(self.conn.lines_until_blank())
+        args = ["git", "--git-dir", repo.path, "rev-list"]
+        if fmt != b"\n":
+            args.append(b"--pretty=format:" + fmt[:-1])  # type: ignore[arg-type]
+        for r in refs:
+            if r.startswith(b"-"):
+                raise Refused("rev-list: options are not allowed")
+            args.append(r)  # type: ignore[arg-type]
+        args.append("--")
+        out = subprocess.run(args, stdout=subprocess.PIPE, check=False)
+        self.conn.write(out.stdout)
+        self.conn.write(b"\n")
+        if out.returncode:
+            raise KetchError(f"git rev-list returned error {out.returncode}")
+        self.conn.ok()
+
+    # -- objects out ----------------------------------------------------------
+
+    def _lookup(self, spec: bytes) -> bytes | None:
+        repo = self._repo()
+        try:
+            return repo.resolve_ref(spec)
+        except KetchError:
+            return None
+
+    def cat_batch(self, _: bytes) -> None:
+        repo = self._repo()
+        specs = list(self.conn.lines_until_blank())
+        for spec in specs:
+            oid = self._lookup(spec)
+            if oid is None:
+                self.conn.write(b"missing\n")
+                continue
+            try:
+                t, data = repo.read(oid)
+            except ObjectNotFound:
+                self.conn.write(b"missing\n")
+                continue
+            self.conn.write(b"%s %s %d\n" % (oid.hex().encode(), gobj.TYPE_NAMES[t], len(data)))
+            self.conn.write(data)
+        self.conn.ok()
+
+    def join(self, arg: bytes) -> None:
+        oid = self._lookup(arg.strip())
+        if oid is None:
+            self.conn.write(u32(0))
+            raise KetchError(f"no such object or ref: {arg.decode(errors='replace')}")
+        try:
+            for block in iter_blob_data(self._repo(), oid):
+                self.conn.write(u32(len(block)))
+                self.conn.write(block)
+        except KetchError:
+            self.conn.write(u32(0))
+            raise
+        self.conn.write(u32(0))
+        self.conn.ok()
+
+    def resolve(self, arg: bytes) -> None:
+        from ketch.remote.bupvfs import resolve_reply
+
+        try:
+            flags = int(arg.strip() or b"0")
+        except ValueError:
+            raise ProtocolError(f"resolve: bad flags {arg!r}") from None
+        if self._vfs is None:
+            self._vfs = VFS(self._repo())
+        reply = resolve_reply(self._vfs, flags, self.conn.read)
+        self.conn.write(reply)
+        self.conn.ok()
+
+
+def _ref_matches(name: bytes, pattern: bytes) -> bool:
+    """git show-ref's rule: the pattern matches whole trailing components."""
+    return name == pattern or name.endswith(b"/" + pattern.lstrip(b"/"))
+
+
+def serve(rfd: int, wfd: int, opts: ServerOptions) -> None:
+    Server(Conn(rfd, wfd, peer="client"), opts).run()
