@@ -7,8 +7,9 @@
 # (tests that need a missing tool skip themselves outside CI).
 set -euo pipefail
 
-# Later issues add: openssh-server mariadb-server postgresql
-PACKAGES="bup git python3-venv acl attr time e2fsprogs python3-pyxattr python3-pylibacl"
+# openssh-server: tests/services/sshd.py runs a private sshd on 127.0.0.1.
+# Later issues add: mariadb-server postgresql
+PACKAGES="bup git python3-venv acl attr time e2fsprogs python3-pyxattr python3-pylibacl openssh-server"
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
     echo "install-deps: not a Debian system; install the equivalents of: $PACKAGES" >&2

@@ -1,0 +1,1 @@
+"""Real services (sshd, ...) started on loopback for the test suite."""
