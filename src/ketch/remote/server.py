@@ -270,9 +270,9 @@ class Server:
         name = arg.strip()
         new_hex = self.conn.readline().strip()
         old_hex = self.conn.readline().strip()
-        check_ref_name(name)
         if not name.startswith((b"refs/heads/", b"refs/tags/")):
             raise Refused(f"{name.decode(errors='replace')}: only branches and tags may be set")
+        check_ref_name(name)
         try:
             new = bytes.fromhex(new_hex.decode())
             old = bytes.fromhex(old_hex.decode()) if old_hex and old_hex != ZERO_HEX else None
