@@ -1,0 +1,100 @@
+"""What a machine's config says, as plain data (the TOML loader in config.py
+produces it; dumps, runner, schedule and notify consume it).
+
+    repository = "ssh://backup@server/"       # or a local path
+    log_file = "/var/log/ketch/run.log"       # optional
+    [[set]]     name, paths, exclude, exclude_from, exclude_rx,
+                exclude_if_present, one_file_system
+    [[dump]]    name, type = mysql|postgresql|mongodb|sqlite|command, ...
+    [schedule]  time = "22:00", randomized_delay = "30m"
+    [notify]    ping_url, on_success, [notify.email] ...
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DUMP_TYPES = ("mysql", "postgresql", "mongodb", "sqlite", "command")
+DEFAULT_CONFIG = "/etc/ketch/ketch.toml"
+
+
+@dataclass
+class BackupSet:
+    """Filesystem paths saved together as one save on branch `name`."""
+
+    name: str
+    paths: list[str]
+    exclude: list[str] = field(default_factory=list)
+    exclude_from: list[str] = field(default_factory=list)
+    exclude_rx: list[str] = field(default_factory=list)
+    exclude_if_present: list[str] = field(default_factory=list)
+    one_file_system: bool = False
+
+
+@dataclass
+class DumpSpec:
+    """A database (or any command's stdout) streamed into branch `name`: one save
+    per run, holding one file per database (e.g. `app.sql`).
+
+    Credentials never appear on a command line or in a log: `options_file`
+    (MySQL/MariaDB `--defaults-extra-file`), `passfile` (PostgreSQL PGPASSFILE)
+    or `env` / `env_file` (variables passed to the dump process)."""
+
+    name: str
+    type: str  # one of DUMP_TYPES
+    # mysql, postgresql, mongodb: which databases; empty = all of them
+    databases: list[str] = field(default_factory=list)
+    host: str | None = None  # host name, or a unix socket directory/path
+    port: int | None = None
+    user: str | None = None
+    options_file: str | None = None  # mysql: --defaults-extra-file
+    passfile: str | None = None  # postgresql: PGPASSFILE
+    globals: bool = True  # postgresql: also pg_dumpall --globals-only
+    uri_file: str | None = None  # mongodb: file holding the connection URI
+    path: str | None = None  # sqlite: the database file
+    command: list[str] = field(default_factory=list)  # command: argv, stdout = data
+    filename: str | None = None  # command: the file name in the save (default NAME)
+    env: dict[str, str] = field(default_factory=dict)
+    env_file: str | None = None  # KEY=VALUE lines added to the dump's environment
+    extra_args: list[str] = field(default_factory=list)  # appended to the dump command
+
+
+@dataclass
+class Schedule:
+    time: str = "22:00"  # HH:MM, local time
+    randomized_delay: str = "30m"  # systemd RandomizedDelaySec syntax: 30m, 1h, 90s
+    enabled: bool = True
+
+
+@dataclass
+class EmailSettings:
+    smtp_host: str
+    to: list[str]
+    sender: str = "ketch@localhost"  # TOML key: from
+    smtp_port: int = 25
+    starttls: bool = False
+    ssl: bool = False
+    username: str | None = None
+    password_file: str | None = None
+
+
+@dataclass
+class Notify:
+    # healthchecks.io style: GET/POST URL/start, URL (success), URL/fail
+    ping_url: str | None = None
+    on_success: bool = False  # also email on success (pings always report success)
+    email: EmailSettings | None = None
+    timeout: float = 10.0
+
+
+@dataclass
+class Config:
+    repository: str
+    sets: list[BackupSet] = field(default_factory=list)
+    dumps: list[DumpSpec] = field(default_factory=list)
+    schedule: Schedule = field(default_factory=Schedule)
+    notify: Notify = field(default_factory=Notify)
+    log_file: str | None = None
+    lock_file: str | None = None  # default: next to the config's repository cache
+    compress: int = 1
+    source: str = ""  # the file this was loaded from
