@@ -1,0 +1,118 @@
+"""Object stores as five byte operations; retry, encryption and caching wrap them.
+
+Keys are `/`-separated strings relative to the store's root (a bucket and
+prefix for S3, a directory for `DirStore`). Values are immutable once written,
+except manifests, which are replaced whole.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from ketch.errors import KetchError
+
+# Called with the number of bytes moved since the last call.
+Advance = Callable[[int], None]
+
+
+class StoreError(KetchError):
+    """The object store failed or refused a request."""
+
+
+class NotFound(StoreError):
+    """No such key."""
+
+
+@dataclass(frozen=True)
+class Stat:
+    size: int
+    checksum: str | None = None  # a SHA-256 hex the store reported or recorded, if any
+
+
+class ObjectStore(Protocol):
+    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes [start, end) of the value (end None: to the end); NotFound if absent."""
+
+    def put_file(self, key: str, path: str, *, sha256: str, storage_class: str | None = None,
+                 advance: Advance | None = None) -> None:
+        """Upload a local file (multipart and resumable where the store can);
+        `sha256` is the file's digest, checked by the store or recorded with it."""
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store a small value whole (manifests, refs)."""
+
+    def stat(self, key: str) -> Stat | None: ...
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """(key, size) of every key under prefix, sorted by key."""
+
+    def delete(self, key: str) -> None: ...
+
+
+class DirStore:
+    """A store in a local directory (a USB disk, an NFS mount, or tests)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+
+    def _path(self, key: str) -> str:
+        parts = key.split("/")
+        if not key or any(p in ("", ".", "..") for p in parts):
+            raise StoreError(f"bad key: {key!r}")
+        return os.path.join(self.root, *parts)
+
+    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                f.seek(start)
+                return f.read(-1 if end is None else max(end - start, 0))
+        except FileNotFoundError:
+            raise NotFound(f"{key}: not in {self.root}") from None
+
+    def put_file(self, key: str, path: str, *, sha256: str, storage_class: str | None = None,
+                 advance: Advance | None = None) -> None:
+        with open(path, "rb") as src:
+            self._write(key, iter(lambda: src.read(1 << 20), b""), advance)
+
+    def put(self, key: str, data: bytes) -> None:
+        self._write(key, iter([data]), None)
+
+    def _write(self, key: str, blocks: Iterator[bytes], advance: Advance | None) -> None:
+        dst = self._path(key)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        tmp = dst + ".tmp"
+        with open(tmp, "wb") as f:
+            for b in blocks:
+                f.write(b)
+                if advance is not None:
+                    advance(len(b))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+
+    def stat(self, key: str) -> Stat | None:
+        try:
+            return Stat(os.stat(self._path(key)).st_size)
+        except FileNotFoundError:
+            return None
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        out = []
+        for dirpath, _, files in os.walk(self.root):
+            for name in files:
+                if name.endswith(".tmp"):
+                    continue
+                full = os.path.join(dirpath, name)
+                key = os.path.relpath(full, self.root).replace(os.sep, "/")
+                if key.startswith(prefix):
+                    out.append((key, os.stat(full).st_size))
+        return iter(sorted(out))
+
+    def delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
