@@ -5,6 +5,7 @@
     .venv/bin/python bench/bench.py --scale 0.1 # quick run
     .venv/bin/python bench/bench.py --only bup  # one tool only
     .venv/bin/python bench/bench.py --phase cycle
+    .venv/bin/python bench/bench.py --phase remote --scale 0.1
 
 Each phase is a function ``(Context) -> list[Row]``, listed in PHASES:
 
@@ -15,6 +16,17 @@ Each phase is a function ``(Context) -> list[Row]``, listed in PHASES:
   corpus.mutate_day, and a full ``restore`` into a fresh
   directory, verified against DATA outside the timing. These depend on each
   other, so they are one phase that emits several rows.
+- ``remote``: the same steps on another copy of DATA, ketch's client against
+  ``ketch server`` over ssh (a private sshd on 127.0.0.1, tests/services/sshd.py)
+  beside a local ketch on identical states of DATA: save-initial, resave,
+  save-day (``save -r URL`` vs ``save -d REPO``), restore (``restore -r``) and a
+  listing (``ls -r URL -l``) of DATA's largest directory, plus bup's client
+  against ``bup server`` for the saves. Its rows are named ``remote:STEP``, the
+  tools ``ketch``, ``ketch -r`` and ``bup -r``; the ratios compare ``ketch -r``
+  with ``ketch``. Traffic is what ``ketch save --json`` counts (protocol bytes
+  both ways, idx downloads included) and, for every remote command, the bytes
+  on the wire from ``ssh -v``'s "Transferred:" line (also for bup). Skipped,
+  with a message, when OpenSSH's sshd is not installed.
 
 Every command runs under ``/usr/bin/time`` for its own peak RSS. The page cache
 is warm: DATA is read once before timing (and again after the day's changes),
@@ -32,7 +44,9 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
+import shlex
 import shutil
 import stat
 import subprocess
@@ -42,6 +56,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from corpus import Corpus, CorpusFile, DayStats, ensure_corpus, mutate_day
 
@@ -51,6 +66,9 @@ try:
 except ImportError:  # plain output without rich
     Console = None  # type: ignore[assignment,misc]
     Table = None  # type: ignore[assignment,misc]
+
+if TYPE_CHECKING:  # imported for real by _start_sshd, once ROOT is on sys.path
+    from tests.services.sshd import SshServer
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = Path(os.environ.get("KETCH_BENCH_DIR", "/var/tmp/ketch-bench"))
@@ -173,6 +191,10 @@ class Row:
     changed_bytes: int | None = None  # save-day: bytes the day's changes wrote
     parts: dict[str, float] = field(default_factory=dict)  # seconds per command
     verified: str | None = None  # restore: the comparison's result
+    bytes_new: int | None = None  # ketch save --json: bytes of new objects written/sent
+    traffic: int | None = None  # ketch save -r --json: bytes_sent + bytes_received
+    wire_bytes: int | None = None  # remote: bytes on the ssh connection, both ways
+    save_tree: str | None = None  # ketch save --json: the save's root tree
 
 
 @dataclass
@@ -305,11 +327,45 @@ def measure_steps(
 
 @dataclass
 class CycleState:
-    """One tool's repository in the cycle, and its size before the next step."""
+    """One tool's repository in the cycle, and its size before the next step.
+
+    In the remote phase also one way of reaching a repository: with ``url``,
+    the commands run the tool's client against ``url`` (``repo`` is then the
+    server's repository, on this machine, for sizes and tree ids)."""
 
     tool: Tool
     repo: Path
     size: int
+    label: str = ""  # the rows' tool column (default: the tool's name)
+    env: dict[str, str] | None = None  # default: the context's
+    url: str | None = None  # ssh://127.0.0.1:PORT/REPO
+    client_dir: Path | None = None  # bup's client-side BUP_DIR (index, index-cache)
+    ssh_log: Path | None = None  # ssh -v -E's log: bytes on the wire
+
+    @property
+    def name(self) -> str:
+        return self.label or self.tool.name
+
+    def cmd(self, sub: str, *args: str) -> list[str]:
+        """The tool's ``sub`` command on this repository, local or remote."""
+        if self.url is None:
+            return self.tool.cmd(self.repo, sub, *args)
+        remote = [] if sub == "index" else ["-r", self.url]  # bup's index is local
+        if self.client_dir is not None:
+            return self.tool.cmd(self.client_dir, sub, *remote, *args)
+        return [*self.tool.argv, sub, *remote, *args]
+
+
+def run_steps(
+    ctx: Context, st: CycleState, steps: list[tuple[str, list[str]]]
+) -> tuple[Measure, dict[str, float], str, int | None]:
+    """measure_steps in ``st``'s environment, and the bytes its ssh
+    connections carried (None when local)."""
+    if st.ssh_log is None:
+        return (*measure_steps(steps, st.env or ctx.env), None)
+    st.ssh_log.write_bytes(b"")
+    m, parts, note = measure_steps(steps, st.env or ctx.env)
+    return m, parts, note, ssh_transferred(st.ssh_log)
 
 
 def _cycle_row(
@@ -319,7 +375,7 @@ def _cycle_row(
     growth, st.size = size - st.size, size
     return Row(
         phase=phase,
-        tool=st.tool.name,
+        tool=st.name,
         item="data",
         bytes_in=data_bytes,
         seconds=round(m.seconds, 3),
@@ -340,13 +396,17 @@ def save_step(ctx: Context, phase: str, st: CycleState, data: Path, data_bytes: 
     itself and uses its index only as a cache, so ``ketch save`` is its whole
     procedure (``ketch index`` is optional; see README)."""
     tool = st.tool
-    steps = [("save", tool.cmd(st.repo, "save", "-n", BRANCH, str(data)))]
+    as_json = ["--json"] if tool.name == "ketch" else []  # bytes_new, traffic
+    steps = [("save", st.cmd("save", "-n", BRANCH, *as_json, str(data)))]
     if tool.name == "bup":
-        steps.insert(0, ("index", tool.cmd(st.repo, "index", str(data))))
-    log(f"{tool.name} {phase}: {' + '.join(n for n, _ in steps)} {data} "
+        steps.insert(0, ("index", st.cmd("index", str(data))))
+    log(f"{st.name} {phase}: {' + '.join(n for n, _ in steps)} {data} "
         f"({data_bytes / MB:,.0f} MB)")
-    m, parts, note = measure_steps(steps, ctx.env)
+    m, parts, note, wire = run_steps(ctx, st, steps)
     row = _cycle_row(phase, st, data_bytes, m, parts, note)
+    row.wire_bytes = wire
+    if as_json and m.returncode == 0:
+        _add_summary(row, m.stdout)
     # The tree of DATA itself (the save's root holds /var, /var/tmp... whose
     # atimes the run itself moves); bup names directories as they are.
     row.tree = rev_parse(st.repo, f"{BRANCH}:{str(data).lstrip('/')}", ctx.env)
@@ -355,20 +415,36 @@ def save_step(ctx: Context, phase: str, st: CycleState, data: Path, data_bytes: 
     return row
 
 
-def restore_step(ctx: Context, st: CycleState, data: Path, data_bytes: int) -> Row:
+def _add_summary(row: Row, stdout: bytes) -> None:
+    """bytes_new, traffic and the root tree from ``ketch save --json``."""
+    try:
+        summary = json.loads(stdout)
+    except ValueError:
+        row.ok, row.note = False, "save --json printed no JSON summary"
+        return
+    row.bytes_new = summary.get("bytes_new")
+    row.save_tree = summary.get("tree")
+    if "bytes_sent" in summary:
+        row.traffic = summary["bytes_sent"] + summary["bytes_received"]
+
+
+def restore_step(
+    ctx: Context, st: CycleState, data: Path, data_bytes: int, phase: str = "restore"
+) -> Row:
     """``restore -C OUT bench/latest/DATA`` into a fresh OUT, then (untimed) a
     comparison of OUT/<name of DATA> with DATA."""
     tool = st.tool
-    out = ctx.work_dir / f"restore-{tool.name}"
+    out = ctx.work_dir / re.sub(r"[^\w.-]+", "-", f"{phase}-{st.name}")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     # bup wants an absolute VFS path; ketch's form has no leading slash.
     ref = f"{'/' if tool.name == 'bup' else ''}{BRANCH}/latest{data}"
-    log(f"{tool.name} restore -C {out} {ref}")
-    m, parts, note = measure_steps(
-        [("restore", tool.cmd(st.repo, "restore", "-C", str(out), ref))], ctx.env
+    log(f"{st.name} restore -C {out} {ref}")
+    m, parts, note, wire = run_steps(
+        ctx, st, [("restore", st.cmd("restore", "-C", str(out), ref))]
     )
-    row = _cycle_row("restore", st, data_bytes, m, parts, note)
+    row = _cycle_row(phase, st, data_bytes, m, parts, note)
+    row.wire_bytes = wire
     restored = out / data.name
     if restored.is_dir():
         log(f"verifying {restored} against {data}")
@@ -379,7 +455,7 @@ def restore_step(ctx: Context, st: CycleState, data: Path, data_bytes: int) -> R
             shown = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
             row.note = (row.note + "; " if row.note else "") + f"restore differs: {shown}"
             for p in problems[:20]:
-                log(f"  {tool.name} restore: {p}")
+                log(f"  {st.name} restore: {p}")
     else:
         row.verified = "nothing restored"
         row.ok = False
@@ -413,6 +489,191 @@ def phase_cycle(ctx: Context) -> list[Row]:
         row.changed_bytes = day.changed_bytes
         rows.append(row)
     rows += [restore_step(ctx, st, data, data_bytes) for st in states]
+    return rows
+
+
+# --- the remote phase: the clients against their servers over a loopback sshd
+
+REMOTE = "remote"  # the phase, and its rows' prefix: remote:save-initial, ...
+_TRANSFERRED = re.compile(rb"^Transferred: sent (\d+), received (\d+) bytes", re.M)
+
+
+def ssh_transferred(log_path: Path) -> int | None:
+    """Bytes sent plus received by every ssh connection in ``log_path`` (the
+    "Transferred:" line ``ssh -v`` logs on closing; encryption, handshake and
+    authentication included)."""
+    try:
+        found = _TRANSFERRED.findall(log_path.read_bytes())
+    except OSError:
+        return None
+    return sum(int(a) + int(b) for a, b in found) if found else None
+
+
+def _start_sshd(ctx: Context) -> SshServer | None:
+    """The private sshd of tests/services/sshd.py in the work dir; None (and
+    a message saying why) when it cannot run here."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    try:
+        from tests.services.sshd import SshServer, missing_binaries
+    except ImportError as e:
+        log(f"{REMOTE}: skipped: cannot import tests.services.sshd ({e})")
+        return None
+    missing = missing_binaries()
+    if missing:
+        log(f"{REMOTE}: skipped: OpenSSH is not installed (missing {', '.join(missing)}; "
+            "`make deps` installs openssh-server)")
+        return None
+    workdir = ctx.work_dir / "sshd"
+    shutil.rmtree(workdir, ignore_errors=True)
+    try:
+        # The forced commands name the server by absolute path; PYTHONPATH
+        # serves the `python -m ketch` fallback, as tool_env() does locally.
+        server = SshServer.start(workdir, env={"PYTHONPATH": str(ROOT / "src")})
+    except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as e:
+        log(f"{REMOTE}: skipped: the private sshd did not start: {e}")
+        return None
+    ctx.repos.append(workdir)
+    log(f"sshd on {server.host}:{server.port} (log {server.log_path})")
+    return server
+
+
+def _remote_env(
+    ctx: Context, sshd: SshServer, tool: Tool, cache: Path
+) -> tuple[dict[str, str], Path]:
+    """``tool``'s client environment: a key that may only run ``tool``'s
+    server, and on PATH an ``ssh`` that logs in with it and logs (``-v -E``)
+    to the returned file, for the bytes on the wire."""
+    server = shlex.join([*tool.argv, "server"])
+    key = sshd.new_key(f"bench-{tool.name}", forced_command=server)
+    wrapper = sshd.workdir / f"ssh-v-{tool.name}"
+    wrapper.mkdir()
+    ssh_log = sshd.workdir / f"ssh-{tool.name}.log"
+    inner = sshd.wrapper_dir(key) / "ssh"
+    script = wrapper / "ssh"
+    argv = shlex.join([str(inner), "-v", "-E", str(ssh_log)])
+    script.write_text(f'#!/bin/sh\nexec {argv} "$@"\n')
+    script.chmod(0o755)
+    env = {k: v for k, v in ctx.env.items() if k != "KETCH_RSH"}  # plain ssh from PATH
+    env.update(
+        PATH=f"{wrapper}{os.pathsep}{env.get('PATH', os.defpath)}",
+        KETCH_REMOTE_COMMAND=server,  # what the key forces anyway
+        XDG_CACHE_HOME=str(cache),  # ketch's client: idx cache and index, fresh
+    )
+    return env, ssh_log
+
+
+def _remote_states(ctx: Context, sshd: SshServer) -> list[CycleState]:
+    """ketch locally and ketch's client against ``ketch server``; bup's
+    client (its own BUP_DIR) against ``bup server``. Fresh repositories."""
+    cache = ctx.work_dir / "remote-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    cache.mkdir()
+    ctx.repos.append(cache)
+    states = []
+    for tool in ctx.tools:
+        env, ssh_log = _remote_env(ctx, sshd, tool, cache)
+        client = None
+        if tool.name == "ketch":
+            local = ctx.fresh_repo(tool, "remote-local")
+            states.append(CycleState(tool, local, repo_bytes(local)))
+        else:
+            client = ctx.fresh_repo(tool, "remote-client")
+        srv = ctx.fresh_repo(tool, "remote-server")
+        states.append(
+            CycleState(tool, srv, repo_bytes(srv), label=f"{tool.name} -r", env=env,
+                       url=sshd.remote_url(srv), client_dir=client, ssh_log=ssh_log)
+        )
+    return states
+
+
+def _largest_dir(root: Path) -> Path:
+    """The directory under ``root`` with the most entries (the first in
+    sorted walk order on a tie)."""
+    best, most = root, -1
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        if len(dirnames) + len(filenames) > most:
+            best, most = Path(dirpath), len(dirnames) + len(filenames)
+    return best
+
+
+def ls_rows(ctx: Context, states: list[CycleState], data: Path) -> list[Row]:
+    """``ls -l bench/latest/DIR`` of DATA's largest directory from each state;
+    every listing must equal the first (local) one."""
+    target = _largest_dir(data)
+    item = f"{target.name}/"  # the whole path goes to the JSON's "remote"
+    ref = f"{BRANCH}/latest{target}"
+    rows: list[Row] = []
+    listings: list[bytes] = []
+    for st in states:
+        log(f"{st.name} ls -l {ref}")
+        m, parts, note, wire = run_steps(ctx, st, [("ls", st.cmd("ls", "-l", ref))])
+        row = _cycle_row(f"{REMOTE}:ls", st, 0, m, parts, note)
+        row.item, row.wire_bytes = item, wire
+        if row.ok and listings and m.stdout != listings[0]:
+            row.ok, row.note = False, f"listing differs from {states[0].name}'s"
+        rows.append(row)
+        listings.append(m.stdout)
+    info = ctx.info[REMOTE]
+    assert isinstance(info, dict)
+    info["ls"] = {"dir": str(target.relative_to(data)), "lines": listings[0].count(b"\n")}
+    return rows
+
+
+def check_save_trees(rows: list[Row]) -> None:
+    """``ketch -r``'s save should have the same root tree (save --json) as
+    ketch's local save of the same state. The root also holds the metadata of
+    DATA's ancestors (/var/tmp...), which others may touch between the two
+    saves: a failure only if DATA's own trees differ too (check_trees)."""
+    local = {r.phase: r for r in rows if r.tool == "ketch"}
+    for r in rows:
+        want = local.get(r.phase)
+        if r.tool != "ketch -r" or want is None or not want.save_tree:
+            continue
+        if r.save_tree != want.save_tree:
+            why = "" if r.tree != want.tree else " (above DATA only)"
+            r.note = (r.note + "; " if r.note else "") + (
+                f"save tree {str(r.save_tree)[:12]} != local {want.save_tree[:12]}{why}"
+            )
+
+
+def phase_remote(ctx: Context) -> list[Row]:
+    """The cycle's steps on a copy of DATA through a private sshd: each save
+    step by ketch locally, ketch's client and bup's client on the same state
+    of DATA, then ketch's restore and ls, locally and remotely."""
+    sshd = _start_sshd(ctx)
+    if sshd is None:
+        return []
+    ctx.info[REMOTE] = {
+        "how": "ketch -r, bup -r: the client against its server through a private sshd "
+        "on 127.0.0.1, both on this machine; traffic: ketch's own count (save --json "
+        "bytes_sent + bytes_received); wire_bytes: ssh -v's Transferred (both ways)",
+        "sshd": f"127.0.0.1:{sshd.port}",
+    }
+    with sshd:
+        data = ctx.work_dir / "remote-data"  # not the cycle's copy
+        log(f"copying {ctx.corpus.data_dir} to {data}")
+        copy_data(ctx.corpus.data_dir, data)
+        ctx.repos.append(data)
+        data_bytes = warm(data)
+        states = _remote_states(ctx, sshd)
+        rows: list[Row] = []
+        for step in ("save-initial", "resave"):
+            rows += [save_step(ctx, f"{REMOTE}:{step}", st, data, data_bytes) for st in states]
+        log(f"applying the day's changes to {data}")
+        day = mutate_day(data, ctx.scale)
+        ctx.info.setdefault("day", day.as_dict())
+        data_bytes = warm(data)
+        for st in states:
+            row = save_step(ctx, f"{REMOTE}:save-day", st, data, data_bytes)
+            row.changed_bytes = day.changed_bytes
+            rows.append(row)
+        ketch = [st for st in states if st.tool.name == "ketch"]
+        rows += [restore_step(ctx, st, data, data_bytes, f"{REMOTE}:restore") for st in ketch]
+        if ketch:
+            rows += ls_rows(ctx, ketch, data)
+        check_save_trees(rows)
     return rows
 
 
@@ -487,6 +748,7 @@ Phase = Callable[[Context], list[Row]]
 PHASES: dict[str, Phase] = {
     "split": phase_split,
     "cycle": phase_cycle,
+    REMOTE: phase_remote,
 }
 
 
@@ -516,7 +778,7 @@ class Target:
     """One goal of the issue: ``metric`` (a key of the ratio dict) ``op`` ``bound``."""
 
     metric: str
-    op: str  # ">=" or "<="
+    op: str  # ">=", "<=" or "<"
     bound: float
     label: str
 
@@ -524,7 +786,11 @@ class Target:
         value = ratio.get(self.metric)
         met: bool | None = None
         if isinstance(value, int | float):
-            met = value >= self.bound if self.op == ">=" else value <= self.bound
+            met = {
+                ">=": value >= self.bound,
+                "<=": value <= self.bound,
+                "<": value < self.bound,
+            }[self.op]
         return {"target": self.label, "value": value, "met": met}
 
 
@@ -535,56 +801,68 @@ TARGETS: dict[str, list[Target]] = {
     "resave": [Target("time", "<=", 0.5, "time ≤0.5×")],
     "save-day": [SPEED_4X, Target("repo_growth", "<=", 1.05, "growth ≤1.05×")],
     "restore": [SPEED_4X],
+    # the remote phase: ketch's client against ketch locally, same DATA
+    f"{REMOTE}:save-initial": [Target("time", "<=", 1.3, "time ≤1.3×")],
+    f"{REMOTE}:resave": [Target("traffic_pct_of_data", "<", 1.0, "traffic <1% of DATA")],
+    f"{REMOTE}:save-day": [Target("traffic_per_new", "<", 2.0, "traffic <2× local new")],
 }
+# The pairs of tools the ratios compare, numerator first: ketch with bup
+# (split, cycle), ketch's client with ketch locally (remote).
+COMPARISONS = (("ketch", "bup"), ("ketch -r", "ketch"))
 
 
 def ratios(rows: list[Row]) -> list[dict[str, object]]:
-    """ketch/bup for each (phase, item) both tools ran, and the targets (a
-    failed row misses them all)."""
+    """For each (phase, item) both tools of a COMPARISONS pair ran, the one
+    over the other, and the targets (a failed row misses them all)."""
     by_key = {(r.phase, r.item, r.tool): r for r in rows}
-    out: list[dict[str, object]] = []
-    for r in rows:
-        if r.tool != "ketch" or (r.phase, r.item, "bup") not in by_key:
-            continue
-        b = by_key[(r.phase, r.item, "bup")]
-        if not (r.ok and b.ok):  # no ratios of a failed step, and every target missed
-            out.append(
-                {
-                    "phase": r.phase,
-                    "item": r.item,
-                    "both_ok": False,
-                    "targets": [
-                        {"target": t.label, "value": "failed", "met": False}
-                        for t in [*TARGETS.get(r.phase, []), RSS_TARGET]
-                    ],
-                }
-            )
-            continue
-        x: dict[str, object] = {
+    return [
+        compare(r, by_key[(r.phase, r.item, den)])
+        for r in rows
+        for num, den in COMPARISONS
+        if r.tool == num and (r.phase, r.item, den) in by_key
+    ]
+
+
+def compare(r: Row, b: Row) -> dict[str, object]:
+    """Row ``r`` over row ``b`` of the same step, and ``r``'s targets."""
+    targets = [*TARGETS.get(r.phase, []), RSS_TARGET]
+    if not (r.ok and b.ok):  # no ratios of a failed step, and every target missed
+        return {
             "phase": r.phase,
             "item": r.item,
-            "throughput": _ratio(r.mb_per_s, b.mb_per_s),
-            "time": _ratio(r.seconds, b.seconds),
-            "repo_size": _ratio(r.repo_bytes, b.repo_bytes),
-            "repo_growth": _ratio(r.repo_growth, b.repo_growth),
-            "max_rss": _ratio(r.max_rss_kib, b.max_rss_kib),
-            "ketch_rss_mb": None if r.max_rss_kib is None else round(r.max_rss_kib * 1024 / MB, 1),
-            "same_tree": None if r.tree is None and b.tree is None else r.tree == b.tree,
-            "both_ok": True,
+            "compared": f"{r.tool} / {b.tool}",
+            "both_ok": False,
+            "targets": [{"target": t.label, "value": "failed", "met": False} for t in targets],
         }
-        x["targets"] = [t.check(x) for t in [*TARGETS.get(r.phase, []), RSS_TARGET]]
-        out.append(x)
-    return out
+    x: dict[str, object] = {
+        "phase": r.phase,
+        "item": r.item,
+        "compared": f"{r.tool} / {b.tool}",
+        "throughput": _ratio(r.mb_per_s, b.mb_per_s),
+        "time": _ratio(r.seconds, b.seconds),
+        "repo_size": _ratio(r.repo_bytes, b.repo_bytes),
+        "repo_growth": _ratio(r.repo_growth, b.repo_growth),
+        "max_rss": _ratio(r.max_rss_kib, b.max_rss_kib),
+        "ketch_rss_mb": None if r.max_rss_kib is None else round(r.max_rss_kib * 1024 / MB, 1),
+        "same_tree": None if r.tree is None and b.tree is None else r.tree == b.tree,
+        # remote: ketch's count of the traffic, per byte of DATA / of local new objects
+        "traffic_pct_of_data": _ratio(None if r.traffic is None else 100 * r.traffic,
+                                      r.bytes_in),
+        "traffic_per_new": _ratio(r.traffic, b.bytes_new),
+        "both_ok": True,
+    }
+    x["targets"] = [t.check(x) for t in targets]
+    return x
 
 
-def _mb(n: int | None) -> str:
-    return "-" if n is None else f"{n / MB:,.1f}"
+def _mb(n: int | None, digits: int = 1) -> str:
+    return "-" if n is None else f"{n / MB:,.{digits}f}"
 
 
 def _fmt_row(r: Row) -> list[str]:
-    status = "ok" if r.ok else f"FAIL {r.note}"
-    if r.verified and r.ok:
-        status = f"ok, {r.verified}"
+    status = f"FAIL {r.note}"
+    if r.ok:  # an ok row's note is a remark (check_save_trees)
+        status = ", ".join(x for x in ("ok", r.verified, r.note) if x)
     parts = " + ".join(f"{k} {v:.2f}" for k, v in r.parts.items()) if len(r.parts) > 1 else ""
     return [
         r.phase,
@@ -594,6 +872,9 @@ def _fmt_row(r: Row) -> list[str]:
         parts,
         f"{r.mb_per_s:.1f}",
         _mb(r.changed_bytes),
+        _mb(r.bytes_new),
+        _mb(r.traffic, 3),
+        _mb(r.wire_bytes, 3),
         _mb(None if r.max_rss_kib is None else r.max_rss_kib * 1024),
         _mb(r.repo_bytes),
         _mb(r.repo_growth),
@@ -619,6 +900,7 @@ def _fmt_ratio(x: dict[str, object]) -> list[str]:
     return [
         f(x["phase"]),
         f(x["item"]),
+        f(x.get("compared")),
         f(x.get("throughput")),
         f(x.get("time")),
         f(x.get("repo_size")),
@@ -637,6 +919,9 @@ ROW_HEADERS = [
     "of which",
     "MB/s",
     "changed MB",
+    "new MB",
+    "traffic MB",
+    "ssh MB",
     "peak RSS MB",
     "repo MB",
     "growth MB",
@@ -646,6 +931,7 @@ ROW_HEADERS = [
 RATIO_HEADERS = [
     "phase",
     "item",
+    "compared",
     "MB/s",
     "time",
     "repo size",
@@ -657,7 +943,7 @@ RATIO_HEADERS = [
 
 
 def print_table(title: str, headers: list[str], body: list[list[str]], caption: str = "") -> None:
-    left = ("phase", "item", "tool", "of which", "status", "targets")
+    left = ("phase", "item", "tool", "of which", "status", "compared", "targets")
     if Console is not None and Table is not None:
         table = Table(title=title, caption=caption or None)
         for h in headers:
@@ -669,7 +955,11 @@ def print_table(title: str, headers: list[str], body: list[list[str]], caption: 
             )
         for line in body:
             table.add_row(*line)
-        Console(width=max(200, shutil.get_terminal_size().columns)).print(table)
+        # As wide as the table needs (a status of up to ~60 characters on one
+        # line), at least 200 columns.
+        natural = Console(width=1000).measure(table).maximum
+        width = max(200, shutil.get_terminal_size().columns, min(natural, 240))
+        Console(width=width).print(table)
         return
     body = [[c.replace("\n", "; ") for c in line] for line in body]
     widths = [max(len(c) for c in col) for col in zip(headers, *body, strict=False)]
@@ -785,6 +1075,7 @@ def write_results(
             "tree": ctx.corpus.tree_stats,
         },
         "day": ctx.info.get("day"),
+        "remote": ctx.info.get(REMOTE),
         "rows": [asdict(r) for r in rows],
         "ratios": rat,
     }
@@ -820,18 +1111,23 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(repo, ignore_errors=True)
     check_trees(rows)
     rat = ratios(rows)
-    print_table(
-        f"ketch vs bup (scale {args.scale:g}, DATA {corpus.size / MB:,.0f} MB)",
-        ROW_HEADERS,
-        [_fmt_row(r) for r in rows],
-        caption=CACHE_NOTE,
-    )
+    if rows:
+        print_table(
+            f"ketch vs bup (scale {args.scale:g}, DATA {corpus.size / MB:,.0f} MB)",
+            ROW_HEADERS,
+            [_fmt_row(r) for r in rows],
+            caption=CACHE_NOTE,
+        )
     if rat:
         print_table(
-            "ratios ketch / bup, and the targets",
+            "ratios (ketch / bup; remote: ketch -r / ketch), and the targets",
             RATIO_HEADERS,
             [_fmt_ratio(x) for x in rat],
-            caption="resave: time ratio; otherwise MB/s ratio. RSS target: ketch's own peak",
+            caption=(
+                "RSS target: ketch's own peak (the client's, remotely). Remote traffic: "
+                "ketch's count (save --json bytes_sent + bytes_received); ssh MB: on the "
+                "wire, from ssh -v"
+            ),
         )
     write_results(args.results, args, ctx, rows, rat)
     return 0 if all(r.ok for r in rows) else 1
