@@ -245,6 +245,11 @@ class VFS:
         if cached is not None:
             return cached
         entries = self._tree(tree)
+        # What a walk reads next: this directory's .bupm, then its subdirectories'
+        # trees; a remote repository fetches them together.
+        self.repo.prefetch([e.oid for e in entries if e.name == b".bupm"]
+                           + [e.oid for e in entries if e.mode == gobj.MODE_TREE
+                              and not e.name.endswith(b".bup") and self._trees.get(e.oid) is None])
         records: list[Metadata | None] = []
         for e in entries:
             if e.name == b".bupm":

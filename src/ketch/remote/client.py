@@ -12,6 +12,7 @@ sent again.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shlex
 import subprocess
@@ -43,11 +44,25 @@ def default_cache_root() -> str:
 def _server_argv(spec: RemoteSpec) -> list[str]:
     if spec.protocol == "file":
         return [sys.executable, "-m", "ketch", "server"]
-    rsh = shlex.split(os.environ.get("KETCH_RSH", "ssh"))
+    custom = os.environ.get("KETCH_RSH")
+    # AES-GCM first: with AES-NI it moves ~40% more per core than OpenSSH's
+    # default chacha20, and a backup is bulk transfer. Both are AEAD ciphers.
+    rsh = shlex.split(custom) if custom else [
+        "ssh", "-o", "Ciphers=aes128-gcm@openssh.com,aes256-gcm@openssh.com,"
+        "chacha20-poly1305@openssh.com"]
     remote = os.environ.get("KETCH_REMOTE_COMMAND", "ketch server")
     port = ["-p", str(spec.port)] if spec.port is not None else []
     assert spec.host is not None
     return [*rsh, *port, spec.host, "--", remote]
+
+
+def _widen_pipe(fd: int) -> None:
+    """A 1 MiB pipe instead of 64 KiB: the sender keeps going while the other
+    side digests a batch, instead of blocking every 64 KiB."""
+    try:
+        fcntl.fcntl(fd, 1031, 1 << 20)  # F_SETPIPE_SZ
+    except OSError:
+        pass  # above /proc/sys/fs/pipe-max-size for this user: keep the default
 
 
 class Client:
@@ -62,6 +77,8 @@ class Client:
         except OSError as e:
             raise KetchError(f"cannot start {argv[0]}: {e.strerror}") from None
         assert self.proc.stdin is not None and self.proc.stdout is not None
+        for f in (self.proc.stdin, self.proc.stdout):
+            _widen_pipe(f.fileno())
         self.conn = Conn(self.proc.stdout.fileno(), self.proc.stdin.fileno(), peer=str(spec))
         self.closed = False
         try:
@@ -98,6 +115,8 @@ class Client:
         self.conn.write(b"help\n")
         try:
             head = self.conn.readline()
+            if not head:
+                raise ConnectionLost("")
             if head != b"Commands:\n":
                 raise KetchError(f"{self.spec}: not a bup/ketch server (got {head[:60]!r})")
             names = {line.strip() for line in self.conn.lines_until_blank()}

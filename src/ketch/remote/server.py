@@ -363,6 +363,15 @@ class Server:
 
     def _lookup(self, spec: bytes) -> bytes | None:
         repo = self._repo()
+        if len(spec) == 40:
+            # A full id is an object id (as in git cat-file): clients read
+            # thousands of them, and trying refs first costs three opens each.
+            try:
+                oid = bytes.fromhex(spec.decode())
+            except ValueError:
+                pass
+            else:
+                return oid if repo.exists(oid) else None
         try:
             return repo.resolve_ref(spec)
         except KetchError:
