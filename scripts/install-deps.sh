@@ -8,8 +8,16 @@
 set -euo pipefail
 
 # openssh-server: tests/services/sshd.py runs a private sshd on 127.0.0.1.
-# Later issues add: mariadb-server postgresql
-PACKAGES="bup git python3-venv acl attr time e2fsprogs python3-pyxattr python3-pylibacl openssh-server"
+# systemd (only for systemd-analyze), openssl, tzdata: the schedule and notify tests.
+# mariadb-server, mariadb-client, postgresql, postgresql-client, sqlite3: the
+#   database dumps (src/ketch/jobs/dumps.py) run mysqldump, pg_dump, pg_dumpall
+#   and sqlite3, and tests/services/{mariadb,postgres}.py start throwaway
+#   servers from these binaries on private sockets.  The packages' own system
+#   servers are not needed: where policy-rc.d forbids starting services (as in
+#   containers) they stay stopped; elsewhere they run on their default sockets,
+#   which the tests never touch.
+PACKAGES="bup git python3-venv acl attr time e2fsprogs python3-pyxattr python3-pylibacl openssh-server systemd openssl tzdata"
+PACKAGES+=" mariadb-server mariadb-client postgresql postgresql-client sqlite3"
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
     echo "install-deps: not a Debian system; install the equivalents of: $PACKAGES" >&2

@@ -57,6 +57,9 @@ class DumpSpec:
     env: dict[str, str] = field(default_factory=dict)
     env_file: str | None = None  # KEY=VALUE lines added to the dump's environment
     extra_args: list[str] = field(default_factory=list)  # appended to the dump command
+    # Run the dump tools as this OS user (needs root), e.g. "postgres": Debian's
+    # PostgreSQL lets only that user in over the local socket (peer authentication).
+    run_as: str | None = None
 
 
 @dataclass

@@ -1,0 +1,142 @@
+"""`ketch config init|check`: write this machine's config, and test what it names."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from ketch.errors import EXIT_FAILED
+from ketch.jobs import configinit as ci
+from ketch.jobs.config import (
+    ConfigError,
+    check_config,
+    default_config_path,
+    is_valid_time,
+    load_config,
+    render_config,
+)
+from ketch.jobs.configcheck import overall
+from ketch.jobs.model import DEFAULT_CONFIG, DumpSpec
+
+_config_option = click.option(
+    "--config", "config_path", metavar="FILE", default=None,
+    help="the config file (default: $KETCH_CONFIG, else /etc/ketch/ketch.toml)")
+_SYMBOL = {"ok": "✓", "warn": "!", "fail": "✗"}
+
+
+@click.group("config")
+def command() -> None:
+    """Write and check this machine's backup config."""
+
+
+def _valid_time(text: str) -> str:
+    if not is_valid_time(text):
+        raise click.BadParameter(f"expected HH:MM, e.g. 22:00, got {text!r}")
+    return text
+
+
+def _stdin_is_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
+def _ask_dumps(found: list[DumpSpec], ask: bool) -> list[DumpSpec]:
+    chosen = []
+    for d in found:
+        which = ", ".join(d.databases) if d.databases else "all databases"
+        if not ask or click.confirm(f"Back up {d.type} on {d.host or 'localhost'} ({which})?",
+                                    default=True):
+            chosen.append(d)
+    return chosen
+
+
+@command.command("init")
+@_config_option
+@click.option("--repository", metavar="PATH|ssh://USER@HOST/PATH", default=None,
+              help=f"where backups go (default: {ci.DEFAULT_REPOSITORY})")
+@click.option("--set", "set_specs", multiple=True, metavar="NAME=PATH[,PATH...]",
+              help="a backup set (repeatable; default: /etc /home /root /var/www, those present)")
+@click.option("--time", "time_", metavar="HH:MM", default=None,
+              callback=lambda _c, _p, v: v if v is None else _valid_time(v),
+              help="when the nightly run starts (default: 22:00)")
+@click.option("--no-detect", is_flag=True, help="don't look for local databases to dump")
+@click.option("--force", is_flag=True, help="replace an existing config")
+@click.option("-y", "--yes", is_flag=True, help="ask nothing: defaults for what no flag gives")
+def init(config_path: str | None, repository: str | None, set_specs: tuple[str, ...],
+         time_: str | None, no_detect: bool, force: bool, yes: bool) -> None:
+    """Write a commented config, by flags or (on a terminal) by questions."""
+    path = config_path or default_config_path()
+    if not force and os.path.exists(path):  # before the questions, not after them
+        raise click.UsageError(f"{path} already exists (use --force to replace it)")
+    ask = _stdin_is_terminal() and not yes
+    if repository is None and ask:
+        repository = click.prompt("Where should backups go? A local directory, or "
+                                  "ssh://USER@HOST/PATH", default=ci.DEFAULT_REPOSITORY)
+    repository = ci.normalize_repository(repository or ci.DEFAULT_REPOSITORY)
+    if set_specs:
+        sets = [ci.parse_set_option(s) for s in set_specs]
+    else:
+        paths = ci.existing_paths()
+        if ask:
+            answer = click.prompt("Which directories should be backed up? (space-separated)",
+                                  default=" ".join(paths))
+            paths = answer.split()
+        sets = ci.sets_for_paths(paths)
+    dumps: list[DumpSpec] = []
+    if not no_detect:
+        found, why = ci.detect_dumps()
+        if why:
+            click.echo(f"ketch: {why}", err=True)
+        dumps = _ask_dumps(found, ask)
+        if ask and not found and not why:
+            click.echo("No local MySQL/MariaDB or PostgreSQL server found to dump.")
+    if time_ is None and ask:
+        time_ = click.prompt("When should the nightly backup start? (HH:MM)", default="22:00",
+                             value_proc=_valid_time)
+    cfg = ci.new_config(repository, sets, dumps, time_ or "22:00")
+    ci.write_config(path, render_config(cfg), force=force)
+    click.echo(f"Wrote {path}")
+    created = ci.ensure_repository(cfg.repository)
+    if created:
+        click.echo(created)
+    click.echo("Next steps:")
+    for step in ci.next_steps(path, DEFAULT_CONFIG, cfg.repository):
+        click.echo(f"  {step}")
+
+
+@command.command("check")
+@_config_option
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+def check(config_path: str | None, as_json: bool) -> int:
+    """Validate the config and test that what it names is reachable.
+
+    Exit status: 0 all ok, 1 warnings only, 2 a failure or an invalid config."""
+    path = config_path or default_config_path()
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        for issue in e.issues:
+            click.echo(f"ketch: error: {issue}", err=True)
+        if as_json:
+            click.echo(json.dumps({"config": path, "errors": [i.as_dict() for i in e.issues],
+                                   "checks": [], "status": "fail"}, indent=2))
+        return EXIT_FAILED
+    progress = None if as_json or not sys.stderr.isatty() else \
+        (lambda what: click.echo(f"\r\x1b[Kchecking {what}…", err=True, nl=False))
+    results = check_config(cfg, progress=progress)
+    if progress is not None:
+        click.echo("\r\x1b[K", err=True, nl=False)
+    status, code = overall(results)
+    if as_json:
+        click.echo(json.dumps({"config": path, "errors": [], "status": status,
+                               "checks": [r.as_dict() for r in results]}, indent=2))
+        return code
+    for r in results:
+        click.echo(f"{_SYMBOL[r.status]} {r.what}: {r.detail}" if r.detail else
+                   f"{_SYMBOL[r.status]} {r.what}")
+    counts = {s: sum(r.status == s for r in results) for s in ("ok", "warn", "fail")}
+    click.echo(f"{path}: {counts['ok']} ok, {counts['warn']} warnings, "
+               f"{counts['fail']} failed")
+    return code

@@ -1,0 +1,205 @@
+"""What `ketch config check` reports: whether the things a loaded config names
+are there and usable — the repository opens, the paths are readable, the
+databases answer, the log and lock files can be written, credential files are
+private, the notification settings make sense.
+
+Nothing is written and nobody is notified: the repository is only opened, the
+ping URL is not requested and no mail is sent (a check must not page anyone).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ketch.errors import EXIT_FAILED, EXIT_OK, EXIT_WARNINGS, KetchError
+from ketch.jobs.model import Config, DumpSpec, Notify
+from ketch.remote.location import is_remote
+
+CREDENTIAL_KEYS = ("options_file", "passfile", "uri_file", "env_file")
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One line of `ketch config check`: ok, ok with a warning, or failed."""
+
+    what: str
+    ok: bool
+    detail: str = ""
+    warning: bool = False  # with ok: works, but worth a look (exit status 1)
+
+    @property
+    def status(self) -> str:
+        return "fail" if not self.ok else "warn" if self.warning else "ok"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"what": self.what, "status": self.status, "ok": self.ok,
+                "warning": self.warning, "detail": self.detail}
+
+
+def overall(results: list[CheckResult]) -> tuple[str, int]:
+    """The worst status among `results` and its exit status: ok 0, warn 1, fail 2."""
+    statuses = {r.status for r in results}
+    for status, code in (("fail", EXIT_FAILED), ("warn", EXIT_WARNINGS)):
+        if status in statuses:
+            return status, code
+    return "ok", EXIT_OK
+
+
+def _ok(what: str, detail: str) -> CheckResult:
+    return CheckResult(what, True, detail)
+
+
+def _warn(what: str, detail: str) -> CheckResult:
+    return CheckResult(what, True, detail, warning=True)
+
+
+def _fail(what: str, detail: str) -> CheckResult:
+    return CheckResult(what, False, detail)
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _check_repository(location: str) -> CheckResult:
+    from ketch.remote.location import open_location
+
+    what = f"repository {location}"
+    try:
+        with open_location(location) as repo:
+            branches = sum(1 for _ in repo.iter_refs(b"refs/heads/"))
+    except (KetchError, OSError) as e:
+        return _fail(what, _one_line(e))
+    detail = f"opens; {branches} branch{'es' if branches != 1 else ''}"
+    if not is_remote(location) and not os.access(location, os.W_OK):
+        return _warn(what, f"{detail}, but this user cannot write to it (a run as root can)")
+    return _ok(what, detail)
+
+
+def _check_path(what: str, path: str, *, missing_ok: bool) -> CheckResult:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if missing_ok:
+            return _warn(what, "does not exist (a run fails this set until it does)")
+        return _fail(what, "does not exist")
+    except OSError as e:
+        return _fail(what, _one_line(e))
+    is_dir = stat.S_ISDIR(st.st_mode)
+    if not os.access(path, os.R_OK | (os.X_OK if is_dir else 0)):
+        return _fail(what, "not readable by this user")
+    return _ok(what, "directory" if is_dir else "file")
+
+
+def _check_secret(what: str, path: str) -> CheckResult:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return _fail(what, _one_line(e))
+    if not stat.S_ISREG(st.st_mode):
+        return _fail(what, f"{path}: not a regular file")
+    if not os.access(path, os.R_OK):
+        return _fail(what, f"{path}: not readable by this user")
+    if st.st_mode & stat.S_IROTH:
+        return _warn(what, f"{path} holds credentials and every user can read it "
+                           f"(chmod 600 {path})")
+    return _ok(what, f"{path}: mode {stat.S_IMODE(st.st_mode):04o}")
+
+
+def _check_dump(spec: DumpSpec) -> list[CheckResult]:
+    what = f"dump {spec.name} ({spec.type})"
+    out = [_check_secret(f"{what}: {key}", getattr(spec, key))
+           for key in CREDENTIAL_KEYS if getattr(spec, key)]
+    from ketch.jobs.dumps import check_dump  # runs client tools: loaded only when needed
+
+    if any(not r.ok for r in out):
+        return out  # check_dump would only say again that a file is missing
+    try:
+        problems = check_dump(spec)
+    except (KetchError, OSError) as e:
+        problems = [_one_line(e)]
+    # check_dump's messages name the dump; the line already does
+    prefix = f"dump {spec.name}: "
+    problems = [p.removeprefix(prefix) for p in problems]
+    return [*out, _fail(what, "; ".join(problems)) if problems else _ok(what, "reachable")]
+
+
+def _check_writable(what: str, path: str) -> CheckResult:
+    if os.path.exists(path):
+        good = os.access(path, os.W_OK)
+        return _ok(what, path) if good else _fail(what, f"{path}: not writable by this user")
+    parent = os.path.dirname(path)
+    while parent and not os.path.exists(parent):  # makedirs will create the rest
+        parent = os.path.dirname(parent)
+    if parent and os.access(parent, os.W_OK | os.X_OK):
+        return _ok(what, f"{path} (will be created)")
+    return _fail(what, f"cannot create {path}: {parent or '/'} is not writable by this user")
+
+
+def _run_files(cfg: Config) -> list[tuple[str, str]]:
+    """The log and lock files a run will use (the runner's defaults when unset)."""
+    from ketch.jobs.runner import default_lock_path, default_log_path
+
+    return [("log file", default_log_path(cfg)), ("lock file", default_lock_path(cfg))]
+
+
+def _check_notify(n: Notify) -> list[CheckResult]:
+    out: list[CheckResult] = []
+    if n.ping_url is None and n.email is None:
+        out.append(_ok("notify", "none configured: failures show only in the log and "
+                                 "the exit status"))
+    if n.ping_url is not None:
+        out.append(_ok("notify.ping_url", f"{n.ping_url} (not pinged by the check)"))
+    if n.on_success and n.email is None:
+        out.append(_warn("notify.on_success", "has no effect without [notify.email] "
+                                              "(pings always report success)"))
+    e = n.email
+    if e is None:
+        return out
+    what = "notify.email"
+    if e.password_file:
+        out.append(_check_secret(f"{what}.password_file", e.password_file))
+    if e.username and not e.password_file:
+        out.append(_warn(what, "username without password_file: the SMTP login will fail"))
+    elif e.password_file and not e.username:
+        out.append(_warn(what, "password_file without username is not used"))
+    if (e.ssl and e.smtp_port in (25, 587)) or (e.starttls and e.smtp_port == 465):
+        out.append(_warn(what, f"{'ssl' if e.ssl else 'starttls'} on port {e.smtp_port} "
+                               "(SMTPS is usually 465, STARTTLS 587)"))
+    local = e.smtp_host in ("localhost", "127.0.0.1", "::1")
+    if e.username and e.password_file and not (e.ssl or e.starttls or local):
+        out.append(_warn(what, "the password would cross the network unencrypted "
+                               "(set starttls or ssl)"))
+    out.append(_ok(what, f"to {', '.join(e.to)} via {e.smtp_host}:{e.smtp_port} "
+                         "(no mail sent by the check)"))
+    return out
+
+
+def check_config(cfg: Config, *, progress: Callable[[str], None] | None = None) -> list[CheckResult]:
+    """Whether what `cfg` names is there: repository, paths, databases, files, notify.
+
+    Nothing is written and nobody is notified; `progress` hears what is being checked."""
+    say = progress or (lambda _: None)
+    say(f"repository {cfg.repository}")
+    out = [_check_repository(cfg.repository)]
+    if not cfg.sets and not cfg.dumps:
+        out.append(_warn("backups", "nothing to back up: no [[set]] or [[dump]]"))
+    for s in cfg.sets:
+        for p in s.paths:
+            out.append(_check_path(f"set {s.name}: {p}", p, missing_ok=True))
+        for p in s.exclude_from:
+            out.append(_check_path(f"set {s.name}: exclude_from {p}", p, missing_ok=False))
+    for d in cfg.dumps:
+        say(f"dump {d.name}")
+        out.extend(_check_dump(d))
+    out.extend(_check_writable(what, path) for what, path in _run_files(cfg))
+    sched = cfg.schedule
+    out.append(_ok("schedule", f"daily at {sched.time}, up to {sched.randomized_delay} later"
+                   if sched.enabled else "disabled"))
+    out.extend(_check_notify(cfg.notify))
+    return out

@@ -1,0 +1,1 @@
+"""Tests of backup jobs: config, dumps, runner, schedule, notify."""
