@@ -1,0 +1,119 @@
+"""`ketch schedule install|remove|show`: the nightly `ketch run` as a systemd
+timer, or a cron entry where systemd is not running (ketch.jobs.schedule)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from typing import Any
+
+import click
+
+from ketch.jobs.model import DEFAULT_CONFIG, Schedule
+
+
+def _config_module() -> Any:
+    """ketch.jobs.config, or None while that module does not exist yet (the
+    schedule then uses its defaults). Imported here, not at the top, so that
+    `ketch schedule` does not pay for the TOML loader until it is needed."""
+    try:
+        return importlib.import_module("ketch.jobs.config")
+    except ModuleNotFoundError as e:
+        if e.name != "ketch.jobs.config":
+            raise
+        return None
+
+
+def _default_config() -> str:
+    mod = _config_module()
+    if mod is not None and hasattr(mod, "default_config_path"):
+        return str(mod.default_config_path())
+    return os.environ.get("KETCH_CONFIG", DEFAULT_CONFIG)
+
+
+def _schedule_of(config: str) -> Schedule:
+    mod = _config_module()
+    if mod is None:
+        return Schedule()
+    sched = mod.load_config(config).schedule
+    assert isinstance(sched, Schedule)
+    return sched
+
+
+def _config_option(f: Any) -> Any:
+    return click.option("-c", "--config", "config", metavar="FILE", default=None,
+                        help="the machine's config (default: $KETCH_CONFIG, else "
+                             f"{DEFAULT_CONFIG})")(f)
+
+
+def _dirs(f: Any) -> Any:
+    f = click.option("--systemd-dir", default="/etc/systemd/system", show_default=True,
+                     metavar="DIR", help="where the timer's unit files go")(f)
+    return click.option("--cron-file", default="/etc/cron.d/ketch", show_default=True,
+                        metavar="FILE", help="where the cron entry goes")(f)
+
+
+def _print(info: Any, *, as_json: bool = False) -> None:
+    if as_json:
+        click.echo(json.dumps(info.as_dict(), indent=2))
+        return
+    if info.kind is None:
+        click.echo("schedule: not installed (`ketch schedule install` installs it)")
+    else:
+        click.echo(f"schedule: {info.kind} ({'complete' if info.units_present else 'incomplete'})")
+    for f in info.files:
+        click.echo(f"  {f}")
+    if info.next_run is not None and info.kind is not None:
+        delay = f" + up to {info.randomized_delay} at random" if info.delay_seconds else ""
+        click.echo(f"next run: {info.next_run:%a %Y-%m-%d %H:%M %Z}{delay}")
+    if info.systemctl:
+        click.echo(info.systemctl)
+    for note in info.notes:
+        click.echo(f"note: {note}")
+
+
+@click.group("schedule")
+def command() -> None:
+    """Run the backup every night: a systemd timer (cron where there is no systemd)."""
+
+
+@command.command("install")
+@_config_option
+@click.option("--cron", "use_cron", is_flag=True,
+              help="write a cron entry even where systemd is running")
+@_dirs
+def install_cmd(config: str | None, use_cron: bool, systemd_dir: str, cron_file: str) -> None:
+    """Install (or update) the nightly `ketch run` of the config's [schedule]."""
+    from ketch.jobs.schedule import install
+
+    config = os.path.abspath(config or _default_config())
+    info = install(config, _schedule_of(config), systemd_dir=systemd_dir, cron_path=cron_file,
+                   use_systemd=False if use_cron else None)
+    _print(info)
+
+
+@command.command("remove")
+@_dirs
+def remove_cmd(systemd_dir: str, cron_file: str) -> None:
+    """Disable the timer and delete its files (or the cron entry)."""
+    from ketch.jobs.schedule import remove
+
+    info = remove(systemd_dir=systemd_dir, cron_path=cron_file)
+    for f in info.files:
+        click.echo(f"removed {f}")
+    for note in info.notes:
+        click.echo(f"note: {note}")
+
+
+@command.command("show")
+@_config_option
+@_dirs
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def show_cmd(config: str | None, systemd_dir: str, cron_file: str, as_json: bool) -> None:
+    """What is installed and when it runs next."""
+    from ketch.jobs.schedule import show
+
+    config = os.path.abspath(config or _default_config())
+    info = show(config, _schedule_of(config), systemd_dir=systemd_dir, cron_path=cron_file)
+    _print(info, as_json=as_json)

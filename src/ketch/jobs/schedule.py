@@ -1,0 +1,358 @@
+"""The nightly `ketch run`: a systemd timer, or an /etc/cron.d entry where
+systemd is not running.
+
+Rendering (`render_systemd`, `render_cron`) and `next_run` are pure; only
+`install` and `remove` touch the system (files, `systemctl`). Both kinds run at
+the config's `[schedule] time` in the machine's local time zone, after a random
+delay of up to `randomized_delay`, so a fleet of machines does not hit one
+backup server at the same second.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from ketch.errors import KetchError, UsageError
+from ketch.jobs.model import Schedule
+
+UNIT = "ketch-backup"
+SYSTEMD_DIR = "/etc/systemd/system"
+CRON_PATH = "/etc/cron.d/ketch"
+SYSTEMD_RUNNING_FLAG = "/run/systemd/system"  # what sd_booted() checks
+MARKER = "# Written by `ketch schedule install`; `ketch schedule remove` deletes it."
+# cron starts jobs with PATH=/usr/bin:/bin, where mysqldump in /usr/sbin or a
+# pg_dump in /usr/local/bin would not be found.
+CRON_ENV_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+_TIME_RX = re.compile(r"(\d{1,2}):(\d{2})")
+# A subset of systemd.time(7) time spans, so whatever we accept systemd accepts too.
+_SPAN_UNITS: dict[str, float] = {
+    "ms": 0.001, "msec": 0.001, "": 1, "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
+    "m": 60, "min": 60, "mins": 60, "minute": 60, "minutes": 60,
+    "h": 3600, "hr": 3600, "hour": 3600, "hours": 3600,
+    "d": 86400, "day": 86400, "days": 86400, "w": 604800, "week": 604800, "weeks": 604800,
+}
+_SPAN_RX = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*")
+
+
+@dataclass
+class ScheduleInfo:
+    """What is installed (or was just installed/removed) and when it runs next."""
+
+    kind: str | None  # "systemd", "cron", or None: nothing installed
+    files: list[str] = field(default_factory=list)  # our files that exist (removed: deleted)
+    units_present: bool = False  # every file of `kind` exists
+    up_to_date: bool | None = None  # installed files equal what install would write now
+    time: str = ""
+    randomized_delay: str = ""
+    delay_seconds: int = 0
+    enabled: bool = True
+    next_run: datetime | None = None  # before the random delay
+    systemctl: str | None = None  # `systemctl list-timers` output, when systemd runs
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["next_run"] = self.next_run.isoformat() if self.next_run else None
+        return d
+
+
+def parse_time(text: str) -> tuple[int, int]:
+    """`HH:MM` (24-hour, local time) -> (hour, minute)."""
+    m = _TIME_RX.fullmatch(text.strip())
+    if not m or int(m[1]) > 23 or int(m[2]) > 59:
+        raise UsageError(f"schedule time {text!r}: use HH:MM, 24-hour local time, e.g. 22:00")
+    return int(m[1]), int(m[2])
+
+
+def parse_delay(text: str) -> int:
+    """A systemd time span (`30m`, `1h 30min`, `90`) -> whole seconds."""
+    # Case matters as in systemd, where "M" is a month and "m" a minute.
+    total, pos, text = 0.0, 0, text.strip()
+    while pos < len(text):
+        m = _SPAN_RX.match(text, pos)
+        if not m or m.end() == pos or m[2] not in _SPAN_UNITS:
+            raise UsageError(f"randomized_delay {text!r}: use a time span like 30m, 1h or 90s")
+        total += float(m[1]) * _SPAN_UNITS[m[2]]
+        pos = m.end()
+    if not text:
+        raise UsageError("randomized_delay is empty: use 0 for no delay")
+    return int(total)
+
+
+def next_run(sched: Schedule, now: datetime | None = None) -> datetime:
+    """When the timer next elapses after `now`, before its random delay, as
+    systemd computes `OnCalendar=*-*-* HH:MM:00` in local time (naive `now` is
+    local time): on a day whose HH:MM the clocks jump over, it does not run; on
+    a day with HH:MM twice, it runs at the first one only."""
+    hour, minute = parse_time(sched.time)
+    now_ts = (now or datetime.now()).timestamp()
+    day = datetime.fromtimestamp(now_ts).date()
+    for offset in range(4):
+        d = day + timedelta(days=offset)
+        times = []
+        for isdst in (1, 0):  # both readings of an hour that happens twice
+            try:
+                ts = time.mktime((d.year, d.month, d.day, hour, minute, 0, 0, 0, isdst))
+            except (OverflowError, ValueError):
+                continue
+            lt = time.localtime(ts)
+            if (lt.tm_mday, lt.tm_hour, lt.tm_min) == (d.day, hour, minute):
+                times.append(ts)
+        if times and min(times) > now_ts:
+            return datetime.fromtimestamp(min(times)).astimezone()
+    raise KetchError(f"no local time {sched.time} in the next days (time zone data?)")
+
+
+def default_ketch_argv() -> list[str]:
+    """How the timer starts ketch: this installation's `ketch` script (next to
+    the running interpreter, so a venv's ketch is not swapped for another one on
+    PATH), else `ketch` on PATH, else `python -m ketch`."""
+    sibling = Path(sys.executable).parent / "ketch"
+    if os.access(sibling, os.X_OK):
+        return [os.path.abspath(sibling)]
+    found = shutil.which("ketch")
+    if found:
+        return [os.path.abspath(found)]
+    return [os.path.abspath(sys.executable), "-m", "ketch"]
+
+
+def _check_args(config_path: str, ketch_argv: list[str]) -> None:
+    if not os.path.isabs(config_path):
+        raise UsageError(f"config path {config_path!r} must be absolute: the timer runs in /")
+    if not ketch_argv or not os.path.isabs(ketch_argv[0]):
+        raise UsageError(f"ketch command {ketch_argv!r}: the program must be an absolute path")
+    for arg in [config_path, *ketch_argv]:
+        if any(ord(c) < 32 or c == "\x7f" for c in arg):
+            raise UsageError(f"{arg!r}: control characters cannot be written into a unit or crontab")
+
+
+def _systemd_quote(arg: str) -> str:
+    """One ExecStart= word: `%` is a unit specifier and `$` a variable there."""
+    arg = arg.replace("%", "%%").replace("$", "$$")
+    if re.fullmatch(r"[\w./:=@+,-]+", arg):
+        return arg
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_systemd(config_path: str, sched: Schedule, ketch_argv: list[str], *,
+                   unit: str = UNIT) -> dict[str, str]:
+    """`{UNIT.service: text, UNIT.timer: text}` for `ketch run --config CONFIG`."""
+    _check_args(config_path, ketch_argv)
+    hour, minute = parse_time(sched.time)
+    delay = sched.randomized_delay.strip()
+    parse_delay(delay)
+    exec_start = " ".join(_systemd_quote(a) for a in [*ketch_argv, "run", "--config", config_path])
+    service = f"""{MARKER}
+# config: {config_path}
+[Unit]
+Description=ketch backup
+# A remote repository needs the network; a local one does not mind waiting for it.
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=oneshot
+ExecStart={exec_start}
+# 1 = completed with warnings: reported by the run itself, not a failed unit.
+SuccessExitStatus=1
+# A backup should not slow down the machine's real work.
+Nice=19
+IOSchedulingClass=idle
+"""
+    timer = f"""{MARKER}
+[Unit]
+Description=nightly ketch backup at {hour:02d}:{minute:02d}
+
+[Timer]
+OnCalendar=*-*-* {hour:02d}:{minute:02d}:00
+# Spread a fleet's runs so they do not all hit one backup server at once.
+RandomizedDelaySec={delay}
+# A machine that was off at {hour:02d}:{minute:02d} catches up when it boots.
+Persistent=true
+Unit={unit}.service
+
+[Install]
+WantedBy=timers.target
+"""
+    return {f"{unit}.service": service, f"{unit}.timer": timer}
+
+
+def render_cron(config_path: str, sched: Schedule, ketch_argv: list[str]) -> str:
+    """An /etc/cron.d file (with the user field) running the backup as root."""
+    _check_args(config_path, ketch_argv)
+    hour, minute = parse_time(sched.time)
+    delay = parse_delay(sched.randomized_delay)
+    command = shlex.join([*ketch_argv, "run", "--config", config_path])
+    if delay > 0:
+        # RandomizedDelaySec for cron: /bin/sh has no $RANDOM, od does.
+        command = f"sleep $(( $(od -An -N4 -tu4 /dev/urandom) % {delay + 1} )); {command}"
+    # cron turns an unescaped % into a newline and strips the backslash of \%.
+    command = command.replace("%", "\\%")
+    return f"""{MARKER}
+# config: {config_path}
+# Nightly at {hour:02d}:{minute:02d} plus up to {delay} s at random. The run writes its own
+# log and sends its own notifications; cron mails only what reaches stderr (errors).
+SHELL=/bin/sh
+PATH={CRON_ENV_PATH}
+{minute} {hour} * * * root {command} >/dev/null
+"""
+
+
+def systemd_running() -> bool:
+    return os.path.isdir(SYSTEMD_RUNNING_FLAG)
+
+
+def _write(path: Path, text: str) -> None:
+    """Atomically, mode 0644: cron ignores group- or world-writable files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".ketch-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _systemctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    try:
+        proc = subprocess.run(["systemctl", *args], capture_output=True, text=True,
+                              timeout=60, stdin=subprocess.DEVNULL, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise KetchError(f"systemctl {' '.join(args)}: {e}") from None
+    if check and proc.returncode != 0:
+        why = proc.stderr.strip() or f"exit status {proc.returncode}"
+        raise KetchError(f"systemctl {' '.join(args)}: {why}")
+    return proc
+
+
+def _unit_paths(systemd_dir: str, unit: str) -> list[Path]:
+    return [Path(systemd_dir, f"{unit}.service"), Path(systemd_dir, f"{unit}.timer")]
+
+
+def _remove_systemd(systemd_dir: str, unit: str, run_systemctl: bool) -> list[str]:
+    paths = [p for p in _unit_paths(systemd_dir, unit) if p.exists()]
+    if not paths:
+        return []
+    if run_systemctl and systemd_running():
+        # Not checked: the timer may already be disabled or never have been loaded.
+        _systemctl("disable", "--now", f"{unit}.timer", check=False)
+    for p in paths:
+        p.unlink()
+    if run_systemctl and systemd_running():
+        _systemctl("daemon-reload")
+    return [str(p) for p in paths]
+
+
+def _remove_cron(cron_path: str) -> list[str]:
+    p = Path(cron_path)
+    if not p.exists():
+        return []
+    p.unlink()
+    return [cron_path]
+
+
+def install(config_path: str, sched: Schedule, *, ketch_argv: list[str] | None = None,
+            systemd_dir: str = SYSTEMD_DIR, cron_path: str = CRON_PATH,
+            use_systemd: bool | None = None, run_systemctl: bool = True,
+            unit: str = UNIT) -> ScheduleInfo:
+    """Write the timer (and enable it) or the cron file; replaces the other kind
+    if it was installed before. `run_systemctl=False` only writes the files."""
+    if not sched.enabled:
+        raise UsageError("[schedule] enabled = false in the config: set it to true to install "
+                         "the timer, or run `ketch schedule remove`")
+    argv = ketch_argv or default_ketch_argv()
+    _check_args(config_path, argv)
+    if not os.path.isfile(config_path):
+        raise UsageError(f"{config_path}: no such config file")
+    if not os.access(argv[0], os.X_OK):
+        raise UsageError(f"{argv[0]}: not an executable program")
+    notes: list[str] = []
+    if use_systemd is None:
+        use_systemd = systemd_running()
+        if not use_systemd:
+            notes.append(f"systemd is not running here (no {SYSTEMD_RUNNING_FLAG}): using cron")
+    if use_systemd:
+        if run_systemctl and not systemd_running():
+            raise UsageError(f"systemd is not running here (no {SYSTEMD_RUNNING_FLAG}): "
+                             "use a cron entry instead (--cron)")
+        units = render_systemd(config_path, sched, argv, unit=unit)
+        for name, text in units.items():
+            _write(Path(systemd_dir, name), text)
+        if removed := _remove_cron(cron_path):
+            notes.append(f"removed the cron entry {removed[0]}")
+        if run_systemctl:
+            _systemctl("daemon-reload")
+            _systemctl("enable", "--now", f"{unit}.timer")
+        else:
+            notes.append("systemctl not run: the timer is written but not enabled")
+    else:
+        _write(Path(cron_path), render_cron(config_path, sched, argv))
+        if removed := _remove_systemd(systemd_dir, unit, run_systemctl):
+            notes.append(f"removed the systemd units {', '.join(removed)}")
+    info = show(config_path, sched, ketch_argv=argv, systemd_dir=systemd_dir,
+                cron_path=cron_path, run_systemctl=run_systemctl, unit=unit)
+    info.notes[:0] = notes
+    return info
+
+
+def remove(*, systemd_dir: str = SYSTEMD_DIR, cron_path: str = CRON_PATH,
+           run_systemctl: bool = True, unit: str = UNIT) -> ScheduleInfo:
+    """Disable and delete the timer and/or the cron file; `files` lists what went."""
+    removed = _remove_systemd(systemd_dir, unit, run_systemctl) + _remove_cron(cron_path)
+    kind = ("systemd" if any(f.endswith(".timer") for f in removed)
+            else "cron" if removed else None)
+    return ScheduleInfo(kind=kind, files=removed,
+                        notes=[] if removed else ["no schedule was installed"])
+
+
+def show(config_path: str | None, sched: Schedule, *, ketch_argv: list[str] | None = None,
+         systemd_dir: str = SYSTEMD_DIR, cron_path: str = CRON_PATH,
+         run_systemctl: bool = True, unit: str = UNIT,
+         now: datetime | None = None) -> ScheduleInfo:
+    """What is installed, whether it matches the config, and when it runs next."""
+    units = _unit_paths(systemd_dir, unit)
+    cron = Path(cron_path)
+    info = ScheduleInfo(kind=None, time=sched.time, randomized_delay=sched.randomized_delay,
+                        delay_seconds=parse_delay(sched.randomized_delay),
+                        enabled=sched.enabled, next_run=next_run(sched, now))
+    expected: dict[Path, str] = {}
+    argv = ketch_argv or default_ketch_argv()
+    if any(p.exists() for p in units):
+        info.kind, info.files = "systemd", [str(p) for p in units if p.exists()]
+        info.units_present = all(p.exists() for p in units)
+        if not info.units_present:
+            info.notes.append("only part of the systemd units exist: run install again")
+        if config_path:
+            rendered = render_systemd(config_path, sched, argv, unit=unit)
+            expected = {Path(systemd_dir, n): t for n, t in rendered.items()}
+        if cron.exists():
+            info.files.append(cron_path)
+            info.notes.append(f"{cron_path} exists too: the backup may run twice")
+    elif cron.exists():
+        info.kind, info.files, info.units_present = "cron", [cron_path], True
+        if config_path:
+            expected = {cron: render_cron(config_path, sched, argv)}
+    if expected:
+        info.up_to_date = all(p.exists() and p.read_text(encoding="utf-8") == t
+                              for p, t in expected.items())
+        if not info.up_to_date:
+            info.notes.append("the installed schedule differs from the config: "
+                              "run `ketch schedule install` again")
+    if info.kind == "systemd" and run_systemctl and systemd_running():
+        proc = _systemctl("list-timers", "--all", "--no-pager", f"{unit}.timer", check=False)
+        info.systemctl = proc.stdout.strip() if proc.returncode == 0 else None
+    return info
