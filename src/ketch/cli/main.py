@@ -18,7 +18,9 @@ from ketch.errors import EXIT_FAILED, KetchError
 # so `ketch save` does not pay for importing restore, the VFS and the rest.
 COMMANDS = {
     "init": "init", "index": "index", "save": "save", "ls": "ls", "restore": "restore",
-    "cat-file": "cat_file", "split": "split", "join": "join", "server": "server",
+    "cat-file": "cat_file", "split": "split", "join": "join", "server": "server", "run": "run",
+    "schedule": "schedule",
+    "config": "config",
 }
 
 
@@ -48,7 +50,9 @@ def cli(ctx: click.Context, repo_dir: str | None, remote: str | None) -> None:
 
 
 def _fail(message: str, code: int = EXIT_FAILED) -> int:
-    click.echo(f"ketch: error: {message}", err=True)
+    # Some errors list several problems (a config's mistakes): one line each.
+    for line in message.splitlines() or [""]:
+        click.echo(f"ketch: error: {line}", err=True)
     return code
 
 

@@ -1,0 +1,249 @@
+"""`ketch run`: every backup set and dump of a machine's config, once, under a
+lock, with one report (text, JSON, log file) and notifications.
+
+A failure in one item (a set or a dump) is recorded and the others still run;
+the run's exit code is the worst of them: 0 ok, 1 warnings, 2 failed. A dump
+that fails records nothing, so the previous good save stays `latest`.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Protocol
+
+from ketch.errors import EXIT_FAILED, EXIT_OK, EXIT_WARNINGS, KetchError, UsageError
+from ketch.excludes import ExcludeRules
+from ketch.index import Index
+from ketch.jobs.model import BackupSet, Config, DumpSpec
+from ketch.progress import NullProgress, Progress
+from ketch.remote.location import open_location
+from ketch.repo import Repository
+from ketch.save import SaveOptions, save
+
+ProgressFor = Callable[[str], Progress]
+
+
+class Notifier(Protocol):
+    def start(self) -> list[str]: ...
+    def finish(self, exit_code: int, summary: str, report: dict[str, object]) -> list[str]: ...
+
+
+class RunLocked(KetchError):
+    """Another run of the same config is still going."""
+
+
+@dataclass
+class ItemReport:
+    kind: str  # "set" or "dump"
+    name: str
+    ok: bool = True
+    files: int = 0
+    bytes_read: int = 0
+    bytes_new: int = 0
+    seconds: float = 0.0
+    commit: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class RunReport:
+    machine: str
+    config: str
+    repository: str
+    started: str
+    seconds: float = 0.0
+    items: list[ItemReport] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # not tied to one item
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        if self.errors or any(not i.ok for i in self.items):
+            return EXIT_FAILED
+        if self.warnings or any(i.warnings for i in self.items):
+            return EXIT_WARNINGS
+        return EXIT_OK
+
+    @property
+    def status(self) -> str:
+        return {EXIT_OK: "OK", EXIT_WARNINGS: "WARNINGS"}.get(self.exit_code, "FAILED")
+
+    def as_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["exit_code"] = self.exit_code
+        d["status"] = self.status
+        return d
+
+    def text(self) -> str:
+        lines = [f"ketch run on {self.machine}: {self.status} "
+                 f"({len(self.items)} items, {self.seconds:.1f} s) -> {self.repository}"]
+        for i in self.items:
+            state = "ok" if i.ok else "FAILED"
+            lines.append(f"  {i.kind} {i.name}: {state}, {i.files} files, "
+                         f"{i.bytes_read / 1e6:,.1f} MB read, {i.bytes_new / 1e6:,.1f} MB new, "
+                         f"{i.seconds:.1f} s" + (f", {len(i.warnings)} warnings" if i.warnings
+                                                 else ""))
+            if i.error:
+                lines.append(f"    error: {i.error}")
+            lines.extend(f"    warning: {w}" for w in i.warnings[:20])
+            if len(i.warnings) > 20:
+                lines.append(f"    ... and {len(i.warnings) - 20} more warnings")
+        lines.extend(f"  error: {e}" for e in self.errors)
+        lines.extend(f"  warning: {w}" for w in self.warnings)
+        return "\n".join(lines)
+
+
+def default_lock_path(cfg: Config) -> str:
+    if cfg.lock_file:
+        return cfg.lock_file
+    key = hashlib.sha1(os.path.abspath(cfg.source or "ketch").encode()).hexdigest()[:12]
+    for d in ("/run/lock", os.environ.get("XDG_RUNTIME_DIR") or "", "/tmp"):
+        if d and os.access(d, os.W_OK):
+            return os.path.join(d, f"ketch-{key}.lock")
+    return os.path.join("/tmp", f"ketch-{key}.lock")
+
+
+def default_log_path(cfg: Config) -> str:
+    if cfg.log_file:
+        return cfg.log_file
+    if os.geteuid() == 0:
+        return "/var/log/ketch/ketch.log"
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                             ".local", "state")
+    return os.path.join(state, "ketch", "ketch.log")
+
+
+@contextmanager
+def run_lock(path: str) -> Iterator[None]:
+    """An flock held for the run; a second run fails at once instead of piling up."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            raise RunLocked(f"another ketch run is in progress (lock {path}"
+                            + (f" held by pid {holder})" if holder else ")")) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _select(cfg: Config, only: list[str] | None) -> tuple[list[BackupSet], list[DumpSpec]]:
+    if not only:
+        return list(cfg.sets), list(cfg.dumps)
+    known = {s.name for s in cfg.sets} | {d.name for d in cfg.dumps}
+    unknown = [n for n in only if n not in known]
+    if unknown:
+        raise UsageError(f"no set or dump named {', '.join(unknown)} in {cfg.source} "
+                         f"(have: {', '.join(sorted(known)) or 'none'})")
+    return ([s for s in cfg.sets if s.name in only], [d for d in cfg.dumps if d.name in only])
+
+
+def _run_set(repo: Repository, cfg: Config, s: BackupSet, progress: Progress) -> ItemReport:
+    item = ItemReport("set", s.name)
+    rules = ExcludeRules.build(s.exclude, s.exclude_from, s.exclude_rx, s.exclude_if_present,
+                               s.one_file_system)
+    opts = SaveOptions(name=s.name, paths=list(s.paths), rules=rules, level=cfg.compress,
+                       argv=["ketch", "run", "--config", cfg.source, s.name])
+    with Index(repo.index_file()) as index:
+        res = save(repo, opts, index=index, progress=progress)
+    item.files, item.bytes_read, item.bytes_new = res.files, res.bytes_read, res.bytes_new
+    item.commit = res.commit.hex()
+    item.warnings = list(res.warnings)
+    return item
+
+
+def _run_dump(repo: Repository, cfg: Config, spec: DumpSpec, progress: Progress) -> ItemReport:
+    from ketch.jobs.dumps import run_dump
+
+    res = run_dump(repo, spec, level=cfg.compress, progress=progress)
+    item = ItemReport("dump", res.name)
+    item.files = len(res.files)
+    item.bytes_read, item.bytes_new = res.bytes_read, res.bytes_new
+    item.commit = res.commit.hex() if res.commit else None
+    item.warnings = list(res.warnings)
+    return item
+
+
+def run_jobs(cfg: Config, *, only: list[str] | None = None,
+             progress_for: ProgressFor | None = None, notifier: Notifier | None = None,
+             log_path: str | None = None) -> RunReport:
+    """Run the config's sets and dumps (or only those named), notify, log, report."""
+    progress_for = progress_for or (lambda _label: NullProgress())
+    sets, dumps = _select(cfg, only)
+    report = RunReport(machine=socket.gethostname(), config=cfg.source,
+                       repository=cfg.repository,
+                       started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    t0 = time.monotonic()
+    with run_lock(default_lock_path(cfg)):
+        if notifier is not None:
+            report.warnings.extend(notifier.start())
+        try:
+            repo = open_location(cfg.repository)
+        except KetchError as e:
+            report.errors.append(f"repository {cfg.repository}: {e}")
+        else:
+            try:
+                for s in sets:
+                    report.items.append(_one("set", s.name, progress_for,
+                                             partial(_run_set, repo, cfg, s)))
+                for d in dumps:
+                    report.items.append(_one("dump", d.name, progress_for,
+                                             partial(_run_dump, repo, cfg, d)))
+            finally:
+                try:
+                    repo.close()
+                except KetchError as e:
+                    report.warnings.append(f"closing the repository: {e}")
+        report.seconds = time.monotonic() - t0
+        if notifier is not None:
+            report.warnings.extend(notifier.finish(report.exit_code, report.text(),
+                                                   report.as_dict()))
+        if log_path:
+            problem = write_log(log_path, report)
+            if problem:
+                report.warnings.append(problem)
+    return report
+
+
+def _one(kind: str, name: str, progress_for: ProgressFor,
+         job: Callable[[Progress], ItemReport]) -> ItemReport:
+    t = time.monotonic()
+    try:
+        item = job(progress_for(f"{kind} {name}"))
+    except KetchError as e:
+        item = ItemReport(kind, name, ok=False, error=str(e))
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        item = ItemReport(kind, name, ok=False, error=f"{where}{e.strerror or e}")
+    item.seconds = time.monotonic() - t
+    return item
+
+
+def write_log(path: str, report: RunReport) -> str | None:
+    """Append the text report and one JSON line; a warning text if that failed."""
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "a") as f:
+            f.write(f"--- {report.started}\n{report.text()}\n")
+            f.write("json: " + json.dumps(report.as_dict(), sort_keys=True) + "\n")
+    except OSError as e:
+        return f"cannot write the log {path}: {e.strerror}"
+    return None

@@ -1,0 +1,148 @@
+"""`ketch run` end to end: a config written by `config init`, checked, run; a
+failing dump fails the run loudly and leaves the previous good save latest;
+pings reach a real local HTTP server."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from ketch.jobs.config import load_config, render_config
+from ketch.jobs.model import DumpSpec
+from tests.conftest import RunKetch
+from tests.gitutil import git
+
+
+@pytest.fixture
+def pings() -> Iterator[tuple[str, list[tuple[str, str, bytes]]]]:
+    got: list[tuple[str, str, bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _record(self) -> None:
+            n = int(self.headers.get("Content-Length") or 0)
+            got.append((self.command, self.path, self.rfile.read(n)))
+            self.send_response(200)
+            self.end_headers()
+
+        do_GET = do_POST = _record  # noqa: N815 - http.server's naming
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/ping/abc", got
+    server.shutdown()
+    server.server_close()
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def test_init_check_run(run_ketch: RunKetch, tmp_path: Path,
+                        pings: tuple[str, list[tuple[str, str, bytes]]]) -> None:
+    url, got = pings
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "hosts").write_bytes(b"127.0.0.1 localhost\n")
+    repo = tmp_path / "repo"
+    cfg = tmp_path / "ketch.toml"
+    run_ketch("config", "init", "--config", cfg, "--repository", repo, "--set", f"etc={etc}",
+              "--no-detect", "--yes", check=True)
+    # Then the things init does not ask for, through the library's own renderer.
+    conf = load_config(str(cfg))
+    conf.log_file = str(tmp_path / "log" / "ketch.log")
+    conf.lock_file = str(tmp_path / "run.lock")
+    conf.dumps.append(DumpSpec(name="hello", type="command", command=["sh", "-c", "echo hi"]))
+    conf.notify.ping_url = url
+    _write(cfg, render_config(conf))
+    check = run_ketch("config", "check", "--config", cfg)
+    assert check.returncode in (0, 1), check.stdout.decode() + check.stderr.decode()
+    run = run_ketch("run", "--config", cfg, "--json")
+    assert run.returncode == 0, run.stdout.decode() + run.stderr.decode()
+    report = json.loads(run.stdout)
+    assert report["status"] == "OK"
+    assert [(i["kind"], i["name"]) for i in report["items"]] == [("set", "etc"),
+                                                                 ("dump", "hello")]
+    assert run_ketch("cat-file", "-d", repo, "hello/latest/hello", check=True).stdout == b"hi\n"
+    ls = run_ketch("ls", "-d", repo, f"etc/latest{etc}", check=True).stdout
+    assert ls == b"hosts\n"
+    assert [(m, p) for m, p, _ in got] == [("GET", "/ping/abc/start"), ("POST", "/ping/abc")]
+    log = (tmp_path / "log" / "ketch.log").read_text()
+    assert "dump hello: ok" in log
+    git(repo, "fsck", "--strict")
+
+
+def test_failing_dump_keeps_previous_latest(run_ketch: RunKetch, tmp_path: Path,
+                                            pings: tuple[str, list[tuple[str, str, bytes]]]
+                                            ) -> None:
+    url, got = pings
+    repo = tmp_path / "repo"
+    run_ketch("init", "-d", repo, check=True)
+    flag = tmp_path / "broken"
+    script = tmp_path / "dump.sh"
+    script.write_text(f"#!/bin/sh\necho good data\nif [ -e {flag} ]; then echo partial; "
+                      "exit 3; fi\n")
+    script.chmod(0o755)
+    cfg = _write(tmp_path / "ketch.toml", f'''repository = "{repo}"
+lock_file = "{tmp_path / 'run.lock'}"
+log_file = "{tmp_path / 'ketch.log'}"
+
+[[dump]]
+name = "db"
+type = "command"
+command = ["{script}"]
+filename = "db.sql"
+
+[notify]
+ping_url = "{url}"
+''')
+    assert run_ketch("run", "--config", cfg, "-q").returncode == 0
+    first = git(repo, "rev-parse", "refs/heads/db").strip()
+    flag.touch()
+    run = run_ketch("run", "--config", cfg)
+    assert run.returncode == 2
+    out = run.stdout.decode()
+    assert "dump db: FAILED" in out and "exit" in out, out
+    assert git(repo, "rev-parse", "refs/heads/db").strip() == first
+    assert run_ketch("cat-file", "-d", repo, "db/latest/db.sql",
+                     check=True).stdout == b"good data\n"
+    assert got[-1][:2] == ("POST", "/ping/abc/fail")
+    assert b"dump db" in got[-1][2]
+    git(repo, "fsck", "--strict")
+
+
+def test_config_mistakes_are_one_line_each(run_ketch: RunKetch, tmp_path: Path) -> None:
+    cfg = _write(tmp_path / "ketch.toml", 'repository = "/r"\n[[set]]\nname = "s"\n'
+                                          'pahts = ["/etc"]\n[schedule]\ntime = "25:00"\n')
+    run = run_ketch("run", "--config", cfg)
+    assert run.returncode == 2
+    lines = run.stderr.decode().strip().splitlines()
+    assert len(lines) >= 2 and all(ln.startswith(f"ketch: error: {cfg}:") for ln in lines), lines
+    assert any(":4: set[1].pahts" in ln and "paths" in ln for ln in lines), lines
+
+
+def test_overlapping_run_is_refused(run_ketch: RunKetch, tmp_path: Path) -> None:
+    import fcntl
+
+    lock = tmp_path / "run.lock"
+    cfg = _write(tmp_path / "ketch.toml", f'repository = "{tmp_path / "repo"}"\n'
+                                          f'lock_file = "{lock}"\n')
+    run_ketch("init", "-d", tmp_path / "repo", check=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        run = run_ketch("run", "--config", cfg)
+    finally:
+        os.close(fd)
+    assert run.returncode == 2 and b"in progress" in run.stderr
