@@ -115,6 +115,10 @@ ping_url = "{url}"
     out = run.stdout.decode()
     assert "dump db: FAILED" in out and "exit" in out, out
     assert git(repo, "rev-parse", "refs/heads/db").strip() == first
+    # As cron runs it: quiet, and the failure on stderr, the stream cron mails.
+    quiet = run_ketch("run", "--config", cfg, "-q", "--no-notify")
+    assert quiet.returncode == 2 and quiet.stdout == b""
+    assert b"dump db: FAILED" in quiet.stderr
     assert run_ketch("cat-file", "-d", repo, "db/latest/db.sql",
                      check=True).stdout == b"good data\n"
     assert got[-1][:2] == ("POST", "/ping/abc/fail")

@@ -79,7 +79,7 @@ def test_render_systemd() -> None:
     service, timer = units["ketch-backup.service"], units["ketch-backup.timer"]
     lines = service.splitlines()
     for want in ("Type=oneshot", "Wants=network-online.target", "After=network-online.target",
-                 "ExecStart=/usr/local/bin/ketch run --config /etc/ketch/ketch.toml",
+                 "ExecStart=/usr/local/bin/ketch run -q --config /etc/ketch/ketch.toml",
                  "Nice=19", "IOSchedulingClass=idle", "SuccessExitStatus=1"):
         assert want in lines
     lines = timer.splitlines()
@@ -237,7 +237,7 @@ def test_cron_line_parses() -> None:
     [(fields, user, command)] = _cron_jobs(text)
     assert (fields, user) == (["7", "3", "*", "*", "*"], "root")
     assert command.startswith("sleep $(( $(od -An -N4 -tu4 /dev/urandom) % 2701 )); ")
-    assert command.endswith("/usr/local/bin/ketch run --config /etc/ketch/ketch.toml >/dev/null")
+    assert command.endswith("/usr/local/bin/ketch run -q --config /etc/ketch/ketch.toml >/dev/null")
     subprocess.run(["/bin/sh", "-n", "-c", command], check=True)
     expr = " ".join(fields)
     assert croniter.is_valid(expr)
@@ -251,7 +251,7 @@ def test_cron_no_delay() -> None:
     [(fields, _, command)] = _cron_jobs(render_cron("/etc/k.toml", Schedule("0:00", "0"),
                                                     ["/usr/bin/ketch"]))
     assert fields[:2] == ["0", "0"]
-    assert command == "/usr/bin/ketch run --config /etc/k.toml >/dev/null"
+    assert command == "/usr/bin/ketch run -q --config /etc/k.toml >/dev/null"
 
 
 def test_cron_command_runs_in_sh(tmp_path: Path) -> None:
@@ -265,7 +265,7 @@ def test_cron_command_runs_in_sh(tmp_path: Path) -> None:
     [(_, _, command)] = _cron_jobs(render_cron(cfg, Schedule("22:00", "1s"), [str(fake)]))
     subprocess.run(["/bin/sh", "-c", command], check=True, timeout=30,
                    env={"PATH": "/usr/bin:/bin"})
-    assert out.read_text().splitlines() == ["run", "--config", cfg]
+    assert out.read_text().splitlines() == ["run", "-q", "--config", cfg]
 
 
 # -- install / show / remove ----------------------------------------------------------
@@ -291,7 +291,7 @@ def test_install_cron(tmp_path: Path, config: str) -> None:
 def info_argv(cron_text: str) -> list[str]:
     """The program install chose, read back from the job line."""
     [(_, _, command)] = _cron_jobs(cron_text)
-    return [command.split("; ")[-1].split(" run --config ")[0]]
+    return [command.split("; ")[-1].split(" run -q --config ")[0]]
 
 
 def test_install_systemd_files_then_switch_to_cron(tmp_path: Path, config: str) -> None:

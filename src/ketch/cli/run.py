@@ -36,6 +36,10 @@ def command(config_path: str | None, as_json: bool, quiet: bool, no_notify: bool
                       notifier=notifier, log_path=default_log_path(cfg))
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
-    elif not quiet or report.exit_code:
+    elif not quiet:
         click.echo(report.text())
+    elif report.exit_code:
+        # Quiet is for cron and systemd: what goes wrong must reach stderr, the
+        # stream cron mails.
+        click.echo(report.text(), err=True)
     return report.exit_code

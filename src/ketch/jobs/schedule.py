@@ -152,7 +152,7 @@ def render_systemd(config_path: str, sched: Schedule, ketch_argv: list[str], *,
     hour, minute = parse_time(sched.time)
     delay = sched.randomized_delay.strip()
     parse_delay(delay)
-    exec_start = " ".join(_systemd_quote(a) for a in [*ketch_argv, "run", "--config", config_path])
+    exec_start = " ".join(_systemd_quote(a) for a in [*ketch_argv, "run", "-q", "--config", config_path])
     service = f"""{MARKER}
 # config: {config_path}
 [Unit]
@@ -193,7 +193,7 @@ def render_cron(config_path: str, sched: Schedule, ketch_argv: list[str]) -> str
     _check_args(config_path, ketch_argv)
     hour, minute = parse_time(sched.time)
     delay = parse_delay(sched.randomized_delay)
-    command = shlex.join([*ketch_argv, "run", "--config", config_path])
+    command = shlex.join([*ketch_argv, "run", "-q", "--config", config_path])
     if delay > 0:
         # RandomizedDelaySec for cron: /bin/sh has no $RANDOM, od does.
         command = f"sleep $(( $(od -An -N4 -tu4 /dev/urandom) % {delay + 1} )); {command}"
