@@ -1,0 +1,568 @@
+"""An ObjectStore in an S3 bucket (AWS, SeaweedFS, Ceph RGW, MinIO) over boto3.
+
+    store = S3Store("s3://bucket/some/prefix", endpoint_url=None, region=None, profile=None)
+
+Credentials are found the boto3 way (environment, shared config/credentials
+profile, instance role); none are ever passed in code.  The endpoint is, in
+order: the ``endpoint_url`` argument, ``$KETCH_S3_ENDPOINT``,
+``$AWS_ENDPOINT_URL_S3``, ``$AWS_ENDPOINT_URL``.  (botocore reads the last two
+itself only from 1.31.57 / boto3 1.28.57 on, so they are read here too.)
+
+Uploads are verified, every one:
+
+- Each request body carries its SHA-256 (S3 "additional checksums",
+  ``ChecksumSHA256``), which the server checks before it stores anything
+  (BadDigest otherwise).  The response's checksum, or else its ETag (the MD5
+  of the body for unencrypted single-part objects and parts), is compared with
+  ours.  A server that rejects additional checksums gets Content-MD5 instead
+  (``checksums=False``, or switched automatically on the first refusal).
+- Multipart uploads are completed with every part's checksum, the server's
+  composite checksum (SHA-256 of the parts' SHA-256s, "-N") or multipart ETag
+  (MD5 of the parts' MD5s, "-N") is checked, and a final HEAD checks the size
+  and the recorded digest.
+- The whole file's SHA-256 (hex) is recorded as metadata ``x-amz-meta-sha256``
+  and is what ``stat()`` returns as ``Stat.checksum``; the local file is
+  hashed while it is read, and an upload whose bytes do not match the
+  caller's ``sha256`` is aborted.
+
+Multipart uploads resume: a second ``put_file`` of the same key finds the
+unfinished upload (``ListMultipartUploads`` with the key as prefix), lists its
+parts and uploads only those missing or different (size, and checksum or MD5
+ETag), so an interrupted push of a 1 GB pack does not start over.  Part sizes
+follow from the file size alone, so a resumed run cuts the file the same way.
+One writer per key at a time is assumed (the mirror pushes single-writer).
+
+boto3 is imported when an S3Store is made, never by importing this module:
+it takes most of a second, and local commands must not pay for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ketch.errors import UsageError
+from ketch.offsite.store import Advance, NotFound, Stat, StoreError
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+MULTIPART_THRESHOLD = 64 * MiB
+PART_SIZE = 16 * MiB
+MAX_PARTS = 10_000  # S3's limit
+WORKERS = 4
+
+T = TypeVar("T")
+
+# Error codes worth trying again: throttling and the server's own trouble.
+_TRANSIENT_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+    "RequestThrottled", "TooManyRequestsException", "RequestTimeout",
+    "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable",
+    "BadGateway", "GatewayTimeout",
+})  # fmt: skip
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_AUTH_CODES = frozenset({
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+    "InvalidToken", "TokenRefreshRequired", "AuthorizationHeaderMalformed", "403",
+})  # fmt: skip
+
+
+class TransientError(StoreError):
+    """A failure that may well go away: connection trouble, throttling, a 5xx.
+
+    RetryingStore retries these and nothing else."""
+
+
+class AuthError(StoreError):
+    """The store refused our credentials or denied the request."""
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/prefix`` -> (bucket, prefix without surrounding slashes)."""
+    if not url.startswith("s3://"):
+        raise UsageError(f"not an s3:// URL: {url}")
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    if not bucket:
+        raise UsageError(f"no bucket in {url}")
+    return bucket, prefix.strip("/")
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+def _etag(value: object) -> str:
+    return str(value or "").strip('"').lower()
+
+
+@dataclass
+class _Part:
+    number: int
+    size: int
+    etag: str
+    sha256: bytes  # raw digest
+    md5: bytes
+
+
+# `list` is a method of S3Store, so inside the class the builtin needs a name.
+_Parts = list[_Part]
+
+
+@dataclass
+class _Existing:
+    size: int
+    etag: str
+    checksum: str | None
+
+
+class S3Store:
+    """``s3://bucket/prefix`` as an ObjectStore; see the module doc.
+
+    The keyword-only knobs after ``profile`` are for tests and tuning:
+    ``multipart_threshold`` (files above it go multipart), ``part_size``
+    (grown when a file would need more than 10,000 parts), ``workers`` (parts
+    in flight), ``page_size`` (keys per LIST request), ``checksums`` (send
+    SHA-256 additional checksums; False sends Content-MD5), ``max_attempts``
+    (botocore's own retries per request; 1 leaves retrying to RetryingStore).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        profile: str | None = None,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+        part_size: int = PART_SIZE,
+        workers: int = WORKERS,
+        page_size: int = 1000,
+        checksums: bool = True,
+        max_attempts: int = 3,
+    ) -> None:
+        self.bucket, prefix = parse_s3_url(url)
+        self.root = prefix + "/" if prefix else ""
+        self.multipart_threshold = multipart_threshold
+        self.part_size = part_size
+        self.workers = max(1, workers)
+        self.page_size = page_size
+        self.checksums = checksums
+        self.endpoint_url = (
+            endpoint_url
+            or os.environ.get("KETCH_S3_ENDPOINT")
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+            or None
+        )
+        # SigV4 needs a region; S3-compatible servers accept any, and AWS
+        # itself redirects, so us-east-1 is the safe default for an endpoint.
+        if region is None and self.endpoint_url and not os.environ.get("AWS_DEFAULT_REGION"):
+            region = "us-east-1"
+
+        import boto3  # type: ignore[import-untyped]
+        import botocore.config  # type: ignore[import-untyped]
+        import botocore.exceptions  # type: ignore[import-untyped]
+
+        self._exc = botocore.exceptions
+        s3_cfg: dict[str, str] = {}
+        if self.endpoint_url:
+            # Ceph and SeaweedFS behind a plain host name have no wildcard
+            # DNS for virtual-host-style bucket names.
+            s3_cfg["addressing_style"] = "path"
+        config = botocore.config.Config(
+            retries={"mode": "standard", "total_max_attempts": max(1, max_attempts)},
+            max_pool_connections=max(10, self.workers * 2),
+            connect_timeout=10,
+            read_timeout=60,
+            s3=s3_cfg,
+        )
+        try:
+            session = boto3.session.Session(profile_name=profile, region_name=region)
+            self.client: Any = session.client("s3", endpoint_url=self.endpoint_url, config=config)
+        except self._exc.BotoCoreError as e:
+            raise StoreError(f"{url}: cannot set up the S3 client: {_one_line(e)}") from None
+
+    def __repr__(self) -> str:
+        return f"S3Store('s3://{self.bucket}/{self.root.rstrip('/')}')"
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _key(self, key: str) -> str:
+        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in key.split("/")):
+            raise StoreError(f"bad key: {key!r}")
+        return self.root + key
+
+    def _where(self, full: str) -> str:
+        return f"s3://{self.bucket}/{full}"
+
+    def _error(self, e: Exception, what: str) -> StoreError:
+        """One StoreError for a boto3 failure: one line, no traceback, no secrets."""
+        exc = self._exc
+        if isinstance(e, StoreError):
+            return e
+        if isinstance(e, exc.ClientError):
+            err = e.response.get("Error", {})
+            code = str(err.get("Code", "")) or "?"
+            status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            msg = _one_line(err.get("Message") or "")
+            text = f"{what}: {code}" + (f" ({msg})" if msg else "")
+            if code in _NOT_FOUND_CODES or (status == 404 and code != "NoSuchBucket"):
+                return NotFound(f"{what}: not found")
+            if code in _TRANSIENT_CODES or status == 429 or status >= 500:
+                return TransientError(text)
+            if code in _AUTH_CODES:
+                return AuthError(text)
+            return StoreError(text)
+        if isinstance(e, exc.NoCredentialsError):
+            return AuthError(f"{what}: no S3 credentials (environment, profile or instance role)")
+        if isinstance(e, (exc.ConnectionError, exc.HTTPClientError, exc.IncompleteReadError)):
+            return TransientError(f"{what}: {_one_line(e)}")
+        if isinstance(e, exc.BotoCoreError):
+            return StoreError(f"{what}: {_one_line(e)}")
+        if isinstance(e, OSError):
+            # urllib3 errors escaping a response body read on older botocore.
+            return TransientError(f"{what}: {_one_line(e)}")
+        raise e
+
+    def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
+        try:
+            return fn(Bucket=self.bucket, **kwargs)
+        except Exception as e:
+            raise self._error(e, what) from None
+
+    def _refused_checksum(self, e: StoreError) -> bool:
+        """Does this error say the server cannot do additional checksums?"""
+        text = str(e).lower()
+        refused = ("notimplemented", "invalidargument", "invalidrequest", "unsupported")
+        return "checksum" in text and any(c in text for c in refused)
+
+    def _with_checksum_fallback(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except StoreError as e:
+            if not (self.checksums and self._refused_checksum(e)):
+                raise
+            log.info("%s: no additional checksums, falling back to Content-MD5", self)
+            self.checksums = False
+            return fn()
+
+    # -- reads -----------------------------------------------------------------
+
+    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        full = self._key(key)
+        if end is not None and end <= start:
+            if self.stat(key) is None:
+                raise NotFound(f"{self._where(full)}: not found")
+            return b""
+        kwargs: dict[str, Any] = {"Key": full}
+        if start or end is not None:
+            # HTTP ranges are inclusive at both ends.
+            kwargs["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
+        what = self._where(full)
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, **kwargs)
+            data: bytes = resp["Body"].read()
+        except Exception as e:
+            if isinstance(e, self._exc.ClientError) and (
+                e.response.get("Error", {}).get("Code") == "InvalidRange"
+            ):
+                return b""  # start at or past the end, as a file read would
+            raise self._error(e, what) from None
+        expected = None if end is None else end - start
+        if expected is not None and len(data) > expected:
+            raise StoreError(f"{what}: server sent {len(data)} bytes for a {expected}-byte range")
+        return data
+
+    def stat(self, key: str) -> Stat | None:
+        full = self._key(key)
+        try:
+            resp = self._call(self._where(full), self.client.head_object, Key=full,
+                              ChecksumMode="ENABLED")
+        except NotFound:
+            return None
+        checksum = (resp.get("Metadata") or {}).get("sha256")
+        if checksum is None:
+            # A single-part upload's own SHA-256 is the object's; a composite
+            # ("...-N") is a hash of hashes and says nothing about the bytes.
+            native = resp.get("ChecksumSHA256")
+            if native and "-" not in native:
+                checksum = base64.b64decode(native).hex()
+        return Stat(int(resp["ContentLength"]), checksum)
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        full = self.root + prefix
+        what = self._where(full) + "*"
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full, PaginationConfig={"PageSize": self.page_size}
+            )
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    yield obj["Key"][len(self.root):], int(obj["Size"])
+        except Exception as e:
+            raise self._error(e, what) from None
+
+    # -- writes ----------------------------------------------------------------
+
+    def put(self, key: str, data: bytes) -> None:
+        self._put_object(self._key(key), data, hashlib.sha256(data).hexdigest(), None)
+
+    def delete(self, key: str) -> None:
+        full = self._key(key)
+        self._call(self._where(full), self.client.delete_object, Key=full)
+
+    def put_file(self, key: str, path: str, *, sha256: str, storage_class: str | None = None,
+                 advance: Advance | None = None) -> None:
+        full = self._key(key)
+        try:
+            size = os.path.getsize(path)
+        except OSError as e:
+            raise StoreError(f"{path}: {e.strerror}") from None
+        if size <= self.multipart_threshold:
+            with open(path, "rb") as f:
+                data = f.read()
+            if hashlib.sha256(data).hexdigest() != sha256:
+                raise StoreError(f"{path}: does not match its sha256 {sha256[:12]}… (changed?)")
+            self._put_object(full, data, sha256, storage_class)
+            if advance is not None:
+                advance(size)
+            return
+        self._put_multipart(full, path, size, sha256, storage_class, advance, resume=True)
+
+    def _put_object(self, full: str, data: bytes, sha256: str, storage_class: str | None) -> None:
+        what = self._where(full)
+        digest = hashlib.sha256(data).digest()
+
+        def attempt() -> dict[str, Any]:
+            kwargs: dict[str, Any] = {"Key": full, "Body": data, "Metadata": {"sha256": sha256}}
+            kwargs.update(self._body_checksum(data, digest))
+            if storage_class:
+                kwargs["StorageClass"] = storage_class
+            return self._call(what, self.client.put_object, **kwargs)
+
+        resp = self._with_checksum_fallback(attempt)
+        self._check_body(what, resp, digest, data)
+
+    def _body_checksum(self, data: bytes, digest: bytes) -> dict[str, str]:
+        """What makes the server check the body: SHA-256, or MD5 without checksums."""
+        if self.checksums:
+            return {"ChecksumSHA256": _b64(digest)}
+        return {"ContentMD5": _b64(hashlib.md5(data).digest())}
+
+    def _check_body(self, what: str, resp: dict[str, Any], digest: bytes, data: bytes,
+                    md5: bytes | None = None) -> None:
+        """Did the server store these bytes?  Its checksum, else its MD5 ETag, says."""
+        native = resp.get("ChecksumSHA256")
+        if native:
+            if native != _b64(digest):
+                raise StoreError(f"{what}: server checksum {native} differs from ours")
+            return
+        etag = _etag(resp.get("ETag"))
+        md5 = md5 or hashlib.md5(data).digest()
+        # An ETag that is not an MD5 (SSE-KMS, some gateways) cannot be checked;
+        # the Content-MD5/checksum header was checked by the server already.
+        if len(etag) == 32 and etag != md5.hex():
+            raise StoreError(f"{what}: server ETag {etag} is not the MD5 of what we sent")
+
+    # -- multipart -------------------------------------------------------------
+
+    def _part_size_for(self, size: int) -> int:
+        """The configured size, grown in whole MiB past 160 GB (10,000 parts).
+
+        A function of the size alone, so a resumed upload cuts the same parts."""
+        needed = -(-size // MAX_PARTS)
+        if needed <= self.part_size:
+            return self.part_size
+        return -(-needed // MiB) * MiB
+
+    def _put_multipart(self, full: str, path: str, size: int, sha256: str,
+                       storage_class: str | None, advance: Advance | None, *, resume: bool) -> None:
+        what = self._where(full)
+        part_size = self._part_size_for(size)
+        found = self._find_upload(full) if resume else None
+        if found is None:
+            upload_id = self._create_upload(full, sha256, storage_class)
+            existing: dict[int, _Existing] = {}
+        else:
+            upload_id, existing = found
+            log.info("%s: resuming upload with %d parts present", what, len(existing))
+        parts = self._upload_parts(full, upload_id, path, size, part_size, sha256, existing,
+                                   advance)
+        self._complete(full, upload_id, parts)
+        head = self._call(what, self.client.head_object, Key=full)
+        recorded = (head.get("Metadata") or {}).get("sha256")
+        if int(head["ContentLength"]) != size:
+            raise StoreError(f"{what}: {head['ContentLength']} bytes stored, {size} sent")
+        if recorded != sha256:
+            # The upload we resumed was begun for other bytes under this key
+            # (its metadata is fixed at creation): the parts were re-sent and
+            # are right, but the record is not.  Start over, without resuming.
+            if not resume:
+                raise StoreError(f"{what}: recorded sha256 {recorded} is not {sha256}")
+            log.warning("%s: resumed a stale upload; uploading again", what)
+            self._put_multipart(full, path, size, sha256, storage_class, advance, resume=False)
+
+    def _create_upload(self, full: str, sha256: str, storage_class: str | None) -> str:
+        def attempt() -> dict[str, Any]:
+            kwargs: dict[str, Any] = {"Key": full, "Metadata": {"sha256": sha256}}
+            if self.checksums:
+                kwargs["ChecksumAlgorithm"] = "SHA256"
+            if storage_class:
+                kwargs["StorageClass"] = storage_class
+            return self._call(self._where(full), self.client.create_multipart_upload, **kwargs)
+
+        return str(self._with_checksum_fallback(attempt)["UploadId"])
+
+    def _find_upload(self, full: str) -> tuple[str, dict[int, _Existing]] | None:
+        """The newest unfinished upload of exactly this key and its parts; older
+        ones are aborted (they would only cost storage)."""
+        what = self._where(full)
+        uploads: builtins.list[tuple[Any, str]] = []
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=full
+            )
+            for page in pages:
+                for u in page.get("Uploads", ()):
+                    if u["Key"] == full:  # the prefix also matches longer keys
+                        uploads.append((u.get("Initiated"), u["UploadId"]))
+        except Exception as e:
+            raise self._error(e, what) from None
+        if not uploads:
+            return None
+        uploads.sort(key=lambda u: (u[0] is not None, u[0]))
+        upload_id = uploads[-1][1]
+        for _, stale in uploads[:-1]:
+            self.abort(full, stale)
+        existing: dict[int, _Existing] = {}
+        try:
+            pages = self.client.get_paginator("list_parts").paginate(
+                Bucket=self.bucket, Key=full, UploadId=upload_id
+            )
+            for page in pages:
+                for p in page.get("Parts", ()):
+                    existing[int(p["PartNumber"])] = _Existing(
+                        int(p["Size"]), _etag(p.get("ETag")), p.get("ChecksumSHA256"))
+        except Exception as e:
+            err = self._error(e, what)
+            if isinstance(err, NotFound):  # completed or aborted meanwhile
+                return None
+            raise err from None
+        return upload_id, existing
+
+    def abort(self, full: str, upload_id: str) -> None:
+        """Abort one multipart upload (by full key); a missing one is fine."""
+        try:
+            self._call(self._where(full), self.client.abort_multipart_upload, Key=full,
+                       UploadId=upload_id)
+        except NotFound:
+            pass
+
+    def _upload_parts(self, full: str, upload_id: str, path: str, size: int, part_size: int,
+                      sha256: str, existing: dict[int, _Existing],
+                      advance: Advance | None) -> _Parts:
+        """Send the parts that are not there yet, `workers` at a time.
+
+        This thread reads the file in order (hashing the whole of it) and
+        calls `advance`; the pool only hashes and sends parts.  At most
+        `workers` parts are held in memory."""
+        done: _Parts = []
+        whole = hashlib.sha256()
+        number = 0
+        with open(path, "rb") as f, ThreadPoolExecutor(self.workers) as pool:
+            inflight: set[Future[_Part]] = set()
+            try:
+                while True:
+                    data = f.read(part_size)
+                    if not data:
+                        break
+                    number += 1
+                    whole.update(data)
+                    reused = self._reusable(existing.get(number), data)
+                    if reused is not None:
+                        done.append(_Part(number, len(data), *reused))
+                        continue
+                    while len(inflight) >= self.workers:
+                        inflight = self._collect(inflight, done, advance)
+                    inflight.add(pool.submit(self._send_part, full, upload_id, number, data))
+                while inflight:
+                    inflight = self._collect(inflight, done, advance)
+            except BaseException:
+                for fut in inflight:
+                    fut.cancel()
+                raise
+        if whole.hexdigest() != sha256 or sum(p.size for p in done) != size:
+            self.abort(full, upload_id)
+            raise StoreError(f"{path}: does not match its sha256 {sha256[:12]}… (changed?)")
+        return sorted(done, key=lambda p: p.number)
+
+    def _collect(self, inflight: set[Future[_Part]], done: _Parts,
+                 advance: Advance | None) -> set[Future[_Part]]:
+        finished, pending = wait(inflight, return_when=FIRST_COMPLETED)
+        for fut in finished:
+            part = fut.result()  # re-raises a part's failure here
+            done.append(part)
+            if advance is not None:
+                advance(part.size)
+        return pending
+
+    def _reusable(self, have: _Existing | None, data: bytes) -> tuple[str, bytes, bytes] | None:
+        """(etag, sha256, md5) if the part already uploaded holds exactly `data`."""
+        if have is None or have.size != len(data):
+            return None
+        digest = hashlib.sha256(data).digest()
+        md5 = hashlib.md5(data).digest()
+        if have.checksum:
+            ok = have.checksum == _b64(digest)
+        else:
+            ok = have.etag == md5.hex()
+        return (have.etag, digest, md5) if ok else None
+
+    def _send_part(self, full: str, upload_id: str, number: int, data: bytes) -> _Part:
+        what = f"{self._where(full)} part {number}"
+        digest = hashlib.sha256(data).digest()
+        md5 = hashlib.md5(data).digest()
+        kwargs: dict[str, Any] = {"Key": full, "UploadId": upload_id, "PartNumber": number,
+                                  "Body": data}
+        # The upload was created with ChecksumAlgorithm=SHA256 iff checksums
+        # is on, and then every part must carry one.
+        kwargs.update({"ChecksumSHA256": _b64(digest)} if self.checksums
+                      else {"ContentMD5": _b64(md5)})
+        resp = self._call(what, self.client.upload_part, **kwargs)
+        self._check_body(what, resp, digest, data, md5)
+        return _Part(number, len(data), _etag(resp.get("ETag")), digest, md5)
+
+    def _complete(self, full: str, upload_id: str, parts: _Parts) -> None:
+        what = self._where(full)
+        listed: builtins.list[dict[str, Any]] = []
+        for p in parts:
+            entry: dict[str, Any] = {"PartNumber": p.number, "ETag": f'"{p.etag}"'}
+            if self.checksums:
+                entry["ChecksumSHA256"] = _b64(p.sha256)
+            listed.append(entry)
+        resp = self._call(what, self.client.complete_multipart_upload, Key=full,
+                          UploadId=upload_id, MultipartUpload={"Parts": listed})
+        n = len(parts)
+        native = resp.get("ChecksumSHA256")
+        if native:
+            composite = _b64(hashlib.sha256(b"".join(p.sha256 for p in parts)).digest())
+            if native.split("-")[0] != composite:
+                raise StoreError(f"{what}: composite checksum {native} is not {composite}-{n}")
+            return
+        etag = _etag(resp.get("ETag"))
+        expected = hashlib.md5(b"".join(p.md5 for p in parts)).hexdigest() + f"-{n}"
+        if etag.endswith(f"-{n}") and len(etag) == len(expected) and etag != expected:
+            raise StoreError(f"{what}: multipart ETag {etag} is not {expected}")
+
+
+def _one_line(e: object) -> str:
+    text = " ".join(str(e).split())
+    return text[:300]

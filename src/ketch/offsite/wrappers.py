@@ -1,0 +1,653 @@
+"""ObjectStores that wrap another: retries, client-side encryption, a local cache.
+
+    store = CachingStore(EncryptedStore(RetryingStore(S3Store(url)), load_key(path)), cache)
+
+RetryingStore
+    Retries TransientError (connection trouble, throttling, 5xx) and the
+    builtin ConnectionError/TimeoutError with exponential backoff and jitter;
+    NotFound, auth and every other error go straight through.
+
+EncryptedStore
+    AES-256-GCM, client side, in segments so that ranged reads still work, and
+    with hidden key names.  Format (version 1), all integers big-endian:
+
+    Keys.  32 random bytes of master key; HKDF-SHA256 (salt
+    ``ketch offsite v1``) derives four subkeys by info label: ``encrypt``
+    (AES-256-GCM), ``names`` (HMAC-SHA256 of key names), ``nonces`` (HMAC for
+    nonces) and ``key id`` (8 public bytes that name the key in headers, so a
+    wrong key is told apart from tampering).
+
+    Names.  Key K is stored under ``hex(HMAC-SHA256(names, K))``, so the
+    bucket shows 64-hex-digit names only.  ``list()`` cannot run on hashed
+    names, so an index object (inner key ``ketch-keys``, encrypted like any
+    value under the reserved name ``\\0ketch-keys``) holds a JSON map
+    ``{K: [plaintext size, plaintext sha256, ciphertext sha256]}``; ``list``
+    returns what the index says.  The index is rewritten after every put and
+    delete (``index_interval`` > 0 batches it; then call ``flush()``).  A
+    flush re-reads the index if someone else changed it and merges, but pushes
+    are meant to be single-writer per mirror: two writers flushing at the same
+    moment can lose each other's entries (the objects stay readable; only
+    ``list`` misses them until they are written again).
+
+    Objects.  A 32-byte header, then segments::
+
+        header  = "KETCHENC" | version u8 (1) | 3 zero bytes | segment size u32
+                  | key id (8) | plaintext size u64
+        segment = nonce (12) | AES-256-GCM ciphertext of up to 64 KiB | tag (16)
+
+    Every segment but the last holds exactly ``segment size`` plaintext bytes;
+    an empty value still has one (empty) segment.  The sizes are public
+    anyway, so the plaintext size also follows from the object size.  Each
+    segment's associated data binds it to its place::
+
+        ad = "ketch-enc" | version u8 | segment size u32 | len(K) u32 | K (utf-8)
+             | segment index u64 | last u8 (1 for the final segment)
+
+    so segments cannot be reordered, moved between objects, or dropped from
+    the end without failing authentication.  Nonces are synthetic:
+    ``HMAC-SHA256(nonces, len(K) | K | sha256(plaintext) | index)[:12]``.
+    Equal values under the same name encrypt to equal bytes (which is what
+    lets an interrupted multipart upload resume with the parts already sent),
+    and different values get different nonces; ``put_file`` checks the file
+    against the ``sha256`` it was given before anything is uploaded.  A ranged
+    ``get`` computes which segments cover [start, end), fetches them with one
+    ranged get of the inner store, authenticates, decrypts and slices.  The
+    header is only fetched (and checked: magic, version, segment size, key
+    id) by reads that start in the first segment, or to explain a failure.
+
+CachingStore
+    Keeps whole immutable values (idx files by default) on local disk and
+    serves ranged reads of them locally.  Above an EncryptedStore it holds
+    plaintext: give it a private directory.
+
+Key files (``keygen``, ``save_key``, ``load_key``): a header line, then the
+base64 of the 32-byte key; written 0600 and never over an existing file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import random
+import stat as statmod
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import NoReturn, TypeVar
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ketch.errors import KetchError
+from ketch.offsite.s3 import TransientError
+from ketch.offsite.store import Advance, NotFound, ObjectStore, Stat, StoreError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+# -- retries -------------------------------------------------------------------
+
+
+class RetryingStore:
+    """Retry transient failures of `inner`: `attempts` tries in all, waiting
+    about base_delay, 2*base_delay, 4*base_delay... (at most max_delay) with
+    jitter, so that many clients throttled at once do not come back in step."""
+
+    def __init__(self, inner: ObjectStore, attempts: int = 5, base_delay: float = 0.2, *,
+                 max_delay: float = 20.0, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.inner = inner
+        self.attempts = max(1, attempts)
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self._sleep = sleep
+
+    def __repr__(self) -> str:
+        return f"RetryingStore({self.inner!r})"
+
+    def _retry(self, what: str, fn: Callable[[], T]) -> T:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn()
+            except (TransientError, ConnectionError, TimeoutError) as e:
+                if attempt == self.attempts:
+                    if isinstance(e, StoreError):
+                        raise TransientError(f"{e} (tried {attempt} times)") from None
+                    raise TransientError(f"{what}: {e} (tried {attempt} times)") from None
+                delay = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+                delay = delay / 2 + random.uniform(0, delay / 2)
+                log.info("%s: %s; retrying in %.1f s (%d/%d)", what, e, delay, attempt,
+                         self.attempts)
+                self._sleep(delay)
+        raise AssertionError("unreachable")
+
+    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        return self._retry(key, lambda: self.inner.get(key, start, end))
+
+    def put_file(self, key: str, path: str, *, sha256: str, storage_class: str | None = None,
+                 advance: Advance | None = None) -> None:
+        # A retried multipart upload resumes: the parts already sent stay.
+        self._retry(key, lambda: self.inner.put_file(
+            key, path, sha256=sha256, storage_class=storage_class, advance=advance))
+
+    def put(self, key: str, data: bytes) -> None:
+        self._retry(key, lambda: self.inner.put(key, data))
+
+    def stat(self, key: str) -> Stat | None:
+        return self._retry(key, lambda: self.inner.stat(key))
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        # Whole, so that a failure half-way is retried from the start.
+        return iter(self._retry(prefix + "*", lambda: [*self.inner.list(prefix)]))
+
+    def delete(self, key: str) -> None:
+        self._retry(key, lambda: self.inner.delete(key))
+
+
+# -- encryption ------------------------------------------------------------------
+
+KEY_SIZE = 32
+SEGMENT_SIZE = 64 << 10
+VERSION = 1
+MAGIC = b"KETCHENC"
+_HEADER = struct.Struct(">8sB3xI8sQ")
+HEADER_SIZE = _HEADER.size  # 32
+NONCE_SIZE = 12
+TAG_SIZE = 16
+OVERHEAD = NONCE_SIZE + TAG_SIZE
+INDEX_KEY = "ketch-keys"
+_INDEX_NAME = "\0ketch-keys"  # in the associated data: no user key can be this
+_SALT = b"ketch offsite v1"
+# An index entry: [plaintext size, plaintext sha256, ciphertext sha256].  An
+# alias because `list` is a method name inside EncryptedStore.
+_Entry = list[object]
+
+
+class KeyFileError(KetchError):
+    """A key file is missing, malformed, or would be overwritten."""
+
+
+class WrongKeyError(StoreError):
+    """The store was encrypted with another key."""
+
+
+class TamperedError(StoreError):
+    """Encrypted data failed authentication: altered, truncated or misplaced."""
+
+
+def _subkey(master: bytes, label: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=_SALT, info=label).derive(master)
+
+
+def _lp(name: str) -> bytes:
+    """Length-prefixed, so that (name, rest) pairs cannot run into each other."""
+    raw = name.encode("utf-8")
+    return struct.pack(">I", len(raw)) + raw
+
+
+class EncryptedStore:
+    """Client-side AES-256-GCM over `inner`; see the module doc for the format.
+
+    `index_interval`: seconds between index rewrites (0: after every put and
+    delete); with a positive value call ``flush()`` (or use ``with``) at the
+    end.  `tmp_dir`: where ``put_file`` writes the ciphertext before handing
+    it to the inner store (default: the system temp dir)."""
+
+    def __init__(self, inner: ObjectStore, key: bytes, *, segment_size: int = SEGMENT_SIZE,
+                 index_interval: float = 0.0, tmp_dir: str | None = None) -> None:
+        if len(key) != KEY_SIZE:
+            raise KeyFileError(f"an encryption key has {KEY_SIZE} bytes, not {len(key)}")
+        if not 0 < segment_size < 1 << 32:
+            raise ValueError(f"bad segment size {segment_size}")
+        self.inner = inner
+        self.segment_size = segment_size
+        self.index_interval = index_interval
+        self.tmp_dir = tmp_dir
+        self._aead = AESGCM(_subkey(key, b"encrypt"))
+        self._name_key = _subkey(key, b"names")
+        self._nonce_key = _subkey(key, b"nonces")
+        self.key_id = _subkey(key, b"key id")[:8]
+        self._ad_prefix = b"ketch-enc" + struct.pack(">BI", VERSION, segment_size)
+        self._lock = threading.RLock()
+        self._index: dict[str, _Entry] | None = None  # as last read or written
+        self._index_sum: str | None = None  # what the inner store said its checksum was
+        self._pending: dict[str, _Entry | None] = {}  # None: deleted
+        self._last_flush = 0.0
+
+    def __repr__(self) -> str:
+        return f"EncryptedStore({self.inner!r}, key id {self.key_id.hex()})"
+
+    def __enter__(self) -> EncryptedStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush()
+
+    def inner_key(self, key: str) -> str:
+        """The name `key` is stored under in the inner store."""
+        return hmac.new(self._name_key, key.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    # -- the format ----------------------------------------------------------------
+
+    def _header(self, plain_size: int) -> bytes:
+        return _HEADER.pack(MAGIC, VERSION, self.segment_size, self.key_id, plain_size)
+
+    def _check_header(self, name: str, raw: bytes) -> int:
+        """The plaintext size a header claims, after checking it is ours."""
+        if len(raw) < HEADER_SIZE or raw[:len(MAGIC)] != MAGIC:
+            raise StoreError(f"{name}: not a ketch-encrypted object")
+        _, version, seg, key_id, size = _HEADER.unpack(raw[:HEADER_SIZE])
+        if version != VERSION:
+            raise StoreError(f"{name}: encryption format version {version} is not supported")
+        if key_id != self.key_id:
+            raise WrongKeyError(f"{name}: encrypted with another key (key id {key_id.hex()}, "
+                                f"this key's is {self.key_id.hex()})")
+        if seg != self.segment_size:
+            raise StoreError(f"{name}: segment size {seg}, expected {self.segment_size}")
+        return int(size)
+
+    def _ad(self, name: str, index: int, last: bool) -> bytes:
+        return self._ad_prefix + _lp(name) + struct.pack(">QB", index, last)
+
+    def _nonce(self, name: str, plain_sha: bytes, index: int) -> bytes:
+        msg = _lp(name) + plain_sha + struct.pack(">Q", index)
+        return hmac.new(self._nonce_key, msg, hashlib.sha256).digest()[:NONCE_SIZE]
+
+    def _seal(self, name: str, plain_sha: bytes, index: int, last: bool, chunk: bytes) -> bytes:
+        nonce = self._nonce(name, plain_sha, index)
+        return nonce + self._aead.encrypt(nonce, chunk, self._ad(name, index, last))
+
+    def _open(self, name: str, index: int, blob: bytes, last: bool | None) -> bytes:
+        """Authenticate and decrypt one segment; `last` None: either is fine."""
+        if len(blob) < OVERHEAD:
+            raise TamperedError(f"{name}: segment {index} is truncated")
+        nonce, body = blob[:NONCE_SIZE], blob[NONCE_SIZE:]
+        for flag in (False, True) if last is None else (last,):
+            try:
+                return self._aead.decrypt(nonce, body, self._ad(name, index, flag))
+            except InvalidTag:
+                continue
+        raise TamperedError(f"{name}: segment {index} failed authentication "
+                            "(altered, truncated or moved)")
+
+    def _encrypt_stream(self, name: str, plain_sha: bytes, read: Callable[[int], bytes],
+                        write: Callable[[bytes], object]) -> tuple[int, str]:
+        """Encrypt what `read` yields; (plaintext size, sha256 hex of it) back.
+
+        The header's size field is written as 0 and patched by the caller
+        when it knows the size (one read ahead tells which segment is last)."""
+        seg, index, total = self.segment_size, 0, 0
+        digest = hashlib.sha256()
+        chunk = read(seg)
+        while True:
+            following = read(seg) if len(chunk) == seg else b""
+            last = not following
+            digest.update(chunk)
+            total += len(chunk)
+            write(self._seal(name, plain_sha, index, last, chunk))
+            if last:
+                return total, digest.hexdigest()
+            chunk, index = following, index + 1
+
+    def _encrypt_bytes(self, name: str, data: bytes) -> bytes:
+        out = [self._header(len(data))]
+        pos = 0
+
+        def read(n: int) -> bytes:
+            nonlocal pos
+            pos += n
+            return data[pos - n:pos]
+
+        self._encrypt_stream(name, hashlib.sha256(data).digest(), read, out.append)
+        return b"".join(out)
+
+    def _decrypt_whole(self, name: str, blob: bytes) -> bytes:
+        size = self._check_header(name, blob)
+        body = memoryview(blob)[HEADER_SIZE:]
+        step = self.segment_size + OVERHEAD
+        n = max(1, -(-len(body) // step))
+        if self.plain_size(len(blob)) != size:
+            raise TamperedError(f"{name}: {len(blob)} bytes do not hold {size} plaintext bytes")
+        parts = [self._open(name, i, bytes(body[i * step:(i + 1) * step]), i == n - 1)
+                 for i in range(n)]
+        return b"".join(parts)
+
+    def plain_size(self, stored: int) -> int:
+        """The plaintext size of a `stored`-byte object (-1: no valid object is that big)."""
+        step = self.segment_size + OVERHEAD
+        full, rest = divmod(stored - HEADER_SIZE, step)
+        if stored < HEADER_SIZE + OVERHEAD or (rest and rest < OVERHEAD):
+            return -1
+        return full * self.segment_size + (rest - OVERHEAD if rest else 0)
+
+    # -- reads -----------------------------------------------------------------------
+
+    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        if start < 0:
+            raise StoreError(f"{key}: negative offset {start}")
+        hidden = self.inner_key(key)
+        if end is not None and end <= start:
+            if self.inner.stat(hidden) is None:
+                self._not_found(key)
+            return b""
+        seg, step = self.segment_size, self.segment_size + OVERHEAD
+        first = start // seg
+        last = None if end is None else (end - 1) // seg
+        # Reads from the first segment take the header too (32 bytes more) so
+        # that a wrong key or a foreign object is named as such.
+        lo = 0 if first == 0 else HEADER_SIZE + first * step
+        hi = None if last is None else HEADER_SIZE + (last + 1) * step
+        try:
+            blob = self.inner.get(hidden, lo, hi)
+        except NotFound:
+            self._not_found(key)
+        if first == 0:
+            self._check_header(key, blob)
+            blob = blob[HEADER_SIZE:]
+            if not blob:
+                raise TamperedError(f"{key}: truncated after its header")
+        elif not blob:
+            return b""  # start is past the end, as a file read would say
+        # Fewer bytes than asked for: the object ends within them, so the
+        # final segment must be marked last.  Else it may or may not be.
+        short = last is None or len(blob) < (last - first + 1) * step
+        n = -(-len(blob) // step)
+        try:
+            plain = b"".join(
+                self._open(key, first + i, blob[i * step:(i + 1) * step],
+                           (short if i == n - 1 else False))
+                for i in range(n)
+            )
+        except TamperedError:
+            if first != 0:
+                self._check_header(key, self.inner.get(hidden, 0, HEADER_SIZE))
+            raise
+        base = first * seg
+        return plain[start - base: None if end is None else end - base]
+
+    def _not_found(self, key: str) -> NoReturn:
+        """Raise NotFound, or WrongKeyError if the index says the key is wrong."""
+        try:
+            self._check_header(INDEX_KEY, self.inner.get(INDEX_KEY, 0, HEADER_SIZE))
+        except NotFound:
+            pass
+        raise NotFound(f"{key}: not in the encrypted store")
+
+    def stat(self, key: str) -> Stat | None:
+        st = self.inner.stat(self.inner_key(key))
+        if st is None:
+            return None
+        size = self.plain_size(st.size)
+        if size < 0:
+            raise TamperedError(f"{key}: {st.size} bytes is no encrypted object's size")
+        entry = self._view().get(key)
+        # The plaintext digest is vouched for only while the stored bytes are
+        # the ones recorded; otherwise the store's own digest goes out, so a
+        # comparison with the plaintext's fails as it should.
+        if entry is not None and (st.checksum is None or st.checksum == entry[2]):
+            return Stat(size, str(entry[1]))
+        return Stat(size, st.checksum)
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """What the index says is under `prefix` (see the module doc)."""
+        view = self._view()
+        return iter(sorted((k, int(str(e[0]))) for k, e in view.items() if k.startswith(prefix)))
+
+    # -- writes ----------------------------------------------------------------------
+
+    def put(self, key: str, data: bytes) -> None:
+        self._view()  # a wrong key fails here, before anything is written
+        blob = self._encrypt_bytes(key, data)
+        self.inner.put(self.inner_key(key), blob)
+        self._record(key, [len(data), hashlib.sha256(data).hexdigest(),
+                           hashlib.sha256(blob).hexdigest()])
+
+    def put_file(self, key: str, path: str, *, sha256: str, storage_class: str | None = None,
+                 advance: Advance | None = None) -> None:
+        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+            raise StoreError(f"{path}: bad sha256 {sha256!r}")
+        self._view()  # a wrong key fails here, before anything is uploaded
+        try:
+            fd, tmp = tempfile.mkstemp(prefix="ketch-enc.", dir=self.tmp_dir)
+        except OSError as e:
+            raise StoreError(f"temporary file for {path}: {e.strerror or e}") from None
+        try:
+            size, cipher_sha = self._encrypt_file(key, path, fd, sha256)
+            self.inner.put_file(self.inner_key(key), tmp, sha256=cipher_sha,
+                                storage_class=storage_class, advance=advance)
+        finally:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        self._record(key, [size, sha256, cipher_sha])
+
+    def _encrypt_file(self, key: str, path: str, fd: int, sha256: str) -> tuple[int, str]:
+        """Encrypt `path` as `key` into the open temp file `fd`:
+        (plaintext size, sha256 of the ciphertext)."""
+        try:
+            with open(path, "rb") as src, os.fdopen(fd, "w+b") as dst:
+                dst.write(self._header(0))
+                size, actual = self._encrypt_stream(key, bytes.fromhex(sha256), src.read,
+                                                    dst.write)
+                if actual != sha256:
+                    # Nonces came from the claimed digest: these bytes must never leave.
+                    raise StoreError(f"{path}: does not match its sha256 {sha256[:12]}… "
+                                     "(changed?)")
+                dst.seek(0)
+                dst.write(self._header(size))
+                dst.seek(0)
+                digest = hashlib.sha256()
+                for block in iter(lambda: dst.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as e:
+            raise StoreError(f"{path}: {e.strerror or e}") from None
+        return size, digest.hexdigest()
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(self.inner_key(key))
+        self._record(key, None)
+
+    # -- the index ---------------------------------------------------------------------
+
+    def _read_index(self) -> tuple[dict[str, _Entry], str | None]:
+        st = self.inner.stat(INDEX_KEY)
+        if st is None:
+            return {}, None
+        raw = self._decrypt_whole(_INDEX_NAME, self.inner.get(INDEX_KEY))
+        try:
+            doc = json.loads(raw)
+            keys = doc["keys"]
+            if doc.get("v") != 1 or not isinstance(keys, dict):
+                raise ValueError("unknown layout")
+        except (ValueError, KeyError, TypeError) as e:
+            raise StoreError(f"{INDEX_KEY}: unreadable index ({e})") from None
+        return keys, st.checksum
+
+    def _view(self) -> dict[str, _Entry]:
+        with self._lock:
+            if self._index is None:
+                self._index, self._index_sum = self._read_index()
+            view = dict(self._index)
+            for k, e in self._pending.items():
+                if e is None:
+                    view.pop(k, None)
+                else:
+                    view[k] = e
+            return view
+
+    def _record(self, key: str, entry: _Entry | None) -> None:
+        with self._lock:
+            self._pending[key] = entry
+            if time.monotonic() - self._last_flush >= self.index_interval:
+                self.flush()
+
+    def flush(self) -> None:
+        """Write the index if anything changed since it was last written."""
+        with self._lock:
+            if not self._pending:
+                return
+            st = self.inner.stat(INDEX_KEY)
+            current = None if st is None else st.checksum
+            # Re-read unless the index is, by its digest, the one we know.
+            if self._index is None or current is None or current != self._index_sum:
+                self._index, _ = self._read_index()
+            index = dict(self._index)
+            for k, e in self._pending.items():
+                if e is None:
+                    index.pop(k, None)
+                else:
+                    index[k] = e
+            data = json.dumps({"v": 1, "keys": index}, sort_keys=True,
+                              separators=(",", ":")).encode()
+            blob = self._encrypt_bytes(_INDEX_NAME, data)
+            self.inner.put(INDEX_KEY, blob)
+            self._index = index
+            self._index_sum = hashlib.sha256(blob).hexdigest()
+            self._pending.clear()
+            self._last_flush = time.monotonic()
+
+
+# -- key files ---------------------------------------------------------------------
+
+KEY_FILE_HEADER = "# ketch mirror key v1 (AES-256-GCM): without it the mirror cannot be read"
+
+
+def keygen() -> bytes:
+    """32 random bytes: a new master key."""
+    return os.urandom(KEY_SIZE)
+
+
+def save_key(path: str, key: bytes | None = None) -> bytes:
+    """Write `key` (default: a new one) to a new file, mode 0600; return the key."""
+    import base64
+
+    key = keygen() if key is None else key
+    if len(key) != KEY_SIZE:
+        raise KeyFileError(f"an encryption key has {KEY_SIZE} bytes, not {len(key)}")
+    text = f"{KEY_FILE_HEADER}\n{base64.b64encode(key).decode()}\n"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"{path}: exists already; not overwriting a key") from None
+    except OSError as e:
+        raise KeyFileError(f"{path}: {e.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    return key
+
+
+def load_key(path: str, *, strict: bool = False) -> bytes:
+    """Read a key file.  A file that group or others may read gets a warning
+    (an error when `strict`)."""
+    import base64
+    import binascii
+
+    try:
+        with open(path, encoding="ascii") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            text = f.read(4096)
+    except (OSError, UnicodeDecodeError) as e:
+        raise KeyFileError(f"{path}: cannot read key file ({getattr(e, 'strerror', e)})") from None
+    if mode & (statmod.S_IRWXG | statmod.S_IRWXO):
+        msg = f"{path}: key file is accessible by group or others (chmod 600 it)"
+        if strict:
+            raise KeyFileError(msg)
+        log.warning("%s", msg)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) != 2 or not lines[0].startswith("# ketch mirror key v1"):
+        raise KeyFileError(f"{path}: not a ketch key file (made by 'ketch mirror keygen')")
+    try:
+        key = base64.b64decode(lines[1], validate=True)
+    except binascii.Error:
+        raise KeyFileError(f"{path}: key is not valid base64") from None
+    if len(key) != KEY_SIZE:
+        raise KeyFileError(f"{path}: key has {len(key)} bytes, not {KEY_SIZE}")
+    return key
+
+
+# -- caching -------------------------------------------------------------------------
+
+
+class CachingStore:
+    """Whole values of keys ending in one of `suffixes` kept in `cache_dir`.
+
+    Only for immutable values (idx files, packs' trees): a cached key is
+    never fetched again, though put and delete through this store update the
+    cache."""
+
+    def __init__(self, inner: ObjectStore, cache_dir: str,
+                 suffixes: tuple[str, ...] = (".idx",)) -> None:
+        self.inner = inner
+        self.cache_dir = cache_dir
+        self.suffixes = suffixes
+        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"CachingStore({self.inner!r}, {self.cache_dir!r})"
+
+    def _path(self, key: str) -> str | None:
+        if not key.endswith(self.suffixes):
+            return None
+        return os.path.join(self.cache_dir, hashlib.sha256(key.encode("utf-8")).hexdigest())
+
+    def _store(self, path: str, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".tmp.")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+
+    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        path = self._path(key)
+        if path is None:
+            return self.inner.get(key, start, end)
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            data = self.inner.get(key)
+            try:
+                self._store(path, data)
+            except OSError as e:  # a full disk makes a cache miss, not a failure
+                log.warning("cache %s: %s", self.cache_dir, e)
+            return data[start:end]
+        with f:
+            f.seek(start)
+            return f.read(-1 if end is None else max(end - start, 0))
+
+    def put_file(self, key: str, path: str, *, sha256: str, storage_class: str | None = None,
+                 advance: Advance | None = None) -> None:
+        self._forget(key)
+        self.inner.put_file(key, path, sha256=sha256, storage_class=storage_class,
+                            advance=advance)
+
+    def put(self, key: str, data: bytes) -> None:
+        self._forget(key)
+        self.inner.put(key, data)
+
+    def stat(self, key: str) -> Stat | None:
+        return self.inner.stat(key)
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        return self.inner.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self._forget(key)
+        self.inner.delete(key)
+
+    def _forget(self, key: str) -> None:
+        path = self._path(key)
+        if path is not None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
