@@ -53,7 +53,11 @@ def remote_of(ctx: click.Context, repo_dir: str | None) -> str | None:
 def open_repo(ctx: click.Context, repo_dir: str | None, *, create: bool = False) -> Repository:
     remote = remote_of(ctx, repo_dir)
     repo: Repository
-    if remote is not None:
+    if remote is not None and remote.startswith("s3://"):
+        from ketch.remote.location import open_location
+
+        repo = open_location(remote, create=create)
+    elif remote is not None:
         from ketch.remote.client import RemoteRepository
         from ketch.remote.spec import parse_remote
 

@@ -1,10 +1,13 @@
 """One string for "where the repository is", as a config file holds it: a local
-path, or a remote (`host:path`, `ssh://…`) served by `ketch server`."""
+path, a remote (`host:path`, `ssh://…`) served by `ketch server`, or a
+repository in an S3 mirror (`s3://bucket/prefix/REPO`, read-only)."""
 
 from __future__ import annotations
 
 import os
 
+from ketch.errors import UsageError
+from ketch.offsite.store import ObjectStore
 from ketch.repo import LocalRepository, Repository
 
 
@@ -14,7 +17,43 @@ def is_remote(location: str) -> bool:
     return "://" in location or ":" in location
 
 
+def is_store_url(location: str) -> bool:
+    return location.startswith("s3://")
+
+
+def open_store(url: str, *, endpoint_url: str | None = None,
+               encrypt_key: str | None = None) -> ObjectStore:
+    """The store at `s3://bucket/prefix`: retried, and encrypted with the key in the
+    file `encrypt_key` (default: $KETCH_ENCRYPT_KEY, when set)."""
+    from ketch.offsite.s3 import S3Store
+    from ketch.offsite.wrappers import EncryptedStore, RetryingStore, load_key
+
+    if not is_store_url(url):
+        raise UsageError(f"not an s3:// URL: {url}")
+    # S3Store itself falls back to $KETCH_S3_ENDPOINT and $AWS_ENDPOINT_URL(_S3).
+    store: ObjectStore = RetryingStore(S3Store(url, endpoint_url=endpoint_url))
+    key_file = encrypt_key or os.environ.get("KETCH_ENCRYPT_KEY")
+    if key_file:
+        store = EncryptedStore(store, load_key(os.path.expanduser(key_file)))
+    return store
+
+
+def split_repo_url(location: str) -> tuple[str, str]:
+    """`s3://bucket/prefix/REPO` -> (`s3://bucket/prefix`, `REPO`)."""
+    base, _, name = location.rstrip("/").rpartition("/")
+    if not is_store_url(base + "/") or base.rstrip("/") == "s3:" or not name:
+        raise UsageError(f"{location}: name a repository in the mirror: s3://BUCKET[/PREFIX]/REPO")
+    return base, name
+
+
 def open_location(location: str, *, create: bool = False) -> Repository:
+    if is_store_url(location):
+        from ketch.offsite.s3repo import MirrorReadOnly, StoreRepository
+
+        if create:
+            raise MirrorReadOnly("an S3 mirror is read-only; push to it with ketch mirror push")
+        url, name = split_repo_url(location)
+        return StoreRepository(open_store(url), name, url=url)
     if is_remote(location):
         from ketch.remote.client import RemoteRepository
         from ketch.remote.spec import parse_remote

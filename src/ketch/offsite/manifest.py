@@ -1,0 +1,251 @@
+"""The per-repository manifest of a mirror, and where things live in the store.
+
+Layout under the store's root (an S3 bucket and prefix, or a directory)::
+
+    REPO/manifest.json                         this module's JSON, replaced whole
+    REPO/objects/pack/pack-<sha1>.pack         the repository's packs, byte for byte
+    REPO/objects/pack/pack-<sha1>.idx          their idx files (v2)
+
+Packs and idx files are immutable: the name is the pack's own SHA-1, so a key
+that exists with the right size and checksum never needs uploading again. The
+manifest is the only mutable key and is written last by a push, after every
+pack and idx it names has been uploaded and verified, so a reader that starts
+from the manifest never meets a ref whose objects are missing.
+
+Manifest (JSON object, format version 1)::
+
+    {"format": "ketch-mirror", "version": 1,
+     "repository": "REPO", "generation": 7, "time": "2026-01-31T02:00:00Z",
+     "head": "ref: refs/heads/master",
+     "refs": {"refs/heads/host": "<40 hex>", ...},
+     "config": "<text of REPO/config>",
+     "packs": [{"name": "pack-<sha1>.pack", "size": N, "sha256": "<hex>", "mtime": T,
+                "idx": {"name": "pack-<sha1>.idx", "size": N, "sha256": "<hex>"}}, ...]}
+
+`generation` counts pushes that changed the manifest; a push refuses to write
+when the generation moved under it (another push of the same repository).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ketch.errors import KetchError, UsageError
+from ketch.offsite.store import NotFound, ObjectStore
+
+FORMAT = "ketch-mirror"
+VERSION = 1
+MANIFEST_NAME = "manifest.json"
+PACK_DIR = "objects/pack"
+
+_PACK_RX = re.compile(r"pack-[0-9a-f]{40}\.pack\Z")
+_HEX40 = re.compile(r"[0-9a-f]{40}\Z")
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_REPO_RX = re.compile(r"[A-Za-z0-9._+@=-][A-Za-z0-9._+@=~ -]*\Z")
+
+
+class ManifestError(KetchError):
+    """A manifest is missing, unreadable or inconsistent."""
+
+
+def check_repo_name(name: str) -> str:
+    """A repository name as a single safe key component (the directory's basename)."""
+    if not _REPO_RX.match(name) or name in (".", "..") or len(name) > 200:
+        raise UsageError(f"unsuitable repository name for a mirror: {name!r}")
+    return name
+
+
+def manifest_key(repo: str) -> str:
+    return f"{repo}/{MANIFEST_NAME}"
+
+
+def pack_prefix(repo: str) -> str:
+    return f"{repo}/{PACK_DIR}/"
+
+
+def pack_key(repo: str, filename: str) -> str:
+    return f"{repo}/{PACK_DIR}/{filename}"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    name: str
+    size: int
+    sha256: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class PackEntry:
+    pack: FileEntry
+    idx: FileEntry
+    mtime: int = 0  # ns, of the local pack: readers search packs in time order
+
+    @property
+    def stem(self) -> str:
+        return self.pack.name[: -len(".pack")]
+
+    def files(self) -> tuple[FileEntry, FileEntry]:
+        return self.pack, self.idx
+
+
+@dataclass
+class Manifest:
+    repository: str
+    generation: int = 0
+    time: str = ""
+    head: str = "ref: refs/heads/master"
+    refs: dict[str, str] = field(default_factory=dict)
+    config: str = ""
+    packs: list[PackEntry] = field(default_factory=list)
+
+    def pack_by_idx(self) -> dict[str, PackEntry]:
+        return {p.idx.name: p for p in self.packs}
+
+    def file_names(self) -> set[str]:
+        return {f.name for p in self.packs for f in p.files()}
+
+    def same_content(self, other: Manifest | None) -> bool:
+        """Equal except for generation and time: nothing to publish."""
+        if other is None:
+            return False
+        return (self.repository, self.head, self.refs, self.config, sorted(
+            self.packs, key=lambda p: p.pack.name)) == (
+            other.repository, other.head, other.refs, other.config, sorted(
+                other.packs, key=lambda p: p.pack.name))
+
+    def to_json(self) -> bytes:
+        doc = {
+            "format": FORMAT, "version": VERSION, "repository": self.repository,
+            "generation": self.generation, "time": self.time, "head": self.head,
+            "refs": dict(sorted(self.refs.items())), "config": self.config,
+            "packs": [
+                {**p.pack.as_dict(), "mtime": p.mtime, "idx": p.idx.as_dict()}
+                for p in sorted(self.packs, key=lambda p: p.pack.name)
+            ],
+        }
+        return json.dumps(doc, indent=1).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes, where: str) -> Manifest:
+        try:
+            doc = json.loads(data)
+            if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+                raise ManifestError(f"{where}: not a ketch mirror manifest")
+            if doc.get("version") != VERSION:
+                raise ManifestError(
+                    f"{where}: manifest version {doc.get('version')!r} is not supported "
+                    f"(this ketch reads version {VERSION})")
+            refs = {str(k): str(v) for k, v in doc["refs"].items()}
+            m = cls(repository=check_repo_name(str(doc["repository"])),
+                    generation=int(doc["generation"]), time=str(doc["time"]),
+                    head=str(doc["head"]), refs=refs, config=str(doc["config"]),
+                    packs=[_pack_entry(p) for p in doc["packs"]])
+        except ManifestError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, UsageError) as e:
+            raise ManifestError(f"{where}: malformed manifest ({type(e).__name__}: {e})"
+                                ) from None
+        m.check(where)
+        return m
+
+    def check(self, where: str) -> None:
+        """Names a pull may write to disk must be harmless: no '..', no odd refs."""
+        for name, hexid in self.refs.items():
+            if (not name.startswith("refs/") or ".." in name or "//" in name
+                    or name.endswith("/") or "\\" in name or not _HEX40.match(hexid)):
+                raise ManifestError(f"{where}: bad ref in manifest: {name!r} -> {hexid!r}")
+        head = self.head
+        if not (_HEX40.match(head) or (head.startswith("ref: refs/") and ".." not in head)):
+            raise ManifestError(f"{where}: bad HEAD in manifest: {head!r}")
+        for p in self.packs:
+            if not _PACK_RX.match(p.pack.name) or p.idx.name != p.stem + ".idx":
+                raise ManifestError(f"{where}: bad pack name in manifest: {p.pack.name!r}")
+            for f in p.files():
+                if f.size < 0 or not _HEX64.match(f.sha256):
+                    raise ManifestError(f"{where}: bad size or sha256 for {f.name}")
+
+
+def _file_entry(d: dict[str, Any]) -> FileEntry:
+    return FileEntry(str(d["name"]), int(d["size"]), str(d["sha256"]))
+
+
+def _pack_entry(d: dict[str, Any]) -> PackEntry:
+    return PackEntry(_file_entry(d), _file_entry(d["idx"]), int(d.get("mtime", 0)))
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def read_manifest(store: ObjectStore, repo: str) -> Manifest | None:
+    """The repository's manifest, or None when the store has none for it."""
+    raw = read_manifest_bytes(store, repo)
+    return None if raw is None else parse_manifest(raw, repo)
+
+
+def read_manifest_bytes(store: ObjectStore, repo: str) -> bytes | None:
+    try:
+        return store.get(manifest_key(repo))
+    except NotFound:
+        return None
+
+
+def parse_manifest(raw: bytes, repo: str) -> Manifest:
+    key = manifest_key(repo)
+    m = Manifest.from_json(raw, key)
+    if m.repository != repo:
+        raise ManifestError(f"{key}: names repository {m.repository!r}, not {repo!r}")
+    return m
+
+
+# What an EncryptedStore keeps at the top of the bucket (ketch.offsite.wrappers);
+# seen without the key, it explains why no manifest can be found.
+_ENCRYPTED_MARK = "ketch-keys"
+
+
+def _encrypted_hint(store: ObjectStore, where: str) -> ManifestError | None:
+    if type(store).__name__ == "EncryptedStore":
+        return None
+    try:
+        encrypted = store.stat(_ENCRYPTED_MARK) is not None
+    except KetchError:
+        encrypted = False
+    if not encrypted:
+        return None
+    return ManifestError(f"{where} is encrypted: give its key (--encrypt-key FILE or "
+                         "$KETCH_ENCRYPT_KEY)")
+
+
+def no_such_repository(store: ObjectStore, repo: str, where: str = "") -> ManifestError:
+    where = where or "the mirror"
+    return _encrypted_hint(store, where) or ManifestError(
+        f"{where}: no repository {repo!r} (no {manifest_key(repo)})")
+
+
+def no_repositories(store: ObjectStore) -> ManifestError:
+    return _encrypted_hint(store, "the mirror") or ManifestError(
+        "the mirror holds no repositories (no */manifest.json)")
+
+
+def load_manifest(store: ObjectStore, repo: str, where: str = "") -> Manifest:
+    m = read_manifest(store, repo)
+    if m is None:
+        raise no_such_repository(store, repo, where)
+    return m
+
+
+def list_repositories(store: ObjectStore) -> list[str]:
+    """Names of the repositories with a manifest in the store."""
+    out = []
+    for key, _ in store.list(""):
+        repo, sep, rest = key.partition("/")
+        if sep and rest == MANIFEST_NAME:
+            out.append(repo)
+    return sorted(out)

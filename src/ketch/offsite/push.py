@@ -1,0 +1,419 @@
+"""`ketch mirror push`: upload what is new in local repositories to a store.
+
+Per repository, in this order:
+
+1. A consistent snapshot: refs, HEAD and config are read first, then the packs
+   are listed. A save writes its packs (pack, then idx) before it moves a ref,
+   so every object a ref read first points at is in a pack listed after.
+2. Packs and idx files the store lacks are uploaded and verified (`stat` size,
+   and the sha256 where the store reports one). They are immutable and named by
+   the pack's SHA-1, so one already in the previous manifest, or left complete
+   by an interrupted push, is never sent again; a big file cut off mid-upload
+   resumes through the store's multipart resume.
+3. The manifest is written last (and read back), so the mirror never names a
+   ref whose objects are not all there.
+4. Only then are packs the new manifest no longer names (gone after a gc on
+   the server) deleted from the store.
+
+Loose objects: ketch and bup never write them, but git does (and `git gc`
+explodes unreachable objects into them). Rather than refuse, they are packed
+into one extra pack in a temporary directory, sorted by id with a fixed zlib
+level, so the same loose objects give the same pack name on every push and it
+is uploaded once; `mirror pull` restores it as an ordinary pack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ketch.errors import EXIT_FAILED, EXIT_OK, KetchError, NotARepository, UsageError
+from ketch.git.idx import write_idx_v2
+from ketch.git.loose import iter_loose_ids, read_loose
+from ketch.git.pack import encode_entry
+from ketch.git.refs import Refs
+from ketch.offsite.manifest import (
+    FileEntry,
+    Manifest,
+    PackEntry,
+    check_repo_name,
+    manifest_key,
+    now_iso,
+    pack_key,
+    pack_prefix,
+    read_manifest,
+)
+from ketch.offsite.store import ObjectStore, StoreError
+from ketch.progress import NullProgress, Progress
+
+_LOOSE_LEVEL = 6  # fixed, so the loose-object pack is the same bytes every time
+
+
+class UploadNotVerified(StoreError):
+    """The store does not hold what was just uploaded."""
+
+
+class ConcurrentPush(KetchError):
+    """Another push changed the repository's manifest while this one ran."""
+
+
+@dataclass
+class RepoPushReport:
+    name: str
+    path: str
+    uploaded_files: int = 0
+    uploaded_bytes: int = 0
+    skipped_files: int = 0
+    skipped_bytes: int = 0
+    deleted_files: int = 0
+    deleted_bytes: int = 0
+    packs: int = 0
+    refs: int = 0
+    loose_objects: int = 0
+    manifest_written: bool = False
+    generation: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class PushReport:
+    repos: list[RepoPushReport] = field(default_factory=list)
+    dry_run: bool = False
+    seconds: float = 0.0
+
+    def total(self, attr: str) -> int:
+        return sum(int(getattr(r, attr)) for r in self.repos)
+
+    @property
+    def failed(self) -> list[RepoPushReport]:
+        return [r for r in self.repos if r.error is not None]
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_FAILED if self.failed else EXIT_OK
+
+    def text(self) -> str:
+        verb = "would upload" if self.dry_run else "uploaded"
+        gone = "would delete" if self.dry_run else "deleted"
+        lines = []
+        for r in self.repos:
+            if r.error is not None:
+                lines.append(f"{r.name}: FAILED: {r.error}")
+                continue
+            loose = f", {r.loose_objects} loose objects packed" if r.loose_objects else ""
+            state = (f"manifest generation {r.generation}" if r.manifest_written
+                     else "manifest unchanged")
+            lines.append(f"{r.name}: {verb} {r.uploaded_files} files ({_mb(r.uploaded_bytes)}), "
+                         f"{r.skipped_files} already there ({_mb(r.skipped_bytes)}), {gone} "
+                         f"{r.deleted_files} ({_mb(r.deleted_bytes)}){loose}; "
+                         f"{'' if self.dry_run else state}".rstrip("; "))
+        lines.append(f"{len(self.repos) - len(self.failed)} of {len(self.repos)} repositories "
+                     f"pushed, {verb} {_mb(self.total('uploaded_bytes'))} "
+                     f"in {self.seconds:.1f}s")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        totals = {k: self.total(k) for k in (
+            "uploaded_files", "uploaded_bytes", "skipped_files", "skipped_bytes",
+            "deleted_files", "deleted_bytes")}
+        return {"dry_run": self.dry_run, "seconds": round(self.seconds, 3), **totals,
+                "failed": len(self.failed), "repositories": [asdict(r) for r in self.repos]}
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def find_repositories(parent: str) -> list[str]:
+    """Every repository directly under `parent` (for `--all DIR`), by name."""
+    try:
+        names = sorted(os.listdir(parent))
+    except OSError as e:
+        raise UsageError(f"{parent}: {e.strerror}") from None
+    return [os.path.join(parent, n) for n in names if _is_repo(os.path.join(parent, n))]
+
+
+def _is_repo(path: str) -> bool:
+    return all(os.path.isdir(os.path.join(path, d)) for d in ("objects", "refs"))
+
+
+# -- the local side -------------------------------------------------------------
+
+
+@dataclass
+class _LocalFile:
+    path: str
+    size: int
+    mtime: int = 0  # nanoseconds: packs of one save are written within a second
+    sha256: str | None = None  # computed on demand: hashing a big pack is not free
+
+    def digest(self) -> str:
+        if self.sha256 is None:
+            with open(self.path, "rb") as f:
+                self.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+        return self.sha256
+
+
+@dataclass
+class _Snapshot:
+    name: str
+    path: str
+    head: str
+    refs: dict[str, str]
+    config: str
+    files: dict[str, _LocalFile]  # file name in objects/pack -> local file
+    loose: int = 0
+
+
+def _read_text(path: str, default: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return default
+
+
+def snapshot(path: str, tmpdir: str) -> _Snapshot:
+    """Refs first, then packs (see the module docstring for why this order)."""
+    name = check_repo_name(os.path.basename(os.path.normpath(os.path.abspath(path))))
+    if not _is_repo(path):
+        raise NotARepository(f"{path}: not a repository")
+    if os.path.exists(os.path.join(path, "objects", "info", "alternates")):
+        raise KetchError(f"{path}: borrows objects from another repository (objects/info/"
+                         "alternates); run 'git repack -a -d' in it before mirroring")
+    refs = {n.decode("utf-8", "surrogateescape"): oid.hex()
+            for n, oid in Refs(path).iter_refs(b"refs/")}
+    head = _read_text(os.path.join(path, "HEAD"), "ref: refs/heads/master\n").strip()
+    config = _read_text(os.path.join(path, "config"), "")
+    pack_dir = os.path.join(path, "objects", "pack")
+    files: dict[str, _LocalFile] = {}
+    try:
+        names = set(os.listdir(pack_dir))
+    except FileNotFoundError:
+        names = set()
+    for n in sorted(names):
+        # A pack without its idx is still being written and nothing refers to it yet.
+        if n.startswith("pack-") and n.endswith(".pack") and n[:-5] + ".idx" in names:
+            for fn in (n, n[:-5] + ".idx"):
+                st = os.stat(os.path.join(pack_dir, fn))
+                files[fn] = _LocalFile(os.path.join(pack_dir, fn), st.st_size, st.st_mtime_ns)
+    snap = _Snapshot(name, path, head, refs, config, files)
+    objects_dir = os.path.join(path, "objects")
+    ids = sorted(iter_loose_ids(objects_dir))
+    if ids:
+        pack, idx, snap.loose = pack_loose(objects_dir, ids, tmpdir)
+        for p in (pack, idx):
+            files[os.path.basename(p)] = _LocalFile(p, os.path.getsize(p))
+    return snap
+
+
+def pack_loose(objects_dir: str, ids: list[bytes], tmpdir: str) -> tuple[str, str, int]:
+    """Pack loose objects, deterministically; (pack path, idx path, object count)."""
+    encoded: list[tuple[bytes, bytes, int]] = []
+    for oid in ids:
+        got = read_loose(objects_dir, oid, verify=True)
+        if got is not None:  # pruned while we looked: unreachable, so not needed
+            enc, crc, _ = encode_entry(got[0], got[1], _LOOSE_LEVEL)
+            encoded.append((oid, enc, crc))
+    h = hashlib.sha1()
+    tmp = os.path.join(tmpdir, "loose.pack")
+    entries = []
+    with open(tmp, "wb") as f:
+        head = b"PACK" + struct.pack(">II", 2, len(encoded))
+        f.write(head)
+        h.update(head)
+        offset = len(head)
+        for oid, enc, crc in encoded:
+            f.write(enc)
+            h.update(enc)
+            entries.append((oid, crc, offset))
+            offset += len(enc)
+        sha = h.digest()
+        f.write(sha)
+    stem = os.path.join(tmpdir, f"pack-{sha.hex()}")
+    os.replace(tmp, stem + ".pack")
+    with open(stem + ".idx", "wb") as f:
+        write_idx_v2(f, entries, sha)
+    return stem + ".pack", stem + ".idx", len(encoded)
+
+
+# -- planning and uploading -----------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    snap: _Snapshot
+    report: RepoPushReport
+    old: Manifest | None
+    existing: dict[str, int]  # key -> size, listed before uploading
+    upload: list[str] = field(default_factory=list)  # file names
+    known: dict[str, FileEntry] = field(default_factory=dict)  # verified already in store
+
+
+def _plan(snap: _Snapshot, store: ObjectStore, report: RepoPushReport) -> _Plan:
+    old = read_manifest(store, snap.name)
+    existing = dict(store.list(pack_prefix(snap.name)))
+    plan = _Plan(snap, report, old, existing)
+    previous = {f.name: f for p in (old.packs if old else []) for f in p.files()}
+    for fn, lf in snap.files.items():
+        key = pack_key(snap.name, fn)
+        prev = previous.get(fn)
+        if existing.get(key) == lf.size and prev is not None and prev.size == lf.size:
+            # Named by the last manifest, so uploaded and verified then; immutable since.
+            plan.known[fn] = prev
+        elif existing.get(key) == lf.size and _stored_matches(store, key, lf):
+            plan.known[fn] = FileEntry(fn, lf.size, lf.digest())  # an interrupted push's
+        else:
+            plan.upload.append(fn)
+    for fn in plan.known:
+        report.skipped_files += 1
+        report.skipped_bytes += snap.files[fn].size
+    return plan
+
+
+def _stored_matches(store: ObjectStore, key: str, lf: _LocalFile) -> bool:
+    st = store.stat(key)
+    if st is None or st.size != lf.size:
+        return False
+    return st.checksum is None or st.checksum == lf.digest()
+
+
+def _upload(plan: _Plan, store: ObjectStore, storage_class: str | None,
+            progress: Progress) -> dict[str, FileEntry]:
+    snap, rep = plan.snap, plan.report
+    done = dict(plan.known)
+    # Packs before their idx: a reader of the bare bucket (no manifest) that finds
+    # an idx can count on its pack.
+    for fn in sorted(plan.upload, key=lambda n: (n[:-5], n.endswith(".idx"))):
+        lf = snap.files[fn]
+        key = pack_key(snap.name, fn)
+        cls = storage_class if fn.endswith(".pack") else None
+        try:
+            sha = lf.digest()
+            store.put_file(key, lf.path, sha256=sha, storage_class=cls,
+                           advance=lambda n: progress.advance(n))
+        except (FileNotFoundError, StoreError):
+            if os.path.exists(lf.path):
+                raise
+            raise KetchError(f"{snap.path}: {fn} disappeared during the push (a gc?); "
+                             "run the push again") from None
+        st = store.stat(key)
+        if st is None or st.size != lf.size or (st.checksum is not None and st.checksum != sha):
+            got = "nothing" if st is None else f"{st.size} bytes, sha256 {st.checksum}"
+            raise UploadNotVerified(f"{key}: uploaded {lf.size} bytes with sha256 {sha} "
+                                    f"but the store has {got}")
+        progress.advance(0, 1)
+        rep.uploaded_files += 1
+        rep.uploaded_bytes += lf.size
+        done[fn] = FileEntry(fn, lf.size, sha)
+    return done
+
+
+def _new_manifest(plan: _Plan, done: dict[str, FileEntry]) -> Manifest:
+    snap = plan.snap
+    packs = [PackEntry(done[fn], done[fn[:-5] + ".idx"], snap.files[fn].mtime)
+             for fn in sorted(done) if fn.endswith(".pack")]
+    gen = plan.old.generation if plan.old else 0
+    return Manifest(repository=snap.name, generation=gen + 1, time=now_iso(), head=snap.head,
+                    refs=snap.refs, config=snap.config, packs=packs)
+
+
+def _publish(plan: _Plan, store: ObjectStore, new: Manifest) -> None:
+    key = manifest_key(plan.snap.name)
+    current = read_manifest(store, plan.snap.name)
+    was = plan.old.generation if plan.old else None
+    now = current.generation if current else None
+    if was != now:
+        raise ConcurrentPush(f"{key}: another push changed it meanwhile (generation {was} -> "
+                             f"{now}); run the push again")
+    data = new.to_json()
+    store.put(key, data)
+    if store.get(key) != data:
+        raise UploadNotVerified(f"{key}: the manifest read back differs from what was written")
+
+
+def _delete_unnamed(plan: _Plan, store: ObjectStore, keep: set[str], dry_run: bool) -> None:
+    prefix = pack_prefix(plan.snap.name)
+    for key, size in sorted(plan.existing.items()):
+        if key[len(prefix):] not in keep:
+            if not dry_run:
+                store.delete(key)
+            plan.report.deleted_files += 1
+            plan.report.deleted_bytes += size
+
+
+def push(repos: list[str], store: ObjectStore, *, dry_run: bool = False,
+         storage_class: str | None = None, progress: Progress | None = None) -> PushReport:
+    """Mirror each repository (a path; its basename names it in the store).
+
+    A repository that fails is reported (`error`) and the others still go."""
+    progress = progress or NullProgress()
+    report = PushReport(dry_run=dry_run)
+    t0 = time.monotonic()
+    names = [os.path.basename(os.path.normpath(os.path.abspath(r))) for r in repos]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UsageError(f"two repositories would share the name {dupes[0]!r} in the mirror")
+    plans: list[_Plan] = []
+    with tempfile.TemporaryDirectory(prefix="ketch-mirror-") as tmp:
+        for i, path in enumerate(repos):
+            rep = RepoPushReport(name=names[i], path=os.path.abspath(path))
+            report.repos.append(rep)
+            t = time.monotonic()
+            try:
+                sub = os.path.join(tmp, str(i))  # each repository's loose-object pack
+                os.mkdir(sub)
+                snap = snapshot(path, sub)
+                rep.packs = sum(fn.endswith(".pack") for fn in snap.files)
+                rep.refs, rep.loose_objects = len(snap.refs), snap.loose
+                plans.append(_plan(snap, store, rep))
+            except (KetchError, OSError) as e:
+                rep.error = _message(e)
+            rep.seconds = time.monotonic() - t
+        progress.start(sum(p.snap.files[fn].size for p in plans for fn in p.upload),
+                       sum(len(p.upload) for p in plans))
+        for plan in plans:
+            t = time.monotonic()
+            try:
+                _push_one(plan, store, dry_run, storage_class, progress)
+            except (KetchError, OSError) as e:
+                plan.report.error = _message(e)
+            plan.report.seconds += time.monotonic() - t
+    progress.finish()
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+def _message(e: BaseException) -> str:
+    if isinstance(e, OSError) and not isinstance(e, KetchError):
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}{e.strerror or e}"
+    return str(e)
+
+
+def _push_one(plan: _Plan, store: ObjectStore, dry_run: bool, storage_class: str | None,
+              progress: Progress) -> None:
+    rep = plan.report
+    if dry_run:
+        rep.uploaded_files = len(plan.upload)
+        rep.uploaded_bytes = sum(plan.snap.files[fn].size for fn in plan.upload)
+        _delete_unnamed(plan, store, set(plan.snap.files), dry_run=True)
+        rep.generation = plan.old.generation if plan.old else 0
+        return
+    done = _upload(plan, store, storage_class, progress)
+    new = _new_manifest(plan, done)
+    if new.same_content(plan.old):
+        assert plan.old is not None
+        rep.generation = plan.old.generation
+    else:
+        _publish(plan, store, new)
+        rep.manifest_written = True
+        rep.generation = new.generation
+    # Only now that the manifest no longer names them may unneeded packs go.
+    _delete_unnamed(plan, store, new.file_names(), dry_run=False)
