@@ -34,7 +34,10 @@ def open_store(url: str, *, endpoint_url: str | None = None,
     store: ObjectStore = RetryingStore(S3Store(url, endpoint_url=endpoint_url))
     key_file = encrypt_key or os.environ.get("KETCH_ENCRYPT_KEY")
     if key_file:
-        store = EncryptedStore(store, load_key(os.path.expanduser(key_file)))
+        # The name index is rewritten once a minute (and when a push publishes its
+        # manifest), not after every pack: a first push has thousands.
+        store = EncryptedStore(store, load_key(os.path.expanduser(key_file)),
+                               index_interval=60.0)
     return store
 
 
