@@ -21,10 +21,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
+
+from tests.services.process import ServiceProcess
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -54,18 +54,18 @@ def missing_binaries() -> list[str]:
     return [names[0] for names in wanted.values() if _find(names) is None]
 
 
-class MariaDBServer:
+class MariaDBServer(ServiceProcess):
     """``mariadbd`` on ``WORKDIR/sock``; see the module doc."""
 
+    name = "mariadbd"
     user = "root"
 
     def __init__(self, workdir: Path, *, buffer_pool: str = "128M") -> None:
         self.workdir = Path(workdir).resolve()
         self.datadir = self.workdir / "data"
         self.socket = str(self.workdir / "sock")
-        self.log_path = self.workdir / "err.log"
+        super().__init__(self.workdir / "err.log")
         self.buffer_pool = buffer_pool
-        self._proc: subprocess.Popen[bytes] | None = None
         server, install, admin, client = (_find(n) for n in (
             _SERVER_NAMES, _INSTALL_NAMES, _ADMIN_NAMES, _CLIENT_NAMES))
         if not (server and install and admin and client):
@@ -78,13 +78,7 @@ class MariaDBServer:
     def start(cls, workdir: Path, *, buffer_pool: str = "128M") -> MariaDBServer:
         """Create a fresh data directory in *workdir* and start the server on it;
         return once it answers a ping."""
-        server = cls(workdir, buffer_pool=buffer_pool)
-        try:
-            server._launch()
-        except BaseException:
-            server.stop()
-            raise
-        return server
+        return cls(workdir, buffer_pool=buffer_pool)._start()
 
     def _launch(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +93,8 @@ class MariaDBServer:
             raise RuntimeError("mariadb-install-db failed:\n"
                                + install.stdout.decode(errors="replace")
                                + install.stderr.decode(errors="replace"))
-        self._proc = subprocess.Popen(
+        # mariadbd writes its own log (--log-error); stdout and stderr say nothing.
+        self.spawn(
             [self._server, "--no-defaults", f"--datadir={self.datadir}",
              f"--socket={self.socket}", f"--pid-file={self.workdir / 'pid'}",
              "--skip-networking", "--user=root", f"--log-error={self.log_path}",
@@ -108,52 +103,17 @@ class MariaDBServer:
              "--skip-log-bin",
              # A throwaway server: durability buys nothing and costs seconds.
              "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                self._proc = None
-                raise RuntimeError(f"mariadbd exited during start-up\n{self.log_tail()}")
-            if self._ping():
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"mariadbd did not answer within {START_TIMEOUT:.0f} s\n"
-                           f"{self.log_tail()}")
+            to_log=False)
+        self.wait_ready(self._ping, START_TIMEOUT, f"mariadbd to answer on {self.socket}")
 
     def _ping(self) -> bool:
         return subprocess.run(
             [self._admin, "--no-defaults", f"--socket={self.socket}", "-uroot", "ping"],
             stdin=subprocess.DEVNULL, capture_output=True).returncode == 0
 
-    def log_tail(self, max_chars: int = 20_000) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError as e:
-            return f"(no mariadbd log: {e})"
-        return f"--- {self.log_path} ---\n{text[-max_chars:]}"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def stop(self) -> None:
         """Shut the server down (idempotent); the work directory is left to the caller."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()  # SIGTERM is mariadbd's normal shutdown
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def __enter__(self) -> MariaDBServer:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
+        self.stop_process(timeout=STOP_TIMEOUT)  # SIGTERM is mariadbd's normal shutdown
 
     # -- clients -------------------------------------------------------------
 

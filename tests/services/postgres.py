@@ -27,13 +27,12 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
+
+from tests.services.process import ServiceProcess, free_port
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -69,17 +68,11 @@ def missing_binaries() -> list[str]:
     return missing
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class PostgresServer:
+class PostgresServer(ServiceProcess):
     """``postgres`` on ``WORKDIR`` (socket directory) and a free TCP port on
     127.0.0.1; see the module doc."""
 
+    name = "postgres"
     user = "postgres"  # the database superuser
 
     def __init__(self, workdir: Path | None = None) -> None:
@@ -93,9 +86,8 @@ class PostgresServer:
         self.workdir = Path(workdir).resolve()
         self.datadir = self.workdir / "data"
         self.host = str(self.workdir)  # a directory: libpq connects to its socket
-        self.log_path = self.workdir / "postgres.log"
+        super().__init__(self.workdir / "postgres.log")
         self.port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -103,13 +95,7 @@ class PostgresServer:
     def start(cls, workdir: Path | None = None) -> PostgresServer:
         """initdb a fresh cluster in *workdir* (default: a new directory under
         /tmp) and start it; return once it answers."""
-        server = cls(workdir)
-        try:
-            server._launch()
-        except BaseException:
-            server.stop()
-            raise
-        return server
+        return cls(workdir)._start()
 
     def _launch(self) -> None:
         pw = pwd.getpwnam(OS_USER)
@@ -124,62 +110,30 @@ class PostgresServer:
         if init.returncode != 0:
             raise RuntimeError("initdb failed:\n" + init.stdout.decode(errors="replace")
                                + init.stderr.decode(errors="replace"))
-        self.port = _free_port()
-        with self.log_path.open("ab") as log:
-            os.chown(self.log_path, pw.pw_uid, pw.pw_gid)
-            self._proc = subprocess.Popen(
-                [str(self.bin / "postgres"), "-D", str(self.datadir), "-k", self.host,
-                 "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
-                 # A throwaway cluster: durability buys nothing and costs time.
-                 "-c", "fsync=off", "-c", "full_page_writes=off",
-                 "-c", "synchronous_commit=off"],
-                user=OS_USER, cwd="/", stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                self._proc = None
-                raise RuntimeError(f"postgres exited during start-up\n{self.log_tail()}")
-            ready = subprocess.run(
-                [str(self.bin / "pg_isready"), "-q", "-h", self.host, "-p", str(self.port)],
-                stdin=subprocess.DEVNULL, capture_output=True)
-            if ready.returncode == 0:
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"postgres did not answer within {START_TIMEOUT:.0f} s\n"
-                           f"{self.log_tail()}")
+        self.port = free_port()
+        self.log_path.touch()
+        os.chown(self.log_path, pw.pw_uid, pw.pw_gid)
+        self.spawn(
+            [str(self.bin / "postgres"), "-D", str(self.datadir), "-k", self.host,
+             "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
+             # A throwaway cluster: durability buys nothing and costs time.
+             "-c", "fsync=off", "-c", "full_page_writes=off",
+             "-c", "synchronous_commit=off"],
+            user=OS_USER, cwd="/")
+        self.wait_ready(self._answers, START_TIMEOUT,
+                        f"postgres to answer on {self.host} and port {self.port}")
 
-    def log_tail(self, max_chars: int = 20_000) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError as e:
-            return f"(no postgres log: {e})"
-        return f"--- {self.log_path} ---\n{text[-max_chars:]}"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+    def _answers(self) -> bool:
+        return subprocess.run(
+            [str(self.bin / "pg_isready"), "-q", "-h", self.host, "-p", str(self.port)],
+            stdin=subprocess.DEVNULL, capture_output=True).returncode == 0
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT to the postmaster); idempotent.  A work directory
         made by the server itself is removed."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        self.stop_process(signal.SIGINT, STOP_TIMEOUT)
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> PostgresServer:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     # -- clients -------------------------------------------------------------
 

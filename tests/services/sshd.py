@@ -23,10 +23,10 @@ import re
 import shlex
 import socket
 import subprocess
-import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
+
+from tests.services.process import ServiceProcess, free_port
 
 SSHD = Path("/usr/sbin/sshd")
 SSH = Path("/usr/bin/ssh")
@@ -77,13 +77,6 @@ def forced_command_option(command: str) -> str:
     return 'command="' + command.replace('"', '\\"') + '"'
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _keygen(path: Path, comment: str) -> None:
     subprocess.run(
         [str(SSH_KEYGEN), "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
@@ -93,9 +86,10 @@ def _keygen(path: Path, comment: str) -> None:
     )
 
 
-class SshServer:
+class SshServer(ServiceProcess):
     """``/usr/sbin/sshd -D -e`` on 127.0.0.1 and a free port; see the module doc."""
 
+    name = "sshd"
     host = "127.0.0.1"
     user = "root"
 
@@ -107,7 +101,7 @@ class SshServer:
         self.config_path = self.workdir / "sshd_config"
         self.host_key = self.workdir / "host_key"
         self.authorized_keys = self.workdir / "authorized_keys"
-        self.log_path = self.workdir / "sshd.log"
+        super().__init__(self.workdir / "sshd.log")
         self.pid_path = self.workdir / "sshd.pid"
         self.keys_dir = self.workdir / "keys"
         self.wrappers_dir = self.workdir / "wrappers"
@@ -127,7 +121,6 @@ class SshServer:
         for name, value in self.session_env.items():
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or re.search(r'[\s"\\]', value):
                 raise ValueError(f"unsupported session variable for SetEnv: {name}={value!r}")
-        self._proc: subprocess.Popen[bytes] | None = None
         self._wrappers: dict[Path, Path] = {}
 
     # -- lifecycle ---------------------------------------------------------
@@ -139,13 +132,7 @@ class SshServer:
         *env* adds variables to the remote sessions' environment (sshd
         ``SetEnv``); values may not contain whitespace, quotes or backslashes.
         """
-        server = cls(workdir, env=env)
-        try:
-            server._launch()
-        except BaseException:
-            server.stop()
-            raise
-        return server
+        return cls(workdir, env=env)._start()
 
     def _launch(self) -> None:
         # Privilege separation dir: without systemd nobody creates it on this
@@ -156,15 +143,8 @@ class SshServer:
         if not self.host_key.exists():
             _keygen(self.host_key, "ketch-test-sshd-host")
         self.authorized_keys.touch()
-
-        deadline = time.monotonic() + START_TIMEOUT
-        for _ in range(_PORT_ATTEMPTS):
-            self.port = _free_port()
-            self._write_config()
-            if self._spawn_and_wait(deadline):
-                return
-        raise RuntimeError(
-            f"sshd: no free port after {_PORT_ATTEMPTS} attempts\n{self._log_tail()}"
+        self.start_on_free_ports(
+            self._spawn, self._answers, tries=_PORT_ATTEMPTS, timeout=START_TIMEOUT, interval=0.02
         )
 
     def _write_config(self) -> None:
@@ -204,33 +184,14 @@ class SshServer:
             with self.config_path.open("a") as f:
                 f.write("PerSourcePenalties no\n")
 
-    def _spawn_and_wait(self, deadline: float) -> bool:
-        """Run sshd; True once it answers, False if its port was taken."""
-        # A file, never a pipe: sshd's per-connection children inherit stderr
-        # and would keep a pipe (and a CI step) open (pitfall 5).
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                # Absolute path: sshd re-execs itself and refuses otherwise.
-                [str(SSHD), "-D", "-e", "-f", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                log_text = self._log_tail()
-                self._proc = None
-                if "Address already in use" in log_text:
-                    return False
-                raise RuntimeError(f"sshd exited during start-up\n{log_text}")
-            if self._answers():
-                return True
-            time.sleep(0.02)
-        self.stop()
-        raise TimeoutError(
-            f"sshd did not answer on {self.host}:{self.port} within {START_TIMEOUT:.0f} s\n"
-            f"{self._log_tail()}"
-        )
+    def _spawn(self) -> str:
+        self.port = free_port()
+        self._write_config()
+        # sshd's per-connection children inherit stderr, so it goes to the log
+        # file, never a pipe (pitfall 5).  Absolute path: sshd re-execs itself
+        # and refuses otherwise.
+        self.spawn([str(SSHD), "-D", "-e", "-f", str(self.config_path)])
+        return f"sshd to answer on {self.host}:{self.port}"
 
     def _answers(self) -> bool:
         """True when an SSH server greets us on our port.
@@ -244,40 +205,9 @@ class SshServer:
         except OSError:
             return False
 
-    def _log_tail(self, max_chars: int = 20_000) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError as e:
-            return f"(no sshd log: {e})"
-        return f"--- {self.log_path} ---\n{text[-max_chars:]}"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def stop(self) -> None:
         """Stop sshd (idempotent).  Sessions already open are left to finish."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def __enter__(self) -> SshServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        self.stop_process(timeout=STOP_TIMEOUT)
 
     # -- keys and clients ----------------------------------------------------
 
