@@ -289,10 +289,18 @@ class _RemoteIdx:
         """The pack offsets of those of `oids` this pack holds."""
         self._load()
         ids_at = _FAN_END
+        ofs_at = _FAN_END + 24 * self.count
         pending = {o: w for o in oids if (w := self._window(o)) is not None}
         positions: dict[bytes, int] = {}
+        first = True
         while pending:
-            self._fetch((ids_at + 20 * a, ids_at + 20 * z) for _, _, a, z in pending.values())
+            wanted = [(ids_at + 20 * a, ids_at + 20 * z) for _, _, a, z in pending.values()]
+            if first:
+                # The offsets of the same window come along (a fifth of its size):
+                # a hit then needs no second round trip for its 4 bytes.
+                wanted += [(ofs_at + 4 * a, ofs_at + 4 * z) for _, _, a, z in pending.values()]
+                first = False
+            self._fetch(wanted)
             wider = {}
             for o, (lo, hi, a, z) in pending.items():
                 ids = self._read(ids_at + 20 * a, ids_at + 20 * z)
@@ -305,7 +313,6 @@ class _RemoteIdx:
                     if i >= 0:
                         positions[o] = a + i
             pending = wider
-        ofs_at = _FAN_END + 24 * self.count
         self._fetch((ofs_at + 4 * p, ofs_at + 4 * p + 4) for p in positions.values())
         out = {}
         for o, p in positions.items():
