@@ -17,7 +17,7 @@ import os
 import shlex
 import subprocess
 import sys
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -171,7 +171,10 @@ class RemoteRepository(Repository):
         self.cache_dir = os.path.join(cache_root or default_cache_root(), spec.cache_key())
         self._objindex: ObjectIndex | None = None
         self._ahead: deque[bytes] = deque()
-        self._fetched: dict[bytes, tuple[int, bytes]] = {}
+        self._fetched: OrderedDict[bytes, tuple[int, bytes]] = OrderedDict()
+        self._inflight: deque[list[bytes]] = deque()  # cat-batch requests not yet answered
+        self._requested: set[bytes] = set()
+        self._missing: set[bytes] = set()
 
     @property
     def conn(self) -> Conn:
@@ -189,6 +192,10 @@ class RemoteRepository(Repository):
         if self._objindex is not None:
             self._objindex.close()
             self._objindex = None
+        try:
+            self._drain()  # a server cut off mid-answer would exit with an error
+        except KetchError:
+            pass
         self.client.close()
 
     # -- the server's idx files, cached ------------------------------------------
@@ -199,6 +206,7 @@ class RemoteRepository(Repository):
         return self._objindex
 
     def _sync_indexes(self) -> ObjectIndex:
+        self._drain()
         os.makedirs(self.cache_dir, exist_ok=True)
         self.conn.write(b"list-indexes\n")
         listed = [line.split(b" ")[0].decode() for line in self.client.lines()]
@@ -241,37 +249,70 @@ class RemoteRepository(Repository):
                 self._ahead.pop()
 
     def read(self, oid: bytes) -> tuple[int, bytes]:
-        got = self._fetched.pop(oid, None)
-        if got is not None:
-            return got
-        batch = [oid]
+        """One object; hinted ones come in batches, and while this side works
+        on one batch the server is already answering the next (two requests
+        in flight), so a restore is not one round trip per object."""
+        while True:
+            got = self._fetched.pop(oid, None)
+            if got is not None:
+                self._top_up()
+                return got
+            if oid in self._missing:
+                self._missing.discard(oid)
+                raise ObjectNotFound(f"object {oid.hex()} not found on {self.spec}")
+            if oid not in self._requested:
+                self._send_batch(oid)
+            self._top_up()
+            self._recv_batch()
+
+    def _send_batch(self, first: bytes | None) -> None:
+        batch = [] if first is None else [first]
         while self._ahead and len(batch) < _BATCH:
             o = self._ahead.popleft()
-            if o != oid and o not in self._fetched:
+            if o not in self._fetched and o not in self._requested and o not in batch:
                 batch.append(o)
-        if len(self._fetched) > 4 * _BATCH:
-            self._fetched.clear()
-        for o, obj in zip(batch, self._cat_batch([o.hex().encode() for o in batch]),
-                          strict=True):
+        if not batch:
+            return
+        self.conn.write(b"cat-batch\n" + b"".join(o.hex().encode() + b"\n" for o in batch)
+                        + b"\n")
+        self.conn.flush()
+        self._inflight.append(batch)
+        self._requested.update(batch)
+
+    def _top_up(self) -> None:
+        if self._ahead and len(self._inflight) < 2:
+            self._send_batch(None)
+
+    def _recv_batch(self) -> None:
+        batch = self._inflight.popleft()
+        self._requested.difference_update(batch)
+        for o, obj in zip(batch, self._read_batch_reply(len(batch)), strict=True):
             if obj is None:
-                if o == oid:
-                    raise ObjectNotFound(f"object {oid.hex()} not found on {self.spec}")
+                self._missing.add(o)
                 continue
             t, data, got_oid = obj
             if got_oid != o or gobj.object_id(t, data) != o:
                 raise KetchError(f"object {o.hex()} from {self.spec} does not match its id")
-            if o != oid:
-                self._fetched[o] = (t, data)
-            else:
-                got = (t, data)
-        assert got is not None
-        return got
+            self._fetched[o] = (t, data)
+        # Hints that were never read (a skipped hole, a file seen before) must not pile up.
+        while len(self._fetched) > 4 * _BATCH:
+            self._fetched.popitem(last=False)
+        if len(self._missing) > 4 * _BATCH:
+            self._missing.clear()
+
+    def _drain(self) -> None:
+        """Read the answers to requests in flight: another command comes next."""
+        while self._inflight:
+            self._recv_batch()
 
     def _cat_batch(self, specs: list[bytes]) -> list[tuple[int, bytes, bytes] | None]:
-        conn = self.conn
-        conn.write(b"cat-batch\n" + b"".join(s + b"\n" for s in specs) + b"\n")
+        self._drain()
+        self.conn.write(b"cat-batch\n" + b"".join(s + b"\n" for s in specs) + b"\n")
+        return self._read_batch_reply(len(specs))
+
+    def _read_batch_reply(self, n: int) -> list[tuple[int, bytes, bytes] | None]:
         out: list[tuple[int, bytes, bytes] | None] = []
-        for _ in specs:
+        for _ in range(n):
             line = self.client.conn.readline()
             if not line:
                 raise self.client._lost(ConnectionLost(""))
@@ -303,6 +344,7 @@ class RemoteRepository(Repository):
     def writer(self, *, level: int = DEFAULT_LEVEL, max_pack_size: int | None = None,
                max_pack_objects: int | None = None) -> RemoteWriter:
         self.client.require(b"receive-objects-v2")
+        self._drain()
         self._index()
         return RemoteWriter(self, level=level, max_pack_size=max_pack_size or DEFAULT_MAX_PACK_SIZE,
                             max_pack_objects=max_pack_objects)
@@ -310,12 +352,14 @@ class RemoteRepository(Repository):
     # -- refs ---------------------------------------------------------------------
 
     def read_ref(self, name: bytes) -> bytes | None:
+        self._drain()
         self.conn.write(b"read-ref " + name + b"\n")
         line = self.client.conn.readline().strip()
         self.client.check_ok()
         return bytes.fromhex(line.decode()) if line else None
 
     def iter_refs(self, prefix: bytes = b"refs/") -> Iterator[tuple[bytes, bytes]]:
+        self._drain()
         self.conn.write(b"refs 0 0\n\n")
         refs = []
         for line in self.client.lines():
@@ -327,6 +371,7 @@ class RemoteRepository(Repository):
 
     def update_ref(self, name: bytes, new: bytes, old: bytes | None,
                    message: bytes = b"") -> None:
+        self._drain()
         self.conn.write(b"update-ref " + name + b"\n" + new.hex().encode() + b"\n"
                         + (old.hex().encode() if old else b"") + b"\n")
         try:
