@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from ketch.git.pack import entry_header
 from tests.conftest import RunKetch
 from tests.gitutil import git
 
@@ -63,16 +64,7 @@ def test_bad_remotes_fail_in_one_line(run_ketch: RunKetch, tmp_path: Path) -> No
 
 
 def _frame(type_num: int, data: bytes, *, bad_crc: bool = False, bad_id: bool = False) -> bytes:
-    head = bytearray()
-    size = len(data)
-    c = (type_num << 4) | (size & 15)
-    size >>= 4
-    while size:
-        head.append(c | 0x80)
-        c = size & 0x7F
-        size >>= 7
-    head.append(c)
-    enc = bytes(head) + zlib.compress(data, 1)
+    enc = entry_header(type_num, len(data)) + zlib.compress(data, 1)
     oid = hashlib.sha1(b"blob %d\0" % len(data) + data).digest()
     if bad_id:
         oid = hashlib.sha1(b"something else").digest()

@@ -28,6 +28,23 @@ IDX_MAGIC = b"\xfftOc"
 _HEADER = IDX_MAGIC + struct.pack(">I", 2)
 
 
+def search_ids(buf: bytes | memoryview | mmap.mmap, oid: bytes, lo: int, hi: int,
+               base: int = 0) -> int:
+    """Index of `oid` among sorted 20-byte ids at `base` in `buf`, searched in
+    [lo, hi); -1 if absent. Plain Python: for one id numpy's call overhead
+    costs more."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        v = bytes(buf[base + 20 * mid : base + 20 * mid + 20])
+        if v < oid:
+            lo = mid + 1
+        elif v == oid:
+            return mid
+        else:
+            hi = mid
+    return -1
+
+
 def write_idx_v2(
     out: BinaryIO, entries: Sequence[tuple[bytes, int, int]], pack_sha: bytes
 ) -> bytes:
@@ -133,18 +150,7 @@ class PackIndex:
         fan = self._fan
         lo = fan[b - 1] if b else 0
         hi = fan[b]
-        mm = self._map
-        base = self._ids_off
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            v = mm[base + 20 * mid : base + 20 * mid + 20]
-            if v < oid:
-                lo = mid + 1
-            elif v == oid:
-                return mid
-            else:
-                hi = mid
-        return -1
+        return search_ids(self._map, oid, lo, hi, self._ids_off)
 
     def __contains__(self, oid: object) -> bool:
         return isinstance(oid, bytes) and self._pos(oid) >= 0

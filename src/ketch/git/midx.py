@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from ketch.errors import CorruptObject
 from ketch.git.durable import AtomicFile
-from ketch.git.idx import PackIndex
+from ketch.git.idx import PackIndex, search_ids
 
 MIDX_MAGIC = b"MIDX"
 MIDX_VERSION = 4
@@ -108,17 +108,7 @@ class IdTable:
         bucket = (int.from_bytes(oid[:4], "big") >> (32 - self.bits)) if self.bits else 0
         lo = self._bounds_list[bucket]
         hi = self._bounds_list[bucket + 1]
-        raw = self._raw
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            v = raw[20 * mid : 20 * mid + 20].tobytes()
-            if v < oid:
-                lo = mid + 1
-            elif v == oid:
-                return mid
-            else:
-                hi = mid
-        return -1
+        return search_ids(self._raw, oid, lo, hi)
 
     def positions(self, oids: npt.ArrayLike) -> IntArray:
         """Index of each query id in the table, or -1."""

@@ -44,7 +44,7 @@ import numpy.typing as npt
 
 from ketch.errors import CorruptObject, KetchError, ObjectNotFound
 from ketch.git import objects as gobj
-from ketch.git.idx import IDX_MAGIC
+from ketch.git.idx import IDX_MAGIC, search_ids
 from ketch.git.pack import DEFAULT_LEVEL
 from ketch.git.packread import OFS_DELTA, REF_DELTA, apply_delta
 from ketch.offsite.manifest import (
@@ -340,17 +340,7 @@ class _RemoteIdx:
 
 def _search(ids: bytes, oid: bytes) -> int:
     """Index of `oid` among the sorted 20-byte ids, or -1."""
-    lo, hi = 0, len(ids) // 20
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        v = ids[20 * mid : 20 * mid + 20]
-        if v < oid:
-            lo = mid + 1
-        elif v == oid:
-            return mid
-        else:
-            hi = mid
-    return -1
+    return search_ids(ids, oid, 0, len(ids) // 20)
 
 
 class _Window:
