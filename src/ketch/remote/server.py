@@ -367,11 +367,9 @@ class Server:
             # A full id is an object id (as in git cat-file): clients read
             # thousands of them, and trying refs first costs three opens each.
             try:
-                oid = bytes.fromhex(spec.decode())
+                return bytes.fromhex(spec.decode())  # cat_batch reads it, or says missing
             except ValueError:
                 pass
-            else:
-                return oid if repo.exists(oid) else None
         try:
             return repo.resolve_ref(spec)
         except KetchError:
