@@ -398,7 +398,9 @@ def test_gc_deletes_packs_after_the_manifest(mirror: Mirror, small_repo: Path) -
         sr.prefetch(oids)
         for oid in oids:
             assert sr.read(oid) == local.read(oid)
-        assert sr.requests < 10  # the manifest, the idx, and merged ranges
+        # The manifest, idx pieces and merged pack ranges: fewer requests than
+        # objects. (How many exactly depends on where repack puts each object.)
+        assert sr.requests < len(oids), (sr.requests, len(oids))
 
 
 def test_pull_rebuilds_repositories(mirror: Mirror, small_repo: Path, tmp_path: Path,
