@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -102,13 +101,9 @@ def run_ketch() -> RunKetch:
 
 @pytest.fixture
 def bup() -> RunBup:
-    exe = shutil.which("bup")
-    if exe is None:
-        msg = "bup is not installed (scripts/install-deps.sh installs it: apt-get install bup)"
-        if in_ci():
-            pytest.fail(f"{msg}; CI requires it")
-        pytest.skip(msg)
-    bup_exe: str = exe
+    from tests.buputil import bup_exe as find_bup  # buputil imports this module
+
+    bup_exe = find_bup()
 
     def run(
         repo: str | os.PathLike[str],

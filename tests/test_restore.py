@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from ketch.progress import NullProgress
-from tests.conftest import RunKetch, in_ci
+from tests.buputil import bup_run
+from tests.conftest import RunKetch
 
 NAME = "t"
 MB = 1 << 20
@@ -31,21 +32,8 @@ MTIME = 1_500_000_000_123_456_789
 ODD_UID, ODD_GID = 12345, 23456
 
 
-def _bup_exe() -> str:
-    exe = shutil.which("bup")
-    if exe is None:
-        if in_ci():
-            pytest.fail("bup is not installed; CI requires it")
-        pytest.skip("bup is not installed (apt-get install bup)")
-    return exe
-
-
 def bup(repo: Path, *args: str | bytes | Path, prefix: list[str] | None = None) -> bytes:
-    cmd: list[Any] = [*(prefix or []), _bup_exe(), "-d", repo, *args]
-    proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
-    if proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stderr.decode()}")
-    return proc.stdout
+    return bup_run(repo, *args, prefix=prefix or (), timeout=300).stdout
 
 
 def bup_save(repo: Path, tree: Path, name: str = NAME, *, prefix: list[str] | None = None
@@ -258,8 +246,7 @@ def test_ketch_save_round_trip(saved: tuple[Path, Path], run_ketch: RunKetch,
     # and then restores the whole directory without metadata (bup's bug).
     run_ketch("save", "-q", "-d", repo, "-n", "nobupm", "--exclude", ".bupm", tree, check=True)
     bup_out = tmp_path / "bup-out"
-    subprocess.run([_bup_exe(), "-d", repo, "restore", "-q", "-C", bup_out,
-                    b"/nobupm/latest" + os.fsencode(tree)], check=True, capture_output=True)
+    bup(repo, "restore", "-q", "-C", bup_out, b"/nobupm/latest" + os.fsencode(tree))
     want, want_links = snapshot(tree)
     got, got_links = snapshot(bup_out / "tree")
     del want[b".bupm"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,29 +16,11 @@ from hypothesis import strategies as st
 
 from ketch.repo import LocalRepository
 from ketch.vfs import VFS, NotADirectory, PathNotFound, save_names
-from tests.conftest import in_ci
+from tests.buputil import bup_exe, run_bup
 
 T0 = 1700000000
 BIG_SIZE = 300_000
 MANY = 3000
-
-
-def bup_exe() -> str:
-    exe = shutil.which("bup")
-    if exe is None:
-        if in_ci():
-            pytest.fail("bup is not installed; CI requires it")
-        pytest.skip("bup is not installed")
-    return exe
-
-
-def run_bup(repo: Path, *args: str | bytes, env: dict[str, str] | None = None,
-            check: bool = True) -> bytes:
-    proc = subprocess.run([bup_exe(), "-d", str(repo), *args], capture_output=True,
-                          stdin=subprocess.DEVNULL, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"bup {args!r} failed: {proc.stderr.decode(errors='replace')}")
-    return proc.stdout
 
 
 @dataclass

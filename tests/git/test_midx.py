@@ -23,30 +23,14 @@ from hypothesis import strategies as st
 from ketch.errors import CorruptObject
 from ketch.git.idx import PackIndex, write_idx_v2
 from ketch.git.midx import MidxReader, auto_midx, midx_bits, write_midx
+from tests.buputil import bup_run
 
 # -- helpers shared with test_bloom.py and test_objindex.py -------------------
 
 
-def bup_env(repo: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["BUP_DIR"] = str(repo)
-    env["GIT_CONFIG_GLOBAL"] = "/dev/null"
-    return env
-
-
-def run_bup(
-    repo: Path, *args: str, input: bytes | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    if shutil.which("bup") is None:
-        pytest.skip("bup is not installed")
-    proc = subprocess.run(
-        ["bup", *args], input=input, capture_output=True, env=bup_env(repo), timeout=600
-    )
-    if proc.returncode != 0:
-        raise AssertionError(
-            f"bup {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr.decode(errors='replace')}"
-        )
-    return proc
+def run_bup(repo: Path, *args: str, input: bytes | None = None
+            ) -> subprocess.CompletedProcess[bytes]:
+    return bup_run(repo, *args, input=input)
 
 
 def make_bup_repo(repo: Path, seeds: Iterable[int], size: int, max_pack_objects: int) -> Path:

@@ -13,7 +13,6 @@ import json
 import os
 import random
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +32,8 @@ from ketch.remote.bupvfs import (
 from ketch.repo import LocalRepository
 from ketch.vfs import VFS
 from ketch.vint import read_bvec, read_vint, read_vuint, write_bvec
-from tests.conftest import in_ci
+from tests import buputil
+from tests.buputil import run_bup
 from tests.gitutil import git
 
 T0 = 1700000000
@@ -96,20 +96,10 @@ repo.close()
 
 
 def bup_exe() -> str:
-    exe = shutil.which("bup")
-    if exe is None or not os.path.isdir(os.path.join(BUP_LIB, "bup")):
-        if in_ci():
-            pytest.fail("bup is not installed; CI requires it")
-        pytest.skip("bup is not installed (apt-get install bup)")
+    exe = buputil.bup_exe()
+    if not os.path.isdir(os.path.join(BUP_LIB, "bup")):
+        pytest.fail(f"bup is installed but its modules are not in {BUP_LIB}")
     return exe
-
-
-def run_bup(repo: Path, *args: str | bytes, input: bytes | None = None) -> bytes:
-    proc = subprocess.run([bup_exe(), "-d", str(repo), *args], capture_output=True,
-                          input=input, stdin=None if input is not None else subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise AssertionError(f"bup {args!r} failed: {proc.stderr.decode(errors='replace')}")
-    return proc.stdout
 
 
 @dataclass
