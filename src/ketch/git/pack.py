@@ -324,8 +324,10 @@ class PackWriter:
             self._drain_one()
 
     def write_raw(self, oid: bytes, encoded: bytes, crc: int) -> None:
-        """Append an already-encoded pack entry (from a client or another pack)."""
-        if self.exists(oid):
+        """Append an already-encoded pack entry (from a client or another pack).
+        The caller has looked the id up in the repository (the server must know
+        which idx holds it anyway); only this session's own writes are skipped."""
+        if oid in self._written:
             return
         self._written.add(oid)
         self._enqueue([oid], _Done((encoded, [(len(encoded), crc)])), len(encoded))

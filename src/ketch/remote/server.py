@@ -160,9 +160,7 @@ class Server:
 
     def init_dir(self, arg: bytes) -> None:
         path = self.confine(arg)
-        if self.opts.append_only and not os.path.isdir(path):
-            pass  # creating a repository adds; it never removes
-        init_repository(path)
+        init_repository(path)  # allowed with --append-only: creating removes nothing
         self._select(path)
         self.conn.ok()
 
