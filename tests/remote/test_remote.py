@@ -33,14 +33,21 @@ def gits(repo: Path, *args: str) -> str:
 class Machine:
     """A client machine: its ssh key (through a PATH wrapper) and ketch's env."""
 
-    def __init__(self, sshd: SshServer, name: str, *, forced: str | None = None,
+    def __init__(self, sshd: SshServer, key: Path, *,
                  remote_command: str = KETCH_SERVER) -> None:
         self.sshd = sshd
-        self.key = sshd.new_key(name, forced_command=forced)
+        self.key = key
         self.env = {
-            "PATH": sshd.path_with_wrapper(self.key),
+            "PATH": sshd.path_with_wrapper(key),
             "KETCH_REMOTE_COMMAND": remote_command,
         }
+
+    @classmethod
+    def new(cls, sshd: SshServer, name: str, *, forced: str | None = None,
+            remote_command: str = KETCH_SERVER) -> Machine:
+        """A machine with a new key in the server's authorized_keys."""
+        return cls(sshd, sshd.new_key(name, forced_command=forced),
+                   remote_command=remote_command)
 
     def url(self, path: Path | str) -> str:
         return self.sshd.remote_url(path)
@@ -68,7 +75,7 @@ def future_atimes(root: Path) -> None:
 
 def test_torture_tree_round_trip_over_ssh(sshd: SshServer, run_ketch: RunKetch,
                                           tmp_path: Path) -> None:
-    m = Machine(sshd, "torture")
+    m = Machine.new(sshd, "torture")
     tree = tmp_path / "tree"
     build_tree(tree)
     repo = tmp_path / "server" / "repo"
@@ -93,7 +100,7 @@ def test_torture_tree_round_trip_over_ssh(sshd: SshServer, run_ketch: RunKetch,
 
 def test_bup_client_against_ketch_server(sshd: SshServer, bup: RunBup, run_ketch: RunKetch,
                                          tmp_path: Path) -> None:
-    m = Machine(sshd, "bupclient", forced=KETCH_SERVER)
+    m = Machine.new(sshd, "bupclient", forced=KETCH_SERVER)
     tree = tmp_path / "tree"
     build_small_tree(tree)
     repo = tmp_path / "srv"
@@ -124,7 +131,7 @@ def test_bup_client_against_ketch_server(sshd: SshServer, bup: RunBup, run_ketch
 
 def test_ketch_client_against_bup_server(sshd: SshServer, bup: RunBup, run_ketch: RunKetch,
                                          tmp_path: Path) -> None:
-    m = Machine(sshd, "bupserver", remote_command="bup server")
+    m = Machine.new(sshd, "bupserver", remote_command="bup server")
     tree = tmp_path / "tree"
     build_small_tree(tree)
     repo = tmp_path / "bupsrv"
@@ -159,14 +166,12 @@ def confined(sshd: SshServer, run_ketch: RunKetch, tmp_path: Path) -> tuple[Mach
     root = tmp_path / "repos"
     keys = tmp_path / "keys"
     keys.mkdir()
-    m = Machine.__new__(Machine)
-    m.sshd = sshd
-    m.key = _keygen(keys / "web")
+    # The forced command decides what runs: what the client asks for is ignored.
+    m = Machine(sshd, _keygen(keys / "web"), remote_command="ignored")
     proc = run_ketch("server", "setup-client", "--root", root, "web", f"{m.key}.pub", check=True)
     line = proc.stdout.decode().strip()
     assert line.startswith('command="') and "--restrict-to" in line and "--append-only" in line
     sshd.add_authorized_line(line)
-    m.env = {"PATH": sshd.path_with_wrapper(m.key), "KETCH_REMOTE_COMMAND": "ignored"}
     db = run_ketch("server", "setup-client", "--root", root, "db",
                    f"{_keygen(keys / 'db')}.pub", check=True)
     sshd.add_authorized_line(db.stdout.decode().strip())
@@ -242,7 +247,7 @@ def _pack_bytes(repo: Path) -> int:
 
 def test_killed_save_resumes_without_resending(sshd: SshServer, run_ketch: RunKetch,
                                                tmp_path: Path) -> None:
-    m = Machine(sshd, "killed")
+    m = Machine.new(sshd, "killed")
     tree = tmp_path / "tree"
     tree.mkdir()
     total = 0
@@ -287,7 +292,7 @@ def test_killed_save_resumes_without_resending(sshd: SshServer, run_ketch: RunKe
 
 def test_concurrent_saves(sshd: SshServer, run_ketch: RunKetch, tmp_path: Path) -> None:
     """Four machines into their own repositories and two into one branch, all at once."""
-    m = Machine(sshd, "concurrent")
+    m = Machine.new(sshd, "concurrent")
     env = {**os.environ, **m.env, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
     jobs = []
     shared = tmp_path / "shared"
