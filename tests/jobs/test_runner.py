@@ -60,7 +60,8 @@ def test_one_failure_does_not_stop_the_others(tmp_path: Path) -> None:
     cfg = _config(tmp_path, BackupSet("bad", [str(tmp_path / "missing")]),
                   BackupSet("good", [str(good)]))
     report = run_jobs(cfg)
-    assert report.exit_code in (1, 2)
+    assert report.exit_code == 2
+    assert not report.items[0].ok and "no such file" in (report.items[0].error or "")
     assert report.items[1].ok and report.items[1].files == 3
     assert "missing" in report.text()
 
