@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from ketch.errors import UsageError
+from ketch.jobs.firing import running_cron
 from ketch.jobs.model import Schedule
 from ketch.jobs.schedule import (
     install,
@@ -35,6 +36,7 @@ from ketch.jobs.schedule import (
     systemd_running,
 )
 from tests.conftest import RunKetch, in_ci
+from tests.jobs.conftest import InNamespace
 
 ANALYZE = shutil.which("systemd-analyze")
 # CI installs it (scripts/install-deps.sh): there a missing tool must fail, not skip.
@@ -306,7 +308,10 @@ def test_install_systemd_files_then_switch_to_cron(tmp_path: Path, config: str) 
     assert any("not enabled" in n for n in info.notes)
     assert info.systemctl is None
     as_json = json.loads(json.dumps(info.as_dict()))
-    assert as_json["kind"] == "systemd" and as_json["next_run"].endswith(":00")
+    assert as_json["kind"] == "systemd" and as_json["installed_time"] == "22:00"
+    if not systemd_running():  # as in a container: the timer would never fire
+        assert "not running as PID 1" in as_json["problem"]
+        assert as_json["next_run"] is None
 
     # Switching to cron removes the units (the backup must not run twice).
     info = install(config, sched, ketch_argv=PYTHON_ARGV, cron_path=str(cron),
@@ -353,20 +358,118 @@ def test_install_with_real_systemctl(config: str) -> None:
     assert not Path(sdir, f"{unit}.timer").exists()
 
 
-def test_cli_install_show_remove(tmp_path: Path, config: str, run_ketch: RunKetch) -> None:
+def test_cli_install_show_remove(tmp_path: Path, config: str, run_ketch: RunKetch,
+                                in_pid_namespace: InNamespace) -> None:
     Path(config).write_text('repository = "/srv/ketch"\n[schedule]\ntime = "04:05"\n'
                             'randomized_delay = "5m"\n')
     cron, sdir = tmp_path / "cron.d" / "ketch", tmp_path / "systemd"
     where = ["--cron-file", cron, "--systemd-dir", sdir]
-    proc = run_ketch("schedule", "install", "--cron", "--config", config, *where, check=True)
+    proc = in_pid_namespace("schedule", "install", "--cron", "-c", config, *where,
+                            cron_running=True)
+    assert proc.returncode == 0, proc.stderr
     assert b"schedule: cron" in proc.stdout and b"next run: " in proc.stdout
     [(fields, user, _)] = _cron_jobs(cron.read_text())
     assert fields[:2] == ["5", "4"] and user == "root"
-    proc = run_ketch("schedule", "show", "--json", "--config", config, *where, check=True)
+    proc = in_pid_namespace("schedule", "show", "--json", "-c", config, *where,
+                            cron_running=True)
     shown = json.loads(proc.stdout)
     assert (shown["kind"], shown["time"], shown["up_to_date"]) == ("cron", "04:05", True)
-    assert shown["delay_seconds"] == 300
+    assert (shown["delay_seconds"], shown["problem"], proc.returncode) == (300, None, 0)
     proc = run_ketch("schedule", "remove", *where, check=True)
     assert proc.stdout.decode() == f"removed {cron}\n"
-    proc = run_ketch("schedule", "show", "--config", config, *where, check=True)
+    proc = run_ketch("schedule", "show", "--config", config, *where)
     assert proc.stdout.startswith(b"schedule: not installed")
+    assert b"next run" not in proc.stdout
+    assert proc.returncode == 1  # enabled in the config, yet nothing will run it
+
+
+# -- will it fire? -----------------------------------------------------------------------
+
+def _sched_config(config: str, time_: str) -> None:
+    Path(config).write_text(f'repository = "/srv/ketch"\n[schedule]\ntime = "{time_}"\n'
+                            'randomized_delay = "5m"\n')
+
+
+def test_running_cron_sees_a_real_process_named_cron(tmp_path: Path) -> None:
+    fake = tmp_path / "cron"
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", fake)
+    proc = subprocess.Popen([fake, "600"])
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{proc.pid}/comm").read_text() != "cron\n":  # exec done
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert (proc.pid, "cron") in running_cron()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.pid not in [pid for pid, _ in running_cron()]
+
+
+@pytest.mark.skipif(bool(running_cron()), reason="a cron daemon is running on this machine")
+def test_install_without_a_cron_daemon_fails_here(tmp_path: Path, config: str,
+                                                  run_ketch: RunKetch) -> None:
+    """This machine as it is: no cron daemon running (the issue's container)."""
+    _sched_config(config, "04:05")
+    cron = tmp_path / "cron.d" / "ketch"
+    where = ["--cron-file", cron, "--systemd-dir", tmp_path / "systemd"]
+    proc = run_ketch("schedule", "install", "-c", config, *where)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("ketch: error: ")
+    assert ("no cron daemon is running: apt-get install cron && service cron start" in err
+            or "is installed but not running: service cron" in err)
+    assert "your own scheduler" in err
+    assert b"next run" not in proc.stdout
+    assert proc.stdout.decode() == f"wrote {cron}, but it will not run\n"
+    assert cron.exists()  # ready for when the daemon is started
+
+    proc = run_ketch("schedule", "show", "-c", config, *where)
+    assert proc.returncode == 2
+    assert b"next run" not in proc.stdout and b"04:05" not in proc.stdout
+    assert proc.stderr.decode() == err
+
+
+def test_install_and_show_in_a_namespace(tmp_path: Path, config: str,
+                                         in_pid_namespace: InNamespace) -> None:
+    """The same files with and without a cron daemon in the process table."""
+    _sched_config(config, "04:05")
+    cron = tmp_path / "cron.d" / "ketch"
+    where = ["--cron-file", cron, "--systemd-dir", tmp_path / "systemd"]
+    proc = in_pid_namespace("schedule", "install", "-c", config, *where)
+    assert proc.returncode == 2 and b"cron" in proc.stderr and b"next run" not in proc.stdout
+    proc = in_pid_namespace("schedule", "show", "-c", config, *where)
+    assert proc.returncode == 2 and b"next run" not in proc.stdout
+
+    proc = in_pid_namespace("schedule", "show", "-c", config, *where, cron_running=True)
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    [nxt] = [ln for ln in proc.stdout.decode().splitlines() if ln.startswith("next run: ")]
+    assert " 04:05 " in nxt
+
+    # The config moves on; the installed entry does not: show says so, and the
+    # next run is the installed entry's, not the config's.
+    _sched_config(config, "05:30")
+    proc = in_pid_namespace("schedule", "show", "-c", config, *where, cron_running=True)
+    out = proc.stdout.decode()
+    assert proc.returncode == 2, out
+    assert ("note: the installed schedule differs from the config (installed: 04:05, "
+            "config: 05:30): run `ketch schedule install` again") in out
+    [nxt] = [ln for ln in out.splitlines() if ln.startswith("next run: ")]
+    assert " 04:05 " in nxt and "05:30" not in nxt
+    proc = in_pid_namespace("schedule", "install", "-c", config, *where, cron_running=True)
+    assert proc.returncode == 0 and b" 05:30 " in proc.stdout
+
+
+def test_systemd_timer_without_systemd_as_pid1(tmp_path: Path, config: str,
+                                               in_pid_namespace: InNamespace) -> None:
+    """In a PID namespace, PID 1 is never systemd: a timer there would not fire."""
+    _sched_config(config, "04:05")
+    sdir = tmp_path / "systemd"
+    install(config, Schedule("04:05", "5m"), systemd_dir=str(sdir), use_systemd=True,
+            run_systemctl=False, cron_path=str(tmp_path / "cron"))
+    proc = in_pid_namespace("schedule", "show", "-c", config, "--systemd-dir", sdir,
+                            "--cron-file", tmp_path / "cron", cron_running=True)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().startswith("ketch: error: systemd is not running as PID 1 "
+                                           "here, so the timer never fires")
+    assert b"next run" not in proc.stdout

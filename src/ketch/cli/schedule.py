@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from ketch.errors import EXIT_FAILED, EXIT_OK, EXIT_WARNINGS, KetchError
 from ketch.jobs.model import DEFAULT_CONFIG, Schedule
 
 
@@ -64,13 +65,21 @@ def _print(info: Any, *, as_json: bool = False) -> None:
         click.echo(f"schedule: {info.kind} ({'complete' if info.units_present else 'incomplete'})")
     for f in info.files:
         click.echo(f"  {f}")
-    if info.next_run is not None and info.kind is not None:
+    if info.next_run is not None:
         delay = f" + up to {info.randomized_delay} at random" if info.delay_seconds else ""
         click.echo(f"next run: {info.next_run:%a %Y-%m-%d %H:%M %Z}{delay}")
     if info.systemctl:
         click.echo(info.systemctl)
     for note in info.notes:
         click.echo(f"note: {note}")
+
+
+def _status(info: Any) -> int:
+    """show's exit status: 2 when the installed entry will not fire or is not the
+    config's, 1 when nothing is installed although the config enables it."""
+    if info.problem or info.up_to_date is False or (info.kind and not info.units_present):
+        return EXIT_FAILED
+    return EXIT_WARNINGS if info.kind is None and info.enabled else EXIT_OK
 
 
 @click.group("schedule")
@@ -90,6 +99,12 @@ def install_cmd(config: str | None, use_cron: bool, systemd_dir: str, cron_file:
     config = os.path.abspath(config or _default_config())
     info = install(config, _schedule_of(config), systemd_dir=systemd_dir, cron_path=cron_file,
                    use_systemd=False if use_cron else None)
+    if info.problem:
+        # Written anyway, so that starting the daemon is all that is left to do;
+        # but no "next run" that will never come.
+        for f in info.files:
+            click.echo(f"wrote {f}, but it will not run")
+        raise KetchError(info.problem)
     _print(info)
 
 
@@ -110,10 +125,16 @@ def remove_cmd(systemd_dir: str, cron_file: str) -> None:
 @_config_option
 @_dirs
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
-def show_cmd(config: str | None, systemd_dir: str, cron_file: str, as_json: bool) -> None:
-    """What is installed and when it runs next."""
+def show_cmd(config: str | None, systemd_dir: str, cron_file: str, as_json: bool) -> int:
+    """What is installed, whether it will run here, and when it runs next.
+
+    Exit status: 0 installed and matching the config, 1 not installed, 2 it will
+    not run here or differs from the config."""
     from ketch.jobs.schedule import show
 
     config = os.path.abspath(config or _default_config())
     info = show(config, _schedule_of(config), systemd_dir=systemd_dir, cron_path=cron_file)
     _print(info, as_json=as_json)
+    if info.problem and not as_json:
+        click.echo(f"ketch: error: {info.problem}", err=True)
+    return _status(info)

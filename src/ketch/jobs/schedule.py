@@ -23,12 +23,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from ketch.errors import KetchError, UsageError
+from ketch.jobs.firing import SYSTEMD_RUNNING_FLAG, systemd_is_init, why_it_will_not_fire
 from ketch.jobs.model import Schedule
 
 UNIT = "ketch-backup"
 SYSTEMD_DIR = "/etc/systemd/system"
 CRON_PATH = "/etc/cron.d/ketch"
-SYSTEMD_RUNNING_FLAG = "/run/systemd/system"  # what sd_booted() checks
 MARKER = "# Written by `ketch schedule install`; `ketch schedule remove` deletes it."
 # cron starts jobs with PATH=/usr/bin:/bin, where mysqldump in /usr/sbin or a
 # pg_dump in /usr/local/bin would not be found.
@@ -57,7 +57,9 @@ class ScheduleInfo:
     randomized_delay: str = ""
     delay_seconds: int = 0
     enabled: bool = True
-    next_run: datetime | None = None  # before the random delay
+    installed_time: str | None = None  # HH:MM read back from the installed entry
+    next_run: datetime | None = None  # of the installed entry, before the random delay
+    problem: str | None = None  # why the installed entry will not fire here
     systemctl: str | None = None  # `systemctl list-timers` output, when systemd runs
     notes: list[str] = field(default_factory=list)
 
@@ -210,7 +212,7 @@ PATH={CRON_ENV_PATH}
 
 
 def systemd_running() -> bool:
-    return os.path.isdir(SYSTEMD_RUNNING_FLAG)
+    return systemd_is_init()
 
 
 def _write(path: Path, text: str) -> None:
@@ -268,9 +270,12 @@ def _remove_cron(cron_path: str) -> list[str]:
 def install(config_path: str, sched: Schedule, *, ketch_argv: list[str] | None = None,
             systemd_dir: str = SYSTEMD_DIR, cron_path: str = CRON_PATH,
             use_systemd: bool | None = None, run_systemctl: bool = True,
-            unit: str = UNIT) -> ScheduleInfo:
+            unit: str = UNIT, proc_dir: str = "/proc") -> ScheduleInfo:
     """Write the timer (and enable it) or the cron file; replaces the other kind
-    if it was installed before. `run_systemctl=False` only writes the files."""
+    if it was installed before. `run_systemctl=False` only writes the files.
+
+    The files are written even where they will not fire (so that starting the
+    daemon later is all it takes); the returned `problem` then says why."""
     if not sched.enabled:
         raise UsageError("[schedule] enabled = false in the config: set it to true to install "
                          "the timer, or run `ketch schedule remove`")
@@ -284,11 +289,11 @@ def install(config_path: str, sched: Schedule, *, ketch_argv: list[str] | None =
     if use_systemd is None:
         use_systemd = systemd_running()
         if not use_systemd:
-            notes.append(f"systemd is not running here (no {SYSTEMD_RUNNING_FLAG}): using cron")
+            notes.append("systemd is not running as PID 1 here: using cron")
     if use_systemd:
         if run_systemctl and not systemd_running():
-            raise UsageError(f"systemd is not running here (no {SYSTEMD_RUNNING_FLAG}): "
-                             "use a cron entry instead (--cron)")
+            raise UsageError(f"systemd is not running here (not PID 1, or no "
+                             f"{SYSTEMD_RUNNING_FLAG}): use a cron entry instead (--cron)")
         units = render_systemd(config_path, sched, argv, unit=unit)
         for name, text in units.items():
             _write(Path(systemd_dir, name), text)
@@ -304,7 +309,7 @@ def install(config_path: str, sched: Schedule, *, ketch_argv: list[str] | None =
         if removed := _remove_systemd(systemd_dir, unit, run_systemctl):
             notes.append(f"removed the systemd units {', '.join(removed)}")
     info = show(config_path, sched, ketch_argv=argv, systemd_dir=systemd_dir,
-                cron_path=cron_path, run_systemctl=run_systemctl, unit=unit)
+                cron_path=cron_path, run_systemctl=run_systemctl, unit=unit, proc_dir=proc_dir)
     info.notes[:0] = notes
     return info
 
@@ -319,21 +324,40 @@ def remove(*, systemd_dir: str = SYSTEMD_DIR, cron_path: str = CRON_PATH,
                         notes=[] if removed else ["no schedule was installed"])
 
 
+_CRON_JOB_RX = re.compile(r"^(\d{1,2}) (\d{1,2}) \* \* \* ", re.M)
+_TIMER_RX = re.compile(r"^OnCalendar=\*-\*-\* (\d{2}):(\d{2}):00$", re.M)
+
+
+def _installed_time(path: Path, kind: str) -> str | None:
+    """HH:MM of the entry on disk (the file decides when it runs, not the config)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if kind == "cron":
+        m = _CRON_JOB_RX.search(text)
+        return f"{int(m[2]):02d}:{int(m[1]):02d}" if m else None
+    m = _TIMER_RX.search(text)
+    return f"{m[1]}:{m[2]}" if m else None
+
+
 def show(config_path: str | None, sched: Schedule, *, ketch_argv: list[str] | None = None,
          systemd_dir: str = SYSTEMD_DIR, cron_path: str = CRON_PATH,
          run_systemctl: bool = True, unit: str = UNIT,
-         now: datetime | None = None) -> ScheduleInfo:
-    """What is installed, whether it matches the config, and when it runs next."""
+         now: datetime | None = None, proc_dir: str = "/proc") -> ScheduleInfo:
+    """What is installed, whether it matches the config, whether it will fire
+    here, and when it runs next (from the installed entry, not the config)."""
     units = _unit_paths(systemd_dir, unit)
     cron = Path(cron_path)
     info = ScheduleInfo(kind=None, time=sched.time, randomized_delay=sched.randomized_delay,
                         delay_seconds=parse_delay(sched.randomized_delay),
-                        enabled=sched.enabled, next_run=next_run(sched, now))
+                        enabled=sched.enabled)
     expected: dict[Path, str] = {}
     argv = ketch_argv or default_ketch_argv()
     if any(p.exists() for p in units):
         info.kind, info.files = "systemd", [str(p) for p in units if p.exists()]
         info.units_present = all(p.exists() for p in units)
+        info.installed_time = _installed_time(units[1], "systemd")
         if not info.units_present:
             info.notes.append("only part of the systemd units exist: run install again")
         if config_path:
@@ -344,15 +368,29 @@ def show(config_path: str | None, sched: Schedule, *, ketch_argv: list[str] | No
             info.notes.append(f"{cron_path} exists too: the backup may run twice")
     elif cron.exists():
         info.kind, info.files, info.units_present = "cron", [cron_path], True
+        info.installed_time = _installed_time(cron, "cron")
         if config_path:
             expected = {cron: render_cron(config_path, sched, argv)}
     if expected:
-        info.up_to_date = all(p.exists() and p.read_text(encoding="utf-8") == t
-                              for p, t in expected.items())
-        if not info.up_to_date:
-            info.notes.append("the installed schedule differs from the config: "
+        info.up_to_date = sched.enabled and all(
+            p.exists() and p.read_text(encoding="utf-8") == t for p, t in expected.items())
+        if not sched.enabled:
+            info.notes.append("the config says [schedule] enabled = false, but a schedule is "
+                              "installed: run `ketch schedule remove`")
+        elif not info.up_to_date:
+            when = (f" (installed: {info.installed_time}, config: {sched.time})"
+                    if info.installed_time and info.installed_time != sched.time else "")
+            info.notes.append(f"the installed schedule differs from the config{when}: "
                               "run `ketch schedule install` again")
-    if info.kind == "systemd" and run_systemctl and systemd_running():
+    if info.kind is not None:
+        info.problem = why_it_will_not_fire(info.kind, proc_dir=proc_dir)
+    if info.kind == "systemd" and run_systemctl and info.problem is None:
         proc = _systemctl("list-timers", "--all", "--no-pager", f"{unit}.timer", check=False)
         info.systemctl = proc.stdout.strip() if proc.returncode == 0 else None
+        active = _systemctl("is-active", "--quiet", f"{unit}.timer", check=False)
+        if active.returncode != 0:
+            info.problem = (f"the timer {unit}.timer is not active: run `ketch schedule "
+                            f"install` (or systemctl enable --now {unit}.timer)")
+    if info.installed_time and info.units_present and info.problem is None:
+        info.next_run = next_run(Schedule(time=info.installed_time), now)
     return info
