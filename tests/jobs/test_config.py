@@ -365,12 +365,13 @@ def test_world_readable_credential_file_is_a_warning(tmp_path: Path) -> None:
     assert results["dump cmd (command)"].status == "ok"
 
 
-def test_missing_path_warns_and_missing_repository_fails(tmp_path: Path) -> None:
+def test_missing_path_and_missing_repository_fail(tmp_path: Path) -> None:
+    # A missing set path fails `ketch run`'s set (exit 2): the check says ✗ too.
     cfg = _local(tmp_path)
     cfg.sets[0].paths.append(str(tmp_path / "gone"))
     cfg.repository = str(tmp_path / "norepo")
     by_what = {r.what: r for r in check_config(cfg)}
-    assert by_what[f"set data: {tmp_path}/gone"].status == "warn"
+    assert by_what[f"set data: {tmp_path}/gone"].status == "fail"
     assert by_what[f"set data: {tmp_path}/data"].status == "ok"
     repo = by_what[f"repository {tmp_path}/norepo"]
     assert repo.status == "fail" and "not a repository" in repo.detail
@@ -413,7 +414,10 @@ def test_init_by_flags_writes_what_check_accepts(run_ketch: RunKetch, tmp_path: 
     env = {"XDG_STATE_HOME": str(tmp_path / "state")}
     proc = run_ketch("config", "check", "--config", cfg, env=env)
     out = proc.stdout.decode()
-    assert proc.returncode == 0, out + proc.stderr.decode()
+    # Its one warning: no schedule is installed yet (the next step init printed).
+    assert proc.returncode == 1, out + proc.stderr.decode()
+    [warning] = [ln for ln in out.splitlines() if not ln.startswith("✓ ")][:-1]
+    assert warning.startswith("! schedule: not installed (`ketch schedule install`)")
     assert "✓ dump hello (command): reachable" in out
     assert "✓ dump app-db (sqlite): reachable" in out
     assert f"✓ repository {tmp_path / 'repo'}: opens; 0 branches" in out
@@ -428,14 +432,14 @@ def test_init_refuses_to_overwrite_without_force(run_ketch: RunKetch, tmp_path: 
                                     "replace it)\n")
     assert cfg.read_text() == "# mine\n"
     run_ketch("config", "init", "--config", cfg, "--repository", tmp_path / "repo",
-              "--no-detect", "--force", check=True)
+              "--no-detect", "--force", "--yes", check=True)
     assert load_config(str(cfg)).repository == str(tmp_path / "repo")
 
 
 def test_init_rejects_a_bad_set_name(run_ketch: RunKetch, tmp_path: Path) -> None:
     cfg = tmp_path / "ketch.toml"
     proc = run_ketch("config", "init", "--config", cfg, "--repository", tmp_path / "r",
-                     "--set", "a b=/x", "--no-detect")
+                     "--set", f"a b={tmp_path}", "--no-detect")
     assert proc.returncode == 2
     assert proc.stderr.decode() == ("ketch: error: set[1].name: 'a b' is not usable as a "
                                     "branch name: it contains ' '\n")
@@ -452,6 +456,7 @@ def test_init_asks_questions_on_a_terminal(tmp_path: Path,
     pg = DumpSpec("postgresql", "postgresql", run_as="postgres")
     monkeypatch.setattr(configinit, "detect_dumps", lambda: ([mysql, pg], None))
     (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
     cfg = tmp_path / "etc-ketch" / "ketch.toml"
     answers = f"{tmp_path / 'repo'}\n{tmp_path / 'a'} {tmp_path / 'b'}\ny\nn\n25:00\n04:00\n"
     res = CliRunner().invoke(cli_config.command, ["init", "--config", str(cfg)], input=answers)
@@ -475,21 +480,29 @@ def _check(run_ketch: RunKetch, cfg: Config, tmp_path: Path, *args: str,
 
 
 def test_check_exit_codes_and_json(run_ketch: RunKetch, tmp_path: Path) -> None:
-    cfg = _local(tmp_path)
+    cfg = _local(tmp_path, notify=Notify(ping_url="https://hc-ping.com/x"),
+                 schedule=Schedule(enabled=False))
     code, out, err = _check(run_ketch, cfg, tmp_path)
-    assert (code, err) == (0, "")
+    assert (code, err) == (0, ""), out
     assert out.splitlines()[-1].endswith(": 6 ok, 0 warnings, 0 failed")
 
-    cfg.sets[0].paths.append(str(tmp_path / "gone"))
+    cfg.notify = Notify()  # nobody hears of a failure: a warning
     code, out, _ = _check(run_ketch, cfg, tmp_path)
     assert code == 1
-    assert f"! set data: {tmp_path}/gone: does not exist" in out
+    assert ("! notify: nothing configured: a failed nightly run tells nobody (set [notify] "
+            "ping_url or [notify.email])") in out
 
     code, out, _ = _check(run_ketch, cfg, tmp_path, "--json")
     report = json.loads(out)
     assert (code, report["status"], report["errors"]) == (1, "warn", [])
     assert {c["status"] for c in report["checks"]} == {"ok", "warn"}
     assert {"what", "ok", "warning", "detail", "status"} <= set(report["checks"][0])
+
+    cfg.sets[0].paths.append(str(tmp_path / "gone"))
+    code, out, _ = _check(run_ketch, cfg, tmp_path)
+    assert code == 2
+    assert (f"✗ set data: {tmp_path}/gone: does not exist (a run fails this set until it "
+            "does)") in out
 
     cfg.repository = str(tmp_path / "nothing-here")
     code, out, _ = _check(run_ketch, cfg, tmp_path)

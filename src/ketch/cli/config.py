@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from ketch.errors import EXIT_FAILED
+from ketch.errors import EXIT_FAILED, UsageError
 from ketch.jobs import configinit as ci
 from ketch.jobs.config import (
     ConfigError,
@@ -19,10 +19,11 @@ from ketch.jobs.config import (
     render_config,
 )
 from ketch.jobs.configcheck import overall
-from ketch.jobs.model import DEFAULT_CONFIG, DumpSpec
+from ketch.jobs.model import DEFAULT_CONFIG, BackupSet, DumpSpec
+from ketch.jobs.schedule import CRON_PATH, SYSTEMD_DIR
 
 _config_option = click.option(
-    "--config", "config_path", metavar="FILE", default=None,
+    "-c", "--config", "config_path", metavar="FILE", default=None,
     help="the config file (default: $KETCH_CONFIG, else /etc/ketch/ketch.toml)")
 _SYMBOL = {"ok": "✓", "warn": "!", "fail": "✗"}
 
@@ -40,6 +41,38 @@ def _valid_time(text: str) -> str:
 
 def _stdin_is_terminal() -> bool:
     return sys.stdin.isatty()
+
+
+def _ask_sets(default: list[str]) -> list[BackupSet]:
+    """Ask until the answer parses and names paths that exist (or the user says
+    to keep missing ones)."""
+    while True:
+        answer = click.prompt("Which directories should be backed up? (space-separated; "
+                              "NAME=PATH[,PATH...] names a set)", default=" ".join(default))
+        try:
+            sets = ci.parse_paths_answer(answer)
+        except UsageError as e:
+            click.echo(f"ketch: {e}")
+            continue
+        missing = ci.missing_paths(sets)
+        if not missing or _keep_missing(missing):
+            return sets
+
+
+def _keep_missing(missing: list[str]) -> bool:
+    verb, it = ("does", "it") if len(missing) == 1 else ("do", "them")
+    return click.confirm(f"{', '.join(missing)}: {verb} not exist; a run fails the set "
+                         f"until it does. Keep {it} anyway?", default=False)
+
+
+def _refuse_missing(sets: list[BackupSet], ask: bool) -> None:
+    """A set path that does not exist is an error in `run` and `config check`: here too."""
+    missing = ci.missing_paths(sets)
+    if not missing or (ask and _keep_missing(missing)):
+        return
+    verb, it = ("does", "it") if len(missing) == 1 else ("do", "them")
+    raise UsageError(f"{', '.join(missing)}: {verb} not exist (a run would fail its set): "
+                     f"create {it} first, or pass --allow-missing")
 
 
 def _ask_dumps(found: list[DumpSpec], ask: bool) -> list[DumpSpec]:
@@ -63,32 +96,49 @@ def _ask_dumps(found: list[DumpSpec], ask: bool) -> list[DumpSpec]:
               help="when the nightly run starts (default: 22:00)")
 @click.option("--no-detect", is_flag=True, help="don't look for local databases to dump")
 @click.option("--force", is_flag=True, help="replace an existing config")
+@click.option("--allow-missing", is_flag=True,
+              help="accept --set paths that do not exist (yet); a run fails such a set")
 @click.option("-y", "--yes", is_flag=True, help="ask nothing: defaults for what no flag gives")
 def init(config_path: str | None, repository: str | None, set_specs: tuple[str, ...],
-         time_: str | None, no_detect: bool, force: bool, yes: bool) -> None:
-    """Write a commented config, by flags or (on a terminal) by questions."""
+         time_: str | None, no_detect: bool, force: bool, allow_missing: bool,
+         yes: bool) -> None:
+    """Write a commented config, by flags or (on a terminal) by questions.
+
+    Without a terminal to ask on, --repository and --set must be given, or --yes
+    to take the defaults."""
     path = config_path or default_config_path()
     if not force and os.path.exists(path):  # before the questions, not after them
         raise click.UsageError(f"{path} already exists (use --force to replace it)")
     ask = _stdin_is_terminal() and not yes
+    if not ask and not yes:
+        # Answers piped in would be ignored; defaults would create a repository
+        # nobody asked for.
+        missing = [flag for flag, given in (("--repository", repository), ("--set", set_specs))
+                   if not given]
+        if missing:
+            raise UsageError(f"no terminal to ask on: give {' and '.join(missing)}, or --yes "
+                             "to take the defaults")
     if repository is None and ask:
         repository = click.prompt("Where should backups go? A local directory, or "
                                   "ssh://USER@HOST/PATH", default=ci.DEFAULT_REPOSITORY)
     repository = ci.normalize_repository(repository or ci.DEFAULT_REPOSITORY)
     if set_specs:
         sets = [ci.parse_set_option(s) for s in set_specs]
+        if not allow_missing:
+            _refuse_missing(sets, ask)
+    elif ask:
+        sets = _ask_sets(ci.existing_paths())
     else:
-        paths = ci.existing_paths()
-        if ask:
-            answer = click.prompt("Which directories should be backed up? (space-separated)",
-                                  default=" ".join(paths))
-            paths = answer.split()
-        sets = ci.sets_for_paths(paths)
+        sets = ci.sets_for_paths(ci.existing_paths())
     dumps: list[DumpSpec] = []
     if not no_detect:
         found, why = ci.detect_dumps()
         if why:
             click.echo(f"ketch: {why}", err=True)
+        if found and not ask and not yes:
+            kinds = ", ".join(sorted({d.type for d in found}))
+            raise UsageError(f"found local databases to dump ({kinds}) and no terminal to ask "
+                             "on: pass --yes to back them up, or --no-detect")
         dumps = _ask_dumps(found, ask)
         if ask and not found and not why:
             click.echo("No local MySQL/MariaDB or PostgreSQL server found to dump.")
@@ -109,7 +159,11 @@ def init(config_path: str | None, repository: str | None, set_specs: tuple[str, 
 @command.command("check")
 @_config_option
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
-def check(config_path: str | None, as_json: bool) -> int:
+@click.option("--systemd-dir", default=SYSTEMD_DIR, show_default=True, metavar="DIR",
+              help="where `ketch schedule install` put the timer's unit files")
+@click.option("--cron-file", default=CRON_PATH, show_default=True, metavar="FILE",
+              help="where `ketch schedule install` put the cron entry")
+def check(config_path: str | None, as_json: bool, systemd_dir: str, cron_file: str) -> int:
     """Validate the config and test that what it names is reachable.
 
     Exit status: 0 all ok, 1 warnings only, 2 a failure or an invalid config."""
@@ -125,7 +179,7 @@ def check(config_path: str | None, as_json: bool) -> int:
         return EXIT_FAILED
     progress = None if as_json or not sys.stderr.isatty() else \
         (lambda what: click.echo(f"\r\x1b[Kchecking {what}…", err=True, nl=False))
-    results = check_config(cfg, progress=progress)
+    results = check_config(cfg, progress=progress, cron_path=cron_file, systemd_dir=systemd_dir)
     if progress is not None:
         click.echo("\r\x1b[K", err=True, nl=False)
     status, code = overall(results)

@@ -3,19 +3,22 @@ are there and usable — the repository opens, the paths are readable, the
 databases answer, the log and lock files can be written, credential files are
 private, the notification settings make sense.
 
-Nothing is written and nobody is notified: the repository is only opened, the
-ping URL is not requested and no mail is sent (a check must not page anyone).
+Nothing is kept and nobody is notified: the repository is opened, and a local
+one gets a file created and removed where a save writes; the ping URL is not
+requested and no mail is sent (a check must not page anyone).
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ketch.errors import EXIT_FAILED, EXIT_OK, EXIT_WARNINGS, KetchError
 from ketch.jobs.model import Config, DumpSpec, Notify
+from ketch.jobs.schedule import CRON_PATH, SYSTEMD_DIR
 from ketch.remote.location import is_remote
 
 CREDENTIAL_KEYS = ("options_file", "passfile", "uri_file", "env_file")
@@ -76,18 +79,36 @@ def _check_repository(location: str) -> CheckResult:
     except (KetchError, OSError) as e:
         return _fail(what, _one_line(e))
     detail = f"opens; {branches} branch{'es' if branches != 1 else ''}"
-    if not is_remote(location) and not os.access(location, os.W_OK):
-        return _warn(what, f"{detail}, but this user cannot write to it (a run as root can)")
-    return _ok(what, detail)
+    if is_remote(location):
+        # The remote protocol has no write that leaves nothing behind.
+        return _ok(what, f"{detail} (write access is not tested remotely: the first run "
+                         "tells)")
+    problem = _cannot_write(location)
+    if problem:
+        return _fail(what, f"{detail}, but {problem}")
+    return _ok(what, f"{detail}, writable")
 
 
-def _check_path(what: str, path: str, *, missing_ok: bool) -> CheckResult:
+def _cannot_write(location: str) -> str | None:
+    """Why a save could not write into the local repository, trying it for real
+    where a save writes (packs, then refs): permissions, a read-only mount, ACLs."""
+    for sub in ("objects/pack", "refs/heads"):
+        directory = os.path.join(os.path.expanduser(location), sub)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".ketch-check-", dir=directory)
+        except OSError as e:
+            as_whom = "" if os.geteuid() == 0 else " (check as the user the nightly run uses)"
+            return f"cannot write to {directory}: {e.strerror or e}{as_whom}"
+        os.close(fd)
+        os.unlink(tmp)
+    return None
+
+
+def _check_path(what: str, path: str) -> CheckResult:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        if missing_ok:
-            return _warn(what, "does not exist (a run fails this set until it does)")
-        return _fail(what, "does not exist")
+        return _fail(what, "does not exist (a run fails this set until it does)")
     except OSError as e:
         return _fail(what, _one_line(e))
     is_dir = stat.S_ISDIR(st.st_mode)
@@ -151,8 +172,9 @@ def _run_files(cfg: Config) -> list[tuple[str, str]]:
 def _check_notify(n: Notify) -> list[CheckResult]:
     out: list[CheckResult] = []
     if n.ping_url is None and n.email is None:
-        out.append(_ok("notify", "none configured: failures show only in the log and "
-                                 "the exit status"))
+        # Unattended, a failing backup that tells nobody is found on the day of the restore.
+        out.append(_warn("notify", "nothing configured: a failed nightly run tells nobody "
+                                   "(set [notify] ping_url or [notify.email])"))
     if n.ping_url is not None:
         out.append(_ok("notify.ping_url", f"{n.ping_url} (not pinged by the check)"))
     if n.on_success and n.email is None:
@@ -180,10 +202,38 @@ def _check_notify(n: Notify) -> list[CheckResult]:
     return out
 
 
-def check_config(cfg: Config, *, progress: Callable[[str], None] | None = None) -> list[CheckResult]:
-    """Whether what `cfg` names is there: repository, paths, databases, files, notify.
+def _check_schedule(cfg: Config, cron_path: str, systemd_dir: str) -> CheckResult:
+    """What `ketch schedule show` says, as one line: installed, the config's, firing."""
+    from ketch.jobs.firing import systemd_is_init, why_it_will_not_fire
+    from ketch.jobs.schedule import show
 
-    Nothing is written and nobody is notified; `progress` hears what is being checked."""
+    sched = cfg.schedule
+    try:
+        info = show(os.path.abspath(cfg.source), sched, cron_path=cron_path,
+                    systemd_dir=systemd_dir)
+    except (KetchError, OSError) as e:
+        return _fail("schedule", _one_line(e))
+    if info.kind is None:
+        if not sched.enabled:
+            return _ok("schedule", "disabled")
+        problem = why_it_will_not_fire("systemd" if systemd_is_init() else "cron")
+        return _warn("schedule", "not installed (`ketch schedule install`)"
+                     + (f"; and {problem}" if problem else ""))
+    what = f"schedule ({info.kind}: {', '.join(info.files)})"
+    if info.problem:
+        return _fail(what, info.problem)
+    if not info.up_to_date:
+        return _fail(what, "; ".join(info.notes) or "differs from the config")
+    when = f"next run {info.next_run:%Y-%m-%d %H:%M}" if info.next_run else "installed"
+    return _ok(what, f"daily at {sched.time}, up to {sched.randomized_delay} later; {when}")
+
+
+def check_config(cfg: Config, *, progress: Callable[[str], None] | None = None,
+                 cron_path: str = CRON_PATH, systemd_dir: str = SYSTEMD_DIR) -> list[CheckResult]:
+    """Whether what `cfg` names is there: repository, paths, databases, files, the
+    installed schedule, notify.
+
+    Nothing is kept and nobody is notified; `progress` hears what is being checked."""
     say = progress or (lambda _: None)
     say(f"repository {cfg.repository}")
     out = [_check_repository(cfg.repository)]
@@ -191,15 +241,13 @@ def check_config(cfg: Config, *, progress: Callable[[str], None] | None = None) 
         out.append(_warn("backups", "nothing to back up: no [[set]] or [[dump]]"))
     for s in cfg.sets:
         for p in s.paths:
-            out.append(_check_path(f"set {s.name}: {p}", p, missing_ok=True))
+            out.append(_check_path(f"set {s.name}: {p}", p))
         for p in s.exclude_from:
-            out.append(_check_path(f"set {s.name}: exclude_from {p}", p, missing_ok=False))
+            out.append(_check_path(f"set {s.name}: exclude_from {p}", p))
     for d in cfg.dumps:
         say(f"dump {d.name}")
         out.extend(_check_dump(d))
     out.extend(_check_writable(what, path) for what, path in _run_files(cfg))
-    sched = cfg.schedule
-    out.append(_ok("schedule", f"daily at {sched.time}, up to {sched.randomized_delay} later"
-                   if sched.enabled else "disabled"))
+    out.append(_check_schedule(cfg, cron_path, systemd_dir))
     out.extend(_check_notify(cfg.notify))
     return out

@@ -27,7 +27,7 @@ def set_name_for(path: str) -> str:
     return name or "rootfs"
 
 
-def parse_set_option(text: str) -> BackupSet:
+def parse_set_option(text: str, what: str = "--set") -> BackupSet:
     """`NAME=PATH[,PATH...]` (or just `PATH`, named after it) from `--set`. Relative
     paths are taken from the current directory: on the command line that is what
     the user means, unlike in the config file, which cron and systemd read from /."""
@@ -36,8 +36,20 @@ def parse_set_option(text: str) -> BackupSet:
         name, rest = "", text
     paths = [os.path.abspath(os.path.expanduser(p)) for p in rest.split(",") if p]
     if not paths:
-        raise UsageError(f"--set {text!r}: no paths (expected NAME=PATH[,PATH...])")
+        raise UsageError(f"{what} {text!r}: no paths (expected NAME=PATH[,PATH...])")
     return BackupSet(name=name or set_name_for(paths[0]), paths=paths)
+
+
+def parse_paths_answer(text: str) -> list[BackupSet]:
+    """The answer to "which directories": space-separated PATHs (a set each) or
+    NAME=PATH[,PATH...] words, as `--set` takes them."""
+    return [parse_set_option(word, "answer") if "=" in word else sets_for_paths([word])[0]
+            for word in text.split()]
+
+
+def missing_paths(sets: list[BackupSet]) -> list[str]:
+    """Set paths that do not exist: `ketch run` fails such a set, so init asks first."""
+    return [p for s in sets for p in s.paths if not os.path.lexists(p)]
 
 
 def sets_for_paths(paths: list[str]) -> list[BackupSet]:
