@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,7 +19,7 @@ import pytest
 
 from ketch.jobs.config import load_config, render_config
 from ketch.jobs.model import DumpSpec
-from tests.conftest import RunKetch
+from tests.conftest import RunKetch, _subprocess_env
 from tests.gitutil import git
 
 
@@ -150,3 +154,80 @@ def test_overlapping_run_is_refused(run_ketch: RunKetch, tmp_path: Path) -> None
     finally:
         os.close(fd)
     assert run.returncode == 2 and b"in progress" in run.stderr
+
+
+def _slow_run_config(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A config whose one dump takes a minute: a run to interrupt. Returns
+    (config, log file, lock file)."""
+    repo, log, lock = tmp_path / "repo", tmp_path / "log" / "ketch.log", tmp_path / "run.lock"
+    subprocess.run([sys.executable, "-m", "ketch", "init", "-d", str(repo)], check=True,
+                   capture_output=True, env=_subprocess_env(None))
+    started = tmp_path / "started"
+    cfg = _write(tmp_path / "ketch.toml", f'''repository = "{repo}"
+lock_file = "{lock}"
+log_file = "{log}"
+
+[[dump]]
+name = "slow"
+type = "command"
+command = ["sh", "-c", "echo begun; touch {started}; exec sleep 60"]
+''')
+    return cfg, log, started
+
+
+def _start_run(cfg: Path, started: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-m", "ketch", "run", "-c", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, env=_subprocess_env(None),
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not started.exists():  # the dump is under way
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the dump never started"
+        time.sleep(0.05)
+    return proc
+
+
+def _log_entries(log: Path) -> list[dict[str, object]]:
+    return [json.loads(ln.removeprefix("json: ")) for ln in log.read_text().splitlines()
+            if ln.startswith("json: ")]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_run_writes_its_log_line(tmp_path: Path, sig: signal.Signals) -> None:
+    cfg, log, started = _slow_run_config(tmp_path)
+    proc = _start_run(cfg, started)
+    try:
+        t = time.monotonic()
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+        took = time.monotonic() - t
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 2, err
+    print(f"{sig.name}: ended {took:.2f} s after the signal")
+    assert took < 10, took
+    [entry] = _log_entries(log)
+    assert entry["status"] == "FAILED" and entry["exit_code"] == 2
+    assert entry["errors"] == ["interrupted during dump slow: the run did not finish"]
+    assert "  error: interrupted during dump slow: the run did not finish" in log.read_text()
+
+
+def test_a_refused_overlapping_run_writes_its_log_line(tmp_path: Path,
+                                                       run_ketch: RunKetch) -> None:
+    cfg, log, started = _slow_run_config(tmp_path)
+    first = _start_run(cfg, started)
+    try:
+        second = run_ketch("run", "-c", cfg)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=30)
+    assert second.returncode == 2
+    assert b"another ketch run is in progress" in second.stderr
+    refused, interrupted = _log_entries(log)
+    assert refused["status"] == "FAILED"
+    [why] = refused["errors"]  # type: ignore[misc]
+    assert str(why).startswith(f"another ketch run is in progress (lock {tmp_path}/run.lock "
+                               f"held by pid {first.pid})")
+    assert interrupted["errors"] == ["interrupted during dump slow: the run did not finish"]

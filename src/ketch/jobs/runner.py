@@ -192,35 +192,60 @@ def run_jobs(cfg: Config, *, only: list[str] | None = None,
                        repository=cfg.repository,
                        started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     t0 = time.monotonic()
-    with run_lock(default_lock_path(cfg)):
-        if notifier is not None:
-            report.warnings.extend(notifier.start())
-        try:
-            repo = open_location(cfg.repository)
-        except KetchError as e:
-            report.errors.append(f"repository {cfg.repository}: {e}")
-        else:
-            try:
-                for s in sets:
-                    report.items.append(_one("set", s.name, progress_for,
-                                             partial(_run_set, repo, cfg, s)))
-                for d in dumps:
-                    report.items.append(_one("dump", d.name, progress_for,
-                                             partial(_run_dump, repo, cfg, d)))
-            finally:
-                try:
-                    repo.close()
-                except KetchError as e:
-                    report.warnings.append(f"closing the repository: {e}")
+    running: list[str] = []  # the item under way, for the log of an interrupted run
+    try:
+        with run_lock(default_lock_path(cfg)):
+            if notifier is not None:
+                report.warnings.extend(notifier.start())
+            _run_items(cfg, report, sets, dumps, progress_for, running)
+            report.seconds = time.monotonic() - t0
+            if notifier is not None:
+                report.warnings.extend(notifier.finish(report.exit_code, report.text(),
+                                                       report.as_dict()))
+            _log(log_path, report)
+    except RunLocked as e:
+        # The log is where an admin looks for last night's run: a run that did
+        # not happen must be there too.
+        report.errors.append(str(e))
         report.seconds = time.monotonic() - t0
-        if notifier is not None:
-            report.warnings.extend(notifier.finish(report.exit_code, report.text(),
-                                                   report.as_dict()))
-        if log_path:
-            problem = write_log(log_path, report)
-            if problem:
-                report.warnings.append(problem)
+        _log(log_path, report)
+        raise
+    except KeyboardInterrupt:  # SIGINT, or SIGTERM turned into it
+        during = f" during {running[-1]}" if running else ""
+        report.errors.append(f"interrupted{during}: the run did not finish")
+        report.seconds = time.monotonic() - t0
+        _log(log_path, report)
+        raise
     return report
+
+
+def _log(log_path: str | None, report: RunReport) -> None:
+    if log_path and (problem := write_log(log_path, report)):
+        report.warnings.append(problem)
+
+
+def _run_items(cfg: Config, report: RunReport, sets: list[BackupSet], dumps: list[DumpSpec],
+               progress_for: ProgressFor, running: list[str]) -> None:
+    try:
+        repo = open_location(cfg.repository)
+    except KetchError as e:
+        report.errors.append(f"repository {cfg.repository}: {e}")
+        return
+    try:
+        for s in sets:
+            running.append(f"set {s.name}")
+            report.items.append(_one("set", s.name, progress_for,
+                                     partial(_run_set, repo, cfg, s)))
+        for d in dumps:
+            running.append(f"dump {d.name}")
+            report.items.append(_one("dump", d.name, progress_for,
+                                     partial(_run_dump, repo, cfg, d)))
+        running.clear()
+    finally:
+        try:
+            repo.close()
+        except KetchError as e:
+            report.warnings.append(f"closing the repository: {e}")
 
 
 def _one(kind: str, name: str, progress_for: ProgressFor,
