@@ -62,7 +62,8 @@ def _print(info: Any, *, as_json: bool = False) -> None:
     if info.kind is None:
         click.echo("schedule: not installed (`ketch schedule install` installs it)")
     else:
-        click.echo(f"schedule: {info.kind} ({'complete' if info.units_present else 'incomplete'})")
+        state = "complete" if info.units_present else "incomplete"
+        click.echo(f"schedule: {info.kind} ({state}{', will not run here' if info.problem else ''})")
     for f in info.files:
         click.echo(f"  {f}")
     if info.next_run is not None:
