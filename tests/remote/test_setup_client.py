@@ -216,6 +216,21 @@ def test_existing_repository_of_another_user_is_named(backup_user: User, public_
     assert _lines(proc.stderr) == [f"Using existing repository {root / 'web1'} (owner {u})"]
 
 
+def test_a_user_sets_up_their_own_repository(backup_user: User, public_dir: Path,
+                                             tmp_path: Path) -> None:
+    """Not root, no --user: the repository is for the user running the command."""
+    home = public_dir / "home"
+    home.mkdir()
+    os.chown(home, backup_user.uid, backup_user.gid)
+    exe = _ketch_for(backup_user, public_dir)
+    pub = _keygen(tmp_path / "k").with_suffix(".pub").read_text().strip()
+    proc = backup_user.run("env", f"HOME={home}", exe, "server", "setup-client", "web1", pub)
+    assert proc.returncode == 0, proc.stderr
+    assert _lines(proc.stderr) == [
+        f"Created repository {home / 'ketch' / 'web1'} (owner {backup_user.name})"]
+    assert {p.stat().st_uid for p in home.rglob("*")} == {backup_user.uid}
+
+
 def test_root_the_backup_user_cannot_reach_is_refused(backup_user: User, public_dir: Path,
                                                       run_ketch: RunKetch,
                                                       tmp_path: Path) -> None:
@@ -259,6 +274,7 @@ def test_rerun_for_the_same_machine_appends_nothing(run_ketch: RunKetch, tmp_pat
         f"web1 is already set up: line 1 of {keys_file} has this key for "
         f"{tmp_path / 'repos' / 'web1'}"]
     assert keys_file.read_bytes() == before and before.count(b"\n") == 1
+    assert keys_file.stat().st_mode & 0o777 == 0o600  # made by setup-client: sshd insists
     assert again.stdout == first.stdout
 
 
