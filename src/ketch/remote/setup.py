@@ -187,13 +187,12 @@ def _give(path: str, who: Account, *, recursive: bool = True) -> None:
 
 
 def _append(file: str, line: str, who: Account) -> None:
-    try:
+    new = not os.path.exists(file)
+    ends_open = False
+    if not new and os.path.getsize(file) > 0:
         with open(file, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            ends_open = f.tell() > 0 and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n"
-        new = False
-    except FileNotFoundError:
-        ends_open, new = False, True
+            f.seek(-1, os.SEEK_END)
+            ends_open = f.read(1) != b"\n"  # a hand-edited last line
     with open(file, "a") as f:
         f.write(("\n" if ends_open else "") + line + "\n")
     if new:
