@@ -53,7 +53,8 @@ def test_bad_remotes_fail_in_one_line(run_ketch: RunKetch, tmp_path: Path) -> No
         (["ls", "-r", "nohost.invalid:/x"], {"KETCH_RSH": "false"}, "lost"),
         (["ls", "-r", "http://x/y"], {}, "unexpected protocol"),
         (["ls", "-r", ":/x", "-d", str(tmp_path)], {}, "not both"),
-        (["init", "-r", "host:"], {}, "needs a repository path"),
+        # No path: the server's default repository, here ~/.ketch, which is not there.
+        (["init", "-r", ":"], {"HOME": str(tmp_path)}, "no default repository"),
     ]
     for args, env, why in cases:
         proc = run_ketch(*args, env=env)

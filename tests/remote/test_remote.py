@@ -168,11 +168,12 @@ def confined(sshd: SshServer, run_ketch: RunKetch, tmp_path: Path) -> tuple[Mach
     keys.mkdir()
     # The forced command decides what runs: what the client asks for is ignored.
     m = Machine(sshd, _keygen(keys / "web"), remote_command="ignored")
-    proc = run_ketch("server", "setup-client", "--root", root, "web", f"{m.key}.pub", check=True)
+    proc = run_ketch("server", "setup-client", "--root", root, "--user", "root", "web",
+                     f"{m.key}.pub", check=True)
     line = proc.stdout.decode().strip()
     assert line.startswith('command="') and "--restrict-to" in line and "--append-only" in line
     sshd.add_authorized_line(line)
-    db = run_ketch("server", "setup-client", "--root", root, "db",
+    db = run_ketch("server", "setup-client", "--root", root, "--user", "root", "db",
                    f"{_keygen(keys / 'db')}.pub", check=True)
     sshd.add_authorized_line(db.stdout.decode().strip())
     return m, root

@@ -18,6 +18,11 @@ from ketch.remote.spec import RemoteSpec, parse_remote
     ("/path", RemoteSpec("file", None, None, "/path")),
     ("ssh://user@host:2222/path", RemoteSpec("ssh", "user@host", 2222, "/path")),
     ("ssh://host", RemoteSpec("ssh", "host", None, "")),
+    # Not bup's: there "/" is the repository, which no key confined by
+    # setup-client may use; an empty URL path is the server's default instead.
+    ("ssh://host/", RemoteSpec("ssh", "host", None, "")),
+    ("ssh://root@host:2222/", RemoteSpec("ssh", "root@host", 2222, "")),
+    ("ssh://host:2222", RemoteSpec("ssh", "host", 2222, "")),
     ("file:///tmp/x", RemoteSpec("file", None, None, "/tmp/x")),
     ("ssh://[::1]:22/x", RemoteSpec("ssh", "::1", 22, "/x")),
 ])

@@ -38,19 +38,29 @@ def command(ctx: click.Context, restrict_to: str | None, append_only: bool,
 @click.option("--allow-rewind", is_flag=True,
               help="let this key also delete and rewind branches (not append-only)")
 @click.option("--authorized-keys", metavar="FILE", default=None,
-              help="also append the line to FILE (e.g. ~/.ssh/authorized_keys)")
+              help="also append the line to FILE (e.g. ~backup/.ssh/authorized_keys), "
+                   "unless it is there already")
+@click.option("--user", metavar="NAME", default=None,
+              help="the user the machine logs in as, who gets the repository "
+                   "[default: the owner of --authorized-keys, else you unless root]")
+@click.option("--command", "command_path", metavar="PATH", default=None,
+              help="the ketch executable the forced command runs [default: this ketch]")
 @click.argument("name")
 @click.argument("pubkey")
-def setup(root: str, allow_rewind: bool, authorized_keys: str | None, name: str,
-          pubkey: str) -> None:
+def setup(root: str, allow_rewind: bool, authorized_keys: str | None, user: str | None,
+          command_path: str | None, name: str, pubkey: str) -> None:
     """Create the repository for machine NAME and print its authorized_keys line.
 
     PUBKEY is the machine's public key: a .pub file or the key text."""
-    res = setup_client(root, name, pubkey, append_only=not allow_rewind)
-    click.echo(f"{'Created' if res.created else 'Using existing'} repository {res.repo_path}",
-               err=True)
-    if authorized_keys:
-        with open(authorized_keys, "a") as f:
-            f.write(res.authorized_keys_line + "\n")
-        click.echo(f"Added the key to {authorized_keys}", err=True)
+    res = setup_client(root, name, pubkey, append_only=not allow_rewind,
+                       command=[os.path.abspath(command_path)] if command_path else None,
+                       user=user, authorized_keys=authorized_keys)
+    if res.already is not None:
+        click.echo(f"{name} is already set up: line {res.already} of {authorized_keys} "
+                   f"has this key for {res.repo_path}", err=True)
+    else:
+        click.echo(f"{'Created' if res.created else 'Using existing'} repository "
+                   f"{res.repo_path} (owner {res.user})", err=True)
+        if authorized_keys:
+            click.echo(f"Added the key to {authorized_keys}", err=True)
     click.echo(res.authorized_keys_line)

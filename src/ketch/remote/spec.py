@@ -38,7 +38,10 @@ class RemoteSpec:
 
 
 def parse_remote(text: str) -> RemoteSpec:
-    """`host:path`, `user@host:path`, `ssh://[user@]host[:port]/path`, `:path`, `file://path`."""
+    """`host:path`, `user@host:path`, `ssh://[user@]host[:port]/path`, `:path`, `file://path`.
+
+    An empty path (`host:`, `ssh://host`, `ssh://host/`) sends no set-dir: the
+    server uses its default repository, the one a setup-client key is confined to."""
     if "\n" in text or "\r" in text:
         # bup replaces them with spaces; a backup target with a newline is a typo.
         raise UsageError(f"remote contains a line break: {text!r}")
@@ -53,7 +56,11 @@ def parse_remote(text: str) -> RemoteSpec:
             return RemoteSpec("file", None, None, (host or "") + (path or ""))
         if not host:
             raise UsageError(f"remote {text!r} names no host")
-        return RemoteSpec("ssh", host, int(port) if port else None, path or "")
+        # bup sends "/" for `ssh://host/` and the server is then asked for the
+        # root directory as a repository; the README's `ssh://user@server/`
+        # means the key's own repository, as `host:` does.
+        return RemoteSpec("ssh", host, int(port) if port else None,
+                          "" if not path or path == "/" else path)
     head, sep, rest = text.partition(":")
     if not sep or head in ("", "-"):
         return RemoteSpec("file", None, None, rest if sep else head)
