@@ -18,7 +18,7 @@ from ketch.timeparse import parse_date
 def _graft(value: str) -> tuple[str, str]:
     old, sep, new = value.partition("=")
     if not sep or not old or not new:
-        raise UsageError(f"--graft needs OLD=NEW, got {value!r}")
+        raise UsageError(f"--graft needs OLD=NEW, got {value}")
     return old, new
 
 
