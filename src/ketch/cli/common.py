@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from ketch.cli.text import plural
 from ketch.errors import NotARepository, UsageError
 
 if TYPE_CHECKING:  # main imports this module: it must stay light
@@ -178,9 +179,9 @@ class TermProgress:
     def _draw(self, now: float) -> None:
         dt = max(now - self.t0, 1e-6)
         rate = self.bytes / dt
-        files = f"{self.files:,} files, " if self.files else ""
+        files = f"{plural(self.files, 'file', grouped=True)}, " if self.files else ""
         text = f"{self.label}: {files}{self.bytes / 1e6:,.1f} MB, {rate / 1e6:,.1f} MB/s"
-        if self.total:
+        if self.total and self.bytes <= self.total:  # an index's stale total: no 104%
             pct = 100.0 * self.bytes / self.total
             eta = (self.total - self.bytes) / rate if rate > 0 else 0
             text += f", {pct:.1f}%, ETA {int(eta) // 60}:{int(eta) % 60:02d}"
