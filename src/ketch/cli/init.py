@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 
@@ -30,7 +31,7 @@ def command(ctx: click.Context, repo_dir: str | None) -> None:
         click.echo(f"Initialized ketch repository at {w.location}", err=True)
         return
     path = os.path.expanduser(w.location)
-    if w.source == w.config_path:
+    if w.source == w.config_path and sys.stderr.isatty():
         click.echo(f"ketch: using repository {path} from {w.source}", err=True)
     created = init_repository(path)
     click.echo(f"{'Initialized' if created else 'Reinitialized existing'} ketch repository in {path}",
