@@ -52,8 +52,9 @@ def test_reading_commands_take_encrypt_key(pushed: tuple[Path, str, str], tmp_pa
     data, url, endpoint = pushed
     key = tmp_path / "mirror.key"
     run_ketch("mirror", "keygen", key, check=True)
-    run_ketch("mirror", "push", tmp_path / "srv" / "web1", url, "--endpoint-url", endpoint,
-              "--encrypt-key", key, check=True)
+    # Before the command name, as on the reading commands.
+    run_ketch("--endpoint-url", endpoint, "--encrypt-key", key, "mirror", "push",
+              tmp_path / "srv" / "web1", url, check=True)
     loc = f"{url}/web1"
     blind = run_ketch("ls", "-r", loc, "--endpoint-url", endpoint)
     assert blind.returncode == 2 and b"is encrypted" in blind.stderr

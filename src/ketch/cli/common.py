@@ -30,8 +30,8 @@ def store_meta(key: str) -> Callable[[click.Context, click.Parameter, str | None
     return store
 
 
-REMOTE_HELP = ("repository on a server over ssh ([USER@]HOST:[PATH] or "
-               "ssh://[USER@]HOST[:PORT]/PATH) or in an S3 mirror (s3://BUCKET/PREFIX/REPO)")
+REMOTE_HELP = ("repository on a backup server over ssh (also ssh://[USER@]HOST[:PORT]/PATH)"
+               " or in an S3 mirror")
 REMOTE_METAVAR = "[USER@]HOST:[PATH], ssh://..., or s3://BUCKET/PREFIX/REPO"
 DIR_HELP = "repository directory (default: $KETCH_DIR, else the config's repository, else ~/.ketch)"
 

@@ -10,7 +10,7 @@ import click
 from ketch.errors import UsageError
 
 
-@click.command("help")
+@click.command("help", short_help="Help topics (ketch help config: the config file's keys).")
 @click.argument("topic", required=False)
 @click.pass_context
 def command(ctx: click.Context, topic: str | None) -> None:
