@@ -2,7 +2,8 @@
 
 - ``git_env`` (autouse, session): isolates git and bup from the user's config
   and from ``$KETCH_DIR``/``$BUP_DIR``, and points ``$HOME`` at a temp dir so a
-  test that forgets ``-d`` cannot touch the real ``~/.ketch``.
+  test that forgets ``-d`` cannot touch the real ``~/.ketch`` (and
+  ``$KETCH_CONFIG`` at a missing file, not the machine's config).
 - ``run_ketch(*args, input=None, check=False, cwd=None, env=None)``: runs the
   CLI as ``python -m ketch ARGS`` and returns the CompletedProcess (bytes).
 - ``bup(repo, *args, input=None, check=True)``: runs ``bup -d REPO ARGS``.
@@ -45,6 +46,9 @@ def git_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         mp.delenv("KETCH_DIR", raising=False)
         mp.delenv("BUP_DIR", raising=False)
         mp.setenv("HOME", str(home))
+        # Commands without -d/-r read the machine's config (/etc/ketch/ketch.toml):
+        # a test must not pick up the one of the machine it runs on.
+        mp.setenv("KETCH_CONFIG", str(home / "no-ketch.toml"))
         yield
 
 

@@ -409,7 +409,7 @@ def _parse_acl_text(text: bytes) -> list[tuple[bytes, bytes, int]]:
             # Long words ("user", "mask") abbreviate to their first letter.
             kind = kind.strip()[:1]
             if kind not in (b"u", b"g", b"m", b"o") or perms.strip(b"rwx-"):
-                raise ValueError(f"bad ACL entry {item!r}")
+                raise ValueError(f"bad ACL entry {item.decode('utf-8', 'backslashreplace')}")
             perm = (
                 (4 if b"r" in perms else 0)
                 | (2 if b"w" in perms else 0)
@@ -691,6 +691,11 @@ def _restore_xattrs(meta: Metadata, path: bytes, existing: list[bytes], warn: Wa
                 )
 
 
+def _acl_shown(text: bytes) -> str:
+    # The ACL's text form (u::rwx,g::r-x,...), never Python's b'...'.
+    return text.decode("utf-8", "backslashreplace").replace("\n", ",")
+
+
 def _restore_acl(meta: Metadata, path: bytes, numeric_ids: bool, warn: Warn | None) -> None:
     acl = meta.posix1e_acl
     if acl is None:
@@ -707,10 +712,11 @@ def _restore_acl(meta: Metadata, path: bytes, numeric_ids: bool, warn: Warn | No
             else:
                 os.removexattr(path, name, follow_symlinks=False)
         except (ValueError, KeyError):
-            _warn(warn, f"{os.fsdecode(path)}: unreadable ACL {numeric!r}")
+            _warn(warn, f"{os.fsdecode(path)}: unreadable ACL {_acl_shown(numeric)}")
         except OSError as e:
             if e.errno != errno.ENODATA:
-                _warn(warn, f"{os.fsdecode(path)}: cannot set ACL {numeric!r}: {e.strerror}")
+                _warn(warn, f"{os.fsdecode(path)}: cannot set ACL "
+                            f"{_acl_shown(numeric)}: {e.strerror}")
 
 
 def apply_to_path(

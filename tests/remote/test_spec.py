@@ -45,4 +45,7 @@ def test_cache_key_like_bup() -> None:
     assert parse_remote("fakehost:/tmp/bupspec/rr").cache_key() == "fakehost__tmp_bupspec_rr"
     assert (parse_remote("someuser@fakehost:/tmp/bupspec/rr").cache_key()
             == "someuser@fakehost__tmp_bupspec_rr")
-    assert parse_remote(":/tmp/bupspec/rr2").cache_key() == "None__tmp_bupspec_rr2"
+    # Unlike bup, no "None" for a missing host or path: this cache is ketch's own
+    # (~/.cache/ketch/remote), which bup never reads.
+    assert parse_remote(":/tmp/bupspec/rr2").cache_key() == "__tmp_bupspec_rr2"
+    assert parse_remote("fakehost:").cache_key() == "fakehost_"

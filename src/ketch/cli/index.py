@@ -7,6 +7,7 @@ import click
 
 from ketch.cli.common import open_repo, repo_option
 from ketch.cli.excludeopts import exclude_options, rules_from
+from ketch.cli.text import plural
 from ketch.index import Index
 
 
@@ -26,6 +27,6 @@ def command(ctx: click.Context, /, repo_dir: str | None, quiet: bool, paths: tup
     for w in res.warnings:
         click.echo(f"ketch: warning: {w}", err=True)
     if not quiet:
-        click.echo(f"Indexed {res.paths} paths ({res.changed} new or changed, "
+        click.echo(f"Indexed {plural(res.paths, 'path')} ({res.changed} new or changed, "
                    f"{res.removed} removed)", err=True)
     return 1 if res.warnings else 0

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
-from ketch.cli.common import open_repo, remote_of, repo_option, repo_path
+from ketch.cli.common import open_repo, repo_option, where
 from ketch.errors import NotARepository, UsageError
+from ketch.remote.location import is_remote
 from ketch.repo import init_repository
 
 
@@ -11,27 +15,34 @@ from ketch.repo import init_repository
 @repo_option
 @click.pass_context
 def command(ctx: click.Context, repo_dir: str | None) -> None:
-    """Create a repository (a bare git repository bup also reads)."""
-    remote = remote_of(ctx, repo_dir)
-    if remote is not None:
+    """Create a repository (a bare git repository bup also reads).
+
+    Which one: -d DIR, -r REMOTE, $KETCH_DIR, the repository of the machine's
+    config ($KETCH_CONFIG, else /etc/ketch/ketch.toml), else ~/.ketch.
+    """
+    w = where(ctx, repo_dir)
+    if w.kind == "remote" or (w.kind == "auto" and is_remote(w.location)):
+        from ketch.remote.location import is_store_url
         from ketch.remote.spec import parse_remote
 
-        if not parse_remote(remote).path:
-            _check_default(ctx, remote)
+        if not is_store_url(w.location) and not parse_remote(w.location).path:
+            _check_default(ctx, repo_dir, w.location)
             return
-        open_repo(ctx, None, create=True)
-        click.echo(f"Initialized ketch repository at {remote}", err=True)
+        open_repo(ctx, repo_dir, create=True)
+        click.echo(f"Initialized ketch repository at {w.location}", err=True)
         return
-    path = repo_path(ctx, repo_dir)
+    path = os.path.expanduser(w.location)
+    if w.source == w.config_path and sys.stderr.isatty():
+        click.echo(f"ketch: using repository {path} from {w.source}", err=True)
     created = init_repository(path)
     click.echo(f"{'Initialized' if created else 'Reinitialized existing'} ketch repository in {path}",
                err=True)
 
 
-def _check_default(ctx: click.Context, remote: str) -> None:
+def _check_default(ctx: click.Context, repo_dir: str | None, remote: str) -> None:
     """`init -r host:` names no path: the server's default repository, which for
     a setup-client key is the one it is confined to and already exists."""
-    repo = open_repo(ctx, None)
+    repo = open_repo(ctx, repo_dir)
     try:
         next(repo.iter_refs(), None)
     except NotARepository:

@@ -12,6 +12,7 @@ import sys
 import click
 
 from ketch import __version__
+from ketch.cli.common import DIR_HELP, REMOTE_HELP, REMOTE_METAVAR, s3_options, store_meta
 from ketch.errors import EXIT_FAILED, KetchError
 
 # Command name -> module in ketch.cli. Modules load only when their command runs,
@@ -22,6 +23,8 @@ COMMANDS = {
     "mirror": "mirror",
     "schedule": "schedule",
     "config": "config",
+    "completion": "completion",
+    "help": "help",
 }
 
 
@@ -37,17 +40,35 @@ class _LazyGroup(click.Group):
         assert isinstance(cmd, click.Command)
         return cmd
 
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as e:
+            raise _ClosedPipe() from e
+
+    def resolve_command(self, ctx: click.Context,
+                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand as e:
+            # click suggests from the registered commands, and ours load lazily.
+            raise click.exceptions.NoSuchCommand(
+                e.command_name, possibilities=self.list_commands(ctx), ctx=ctx) from None
+
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-d", "--dir", "repo_dir", metavar="DIR", default=None,
-              help="repository (default: $KETCH_DIR, else ~/.ketch)")
-@click.option("-r", "--remote", metavar="[USER@]HOST:[PATH]", default=None,
-              help="repository on a server over ssh")
+@click.option("-d", "--dir", "repo_dir", metavar="DIR", default=None, help=DIR_HELP)
+@click.option("-r", "--remote", metavar=REMOTE_METAVAR, default=None, expose_value=False,
+              callback=store_meta("ketch.remote"), help=REMOTE_HELP)
+@s3_options
 @click.version_option(__version__, prog_name="ketch")
 @click.pass_context
-def cli(ctx: click.Context, repo_dir: str | None, remote: str | None) -> None:
-    """ketch: deduplicating backups in bup-compatible git repositories."""
-    ctx.obj = {"repo_dir": repo_dir, "remote": remote}
+def cli(ctx: click.Context, repo_dir: str | None) -> None:
+    """ketch: deduplicating backups in bup-compatible git repositories.
+
+    `ketch help` lists more help topics (e.g. `ketch help config`).
+    """
+    ctx.obj = {"repo_dir": repo_dir}
 
 
 def _fail(message: str, code: int = EXIT_FAILED) -> int:
@@ -69,13 +90,29 @@ def _tune_malloc() -> None:
         pass  # not glibc: nothing to tune
 
 
+class _ClosedPipe(Exception):
+    """stdout's reader went away. Not an OSError: click's main turns EPIPE into
+    `sys.exit(1)` on its own, even in non-standalone mode."""
+
+
+def _quiet_stdout() -> int:
+    """Point stdout at /dev/null, so that flushing what is left of it at exit (the
+    interpreter does) cannot fail a second time; the exit status is then 0."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     _tune_malloc()
     try:
         rv = cli.main(args=argv, prog_name="ketch", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
+        sys.stdout.flush()  # here, where a closed pipe is still ours to catch
     except click.exceptions.Exit as e:
         code = e.exit_code
+    except _ClosedPipe:
+        code = _quiet_stdout()
     except click.exceptions.Abort:
         code = _fail("aborted")
     except click.ClickException as e:
@@ -84,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         code = _fail(str(e), e.exit_code)
     except BrokenPipeError:
         # The reader went away (e.g. `| head`); that is not our failure.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        code = 0
+        code = _quiet_stdout()
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         code = _fail(f"{where}{e.strerror or errno.errorcode.get(e.errno or 0, str(e))}")

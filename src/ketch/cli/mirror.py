@@ -27,6 +27,10 @@ def _store(url: str, endpoint_url: str | None, encrypt_key: str | None) -> Objec
 
     if not url.startswith("s3://"):
         raise UsageError(f"{url}: the mirror must be an s3://BUCKET[/PREFIX] URL")
+    # Given before the command name (`ketch --endpoint-url URL mirror ...`).
+    meta = click.get_current_context().meta
+    endpoint_url = endpoint_url or meta.get("ketch.endpoint_url")
+    encrypt_key = encrypt_key or meta.get("ketch.encrypt_key")
     return open_store(url.rstrip("/"), endpoint_url=endpoint_url, encrypt_key=encrypt_key)
 
 

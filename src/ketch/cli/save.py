@@ -1,24 +1,52 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import threading
 from typing import Any
 
 import click
 
 from ketch.cli.common import TermProgress, open_repo, repo_option, show_progress
 from ketch.cli.excludeopts import exclude_options, rules_from
+from ketch.cli.scan import scan_in_background
+from ketch.cli.text import plural
 from ketch.errors import UsageError
+from ketch.excludes import ExcludeRules
 from ketch.index import Index
 from ketch.progress import NullProgress, Progress
 from ketch.save import SaveOptions, save
 from ketch.timeparse import parse_date
 
 
+class _SaveMeter(TermProgress):
+    """The meter, with a total from the index's sizes (given to `start` by the save)
+    or, without them, from a stat walk running beside the save."""
+
+    def __init__(self, jobs: list[tuple[str, ExcludeRules]]) -> None:
+        super().__init__("Saving")
+        self._jobs = jobs
+        self._stop: threading.Event | None = None
+
+    def start(self, total_bytes: int | None, total_files: int | None = None) -> None:
+        super().start(total_bytes, total_files)
+        if not total_bytes and self._stop is None:
+            self._stop = scan_in_background(self._jobs, self._set_total)
+
+    def _set_total(self, total: int) -> None:
+        self.total = total
+
+    def finish(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        super().finish()
+
+
 def _graft(value: str) -> tuple[str, str]:
     old, sep, new = value.partition("=")
     if not sep or not old or not new:
-        raise UsageError(f"--graft needs OLD=NEW, got {value!r}")
+        raise UsageError(f"--graft needs OLD=NEW, got {value}")
     return old, new
 
 
@@ -46,12 +74,19 @@ def command(ctx: click.Context, /, repo_dir: str | None, name: str, date: str | 
                        date=parse_date(date) if date else None, level=level,
                        argv=["ketch", *sys.argv[1:]])
     repo = open_repo(ctx, repo_dir)
-    progress: Progress = (TermProgress("Saving")
-                          if show_progress() and not quiet else NullProgress())
+    meter = show_progress() and not quiet
+    progress: Progress = NullProgress()
     if no_index:
+        if meter:
+            progress = _SaveMeter([(p, opts.rules) for p in paths])
+            progress.start(None)  # the save calls it only with an index
         res = save(repo, opts, progress=progress)
     else:
         with Index(repo.index_file()) as index:
+            if meter:
+                progress = _SaveMeter([
+                    (p, opts.rules.merged(index.rules_for(os.fsencode(os.path.abspath(p)))))
+                    for p in paths])
             res = save(repo, opts, index=index, progress=progress)
     if not isinstance(progress, TermProgress):
         for w in res.warnings:
@@ -64,8 +99,9 @@ def command(ctx: click.Context, /, repo_dir: str | None, name: str, date: str | 
         click.echo(json.dumps(summary, indent=2))
     if not quiet:
         rate = res.bytes_read / res.seconds / 1e6 if res.seconds else 0.0
-        click.echo(f"Saved {name}: {res.files} files, {res.dirs} dirs, "
+        click.echo(f"Saved {name}: {plural(res.files, 'file')}, {plural(res.dirs, 'dir')}, "
                    f"{res.bytes_read / 1e6:,.1f} MB read, {res.bytes_new / 1e6:,.1f} MB new, "
                    f"{res.seconds:.1f} s ({rate:,.1f} MB/s)"
-                   + (f", {len(res.warnings)} warnings" if res.warnings else ""), err=True)
+                   + (f", {plural(len(res.warnings), 'warning')}" if res.warnings else ""),
+                   err=True)
     return res.exit_code

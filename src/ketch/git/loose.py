@@ -35,9 +35,11 @@ def _parse_header(path: str, head: bytes) -> tuple[int, int, int]:
     kind, sp, size_text = head[:nul].partition(b" ")
     type_num = TYPE_NUMS.get(kind)
     if not sp or type_num is None:
-        raise CorruptLooseObject(f"{path}: unknown object type {kind[:16]!r}")
+        shown = kind[:16].decode("ascii", "backslashreplace")
+        raise CorruptLooseObject(f"{path}: unknown object type {shown}")
     if not size_text.isdigit() or (size_text[:1] == b"0" and len(size_text) > 1):
-        raise CorruptLooseObject(f"{path}: bad object size {size_text[:24]!r}")
+        shown = size_text[:24].decode("ascii", "backslashreplace")
+        raise CorruptLooseObject(f"{path}: bad object size {shown}")
     return type_num, int(size_text), nul + 1
 
 

@@ -48,6 +48,11 @@ class CorruptRef(KetchError):
     """A ref file or packed-refs line could not be parsed."""
 
 
+def _shown(name: bytes) -> str:
+    """A name for a message: text, its odd bytes as \\xNN (never Python's b'...')."""
+    return name.decode("utf-8", "backslashreplace")
+
+
 def _name_problem(name: bytes) -> str | None:
     """Why ``name`` is not a valid branch name, or None (bup's valid_save_name)."""
     if not name:
@@ -60,7 +65,7 @@ def _name_problem(name: bytes) -> str | None:
         return "it ends with '.'"
     m = _BAD_CHARS.search(name)
     if m:
-        return f"it contains {m.group()!r}"[:80]
+        return f"it contains '{_shown(m.group())}'"[:80]
     for part in name.split(b"/"):
         if part.startswith(b"."):
             return "a component starts with '.'"
@@ -73,7 +78,7 @@ def validate_branch_name(name: bytes) -> None:
     """Raise BadRefName unless bup would accept ``name`` for ``save -n``."""
     problem = _name_problem(name)
     if problem:
-        raise BadRefName(f"invalid branch name {name!r}: {problem}")
+        raise BadRefName(f"invalid branch name '{_shown(name)}': {problem}")
 
 
 def check_ref_name(name: bytes, allow_pseudo: bool = False) -> None:
@@ -84,10 +89,10 @@ def check_ref_name(name: bytes, allow_pseudo: bool = False) -> None:
     if allow_pseudo and _PSEUDO_REF.match(name):
         return
     if not name.startswith(b"refs/"):
-        raise BadRefName(f"invalid ref name {name!r}: it does not start with 'refs/'")
+        raise BadRefName(f"invalid ref name '{_shown(name)}': it does not start with 'refs/'")
     problem = _name_problem(name[5:])
     if problem:
-        raise BadRefName(f"invalid ref name {name!r}: {problem}")
+        raise BadRefName(f"invalid ref name '{_shown(name)}': {problem}")
 
 
 def _parse_packed(text: bytes) -> dict[bytes, bytes]:
@@ -97,7 +102,7 @@ def _parse_packed(text: bytes) -> dict[bytes, bytes]:
             continue  # header, or the peeled target of the tag line above
         hexid, sp, name = line.partition(b" ")
         if not sp or not _HEX40.match(hexid):
-            raise CorruptRef(f"packed-refs: unparseable line {line[:100]!r}")
+            raise CorruptRef(f"packed-refs: unparseable line: {_shown(line[:100])}")
         refs[name] = bytes.fromhex(hexid.decode())
     return refs
 
@@ -112,7 +117,8 @@ def _reflog_message(message: bytes) -> bytes:
 
 def _check_id(what: str, value: bytes) -> None:
     if not isinstance(value, bytes) or len(value) != 20:
-        raise BadRefValue(f"{what} must be a raw 20-byte object id, got {value!r}"[:120])
+        got = f"{len(value)} bytes" if isinstance(value, bytes) else type(value).__name__
+        raise BadRefValue(f"{what} must be a raw 20-byte object id, got {got}")
 
 
 class Refs:
@@ -164,7 +170,7 @@ class Refs:
             if target is None:
                 return oid
             name = target
-        raise CorruptRef(f"symref chain from {name!r} is too long (a loop?)")
+        raise CorruptRef(f"symref chain from {_shown(name)} is too long (a loop?)")
 
     def read_symref(self, name: bytes) -> bytes | None:
         """The ref name that symref ``name`` points to, or None if it is not a symref."""

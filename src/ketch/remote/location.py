@@ -5,10 +5,13 @@ repository in an S3 mirror (`s3://bucket/prefix/REPO`, read-only)."""
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from ketch.errors import UsageError
 from ketch.offsite.store import ObjectStore
 from ketch.repo import LocalRepository, Repository
+
+Kind = Literal["auto", "local", "remote"]
 
 
 def is_remote(location: str) -> bool:
@@ -49,15 +52,21 @@ def split_repo_url(location: str) -> tuple[str, str]:
     return base, name
 
 
-def open_location(location: str, *, create: bool = False) -> Repository:
-    if is_store_url(location):
+def open_location(location: str, *, create: bool = False, kind: Kind = "auto",
+                  endpoint_url: str | None = None,
+                  encrypt_key: str | None = None) -> Repository:
+    """The repository at `location`. `kind` says who named it: "local" (`-d`: always a
+    directory, even with a colon in its name), "remote" (`-r`: a server, `:PATH` being
+    a local one, or an S3 mirror), "auto" (a config's string: decided by its form)."""
+    if kind != "local" and is_store_url(location):
         from ketch.offsite.s3repo import MirrorReadOnly, StoreRepository
 
         if create:
             raise MirrorReadOnly("an S3 mirror is read-only; push to it with ketch mirror push")
         url, name = split_repo_url(location)
-        return StoreRepository(open_store(url), name, url=url)
-    if is_remote(location):
+        store = open_store(url, endpoint_url=endpoint_url, encrypt_key=encrypt_key)
+        return StoreRepository(store, name, url=url)
+    if kind == "remote" or (kind == "auto" and is_remote(location)):
         from ketch.remote.client import RemoteRepository
         from ketch.remote.spec import parse_remote
 

@@ -26,8 +26,10 @@ class RemoteSpec:
     path: str  # "" means the server's default repository
 
     def cache_key(self) -> str:
-        """bup's index-cache directory name for this remote (6.6)."""
-        return re.sub(r"[^@\w]", "_", f"{self.host}:{self.path or None}", flags=re.A)
+        """bup's index-cache directory name for this remote (6.6), but for an absent
+        host or path, which bup spells "None": the cache is ketch's own, bup never
+        reads it, and a user listing ~/.cache/ketch/remote should not see "None"."""
+        return re.sub(r"[^@\w]", "_", f"{self.host or ''}:{self.path}", flags=re.A)
 
     def __str__(self) -> str:
         if self.protocol == "file":

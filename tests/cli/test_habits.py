@@ -1,0 +1,141 @@
+"""Habits users have (issue 17, item 12): a closed pipe is not an error, typos get
+suggestions, messages have no Python reprs and right plurals, save's meter has a
+total, shells complete, and `ketch help config` documents the config file."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RunKetch, _subprocess_env
+
+
+def ketch_bin(tmp_path: Path) -> Path:
+    """A directory holding a `ketch` that runs this worktree's code."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    exe = bindir / "ketch"
+    exe.write_text(f'#!/bin/sh\nexec {sys.executable} -m ketch "$@"\n')
+    exe.chmod(0o755)
+    return bindir
+
+
+def on_terminal(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """Run ketch with stderr on a pseudo-terminal: (exit code, what it drew there)."""
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "ketch", *argv],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=slave, env=_subprocess_env(env))
+        os.close(slave)
+        said = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: every writer of the terminal is gone
+                break
+            if not chunk:
+                break
+            said += chunk
+        return proc.wait(timeout=120), said
+    finally:
+        os.close(master)
+
+
+@pytest.mark.parametrize("cmd", ["cat-file", "join", "ls"])
+def test_closed_pipe_ends_quietly(cmd: str, repo_dir: Path, tmp_path: Path,
+                                  run_ketch: RunKetch) -> None:
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "big").write_bytes(os.urandom(6_000_000))
+    for i in range(3000):
+        (data / f"name-{i:05d}").write_bytes(b"")
+    run_ketch("save", "-q", "-d", repo_dir, "-n", "s", data, check=True)
+    run_ketch("split", "-q", "-d", repo_dir, "-n", "b", data / "big", check=True)
+    args = {"cat-file": [f"s/latest{data}/big"], "join": ["b"], "ls": ["-l", f"s/latest{data}"]}
+    proc = subprocess.Popen([sys.executable, "-m", "ketch", cmd, "-d", str(repo_dir),
+                             *args[cmd]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, env=_subprocess_env(None))
+    assert proc.stdout is not None and proc.stderr is not None
+    head = subprocess.run(["head", "-c", "10"], stdin=proc.stdout, capture_output=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert (proc.wait(timeout=60), err, len(head.stdout)) == (0, b"", 10)
+
+
+def test_mistyped_command_gets_a_suggestion(run_ketch: RunKetch) -> None:
+    r = run_ketch("sav")
+    assert r.returncode == 2
+    assert r.stderr == b"ketch: error: No such command 'sav'. Did you mean 'save'?\n"
+
+
+def test_no_python_reprs_in_messages(repo_dir: Path, tmp_path: Path,
+                                     run_ketch: RunKetch) -> None:
+    r = run_ketch("save", "-d", repo_dir, "-n", "bad name", tmp_path)
+    assert r.returncode == 2
+    assert r.stderr == b"ketch: error: invalid branch name 'bad name': it contains ' '\n"
+    r = run_ketch("save", "-d", repo_dir, "-n", "x", "--graft", "nope", tmp_path)
+    assert r.stderr == b"ketch: error: --graft needs OLD=NEW, got nope\n"
+
+
+def test_plurals_in_summaries(repo_dir: Path, tmp_path: Path, run_ketch: RunKetch) -> None:
+    one = tmp_path / "one"
+    one.write_text("x\n")
+    r = run_ketch("save", "-d", repo_dir, "-n", "one", one, check=True)
+    assert re.match(rb"Saved one: 1 file, \d+ dirs, ", r.stderr), r.stderr
+    r = run_ketch("index", "-d", repo_dir, one, check=True)
+    assert r.stderr.startswith(b"Indexed 1 path ("), r.stderr
+
+
+def test_save_meter_has_a_total_on_a_terminal_only(repo_dir: Path, tmp_path: Path,
+                                                   run_ketch: RunKetch) -> None:
+    data = tmp_path / "d"
+    data.mkdir()
+    for i in range(4):
+        (data / f"f{i}").write_bytes(os.urandom(4_000_000))
+    (data / "skip.tmp").write_bytes(os.urandom(4_000_000))
+    # A first save: the index knows no sizes, so the total comes from a scan.
+    code, said = on_terminal(["save", "-d", str(repo_dir), "-n", "s", "--exclude", "*.tmp",
+                              str(data)])
+    assert code == 0, said
+    assert re.search(rb"Saving: 4 files, 16\.0 MB, [\d.,]+ MB/s, 100\.0%, ETA 0:00", said), said
+    r = run_ketch("save", "-d", repo_dir, "-n", "s", "--no-index", data, check=True)
+    assert b"Saving" not in r.stderr and r.stderr.count(b"\n") == 1
+
+
+def test_completion_scripts(tmp_path: Path, run_ketch: RunKetch) -> None:
+    for shell in ("bash", "zsh", "fish"):
+        r = run_ketch("completion", shell, check=True)
+        assert b"_KETCH_COMPLETE" in r.stdout, shell
+    bindir = ketch_bin(tmp_path)
+    script = ('source <(ketch completion bash)\n'
+              'COMP_WORDS=(ketch sa); COMP_CWORD=1; _ketch_completion ketch\n'
+              'echo "${COMPREPLY[@]}"\n'
+              'COMPREPLY=(); COMP_WORDS=(ketch ls --endp); COMP_CWORD=2; _ketch_completion ketch\n'
+              'echo "${COMPREPLY[@]}"\n')
+    r = subprocess.run(["bash", "-c", script], capture_output=True, timeout=60,
+                       env=_subprocess_env({"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}))
+    assert r.stdout.decode().splitlines() == ["save", "--endpoint-url"], r.stderr
+    assert run_ketch("completion", "tcsh").returncode == 2
+
+
+def test_help_topics(run_ketch: RunKetch) -> None:
+    r = run_ketch("help", check=True)
+    assert b"  config " in r.stdout and b"  repository " in r.stdout
+    text = run_ketch("help", "config", check=True).stdout.decode()
+    from ketch.jobs import config as schema
+
+    for table in (schema._TOP, schema._SET, schema._DUMP, schema._SCHEDULE, schema._NOTIFY,
+                  schema._EMAIL):
+        for key in table:
+            assert re.search(rf"^  {key}: .*\n {{6}}\S", text, re.M), key
+    assert "[[dump]]" in text and "[notify.email]" in text
+    assert "  globals: a boolean (true or false) (default: true); for postgresql" in text
+    assert run_ketch("help", "save", check=True).stdout.startswith(b"Usage: ketch save")
+    bad = run_ketch("help", "confg")
+    assert bad.returncode == 2 and b"did you mean 'config'?" in bad.stderr
