@@ -7,7 +7,9 @@ import ctypes
 import errno
 import importlib
 import os
+import signal
 import sys
+from types import FrameType
 
 import click
 
@@ -69,15 +71,23 @@ def _tune_malloc() -> None:
         pass  # not glibc: nothing to tune
 
 
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM (kill, systemd stopping a job) ends a command as Ctrl-C does:
+    # cleanup runs (a remote save keeps what the server received), one line, exit 2.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     _tune_malloc()
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         rv = cli.main(args=argv, prog_name="ketch", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
     except click.exceptions.Exit as e:
         code = e.exit_code
-    except click.exceptions.Abort:
-        code = _fail("aborted")
+    except click.exceptions.Abort as e:
+        # click turns Ctrl-C into Abort; say what happened.
+        code = _fail("interrupted" if isinstance(e.__cause__, KeyboardInterrupt) else "aborted")
     except click.ClickException as e:
         code = _fail(e.format_message(), EXIT_FAILED)
     except KetchError as e:

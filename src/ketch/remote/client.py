@@ -15,8 +15,10 @@ from __future__ import annotations
 import fcntl
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 
@@ -65,17 +67,59 @@ def _widen_pipe(fd: int) -> None:
         pass  # above /proc/sys/fs/pipe-max-size for this user: keep the default
 
 
+def interrupted() -> bool:
+    """Is the exception being handled an interrupt (Ctrl-C, SIGTERM), not an error?"""
+    e = sys.exc_info()[1]
+    return e is not None and not isinstance(e, Exception)
+
+
+class _Tail:
+    """The end of what the server (or ssh) writes on stderr: when it fails, its
+    own last words say why better than an exit code."""
+
+    def __init__(self, fd: int) -> None:
+        self._buf = bytearray()
+        self._done = threading.Event()
+        threading.Thread(target=self._pump, args=(fd,), daemon=True).start()
+
+    def _pump(self, fd: int) -> None:
+        try:
+            while chunk := os.read(fd, 1 << 16):
+                self._buf += chunk
+                del self._buf[: -(1 << 14)]
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+            self._done.set()
+
+    def lines(self, n: int = 3, wait: float = 1.0) -> list[str]:
+        """Its last `n` non-empty lines, a server's "ketch: error:" said as "server:"."""
+        self._done.wait(wait)
+        text = bytes(self._buf).decode(errors="replace")
+        out = [ln.strip() for ln in text.splitlines() if ln.strip()][-n:]
+        return ["server: " + ln[len("ketch: error: "):] if ln.startswith("ketch: error: ")
+                else ln for ln in out]
+
+
 class Client:
     """One server process and the protocol exchanges with it."""
 
     def __init__(self, spec: RemoteSpec, *, create: bool = False) -> None:
         self.spec = spec
         argv = _server_argv(spec)
+        err_r, err_w = os.pipe()
         try:
+            # Its own session: a terminal's Ctrl-C reaches only this process,
+            # which then ends the connection itself (see abandon()).
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         start_new_session=True)
+                                         stderr=err_w, start_new_session=True)
         except OSError as e:
+            os.close(err_r)
             raise KetchError(f"cannot start {argv[0]}: {e.strerror}") from None
+        finally:
+            os.close(err_w)
+        self.stderr = _Tail(err_r)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         for f in (self.proc.stdin, self.proc.stdout):
             _widen_pipe(f.fileno())
@@ -88,8 +132,12 @@ class Client:
                 self.conn.write(verb + os.fsencode(spec.path) + b"\n")
                 self.check_ok()
         except BaseException:
-            self.close(quit=False)
+            self.abandon()
             raise
+
+    def _failed(self, what: str, rv: int | None) -> KetchError:
+        how = f" (server command exited with code {rv})" if rv else ""
+        return KetchError("\n".join([*self.stderr.lines(), f"{what}{how}"]))
 
     def _lost(self, e: ConnectionLost) -> KetchError:
         rv = None
@@ -97,8 +145,7 @@ class Client:
             rv = self.proc.wait(5)
         except subprocess.TimeoutExpired:
             pass
-        how = f" (server command exited with code {rv})" if rv else ""
-        return KetchError(f"connection to {self.spec} lost{how}")
+        return self._failed(f"connection to {self.spec} lost", rv)
 
     def check_ok(self) -> None:
         try:
@@ -141,26 +188,51 @@ class Client:
         except ConnectionLost as e:
             raise self._lost(e) from None
 
-    def close(self, *, quit: bool = True) -> None:
-        if self.closed:
-            return
+    def _close_pipes(self) -> None:
         self.closed = True
-        try:
-            if quit:
-                self.conn.write(b"quit\n")
-                self.conn.flush()
-        except KetchError:
-            pass
+        self.conn.close()
         for f in (self.proc.stdin, self.proc.stdout):
             if f is not None:
-                f.close()
+                try:
+                    f.close()
+                except OSError:
+                    pass  # unflushed data to a server that is gone
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self.conn.write(b"quit\n")
+            self.conn.flush()
+        except KetchError:
+            pass
+        self._close_pipes()
         try:
             rv = self.proc.wait(60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             rv = self.proc.wait()
-        if rv and quit:
-            raise KetchError(f"server command for {self.spec} exited with code {rv}")
+        if rv:
+            raise self._failed(f"server command for {self.spec} failed", rv)
+
+    def abandon(self) -> None:
+        """End the session without another exchange: after an interrupt the
+        stream may stop in the middle of a frame, which the server would wait
+        for forever. Closed pipes are a cut connection to it: it keeps the
+        complete objects and exits; ssh gets a moment to pass that on."""
+        if self.closed:
+            return
+        self._close_pipes()
+        try:
+            self.proc.wait(0.5)
+        except subprocess.TimeoutExpired:
+            # A local server finishes its pack on SIGTERM too; ssh just goes.
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(2)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 class RemoteRepository(Repository):
@@ -192,6 +264,11 @@ class RemoteRepository(Repository):
         if self._objindex is not None:
             self._objindex.close()
             self._objindex = None
+        if interrupted():
+            self.client.abandon()
+            return
+        if self.client.closed:
+            return
         try:
             self._drain()  # a server cut off mid-answer would exit with an error
         except KetchError:
@@ -426,6 +503,7 @@ class RemoteWriter(PackWriter):
         stream, the names of the packs it wrote); fetch those idx files."""
         conn = self.repo.conn
         conn.write(u32(SUSPEND if suspend else 0))
+        self._streaming = False  # whatever the answer, the stream has ended
         lines = list(self.repo.client.lines())
         self.repo.client.check_ok()
         for line in lines:
@@ -436,6 +514,7 @@ class RemoteWriter(PackWriter):
                 self.closed_idx.append(name)
         if suspend:
             conn.write(b"receive-objects-v2\n")
+            self._streaming = True
 
     def _end_stream(self) -> None:
         if self._streaming:
@@ -455,9 +534,12 @@ class RemoteWriter(PackWriter):
             fut.cancel()
         self._pending.clear()
         self._small.clear()
-        try:
-            # What the server already has is complete; keeping it makes a retry cheaper.
-            self._end_stream()
-        except KetchError:
-            pass
+        if interrupted():
+            self.repo.client.abandon()  # the server keeps what arrived whole
+        elif not self.repo.client.closed:
+            try:
+                # What the server already has is complete; keeping it makes a retry cheaper.
+                self._end_stream()
+            except KetchError:
+                self.repo.client.abandon()
         self._pool.shutdown(wait=True)
