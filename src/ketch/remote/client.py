@@ -154,7 +154,11 @@ class Client:
             raise self._lost(e) from None
         except RemoteError as e:
             msg = str(e)
-            if "not a repository" in msg or "is not a repository" in msg:
+            if "not a repository" in msg:
+                # The server names the path it was given, which the spec shows already.
+                said = f"{self.spec.path}: "
+                if self.spec.path and msg.startswith(said):
+                    msg = msg[len(said):]
                 raise NotARepository(f"{self.spec}: {msg}") from None
             raise KetchError(f"server: {msg}") from None
 
@@ -226,7 +230,10 @@ class Client:
         try:
             self.proc.wait(0.5)
         except subprocess.TimeoutExpired:
-            # A local server finishes its pack on SIGTERM too; ssh just goes.
+            if self.spec.protocol == "file":
+                return  # a local server is closing its pack: a signal would cut that short
+            # The far side has (or will have, when the TCP connection drops) its
+            # end of stream whatever ssh is still doing.
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(2)
