@@ -101,3 +101,18 @@ def test_a_server_that_dies_is_heard(sshd: SshServer, run_ketch: RunKetch,
     lines = _error_lines(res.stderr)
     assert f"ketch: error: server: --restrict-to {missing}: no such directory" in lines, lines
     assert lines[-1].endswith("(server command exited with code 2)"), lines
+
+
+def test_an_unreadable_index_on_the_server_says_why(machine: Machine, run_ketch: RunKetch,
+                                                    tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    build_small_tree(tree)
+    repo = tmp_path / "srv"
+    run_ketch("init", "-d", repo, check=True)
+    run_ketch("save", "-d", repo, "-n", "local", "-q", tree, check=True)
+    [idx] = (repo / "objects" / "pack").glob("*.idx")
+    idx.chmod(0)
+    res = run_ketch("save", "-r", machine.url(repo), "-n", "m", "-q", tree, env=machine.env)
+    assert res.returncode == 2, res.stderr.decode()
+    lines = _error_lines(res.stderr)
+    assert lines == [f"ketch: error: server: {idx}: Permission denied"], lines

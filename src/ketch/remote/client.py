@@ -312,6 +312,8 @@ class RemoteRepository(Repository):
         if os.path.exists(path):
             return
         self.conn.write(b"send-index " + name.encode() + b"\n")
+        if self.conn.peek(7) == b"\nerror ":  # no idx starts so (they start \377tOc)
+            self.client.check_ok()
         n = int.from_bytes(self.client.read(4), "big")
         with AtomicFile(path) as f:
             left = n

@@ -129,6 +129,13 @@ class Conn:
         self._rpos += n
         return out
 
+    def peek(self, n: int) -> bytes:
+        """The next n bytes (fewer at end of stream), left to be read."""
+        while self._avail() < n:
+            if not self._fill():
+                break
+        return bytes(self._rbuf[self._rpos : self._rpos + n])
+
     def read_some(self, limit: int) -> bytes:
         """Up to `limit` bytes, at least one; b"" at end of stream."""
         if not self._avail() and not self._fill():
