@@ -217,7 +217,7 @@ class Client:
             self.proc.kill()
             rv = self.proc.wait()
         if rv:
-            raise self._failed(f"server command for {self.spec} failed", rv)
+            raise self._failed(f"the server for {self.spec} failed", rv)
 
     def abandon(self) -> None:
         """End the session without another exchange: after an interrupt the
