@@ -7,7 +7,9 @@ import ctypes
 import errno
 import importlib
 import os
+import signal
 import sys
+from types import FrameType
 
 import click
 
@@ -103,8 +105,23 @@ def _quiet_stdout() -> int:
     return 0
 
 
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM (kill, systemd stopping a job) ends a command as Ctrl-C does:
+    # cleanup runs (a remote save keeps what the server received), one line, exit 2.
+    raise KeyboardInterrupt
+
+
+def _interrupted() -> int:
+    # A second signal while the interpreter winds down would end it by that signal
+    # (exit -2) instead of our exit 2: the user has been heard once.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return _fail("interrupted")
+
+
 def main(argv: list[str] | None = None) -> int:
     _tune_malloc()
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         rv = cli.main(args=argv, prog_name="ketch", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
@@ -113,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         code = e.exit_code
     except _ClosedPipe:
         code = _quiet_stdout()
-    except click.exceptions.Abort:
-        code = _fail("aborted")
+    except click.exceptions.Abort as e:
+        # click turns Ctrl-C into Abort; say what happened.
+        code = _interrupted() if isinstance(e.__cause__, KeyboardInterrupt) else _fail("aborted")
     except click.ClickException as e:
         code = _fail(e.format_message(), EXIT_FAILED)
     except KetchError as e:
@@ -126,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         code = _fail(f"{where}{e.strerror or errno.errorcode.get(e.errno or 0, str(e))}")
     except KeyboardInterrupt:
-        code = _fail("interrupted")
+        code = _interrupted()
     except Exception as e:  # noqa: BLE001 - last resort: never show a traceback
         code = _fail(f"internal error: {type(e).__name__}: {e}")
     sys.exit(code)

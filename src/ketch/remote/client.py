@@ -12,23 +12,20 @@ sent again.
 
 from __future__ import annotations
 
-import fcntl
 import os
-import shlex
-import subprocess
-import sys
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-from ketch.errors import KetchError, NotARepository, ObjectNotFound, RefConflict
+from ketch.errors import KetchError, ObjectNotFound, RefConflict
 from ketch.git import objects as gobj
 from ketch.git.durable import AtomicFile
 from ketch.git.objindex import ObjectIndex
 from ketch.git.pack import DEFAULT_LEVEL, DEFAULT_MAX_PACK_SIZE, PackWriter
 from ketch.remote.protocol import SUSPEND, Conn, ConnectionLost, RemoteError, u32
+from ketch.remote.session import Client, interrupted
 from ketch.remote.spec import RemoteSpec
 from ketch.repo import Repository
 
@@ -39,128 +36,6 @@ _BATCH = 256  # objects per cat-batch request when reading ahead
 def default_cache_root() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "ketch", "remote")
-
-
-def _server_argv(spec: RemoteSpec) -> list[str]:
-    if spec.protocol == "file":
-        return [sys.executable, "-m", "ketch", "server"]
-    custom = os.environ.get("KETCH_RSH")
-    # AES-GCM first: with AES-NI it moves ~40% more per core than OpenSSH's
-    # default chacha20, and a backup is bulk transfer. Both are AEAD ciphers.
-    rsh = shlex.split(custom) if custom else [
-        "ssh", "-o", "Ciphers=aes128-gcm@openssh.com,aes256-gcm@openssh.com,"
-        "chacha20-poly1305@openssh.com"]
-    remote = os.environ.get("KETCH_REMOTE_COMMAND", "ketch server")
-    port = ["-p", str(spec.port)] if spec.port is not None else []
-    assert spec.host is not None
-    return [*rsh, *port, spec.host, "--", remote]
-
-
-def _widen_pipe(fd: int) -> None:
-    """A 1 MiB pipe instead of 64 KiB: the sender keeps going while the other
-    side digests a batch, instead of blocking every 64 KiB."""
-    try:
-        fcntl.fcntl(fd, 1031, 1 << 20)  # F_SETPIPE_SZ
-    except OSError:
-        pass  # above /proc/sys/fs/pipe-max-size for this user: keep the default
-
-
-class Client:
-    """One server process and the protocol exchanges with it."""
-
-    def __init__(self, spec: RemoteSpec, *, create: bool = False) -> None:
-        self.spec = spec
-        argv = _server_argv(spec)
-        try:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         start_new_session=True)
-        except OSError as e:
-            raise KetchError(f"cannot start {argv[0]}: {e.strerror}") from None
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        for f in (self.proc.stdin, self.proc.stdout):
-            _widen_pipe(f.fileno())
-        self.conn = Conn(self.proc.stdout.fileno(), self.proc.stdin.fileno(), peer=str(spec))
-        self.closed = False
-        try:
-            self.commands = self._help()
-            if spec.path:
-                verb = b"init-dir " if create else b"set-dir "
-                self.conn.write(verb + os.fsencode(spec.path) + b"\n")
-                self.check_ok()
-        except BaseException:
-            self.close(quit=False)
-            raise
-
-    def _lost(self, e: ConnectionLost) -> KetchError:
-        rv = None
-        try:
-            rv = self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
-        how = f" (server command exited with code {rv})" if rv else ""
-        return KetchError(f"connection to {self.spec} lost{how}")
-
-    def check_ok(self) -> None:
-        try:
-            self.conn.check_ok()
-        except ConnectionLost as e:
-            raise self._lost(e) from None
-        except RemoteError as e:
-            msg = str(e)
-            if "not a repository" in msg or "is not a repository" in msg:
-                raise NotARepository(f"{self.spec}: {msg}") from None
-            raise KetchError(f"server: {msg}") from None
-
-    def _help(self) -> set[bytes]:
-        self.conn.write(b"help\n")
-        try:
-            head = self.conn.readline()
-            if not head:
-                raise ConnectionLost("")
-            if head != b"Commands:\n":
-                raise KetchError(f"{self.spec}: not a bup/ketch server (got {head[:60]!r})")
-            names = {line.strip() for line in self.conn.lines_until_blank()}
-        except ConnectionLost as e:
-            raise self._lost(e) from None
-        self.check_ok()
-        return names
-
-    def require(self, name: bytes) -> None:
-        if name not in self.commands:
-            raise KetchError(f"{self.spec}: the server has no {name.decode()} command")
-
-    def lines(self) -> Iterator[bytes]:
-        try:
-            yield from self.conn.lines_until_blank()
-        except ConnectionLost as e:
-            raise self._lost(e) from None
-
-    def read(self, n: int) -> bytes:
-        try:
-            return self.conn.read(n)
-        except ConnectionLost as e:
-            raise self._lost(e) from None
-
-    def close(self, *, quit: bool = True) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            if quit:
-                self.conn.write(b"quit\n")
-                self.conn.flush()
-        except KetchError:
-            pass
-        for f in (self.proc.stdin, self.proc.stdout):
-            if f is not None:
-                f.close()
-        try:
-            rv = self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rv = self.proc.wait()
-        if rv and quit:
-            raise KetchError(f"server command for {self.spec} exited with code {rv}")
 
 
 class RemoteRepository(Repository):
@@ -192,6 +67,11 @@ class RemoteRepository(Repository):
         if self._objindex is not None:
             self._objindex.close()
             self._objindex = None
+        if interrupted():
+            self.client.abandon()
+            return
+        if self.client.closed:
+            return
         try:
             self._drain()  # a server cut off mid-answer would exit with an error
         except KetchError:
@@ -228,6 +108,8 @@ class RemoteRepository(Repository):
         if os.path.exists(path):
             return
         self.conn.write(b"send-index " + name.encode() + b"\n")
+        if self.conn.peek(7) == b"\nerror ":  # no idx starts so (they start \377tOc)
+            self.client.check_ok()
         n = int.from_bytes(self.client.read(4), "big")
         with AtomicFile(path) as f:
             left = n
@@ -426,6 +308,7 @@ class RemoteWriter(PackWriter):
         stream, the names of the packs it wrote); fetch those idx files."""
         conn = self.repo.conn
         conn.write(u32(SUSPEND if suspend else 0))
+        self._streaming = False  # whatever the answer, the stream has ended
         lines = list(self.repo.client.lines())
         self.repo.client.check_ok()
         for line in lines:
@@ -436,6 +319,7 @@ class RemoteWriter(PackWriter):
                 self.closed_idx.append(name)
         if suspend:
             conn.write(b"receive-objects-v2\n")
+            self._streaming = True
 
     def _end_stream(self) -> None:
         if self._streaming:
@@ -455,9 +339,12 @@ class RemoteWriter(PackWriter):
             fut.cancel()
         self._pending.clear()
         self._small.clear()
-        try:
-            # What the server already has is complete; keeping it makes a retry cheaper.
-            self._end_stream()
-        except KetchError:
-            pass
+        if interrupted():
+            self.repo.client.abandon()  # the server keeps what arrived whole
+        elif not self.repo.client.closed:
+            try:
+                # What the server already has is complete; keeping it makes a retry cheaper.
+                self._end_stream()
+            except KetchError:
+                self.repo.client.abandon()
         self._pool.shutdown(wait=True)

@@ -43,6 +43,13 @@ class Conn:
         self._wlen = 0
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.closed = False
+
+    def close(self) -> None:
+        """Stop using the file descriptors (their owner closes them)."""
+        self.closed = True
+        self._wbuf.clear()
+        self._wlen = 0
 
     # -- writing ------------------------------------------------------------
 
@@ -56,6 +63,8 @@ class Conn:
     def flush(self) -> None:
         if not self._wbuf:
             return
+        if self.closed:
+            raise ConnectionLost(f"connection to {self.peer} closed")
         data = memoryview(b"".join(self._wbuf))
         self._wbuf.clear()
         self._wlen = 0
@@ -84,6 +93,8 @@ class Conn:
     def _fill(self) -> bool:
         """Read what the peer has sent (blocking); False at end of stream."""
         self.flush()  # never wait for an answer to a request still in our buffer
+        if self.closed:
+            return False
         if self._rpos and self._rpos == len(self._rbuf):
             self._rbuf.clear()
             self._rpos = 0
@@ -103,6 +114,8 @@ class Conn:
     def has_input(self) -> bool:
         if self._avail():
             return True
+        if self.closed:
+            return False
         r, _, _ = select.select([self.rfd], [], [], 0)
         return bool(r)
 
@@ -115,6 +128,13 @@ class Conn:
         out = bytes(self._rbuf[self._rpos : self._rpos + n])
         self._rpos += n
         return out
+
+    def peek(self, n: int) -> bytes:
+        """The next n bytes (fewer at end of stream), left to be read."""
+        while self._avail() < n:
+            if not self._fill():
+                break
+        return bytes(self._rbuf[self._rpos : self._rpos + n])
 
     def read_some(self, limit: int) -> bytes:
         """Up to `limit` bytes, at least one; b"" at end of stream."""

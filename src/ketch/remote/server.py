@@ -78,6 +78,7 @@ class Server:
         self.repo: LocalRepository | None = None
         self._vfs: VFS | None = None
         self.suspended: PackWriter | None = None
+        self._streaming = False  # inside receive-objects-v2's object frames
         self.root = os.path.realpath(opts.restrict_to) if opts.restrict_to else None
         self.commands: dict[bytes, Callable[[bytes], None]] = {
             b"help": self.help, b"init-dir": self.init_dir, b"set-dir": self.set_dir,
@@ -110,10 +111,8 @@ class Server:
                     handler(arg)
                 except (ProtocolError, ConnectionLost):
                     raise
-                except KetchError as e:
-                    self.conn.error(str(e))
-                except OSError as e:
-                    self.conn.error(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}")
+                except (KetchError, OSError) as e:
+                    self.conn.error(_reason(e))
         finally:
             if self.suspended is not None:
                 self._finish(self.suspended)
@@ -199,18 +198,30 @@ class Server:
     def receive_objects(self, _: bytes) -> None:
         repo = self._repo()
         w, self.suspended = self.suspended, None
-        if w is None:
-            w = repo.writer()
+        self._streaming = True
+        try:
+            if w is None:
+                w = repo.writer()
+            self._receive(repo, w)
+        except (KetchError, OSError) as e:
+            if isinstance(e, ProtocolError) or not self._streaming:
+                raise
+            # The client streams without waiting for answers: say why now (it
+            # polls between batches), then skip its frames up to the end of the
+            # stream so that the session stays in step.
+            self.conn.error(_reason(e))
+            self._skip_stream()
+
+    def _receive(self, repo: LocalRepository, w: PackWriter) -> None:
         dumb = self._dumb()
         suggested: set[str] = set()
         conn = self.conn
         sha1 = hashlib.sha1
         try:
             while True:
-                head = conn.try_read(4)
-                if len(head) < 4:
-                    raise ConnectionLost("client went away in the middle of receive-objects-v2")
-                n = int.from_bytes(head, "big")
+                n = self._frame_length()
+                if n in (0, SUSPEND):
+                    self._streaming = False
                 if n == 0:
                     names = self._finish(w)
                     for idx in names:
@@ -221,8 +232,6 @@ class Server:
                     self.suspended = w
                     conn.ok()
                     return
-                if n <= 24 or n > (1 << 31):
-                    raise ProtocolError(f"bad object frame length {n}")
                 frame = conn.read(n)
                 oid = frame[:20]
                 crc = int.from_bytes(frame[20:24], "big")
@@ -245,8 +254,27 @@ class Server:
                 w.write_raw(oid, encoded, crc)
         except BaseException:
             # Complete objects are worth keeping: a resumed save skips them.
-            self._finish(w)
+            if self._streaming:
+                self._finish(w)
             raise
+
+    def _frame_length(self) -> int:
+        head = self.conn.try_read(4)
+        if len(head) < 4:
+            raise ConnectionLost("client went away in the middle of receive-objects-v2")
+        n = int.from_bytes(head, "big")
+        if n not in (0, SUSPEND) and (n <= 24 or n > (1 << 31)):
+            raise ProtocolError(f"bad object frame length {n}")
+        return n
+
+    def _skip_stream(self) -> None:
+        """Read and drop object frames up to the stream's end (its answer is sent)."""
+        while True:
+            n = self._frame_length()
+            if n in (0, SUSPEND):
+                self._streaming = False
+                return
+            self.conn.read(n)
 
     def _finish(self, w: PackWriter) -> list[str]:
         if w is self.suspended:
@@ -417,6 +445,12 @@ class Server:
         reply = resolve_reply(self._vfs, flags, self.conn.read)
         self.conn.write(reply)
         self.conn.ok()
+
+
+def _reason(e: KetchError | OSError) -> str:
+    if isinstance(e, KetchError):
+        return str(e)
+    return f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}"
 
 
 def _ref_matches(name: bytes, pattern: bytes) -> bool:
