@@ -1,18 +1,12 @@
 from __future__ import annotations
 
 import json
-import signal
 import socket
-from types import FrameType
 
 import click
 
 from ketch.cli.common import TermProgress, show_progress
 from ketch.progress import NullProgress, Progress
-
-
-def _terminated(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # cleanup and the run's log line, as for Ctrl-C
 
 
 @click.command("run")
@@ -29,9 +23,6 @@ def command(config_path: str | None, as_json: bool, quiet: bool, no_notify: bool
     from ketch.jobs.notify import Notifier
     from ketch.jobs.runner import default_log_path, run_jobs
 
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        # systemd stops a job, and `kill` ends one, with SIGTERM: log it like Ctrl-C.
-        signal.signal(signal.SIGTERM, _terminated)
     cfg = load_config(config_path or default_config_path())
     tty = show_progress() and not quiet and not as_json
 
