@@ -30,6 +30,7 @@ from ketch.excludes import ExcludeRules
 from ketch.git import objects as gobj
 from ketch.git.refs import validate_branch_name
 from ketch.index import Entry, Fingerprint, Index
+from ketch.interrupt import Interrupted, held, stop_signals
 from ketch.metadata import EMPTY_RECORD, from_path
 from ketch.progress import NullProgress, Progress
 from ketch.repo import ObjectWriter, Repository, advance_branch
@@ -572,10 +573,23 @@ def _plain(name: bytes) -> bytes:
 
 def save(repo: Repository, opts: SaveOptions, *, index: Index | None = None,
          progress: Progress | None = None) -> SaveResult:
-    """Save `opts.paths` as a new commit on branch `opts.name`."""
-    progress = progress or NullProgress()
-    t0 = time.monotonic()
+    """Save `opts.paths` as a new commit on branch `opts.name`.
+
+    SIGINT or SIGTERM end it with Interrupted; the branch does not move, but the
+    complete objects written so far stay in finished packs and the index keeps
+    the files they hold, so the next save neither reads nor writes them again."""
     validate_branch_name(opts.name.encode())
+    with stop_signals():
+        try:
+            return _save(repo, opts, index, progress or NullProgress())
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted (what was written so far is kept: the next "
+                              "save reuses it)") from None
+
+
+def _save(repo: Repository, opts: SaveOptions, index: Index | None,
+          progress: Progress) -> SaveResult:
+    t0 = time.monotonic()
     refname = b"refs/heads/" + opts.name.encode()
     result = SaveResult(name=opts.name)
     def warn(msg: str) -> None:
@@ -588,6 +602,8 @@ def save(repo: Repository, opts: SaveOptions, *, index: Index | None = None,
                     for p in opts.paths)
         progress.start(total or None)
     old = repo.read_ref(refname)
+    if index is not None:
+        index.only_stored(lambda oids: repo.has_many(oids).tolist())
     w = repo.writer(level=opts.level)
     try:
         saver = _Saver(repo, w, index, opts, progress, result)
@@ -595,7 +611,7 @@ def save(repo: Repository, opts: SaveOptions, *, index: Index | None = None,
         msg = argv_message("ketch save", opts.argv)
         result.commit = w.write(gobj.COMMIT, commit_bytes(result.tree, old, opts.date, msg))
     except BaseException:
-        w.abort()
+        w.abort()  # keeps the complete objects written so far
         if index is not None:
             index.flush()
         raise
@@ -606,10 +622,12 @@ def save(repo: Repository, opts: SaveOptions, *, index: Index | None = None,
     result.bytes_new = getattr(w, "bytes_written", 0)
     result.objects_new = getattr(w, "objects_written", 0)
     try:
-        result.commit = advance_branch(
-            repo, refname, result.commit, old,
-            lambda parent: commit_bytes(result.tree, parent, opts.date, msg),
-            message=b"ketch save")
+        # Not cut half-way: a stale lock would block every later save of this name.
+        with held():
+            result.commit = advance_branch(
+                repo, refname, result.commit, old,
+                lambda parent: commit_bytes(result.tree, parent, opts.date, msg),
+                message=b"ketch save")
     except KetchError:
         raise
     except OSError as e:

@@ -1,0 +1,68 @@
+"""Ending a save on SIGINT or SIGTERM without losing what it wrote.
+
+While `stop_signals()` is active (in the main thread), both signals raise
+KeyboardInterrupt as Ctrl-C always does, except inside `held()` sections,
+where the signal waits for the section's end: a pack writer updates its state
+in such sections, so an interrupted writer is never caught half-way through an
+entry and can still finish the pack of the complete objects it has.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType, TracebackType
+
+from ketch.errors import KetchError
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KetchError):
+    """SIGINT or SIGTERM ended the command."""
+
+
+class _State:
+    depth = 0  # nested held() sections
+    waiting: int | None = None  # a signal that arrived inside one
+
+
+def _handler(signum: int, frame: FrameType | None) -> None:
+    if _State.depth:
+        _State.waiting = signum
+        return
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def stop_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt (outside held sections)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, _handler) for s in _SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+class held:  # noqa: N801 - used like a function: `with held():`
+    """A section no stop signal cuts short; one that arrived during it is raised
+    at its end (unless an exception is already on its way)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        _State.depth += 1
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        _State.depth -= 1
+        if not _State.depth and _State.waiting is not None:
+            _State.waiting = None
+            if t is None:
+                raise KeyboardInterrupt
