@@ -44,11 +44,12 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
         total += 6 * MB
     _write_random(root / "z-large", 120 * MB)
     total += 120 * MB
-    # Older than the racy window, so the index may trust the fingerprints.
+    # Older than the index's racy window, so it may trust the fingerprints.
     old = time.time() - 60
     for dirpath, _, names in os.walk(root):
         for n in names:
             os.utime(os.path.join(dirpath, n), (old, old))
+    time.sleep(2)  # past the index's racy window for the ctimes utime just set
     return root, total
 
 

@@ -107,6 +107,7 @@ class Index:
         self._pending: list[tuple[object, ...]] = []
         self._flush_at = _FLUSH_ROWS
         self._stored: Callable[[list[bytes]], Sequence[bool]] | None = None
+        self._waiting = 0  # rows at the front of _pending found not stored yet
         self.started_ns = time.time_ns()
 
     def close(self) -> None:
@@ -173,10 +174,17 @@ class Index:
     def _keep_stored(self, rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
         """The rows that may be written now; the rest go back to pending."""
         assert self._stored is not None
+        first = rows[0][8]
+        if self._waiting and first is not None and not self._stored([first])[0]:  # type: ignore[list-item]
+            # The oldest waiting row's pack is still open: most likely no pack
+            # closed since the last check, so the rest need not be looked up.
+            self._pending = rows
+            return []
         with_oid = [i for i, r in enumerate(rows) if r[8] is not None]
         there = self._stored([rows[i][8] for i in with_oid]) if with_oid else []  # type: ignore[misc]
         waiting = {i for i, ok in zip(with_oid, there, strict=True) if not ok}
-        self._pending = [r for i, r in enumerate(rows) if i in waiting] + self._pending
+        self._pending = [r for i, r in enumerate(rows) if i in waiting]
+        self._waiting = len(self._pending)
         return [r for i, r in enumerate(rows) if i not in waiting]
 
     @contextlib.contextmanager
