@@ -579,10 +579,12 @@ def save(repo: Repository, opts: SaveOptions, *, index: Index | None = None,
     complete objects written so far stay in finished packs and the index keeps
     the files they hold, so the next save neither reads nor writes them again."""
     validate_branch_name(opts.name.encode())
+    progress = progress or NullProgress()
     with stop_signals():
         try:
-            return _save(repo, opts, index, progress or NullProgress())
+            return _save(repo, opts, index, progress)
         except KeyboardInterrupt:
+            progress.finish()  # ends the meter's line before the message
             raise Interrupted("interrupted (what was written so far is kept: the next "
                               "save reuses it)") from None
 
@@ -610,12 +612,12 @@ def _save(repo: Repository, opts: SaveOptions, index: Index | None,
         result.tree = saver.node(top)
         msg = argv_message("ketch save", opts.argv)
         result.commit = w.write(gobj.COMMIT, commit_bytes(result.tree, old, opts.date, msg))
+        w.close()
     except BaseException:
         w.abort()  # keeps the complete objects written so far
         if index is not None:
             index.flush()
         raise
-    w.close()
     if index is not None:
         index.flush()
     progress.finish()
