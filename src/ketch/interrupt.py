@@ -9,11 +9,13 @@ entry and can still finish the pack of the complete objects it has.
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType, TracebackType
+from typing import Any, TypeVar
 
 from ketch.errors import KetchError
 
@@ -22,6 +24,24 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 class Interrupted(KetchError):
     """SIGINT or SIGTERM ended the command."""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reported_as(message: str) -> Callable[[F], F]:
+    """A command whose KeyboardInterrupt ends it with Interrupted(message): the
+    core lets KeyboardInterrupt through (a `ketch run` must stop, not go on to
+    the next set), the command says what the interrupt left behind."""
+    def wrap(f: F) -> F:
+        @functools.wraps(f)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return f(*args, **kwargs)
+            except KeyboardInterrupt:
+                raise Interrupted(message) from None
+        return run  # type: ignore[return-value]
+    return wrap
 
 
 class _State:

@@ -30,7 +30,7 @@ from ketch.excludes import ExcludeRules
 from ketch.git import objects as gobj
 from ketch.git.refs import validate_branch_name
 from ketch.index import Entry, Fingerprint, Index
-from ketch.interrupt import Interrupted, held, stop_signals
+from ketch.interrupt import held, stop_signals
 from ketch.metadata import EMPTY_RECORD, from_path
 from ketch.progress import NullProgress, Progress
 from ketch.repo import ObjectWriter, Repository, advance_branch
@@ -575,7 +575,7 @@ def save(repo: Repository, opts: SaveOptions, *, index: Index | None = None,
          progress: Progress | None = None) -> SaveResult:
     """Save `opts.paths` as a new commit on branch `opts.name`.
 
-    SIGINT or SIGTERM end it with Interrupted; the branch does not move, but the
+    SIGINT or SIGTERM end it with KeyboardInterrupt; the branch does not move, but the
     complete objects written so far stay in finished packs and the index keeps
     the files they hold, so the next save neither reads nor writes them again."""
     validate_branch_name(opts.name.encode())
@@ -585,8 +585,7 @@ def save(repo: Repository, opts: SaveOptions, *, index: Index | None = None,
             return _save(repo, opts, index, progress)
         except KeyboardInterrupt:
             progress.finish()  # ends the meter's line before the message
-            raise Interrupted("interrupted (what was written so far is kept: the next "
-                              "save reuses it)") from None
+            raise
 
 
 def _save(repo: Repository, opts: SaveOptions, index: Index | None,
