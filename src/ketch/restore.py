@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ketch.errors import KetchError
+from ketch.errors import CorruptObject, KetchError
 from ketch.git import objects as gobj
 from ketch.metadata import Metadata, apply_to_path, create_special
 from ketch.progress import NullProgress, Progress
@@ -41,7 +41,7 @@ FLUSH_BUFFERS = 512
 # Errors that doom every later write too: stop at once instead of failing each file.
 _FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO})
 
-_Failure = Literal["unverified", "blocked", "unwritable"]
+_Failure = Literal["unverified", "unreadable", "blocked", "unwritable"]
 _DIR_KINDS = frozenset({"dir", "save"})
 _SPECIAL_KINDS = frozenset({"fifo", "socket", "chardev", "blockdev"})
 
@@ -70,9 +70,10 @@ class RestoreResult:
     # Items that were not restored (content mismatch, unreadable objects, paths
     # that could not be created); any of these makes the restore fail.
     errors: list[str] = field(default_factory=list)
-    # Why, by kind: content that failed verification (or could not be read),
-    # a non-empty directory in the way, a path the system would not write.
+    # Why, by kind: content that failed verification, objects the repository
+    # could not give, a non-empty directory in the way, a path not writable.
     unverified: int = 0
+    unreadable: int = 0
     blocked: int = 0
     unwritable: int = 0
     overwritten: int = 0  # existing entries replaced
@@ -83,6 +84,7 @@ class RestoreResult:
         n = len(self.errors)
         why = [what if k == n else f"{k} {what}" for k, what in (
             (self.unverified, "failed verification"),
+            (self.unreadable, "could not be read from the repository"),
             (self.blocked, "blocked by a non-empty directory"),
             (self.unwritable, "could not be written"),
         ) if k]
@@ -175,6 +177,8 @@ class _Restorer:
         """An item not restored, and why."""
         if kind == "unverified":
             self.result.unverified += 1
+        elif kind == "unreadable":
+            self.result.unreadable += 1
         elif kind == "blocked":
             self.result.blocked += 1
         else:
@@ -266,7 +270,7 @@ class _Restorer:
         try:
             meta = self.vfs.fill_meta(item).meta
         except KetchError as e:
-            self.fail(f"{_quote(path)}: not restored: {e}", "unverified")
+            self.fail(f"{_quote(path)}: not restored: {e}", "unreadable")
             return False, None
         if meta is not None and meta.mode is None:
             meta = None
@@ -389,7 +393,9 @@ class _Restorer:
         except (_ContentError, KetchError) as e:
             os.close(fd)
             self.discard(path)
-            self.fail(f"{_quote(path)}: not restored: {e}", "unverified")
+            self.fail(f"{_quote(path)}: not restored: {e}",
+                      "unverified" if isinstance(e, (_ContentError, CorruptObject))
+                      else "unreadable")
             return False
         except BaseException:
             os.close(fd)
