@@ -69,23 +69,26 @@ def _env() -> dict[str, str]:
 
 
 def _interrupted_save(repo: Path, src: Path, total: int, sig: int
-                      ) -> tuple[subprocess.CompletedProcess[bytes], int]:
+                      ) -> tuple[subprocess.CompletedProcess[bytes], int, float]:
     """Start a save, send `sig` once 40% of the data is in packs: (the process, bytes
-    written when the signal went)."""
+    written when the signal went, seconds from the signal to the exit)."""
     proc = subprocess.Popen([sys.executable, "-m", "ketch", "save", "-d", str(repo), "-n", "t",
                              str(src)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=_env())
     deadline = time.monotonic() + 300
     at = 0
+    sent = 0.0
     while time.monotonic() < deadline and proc.poll() is None:
         at = _written(repo)
         if at >= 0.4 * total:
             proc.send_signal(sig)
+            sent = time.monotonic()
             break
         time.sleep(0.02)
     out, err = proc.communicate(timeout=120)
     assert at >= 0.4 * total, "the save finished before 40% could be seen"
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), at
+    return (subprocess.CompletedProcess(proc.args, proc.returncode, out, err), at,
+            time.monotonic() - sent)
 
 
 def _fsck(repo: Path) -> None:
@@ -128,10 +131,11 @@ def test_interrupted_save_keeps_its_packs_and_index(
     src, total = tree
     repo = tmp_path / "repo"
     run_ketch("init", "-d", repo, check=True)
-    proc, at = _interrupted_save(repo, src, total, sig)
+    proc, at, stop = _interrupted_save(repo, src, total, sig)
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
     assert "ketch: error: interrupted" in err and "Traceback" not in err
+    assert stop < 30  # finishing the open pack: about a second here
     assert not (repo / "refs" / "heads" / "t").exists()
     assert [n for n in os.listdir(repo / "objects") if n.startswith("pack-tmp")] == []
     kept = sum(os.path.getsize(p) for p in (repo / "objects" / "pack").glob("*.pack"))
@@ -140,7 +144,7 @@ def test_interrupted_save_keeps_its_packs_and_index(
     assert _index_names_only_stored_objects(repo) > 1000  # the small files, at least
     stats = _resave_and_restore(run_ketch, repo, src, tmp_path / "out")
     print(f"\n{signal.Signals(sig).name}: total {total / MB:.0f} MB, signalled at "
-          f"{at / MB:.0f} MB, kept {kept / MB:.0f} MB; re-run read "
+          f"{at / MB:.0f} MB, stopped in {stop:.1f} s, kept {kept / MB:.0f} MB; re-run read "
           f"{stats['bytes_read'] / MB:.0f} MB, wrote {stats['bytes_new'] / MB:.0f} MB")
     assert stats["bytes_new"] < 0.7 * total
     assert stats["bytes_read"] < 0.7 * total
@@ -151,7 +155,7 @@ def test_killed_save_leaves_a_usable_repository(
     src, total = tree
     repo = tmp_path / "repo"
     run_ketch("init", "-d", repo, check=True)
-    proc, _ = _interrupted_save(repo, src, total, signal.SIGKILL)
+    proc, _, _ = _interrupted_save(repo, src, total, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     assert not (repo / "refs" / "heads" / "t").exists()
     _fsck(repo)
