@@ -62,7 +62,9 @@ def stop_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {s: signal.signal(s, _handler) for s in _SIGNALS}
+    # A signal ignored on purpose (nohup, a background job of a script) stays so.
+    old = {s: signal.signal(s, _handler) for s in _SIGNALS
+           if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:
