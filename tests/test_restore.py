@@ -494,6 +494,7 @@ def test_corrupt_content_fails_cleanly(run_ketch: RunKetch, tmp_path: Path) -> N
     assert proc.returncode == 2
     err = proc.stderr.decode()
     assert "Traceback" not in err and "bad" in err, err
+    assert err.endswith("ketch: error: 1 item not restored (failed verification)\n"), err
     assert not (out / "bad").exists()
     assert (out / "good").read_bytes() == b"good\n"
     assert (out / "zz").exists()

@@ -8,6 +8,11 @@ and remembers each root's exclude rules, which later saves of that root apply.
 
 Storage is SQLite in WAL mode: crash-safe, and lookups and scans stay on disk,
 so memory does not grow with the number of paths.
+
+A save's rows reach the database only once their objects are stored for good
+(`only_stored`): a row waits in memory while its objects are in a pack still
+being written, and a save that is cut leaves the index naming only files whose
+objects are all in finished packs, never a file a crash could lose.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -42,6 +47,8 @@ CREATE TABLE IF NOT EXISTS roots (
 ) WITHOUT ROWID;
 """
 
+# Rows written to the database at a time.
+_FLUSH_ROWS = 2000
 # Changes this close to the walk's start may not have moved mtime yet (timestamps
 # have coarse granularity): such files get no reusable id and are read next time.
 _RACY_NS = 1_000_000_000
@@ -98,11 +105,21 @@ class Index:
         except sqlite3.Error as e:
             raise IndexError_(f"{path}: cannot open index: {e}") from None
         self._pending: list[tuple[object, ...]] = []
+        self._flush_at = _FLUSH_ROWS
+        self._stored: Callable[[list[bytes]], Sequence[bool]] | None = None
+        self._waiting = 0  # rows at the front of _pending found not stored yet
         self.started_ns = time.time_ns()
 
     def close(self) -> None:
+        """Write what is stored; rows whose objects never were are dropped."""
         self.flush()
         self._db.close()
+
+    def only_stored(self, stored: Callable[[list[bytes]], Sequence[bool]]) -> None:
+        """From now on a recorded row is written only once `stored([oid])` says
+        its object is in the repository for good (a save's writer adds a pack
+        there only once it is durable)."""
+        self._stored = stored
 
     def __enter__(self) -> Index:
         return self
@@ -134,17 +151,41 @@ class Index:
         if max(fp.mtime, fp.ctime) >= self.started_ns - _RACY_NS:
             oid = None
         self._pending.append((path, *fp, oid, gitmode, meta, rules, os.path.dirname(path)))
-        if len(self._pending) >= 2000:
+        if len(self._pending) >= self._flush_at:
             self.flush()
 
     def flush(self) -> None:
+        """Write the pending rows (with `only_stored`: those whose objects are
+        stored; the others wait for a later flush)."""
         if not self._pending:
             return
         rows, self._pending = self._pending, []
+        if self._stored is not None:
+            rows = self._keep_stored(rows)
+        # Rows still waiting are checked again only after this many more.
+        self._flush_at = len(self._pending) + _FLUSH_ROWS
+        if not rows:
+            return
         with self._transaction():
             self._db.executemany(
                 "INSERT OR REPLACE INTO files (path, dev, ino, mode, size, mtime, ctime, nlink,"
                 " oid, gitmode, meta, rules, parent) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+
+    def _keep_stored(self, rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
+        """The rows that may be written now; the rest go back to pending."""
+        assert self._stored is not None
+        first = rows[0][8]
+        if self._waiting and first is not None and not self._stored([first])[0]:  # type: ignore[list-item]
+            # The oldest waiting row's pack is still open: most likely no pack
+            # closed since the last check, so the rest need not be looked up.
+            self._pending = rows
+            return []
+        with_oid = [i for i, r in enumerate(rows) if r[8] is not None]
+        there = self._stored([rows[i][8] for i in with_oid]) if with_oid else []  # type: ignore[misc]
+        waiting = {i for i, ok in zip(with_oid, there, strict=True) if not ok}
+        self._pending = [r for i, r in enumerate(rows) if i in waiting]
+        self._waiting = len(self._pending)
+        return [r for i, r in enumerate(rows) if i not in waiting]
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:

@@ -7,8 +7,9 @@ that and also gives OUTDIR etc's metadata, and a file restores as OUTDIR/name.
 Unlike bup, every blob is checked against the id its tree names while it is
 written, and files always come back sparse (bup needs `--sparse`). Existing
 paths are replaced the way bup replaces them (non-directories are unlinked,
-empty directories removed); an existing directory where a directory is
-restored is merged into instead of bup's "refusing to overwrite" crash.
+empty directories removed), but counted and named (see restoreplan); an
+existing directory where a directory is restored is merged into instead of
+bup's "refusing to overwrite" crash.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
-from ketch.errors import KetchError
+from ketch.errors import CorruptObject, KetchError
 from ketch.git import objects as gobj
 from ketch.metadata import Metadata, apply_to_path, create_special
 from ketch.progress import NullProgress, Progress
 from ketch.repo import Repository
+from ketch.restoreplan import Clobber, InTheWay, Kept
 from ketch.vfs import DEFAULT_DIR_MODE, VFS, Item, show_path
 
 # Holes are made from aligned blocks of this size: the common filesystem block,
@@ -38,6 +41,7 @@ FLUSH_BUFFERS = 512
 # Errors that doom every later write too: stop at once instead of failing each file.
 _FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO})
 
+_Failure = Literal["unverified", "unreadable", "blocked", "unwritable"]
 _DIR_KINDS = frozenset({"dir", "save"})
 _SPECIAL_KINDS = frozenset({"fifo", "socket", "chardev", "blockdev"})
 
@@ -66,6 +70,25 @@ class RestoreResult:
     # Items that were not restored (content mismatch, unreadable objects, paths
     # that could not be created); any of these makes the restore fail.
     errors: list[str] = field(default_factory=list)
+    # Why, by kind: content that failed verification, objects the repository
+    # could not give, a non-empty directory in the way, a path not writable.
+    unverified: int = 0
+    unreadable: int = 0
+    blocked: int = 0
+    unwritable: int = 0
+    overwritten: int = 0  # existing entries replaced
+    kept: int = 0  # existing entries left alone (--no-clobber)
+
+    def failure_summary(self) -> str:
+        """One line: how many items were not restored, and why."""
+        n = len(self.errors)
+        why = [what if k == n else f"{k} {what}" for k, what in (
+            (self.unverified, "failed verification"),
+            (self.unreadable, "could not be read from the repository"),
+            (self.blocked, "blocked by a non-empty directory"),
+            (self.unwritable, "could not be written"),
+        ) if k]
+        return f"{n} item{'s' if n != 1 else ''} not restored ({', '.join(why)})"
 
 
 class _ContentError(Exception):
@@ -130,8 +153,10 @@ def _link_key(oid: bytes | None, meta: Metadata) -> tuple[object, ...]:
 
 
 class _Restorer:
-    def __init__(self, vfs: VFS, numeric_ids: bool, progress: Progress) -> None:
+    def __init__(self, vfs: VFS, numeric_ids: bool, progress: Progress,
+                 clobber: Clobber) -> None:
         self.vfs = vfs
+        self.clobber = clobber
         self.objects: Repository = vfs.repo
         self.numeric_ids = numeric_ids
         self.progress = progress
@@ -148,14 +173,23 @@ class _Restorer:
         self.result.warnings.append(message)
         self.progress.warn(message)
 
-    def fail(self, message: str) -> None:
+    def fail(self, message: str, kind: _Failure) -> None:
+        """An item not restored, and why."""
+        if kind == "unverified":
+            self.result.unverified += 1
+        elif kind == "unreadable":
+            self.result.unreadable += 1
+        elif kind == "blocked":
+            self.result.blocked += 1
+        else:
+            self.result.unwritable += 1
         self.result.errors.append(message)
         self.progress.warn(message)
 
     def os_error(self, path: bytes, e: OSError, what: str) -> None:
         if e.errno in _FATAL_ERRNOS:
             raise RestoreError(f"{_quote(path)}: {what}: {e.strerror}") from e
-        self.fail(f"{_quote(path)}: {what}: {e.strerror}")
+        self.fail(f"{_quote(path)}: {what}: {e.strerror}", "unwritable")
 
     # -- totals ----------------------------------------------------------------
 
@@ -236,7 +270,7 @@ class _Restorer:
         try:
             meta = self.vfs.fill_meta(item).meta
         except KetchError as e:
-            self.fail(f"{_quote(path)}: not restored: {e}")
+            self.fail(f"{_quote(path)}: not restored: {e}", "unreadable")
             return False, None
         if meta is not None and meta.mode is None:
             meta = None
@@ -244,7 +278,7 @@ class _Restorer:
             try:
                 os.mkdir(path, 0o700)
             except FileExistsError:
-                st = self.clear(path, want_dir=True)
+                st = self.clobber.make_way(path, want_dir=True)
                 if st is None:
                     os.mkdir(path, 0o700)
                 elif not os.access(path, os.W_OK | os.X_OK):
@@ -252,33 +286,10 @@ class _Restorer:
         except OSError as e:
             self.os_error(path, e, "cannot create directory")
             return False, None
-        except _Refused as e:
-            self.fail(str(e))
+        except Kept:
             return False, None
         self.result.dirs += 1
         return True, meta
-
-    def clear(self, path: bytes, want_dir: bool) -> os.stat_result | None:
-        """Make way for `path` as bup does; the stat of a directory kept for
-        reuse, else None."""
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return None
-        if stat.S_ISDIR(st.st_mode):
-            if want_dir:
-                return st
-            try:
-                os.rmdir(path)
-            except OSError as e:
-                if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise _Refused(
-                        f"{_quote(path)}: refusing to overwrite non-empty directory"
-                    ) from e
-                raise
-        else:
-            os.unlink(path)
-        return None
 
     def default_mode(self, path: bytes, mode: int) -> None:
         # Grafted and split saves have entries without metadata; they get the
@@ -310,14 +321,17 @@ class _Restorer:
             except OSError as e:
                 if e.errno != errno.EEXIST:
                     raise
-                self.clear(path, want_dir=False)
+                self.clobber.make_way(path, want_dir=False)
                 linked = key is not None and self.relink(hl, key, path)
                 done = linked or self.create_leaf(item, meta, path)
             if linked:
                 self.progress.advance(0, 1)
                 return
-        except _Refused as e:
-            self.fail(str(e))
+        except Kept:
+            self.progress.advance(0, 1)
+            return
+        except InTheWay as e:
+            self.fail(f"{_quote(path)}: not restored: {e}", "blocked")
             return
         except OSError as e:
             self.os_error(path, e, "cannot restore")
@@ -379,7 +393,9 @@ class _Restorer:
         except (_ContentError, KetchError) as e:
             os.close(fd)
             self.discard(path)
-            self.fail(f"{_quote(path)}: not restored: {e}")
+            self.fail(f"{_quote(path)}: not restored: {e}",
+                      "unverified" if isinstance(e, (_ContentError, CorruptObject))
+                      else "unreadable")
             return False
         except BaseException:
             os.close(fd)
@@ -395,10 +411,6 @@ class _Restorer:
             os.unlink(path)
         except OSError:
             pass
-
-
-class _Refused(Exception):
-    """bup's rule: a non-empty directory is never replaced."""
 
 
 # Kinds of work on a _FileWriter's stack.
@@ -578,6 +590,9 @@ def restore(
     *,
     numeric_ids: bool = False,
     progress: Progress | None = None,
+    no_clobber: bool = False,
+    on_overwrite: Callable[[bytes], None] | None = None,
+    on_keep: Callable[[bytes], None] | None = None,
 ) -> RestoreResult:
     """Restore each path (a VFS path such as b"NAME/latest/etc") into outdir.
 
@@ -586,6 +601,9 @@ def restore(
     fails (no space, read-only, I/O error), and RestoreVerifyError after
     finishing everything else if any item failed verification or could not
     be restored (each is also reported through progress.warn).
+
+    An existing entry in the way is replaced and passed to `on_overwrite`, or
+    with `no_clobber` left alone and passed to `on_keep` (see restoreplan).
     """
     progress = progress or NullProgress()
     targets = [_resolve(vfs, p) for p in paths]
@@ -596,17 +614,14 @@ def restore(
         raise RestoreError(f"{_quote(out)}: cannot create output directory: {e.strerror}") from e
     if not os.path.isdir(out):
         raise RestoreError(f"{_quote(out)}: not a directory")
-    r = _Restorer(vfs, numeric_ids, progress)
+    clobber = Clobber(no_clobber, on_overwrite, on_keep)
+    r = _Restorer(vfs, numeric_ids, progress, clobber)
     try:
         progress.start(*r.totals(targets))
         r.run(targets, out)
     finally:
         progress.finish()
+        r.result.overwritten, r.result.kept = clobber.overwritten, clobber.kept
     if r.result.errors:
-        n = len(r.result.errors)
-        raise RestoreVerifyError(
-            f"{n} item{'s' if n != 1 else ''} not restored "
-            "(content failed verification or could not be written)",
-            r.result,
-        )
+        raise RestoreVerifyError(r.result.failure_summary(), r.result)
     return r.result

@@ -30,6 +30,7 @@ from ketch.excludes import ExcludeRules
 from ketch.git import objects as gobj
 from ketch.git.refs import validate_branch_name
 from ketch.index import Entry, Fingerprint, Index
+from ketch.interrupt import held, stop_signals
 from ketch.metadata import EMPTY_RECORD, from_path
 from ketch.progress import NullProgress, Progress
 from ketch.repo import ObjectWriter, Repository, advance_branch
@@ -572,10 +573,24 @@ def _plain(name: bytes) -> bytes:
 
 def save(repo: Repository, opts: SaveOptions, *, index: Index | None = None,
          progress: Progress | None = None) -> SaveResult:
-    """Save `opts.paths` as a new commit on branch `opts.name`."""
-    progress = progress or NullProgress()
-    t0 = time.monotonic()
+    """Save `opts.paths` as a new commit on branch `opts.name`.
+
+    SIGINT or SIGTERM end it with KeyboardInterrupt; the branch does not move, but the
+    complete objects written so far stay in finished packs and the index keeps
+    the files they hold, so the next save neither reads nor writes them again."""
     validate_branch_name(opts.name.encode())
+    progress = progress or NullProgress()
+    with stop_signals():
+        try:
+            return _save(repo, opts, index, progress)
+        except KeyboardInterrupt:
+            progress.finish()  # ends the meter's line before the message
+            raise
+
+
+def _save(repo: Repository, opts: SaveOptions, index: Index | None,
+          progress: Progress) -> SaveResult:
+    t0 = time.monotonic()
     refname = b"refs/heads/" + opts.name.encode()
     result = SaveResult(name=opts.name)
     def warn(msg: str) -> None:
@@ -588,28 +603,32 @@ def save(repo: Repository, opts: SaveOptions, *, index: Index | None = None,
                     for p in opts.paths)
         progress.start(total or None)
     old = repo.read_ref(refname)
+    if index is not None:
+        index.only_stored(lambda oids: repo.has_many(oids).tolist())
     w = repo.writer(level=opts.level)
     try:
         saver = _Saver(repo, w, index, opts, progress, result)
         result.tree = saver.node(top)
         msg = argv_message("ketch save", opts.argv)
         result.commit = w.write(gobj.COMMIT, commit_bytes(result.tree, old, opts.date, msg))
+        w.close()
     except BaseException:
-        w.abort()
+        w.abort()  # keeps the complete objects written so far
         if index is not None:
             index.flush()
         raise
-    w.close()
     if index is not None:
         index.flush()
     progress.finish()
     result.bytes_new = getattr(w, "bytes_written", 0)
     result.objects_new = getattr(w, "objects_written", 0)
     try:
-        result.commit = advance_branch(
-            repo, refname, result.commit, old,
-            lambda parent: commit_bytes(result.tree, parent, opts.date, msg),
-            message=b"ketch save")
+        # Not cut half-way: a stale lock would block every later save of this name.
+        with held():
+            result.commit = advance_branch(
+                repo, refname, result.commit, old,
+                lambda parent: commit_bytes(result.tree, parent, opts.date, msg),
+                message=b"ketch save")
     except KetchError:
         raise
     except OSError as e:

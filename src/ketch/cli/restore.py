@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import click
 
@@ -8,7 +9,7 @@ from ketch.cli.common import TermProgress, open_repo, repo_option, show_progress
 from ketch.errors import EXIT_OK, EXIT_WARNINGS
 from ketch.progress import NullProgress, Progress
 from ketch.restore import RestoreResult, RestoreVerifyError, restore
-from ketch.vfs import VFS
+from ketch.vfs import VFS, show_path
 
 
 class _WarnOnly(NullProgress):
@@ -26,9 +27,17 @@ def _summary(r: RestoreResult, seconds: float) -> str:
         ) if n
     ]
     extra = f" ({', '.join(others)})" if others else ""
+    if r.overwritten:
+        extra += f", {r.overwritten} overwritten"
+    if r.kept:
+        extra += f", {r.kept} kept (--no-clobber)"
     rate = r.bytes / seconds / 1e6 if seconds > 0 else 0.0
-    return (f"restored {r.files} files, {r.dirs} dirs{extra}, "
+    return (f"restored {_n(r.files, 'file')}, {_n(r.dirs, 'dir')}{extra}, "
             f"{r.bytes / 1e6:,.1f} MB in {seconds:.1f}s ({rate:,.1f} MB/s)")
+
+
+def _n(n: int, what: str) -> str:
+    return f"{n} {what}{'s' if n != 1 else ''}"
 
 
 @click.command("restore")
@@ -37,21 +46,35 @@ def _summary(r: RestoreResult, seconds: float) -> str:
               help="restore into DIR (created if missing; default: the current directory)")
 @click.option("--numeric-ids", is_flag=True,
               help="restore owners by uid/gid, ignoring the saved user and group names")
+@click.option("--no-clobber", is_flag=True,
+              help="keep files already in the output directory (default: overwrite them)")
+@click.option("-v", "--verbose", is_flag=True,
+              help="name each existing path overwritten (or kept, with --no-clobber)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress meter and no summary")
 @click.argument("paths", nargs=-1, required=True)
 @click.pass_context
 def command(ctx: click.Context, repo_dir: str | None, outdir: str, numeric_ids: bool,
-            quiet: bool, paths: tuple[str, ...]) -> int:
+            no_clobber: bool, verbose: bool, quiet: bool, paths: tuple[str, ...]) -> int:
     """Restore PATHs (e.g. NAME/latest/home/me) from saves into the output directory.
 
     NAME/latest/DIR recreates DIR inside the output directory, NAME/latest/DIR/
     restores DIR's contents there; a file restores under its own name. Every file
-    is checked against its object ids while it is written.
+    is checked against its object ids while it is written. What is already
+    there is overwritten (the summary counts it; -v names it), except a
+    non-empty directory, which is never removed; --no-clobber keeps it all.
     """
     repo = open_repo(ctx, repo_dir)
     progress: Progress = (
         TermProgress("Restoring") if show_progress() and not quiet else _WarnOnly()
     )
+    meter = isinstance(progress, TermProgress)
+
+    def say(what: str) -> Callable[[bytes], None] | None:
+        def tell(path: bytes) -> None:
+            click.echo(f"{clear}{what}: {show_path(path)}", err=True)
+        clear = "\r\x1b[K" if meter else ""
+        return tell if verbose else None
+
     t0 = time.monotonic()
     try:
         result = restore(
@@ -60,6 +83,9 @@ def command(ctx: click.Context, repo_dir: str | None, outdir: str, numeric_ids: 
             outdir,
             numeric_ids=numeric_ids,
             progress=progress,
+            no_clobber=no_clobber,
+            on_overwrite=say("overwritten"),
+            on_keep=say("kept"),
         )
     except RestoreVerifyError as e:
         if not quiet:

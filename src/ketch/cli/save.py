@@ -15,6 +15,7 @@ from ketch.cli.text import plural
 from ketch.errors import UsageError
 from ketch.excludes import ExcludeRules
 from ketch.index import Index
+from ketch.interrupt import reported_as
 from ketch.progress import NullProgress, Progress
 from ketch.save import SaveOptions, save
 from ketch.timeparse import parse_date
@@ -64,6 +65,7 @@ def _graft(value: str) -> tuple[str, str]:
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON on stdout")
 @click.argument("paths", nargs=-1, required=True)
 @click.pass_context
+@reported_as("interrupted (what was written so far is kept: the next save reuses it)")
 def command(ctx: click.Context, /, repo_dir: str | None, name: str, date: str | None,
             strip: bool, strip_path: str | None, graft: tuple[str, ...], level: int,
             no_index: bool, quiet: bool, as_json: bool, paths: tuple[str, ...],

@@ -6,6 +6,8 @@ pack in submission order. At close the object count is patched into the header,
 the pack's SHA-1 computed, the v2 idx written, both fsync'd and renamed into
 objects/pack/ (pack first, idx last: git and bup only see a pack once its idx is
 there). A crash leaves at most a stray temp directory, never a pack without idx.
+An abort keeps the complete objects handed over so far (see `abort`): the
+writer's state changes in `held()` sections that a stop signal cannot cut.
 
 Incompressible data (random, already compressed) would cost zlib level 1 about
 30 MB/s for nothing, so the writer predicts per stream: after a run of chunks
@@ -15,6 +17,7 @@ that did not shrink, it stores (level 0) and re-probes every few chunks.
 from __future__ import annotations
 
 import array
+import contextlib
 import hashlib
 import os
 import shutil
@@ -29,6 +32,7 @@ from typing import BinaryIO
 from ketch.git.durable import fsync_dir
 from ketch.git.idx import write_idx_v2_flat
 from ketch.git.objects import header
+from ketch.interrupt import held
 
 DEFAULT_MAX_PACK_SIZE = 1_000_000_000
 DEFAULT_LEVEL = 1
@@ -205,6 +209,9 @@ class PackWriter:
         self._file: BinaryIO | None = None
         self._entries = _Entries()
         self._offset = 0
+        # True while an update is under way: an exception that leaves it set has
+        # cut one half-way, and the open pack cannot be trusted.
+        self._busy = False
         self.closed_idx: list[str] = []
         self.objects_written = 0
         self.bytes_written = 0
@@ -239,10 +246,12 @@ class PackWriter:
         h.update(data)
         oid = h.digest()
         if oid not in self._written and not (self._exists is not None and self._exists(oid)):
-            self._written.add(oid)
             # Single objects (trees, commits, small files) are deflated in batches
             # on the pool: zlib's per-call setup is most of the cost for them.
+            # Queued before it counts as written, so an interrupt between the two
+            # loses no object another one may refer to.
             self._small.append((oid, type_num, bytes(data)))
+            self._written.add(oid)
             self._small_bytes += len(data)
             if len(self._small) >= 256 or self._small_bytes >= 1 << 20:
                 self._flush_small()
@@ -251,10 +260,11 @@ class PackWriter:
     def _flush_small(self) -> None:
         if not self._small:
             return
-        items, size = self._small, self._small_bytes
-        self._small, self._small_bytes = [], 0
-        fut = self._pool.submit(self._encode_items, items)
-        self._enqueue([oid for oid, _, _ in items], fut, size)
+        with held():
+            items, size = self._small, self._small_bytes
+            self._small, self._small_bytes = [], 0
+            fut = self._pool.submit(self._encode_items, items)
+            self._enqueue([oid for oid, _, _ in items], fut, size)
 
     def _encode_items(self, items: list[tuple[bytes, int, bytes]]) -> _Encoded:
         """Runs on a pool thread: whole objects, always deflated (no prediction)."""
@@ -279,11 +289,11 @@ class PackWriter:
         new = self._new_indices(oids)
         if new:
             new_ids = [oids[i] for i in new]
-            self._written.update(new_ids)
             payload = [datas[i] for i in new]
             size = sum(len(d) for d in payload)
             fut = self._pool.submit(self._encode_batch, type_num, payload)
             self._enqueue(new_ids, fut, size)
+            self._written.update(new_ids)
         return oids
 
     def _encode_batch(self, type_num: int, datas: Sequence[bytes | memoryview]) -> _Encoded:
@@ -333,6 +343,12 @@ class PackWriter:
         self._enqueue([oid], _Done((encoded, [(len(encoded), crc)])), len(encoded))
 
     def _drain_one(self) -> None:
+        with held():
+            self._busy = True
+            self._take_one()
+            self._busy = False
+
+    def _take_one(self) -> None:
         oids, fut, size = self._pending.popleft()
         self._pending_bytes -= size
         blob, meta = fut.result()
@@ -422,11 +438,14 @@ class PackWriter:
     def flush(self) -> list[str]:
         """Finish the current pack (if any); returns the idx paths closed so far."""
         self._drain_all()
-        if self._file is not None:
-            if self._entries:
-                self._finish_pack()
-            else:
-                self.abort_current()
+        with held():
+            self._busy = True
+            if self._file is not None:
+                if self._entries:
+                    self._finish_pack()
+                else:
+                    self.abort_current()
+            self._busy = False
         return list(self.closed_idx)
 
     def close(self) -> list[str]:
@@ -445,13 +464,23 @@ class PackWriter:
         self._entries = _Entries()
 
     def abort(self) -> None:
-        """Drop everything not yet in a closed pack."""
-        for _, fut, _ in self._pending:
-            fut.cancel()
-        self._pending.clear()
-        self._small.clear()
-        self.abort_current()
-        self._pool.shutdown(wait=True)
+        """Stop writing, keeping the complete objects already handed over: the
+        queued ones are encoded and the open pack finished, as a remote writer
+        keeps what its server has, so a re-run does not write them again (an
+        interrupted first backup of a big machine does not start from zero).
+        If that cannot be done (an update was cut half-way, the disk is full),
+        the unfinished pack is dropped; closed packs stay either way."""
+        try:
+            if not self._busy:
+                with contextlib.suppress(Exception):
+                    self.flush()
+        finally:
+            for _, fut, _ in self._pending:
+                fut.cancel()
+            self._pending.clear()
+            self._small.clear()
+            self.abort_current()
+            self._pool.shutdown(wait=True)
 
     def __enter__(self) -> PackWriter:
         return self

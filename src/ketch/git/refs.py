@@ -74,9 +74,24 @@ def _name_problem(name: bytes) -> str | None:
     return None
 
 
+def branch_name_problem(name: bytes) -> str | None:
+    """Why ``name`` cannot be a ketch branch, or None: the one rule for save,
+    split and the config's set and dump names.
+
+    A valid git ref component: ls and restore read NAME/DATE/PATH, so the first
+    component is the whole branch name (`a/b` would read as branch `a`, save
+    `b`; `etc/foo` cannot exist beside `etc`). `latest` and dates only name
+    saves inside a branch, so they do not clash."""
+    if b"/" in name:
+        return "it contains '/' (a branch name is one path component, as in NAME/latest/PATH)"
+    if name.startswith(b"."):
+        return "it starts with '.'"
+    return _name_problem(name)
+
+
 def validate_branch_name(name: bytes) -> None:
-    """Raise BadRefName unless bup would accept ``name`` for ``save -n``."""
-    problem = _name_problem(name)
+    """Raise BadRefName unless ``name`` is usable as a branch (see branch_name_problem)."""
+    problem = branch_name_problem(name)
     if problem:
         raise BadRefName(f"invalid branch name '{_shown(name)}': {problem}")
 
