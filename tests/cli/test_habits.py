@@ -90,6 +90,15 @@ def test_plurals_in_summaries(repo_dir: Path, tmp_path: Path, run_ketch: RunKetc
     assert re.match(rb"Saved one: 1 file, \d+ dirs, ", r.stderr), r.stderr
     r = run_ketch("index", "-d", repo_dir, one, check=True)
     assert r.stderr.startswith(b"Indexed 1 path ("), r.stderr
+    r = run_ketch("restore", "-d", repo_dir, "-C", tmp_path / "out", "one/latest/", check=True)
+    assert re.search(rb"restored 1 file, \d+ dirs?, ", r.stderr), r.stderr
+    config = tmp_path / "ketch.toml"
+    config.write_text(f'repository = "{repo_dir}"\n[schedule]\nenabled = false\n'
+                      f'[[set]]\nname = "one"\npaths = ["{one}"]\n')
+    r = run_ketch("run", "-c", config, "--no-notify")
+    assert b"(1 item, " in r.stdout and b"ok, 1 file, " in r.stdout, r.stdout
+    r = run_ketch("config", "check", "-c", config)
+    assert re.search(rb": \d+ ok, 1 warning, 0 failed", r.stdout), r.stdout
 
 
 def test_save_meter_has_a_total_on_a_terminal_only(repo_dir: Path, tmp_path: Path,

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ketch.cli.text import plural
 from ketch.errors import NotARepository, UsageError
+from ketch.text import plural
 
 if TYPE_CHECKING:  # main imports this module: it must stay light
     from ketch.remote.location import Kind

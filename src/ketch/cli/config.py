@@ -21,6 +21,7 @@ from ketch.jobs.config import (
 from ketch.jobs.configcheck import overall
 from ketch.jobs.model import DEFAULT_CONFIG, BackupSet, DumpSpec
 from ketch.jobs.schedule import CRON_PATH, SYSTEMD_DIR
+from ketch.text import plural
 
 _config_option = click.option(
     "-c", "--config", "config_path", metavar="FILE", default=None,
@@ -191,6 +192,6 @@ def check(config_path: str | None, as_json: bool, systemd_dir: str, cron_file: s
         click.echo(f"{_SYMBOL[r.status]} {r.what}: {r.detail}" if r.detail else
                    f"{_SYMBOL[r.status]} {r.what}")
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "warn", "fail")}
-    click.echo(f"{path}: {counts['ok']} ok, {counts['warn']} warnings, "
+    click.echo(f"{path}: {counts['ok']} ok, {plural(counts['warn'], 'warning')}, "
                f"{counts['fail']} failed")
     return code

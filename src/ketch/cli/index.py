@@ -7,8 +7,8 @@ import click
 
 from ketch.cli.common import open_repo, repo_option
 from ketch.cli.excludeopts import exclude_options, rules_from
-from ketch.cli.text import plural
 from ketch.index import Index
+from ketch.text import plural
 
 
 @click.command("index")

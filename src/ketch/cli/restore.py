@@ -9,6 +9,7 @@ from ketch.cli.common import TermProgress, open_repo, repo_option, show_progress
 from ketch.errors import EXIT_OK, EXIT_WARNINGS
 from ketch.progress import NullProgress, Progress
 from ketch.restore import RestoreResult, RestoreVerifyError, restore
+from ketch.text import plural
 from ketch.vfs import VFS, show_path
 
 
@@ -22,8 +23,8 @@ class _WarnOnly(NullProgress):
 
 def _summary(r: RestoreResult, seconds: float) -> str:
     others = [
-        f"{n} {what}" for n, what in (
-            (r.symlinks, "symlinks"), (r.specials, "special files"), (r.hardlinks, "hardlinks"),
+        plural(n, what) for n, what in (
+            (r.symlinks, "symlink"), (r.specials, "special file"), (r.hardlinks, "hardlink"),
         ) if n
     ]
     extra = f" ({', '.join(others)})" if others else ""
@@ -32,12 +33,9 @@ def _summary(r: RestoreResult, seconds: float) -> str:
     if r.kept:
         extra += f", {r.kept} kept (--no-clobber)"
     rate = r.bytes / seconds / 1e6 if seconds > 0 else 0.0
-    return (f"restored {_n(r.files, 'file')}, {_n(r.dirs, 'dir')}{extra}, "
+    return (f"restored {plural(r.files, 'file')}, {plural(r.dirs, 'dir')}{extra}, "
             f"{r.bytes / 1e6:,.1f} MB in {seconds:.1f}s ({rate:,.1f} MB/s)")
 
-
-def _n(n: int, what: str) -> str:
-    return f"{n} {what}{'s' if n != 1 else ''}"
 
 
 @click.command("restore")

@@ -11,13 +11,13 @@ import click
 from ketch.cli.common import TermProgress, open_repo, repo_option, show_progress
 from ketch.cli.excludeopts import exclude_options, rules_from
 from ketch.cli.scan import scan_in_background
-from ketch.cli.text import plural
 from ketch.errors import UsageError
 from ketch.excludes import ExcludeRules
 from ketch.index import Index
 from ketch.interrupt import reported_as
 from ketch.progress import NullProgress, Progress
 from ketch.save import SaveOptions, save
+from ketch.text import plural
 from ketch.timeparse import parse_date
 
 

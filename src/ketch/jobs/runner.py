@@ -29,6 +29,7 @@ from ketch.progress import NullProgress, Progress
 from ketch.remote.location import open_location
 from ketch.repo import Repository
 from ketch.save import SaveOptions, save
+from ketch.text import plural
 
 ProgressFor = Callable[[str], Progress]
 
@@ -87,12 +88,12 @@ class RunReport:
 
     def text(self) -> str:
         lines = [f"ketch run on {self.machine}: {self.status} "
-                 f"({len(self.items)} items, {self.seconds:.1f} s) -> {self.repository}"]
+                 f"({plural(len(self.items), 'item')}, {self.seconds:.1f} s) -> {self.repository}"]
         for i in self.items:
             state = "ok" if i.ok else "FAILED"
-            lines.append(f"  {i.kind} {i.name}: {state}, {i.files} files, "
+            lines.append(f"  {i.kind} {i.name}: {state}, {plural(i.files, 'file')}, "
                          f"{i.bytes_read / 1e6:,.1f} MB read, {i.bytes_new / 1e6:,.1f} MB new, "
-                         f"{i.seconds:.1f} s" + (f", {len(i.warnings)} warnings" if i.warnings
+                         f"{i.seconds:.1f} s" + (f", {plural(len(i.warnings), 'warning')}" if i.warnings
                                                  else ""))
             if i.error:
                 lines.append(f"    error: {i.error}")
