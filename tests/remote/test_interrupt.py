@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import SRC_DIR, RunKetch
 from tests.gitutil import git
 from tests.remote.test_remote import Machine
@@ -98,7 +100,9 @@ def _interrupt(argv: list[str], env: dict[str, str], delay: float, sig: int,
                              ) from None
     client_s = time.monotonic() - t0
     text = err.decode(errors="replace")
-    if proc.returncode == 0:  # it finished just as the signal came
+    branch = repo / "refs" / "heads" / argv[argv.index("-n") + 1]
+    if proc.returncode == 0 or (branch.exists() and not text):
+        # It finished just as the signal came (a process winding down dies of it quietly).
         return client_s, client_s, True
     assert proc.returncode == 2, text
     assert "ketch: error: interrupted" in text, text
@@ -195,24 +199,31 @@ def test_interrupted_remote_saves_end_promptly_and_resume(
 def test_interrupted_save_to_local_server(run_ketch: RunKetch, tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     _tree(tree)
-    repo = tmp_path / "srv"
-    run_ketch("init", "-d", repo, check=True)
     env = {**os.environ, "PYTHONPATH": str(SRC_DIR)}
-    argv = [sys.executable, "-m", "ketch", "save", "-r", f":{repo}", "-n", "i", "-q", str(tree)]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not list((repo / "objects").glob("pack-tmp-*/pack")):
-        time.sleep(0.02)
-    time.sleep(0.3)
-    assert proc.poll() is None, "the save finished before it could be interrupted"
-    os.killpg(proc.pid, signal.SIGINT)
-    t0 = time.monotonic()
-    _, err = proc.communicate(timeout=30)
-    took = time.monotonic() - t0
-    assert proc.returncode == 2, err.decode()
-    assert b"ketch: error: interrupted" in err and b"Traceback" not in err, err.decode()
-    assert took < 10
+    for attempt in range(5):
+        repo = tmp_path / f"srv{attempt}"
+        run_ketch("init", "-d", repo, check=True)
+        argv = [sys.executable, "-m", "ketch", "save", "-r", f":{repo}", "-n", "i", "-q",
+                str(tree)]
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+                p.stat().st_size > 0 for p in (repo / "objects").glob("pack-tmp-*/pack")):
+            time.sleep(0.005)
+        os.killpg(proc.pid, signal.SIGINT)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=30)
+        took = time.monotonic() - t0
+        if (repo / "refs" / "heads" / "i").exists():
+            # The save was done (a process ending dies of the signal quietly): again.
+            continue
+        assert proc.returncode == 2, err.decode()
+        assert b"ketch: error: interrupted" in err and b"Traceback" not in err, err.decode()
+        assert took < 10
+        break
+    else:
+        pytest.fail("every save finished before it could be interrupted")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and list((repo / "objects").glob("pack-tmp-*")):
         time.sleep(0.05)

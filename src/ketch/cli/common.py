@@ -111,8 +111,8 @@ def where(ctx: click.Context, repo_dir: str | None) -> Where:
 
 
 def _not_a_repository(w: Where, e: NotARepository) -> NotARepository:
-    if w.source == "-d":
-        return e
+    if w.source in ("-d", "-r"):
+        return e  # named on the command line: the plain message says it all
     path = w.location
     if w.source == "$KETCH_DIR":
         why = "named by $KETCH_DIR; create it with 'ketch init', or give -d DIR or -r REMOTE"
