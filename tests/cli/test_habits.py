@@ -117,6 +117,21 @@ def test_save_meter_has_a_total_on_a_terminal_only(repo_dir: Path, tmp_path: Pat
     assert b"Saving" not in r.stderr and r.stderr.count(b"\n") == 1
 
 
+def test_save_meter_total_covers_more_than_the_index_knows(repo_dir: Path, tmp_path: Path,
+                                                           run_ketch: RunKetch) -> None:
+    """The index knows the sizes of a part only (an interrupted first save, or
+    `ketch index` of a subdirectory): the meter's total is still the whole."""
+    data = tmp_path / "d"
+    (data / "small").mkdir(parents=True)
+    (data / "small" / "a").write_bytes(os.urandom(1_000_000))
+    for i in range(3):
+        (data / f"big{i}").write_bytes(os.urandom(5_000_000))
+    run_ketch("index", "-d", repo_dir, data / "small", check=True)
+    code, said = on_terminal(["save", "-d", str(repo_dir), "-n", "s", str(data)])
+    assert code == 0, said
+    assert re.search(rb"Saving: 4 files, 16\.0 MB, [\d.,]+ MB/s, 100\.0%, ETA 0:00", said), said
+
+
 def test_completion_scripts(tmp_path: Path, run_ketch: RunKetch) -> None:
     for shell in ("bash", "zsh", "fish"):
         r = run_ketch("completion", shell, check=True)

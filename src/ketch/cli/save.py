@@ -22,8 +22,9 @@ from ketch.timeparse import parse_date
 
 
 class _SaveMeter(TermProgress):
-    """The meter, with a total from the index's sizes (given to `start` by the save)
-    or, without them, from a stat walk running beside the save."""
+    """The meter, with a total from a stat walk running beside the save. The
+    index's sizes (given to `start` by the save) are only the first estimate: they
+    cover what the last save saw, which after an interrupted first save is a part."""
 
     def __init__(self, jobs: list[tuple[str, ExcludeRules]]) -> None:
         super().__init__("Saving")
@@ -32,7 +33,7 @@ class _SaveMeter(TermProgress):
 
     def start(self, total_bytes: int | None, total_files: int | None = None) -> None:
         super().start(total_bytes, total_files)
-        if not total_bytes and self._stop is None:
+        if self._stop is None:
             self._stop = scan_in_background(self._jobs, self._set_total)
 
     def _set_total(self, total: int) -> None:
