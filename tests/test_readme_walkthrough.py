@@ -103,6 +103,7 @@ def test_readme_walkthrough_verbatim(tmp_path: Path) -> None:
             # `config check` may warn (exit 1): nothing here notifies a human yet.
             allowed = (0, 1) if line.startswith("ketch config check") else (0,)
             assert codes[i] in allowed, f"{line!r} exited {codes[i]}\n{out}"
+        print(out)  # shown with -rP: what the walk-through looks like to its reader
         assert "Traceback" not in out, out
         assert server.query("CHECKSUM TABLE app.t") == before, out
         assert server.query("SELECT COUNT(*) FROM app.t") == [["5000"]]

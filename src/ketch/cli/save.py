@@ -102,7 +102,8 @@ def command(ctx: click.Context, /, repo_dir: str | None, name: str, date: str | 
         click.echo(json.dumps(summary, indent=2))
     if not quiet:
         rate = res.bytes_read / res.seconds / 1e6 if res.seconds else 0.0
-        click.echo(f"Saved {name}: {plural(res.files, 'file')}, {plural(res.dirs, 'dir')}, "
+        click.echo(f"Saved {name}: {plural(res.files, 'file', grouped=True)}, "
+                   f"{plural(res.dirs, 'dir', grouped=True)}, "
                    f"{res.bytes_read / 1e6:,.1f} MB read, {res.bytes_new / 1e6:,.1f} MB new, "
                    f"{res.seconds:.1f} s ({rate:,.1f} MB/s)"
                    + (f", {plural(len(res.warnings), 'warning')}" if res.warnings else ""),
