@@ -23,17 +23,18 @@ class _WarnOnly(NullProgress):
 
 def _summary(r: RestoreResult, seconds: float) -> str:
     others = [
-        plural(n, what) for n, what in (
+        plural(n, what, grouped=True) for n, what in (
             (r.symlinks, "symlink"), (r.specials, "special file"), (r.hardlinks, "hardlink"),
         ) if n
     ]
     extra = f" ({', '.join(others)})" if others else ""
     if r.overwritten:
-        extra += f", {r.overwritten} overwritten"
+        extra += f", {r.overwritten:,} overwritten"
     if r.kept:
-        extra += f", {r.kept} kept (--no-clobber)"
+        extra += f", {r.kept:,} kept (--no-clobber)"
     rate = r.bytes / seconds / 1e6 if seconds > 0 else 0.0
-    return (f"restored {plural(r.files, 'file')}, {plural(r.dirs, 'dir')}{extra}, "
+    return (f"restored {plural(r.files, 'file', grouped=True)}, "
+            f"{plural(r.dirs, 'dir', grouped=True)}{extra}, "
             f"{r.bytes / 1e6:,.1f} MB in {seconds:.1f}s ({rate:,.1f} MB/s)")
 
 
