@@ -91,7 +91,7 @@ class RunReport:
                  f"({plural(len(self.items), 'item')}, {self.seconds:.1f} s) -> {self.repository}"]
         for i in self.items:
             state = "ok" if i.ok else "FAILED"
-            lines.append(f"  {i.kind} {i.name}: {state}, {plural(i.files, 'file')}, "
+            lines.append(f"  {i.kind} {i.name}: {state}, {plural(i.files, 'file', grouped=True)}, "
                          f"{i.bytes_read / 1e6:,.1f} MB read, {i.bytes_new / 1e6:,.1f} MB new, "
                          f"{i.seconds:.1f} s" + (f", {plural(len(i.warnings), 'warning')}" if i.warnings
                                                  else ""))
