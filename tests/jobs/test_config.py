@@ -449,9 +449,10 @@ def test_init_rejects_a_bad_set_name(run_ketch: RunKetch, tmp_path: Path) -> Non
 def test_init_asks_questions_on_a_terminal(tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from ketch.cli import config as cli_config
+    from ketch.cli import config_init
     from ketch.jobs import configinit
 
-    monkeypatch.setattr(cli_config, "_stdin_is_terminal", lambda: True)
+    monkeypatch.setattr(config_init, "_stdin_is_terminal", lambda: True)
     mysql = DumpSpec("mysql", "mysql", databases=["app"], options_file="/etc/mysql/debian.cnf")
     pg = DumpSpec("postgresql", "postgresql", run_as="postgres")
     monkeypatch.setattr(configinit, "detect_dumps", lambda: ([mysql, pg], None))
