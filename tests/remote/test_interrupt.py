@@ -77,10 +77,16 @@ def _env(m: Machine, repo: Path) -> dict[str, str]:
 
 def _interrupt(argv: list[str], env: dict[str, str], delay: float, sig: int,
                repo: Path) -> tuple[float, float, bool]:
-    """Start a save, signal it after `delay` seconds; (seconds to the client's
-    exit, seconds to the last server's exit, whether it had finished first)."""
+    """Start a save, signal it `delay` seconds after its server started; (seconds
+    to the client's exit, seconds to the last server's exit, whether it had
+    finished first). Counting from the server's start keeps the signal out of
+    the interpreter's start-up, which a loaded machine stretches past any fixed
+    delay (a Python importing its modules dies of SIGINT like any program)."""
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and not _servers_for(repo) and time.monotonic() < deadline:
+        time.sleep(0.005)
     time.sleep(delay)
     if proc.poll() is not None:
         err = proc.stderr.read() if proc.stderr else b""
@@ -174,9 +180,7 @@ def test_interrupted_remote_saves_end_promptly_and_resume(
         argv = [sys.executable, "-m", "ketch", "save", "-r", m.url(repo), "-n", "i",
                 "-q", str(tree)]
         sig = signal.SIGTERM if i % 4 == 3 else signal.SIGINT
-        # Not before the interpreter is up (about 0.3 s): a signal while Python
-        # imports is Python's to report, not ketch's.
-        delay = max(0.4, rng.uniform(0.1, 0.9) * took)
+        delay = rng.uniform(0.05, 0.9) * took  # after the server started: see _interrupt
         c, s, done = _interrupt(argv, _env(m, repo), delay, sig, repo)
         if done:
             finished += 1
