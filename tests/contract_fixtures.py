@@ -11,7 +11,6 @@ edit of every test.
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import subprocess
@@ -26,8 +25,9 @@ import pytest
 from ketch.git import objects as gobj
 from ketch.repo import LocalRepository, ObjectWriter, Repository, advance_branch
 from tests.conftest import SRC_DIR, _subprocess_env
+from tests.remote.test_remote import Machine
 
-# -- the operations, one function each ----------------------------------------------
+# -- the operations, one function each: reading (every backend) ----------------------
 
 
 def op_read(repo: Repository, oid: bytes) -> tuple[int, bytes]:
@@ -62,6 +62,17 @@ def op_iter_refs(repo: Repository, prefix: bytes | None = None) -> list[tuple[by
     return list(repo.iter_refs() if prefix is None else repo.iter_refs(prefix))
 
 
+def op_prefetch(repo: Repository, oids: Sequence[bytes]) -> None:
+    repo.prefetch(oids)
+
+
+def op_close(repo: Repository) -> None:
+    repo.close()
+
+
+# -- writing (writable backends; a read-only one refuses these) -----------------------
+
+
 def op_update_ref(repo: Repository, name: bytes, new: bytes, old: bytes | None) -> None:
     repo.update_ref(name, new, old, b"contract test")
 
@@ -69,10 +80,6 @@ def op_update_ref(repo: Repository, name: bytes, new: bytes, old: bytes | None) 
 def op_advance_branch(repo: Repository, name: bytes, commit: bytes, old: bytes | None,
                       rebuild: Callable[[bytes | None], bytes]) -> bytes:
     return advance_branch(repo, name, commit, old, rebuild, message=b"contract test")
-
-
-def op_prefetch(repo: Repository, oids: Sequence[bytes]) -> None:
-    repo.prefetch(oids)
 
 
 def op_writer(repo: Repository) -> ObjectWriter:
@@ -97,10 +104,6 @@ def op_close_writer(w: ObjectWriter) -> list[str]:
 
 def op_abort_writer(w: ObjectWriter) -> None:
     w.abort()
-
-
-def op_close(repo: Repository) -> None:
-    repo.close()
 
 
 # -- the content every backend's repository holds ---------------------------------------
@@ -190,10 +193,13 @@ def prepare(repo: Repository) -> None:
 
 @dataclass
 class Backend:
-    """A repository under test holding KNOWN; `open()` gives another handle on it."""
+    """A repository under test holding KNOWN; `open()` gives another handle on it,
+    and `location` (with `env`) names it to the command line, as `-r` takes it."""
 
     name: str
     open: Callable[[], Repository]
+    location: str
+    env: dict[str, str] = field(default_factory=dict)
     repo: Repository = field(init=False)
 
     def __post_init__(self) -> None:
@@ -203,8 +209,8 @@ class Backend:
 Factory = Callable[[pytest.FixtureRequest, Path], Backend]
 
 
-def _ketch(*args: str | os.PathLike[str], env: dict[str, str] | None = None) -> None:
-    proc = subprocess.run([sys.executable, "-m", "ketch", *map(os.fspath, args)],
+def _ketch(*args: str | Path, env: dict[str, str] | None = None) -> None:
+    proc = subprocess.run([sys.executable, "-m", "ketch", *map(str, args)],
                           capture_output=True, env=_subprocess_env(env),
                           stdin=subprocess.DEVNULL, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
@@ -212,52 +218,74 @@ def _ketch(*args: str | os.PathLike[str], env: dict[str, str] | None = None) -> 
 
 @pytest.fixture(scope="session")
 def contract_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh `ketch init` repository, copied for each test that needs one."""
+    """A fresh `ketch init` repository."""
     path = tmp_path_factory.mktemp("contract") / "template"
     _ketch("init", "-d", path)
     return path
 
 
-def _fresh_copy(request: pytest.FixtureRequest, dest: Path) -> Path:
-    template: Path = request.getfixturevalue("contract_template")
+def _copy(src: Path, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(template, dest, symlinks=True)
+    shutil.copytree(src, dest, symlinks=True)
     return dest
 
 
-def _local(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    path = _fresh_copy(request, tmp_path / "repo")
-    backend = Backend("local", lambda: LocalRepository(str(path)))
-    prepare(backend.repo)
-    return backend
+# Writing KNOWN takes a writer session and two ref updates (over ssh, a round trip
+# each), so each backend writes it once a session, through its own writer and
+# refs, into a repository that every test then gets a copy of.
 
 
 @pytest.fixture(scope="session")
-def contract_machine(request: pytest.FixtureRequest) -> object:
-    """A client key for the session's sshd, whose server runs this checkout's ketch."""
-    from tests.remote.test_remote import Machine
+def contract_local_prepared(contract_template: Path,
+                            tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = _copy(contract_template, tmp_path_factory.mktemp("local") / "contract")
+    with LocalRepository(str(path)) as repo:
+        prepare(repo)
+    return path
 
+
+def _local(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    path = _copy(request.getfixturevalue("contract_local_prepared"), tmp_path / "repo")
+    return Backend("local", lambda: LocalRepository(str(path)), str(path))
+
+
+@pytest.fixture(scope="session")
+def contract_machine(request: pytest.FixtureRequest) -> Machine:
+    """A client key for the session's sshd, whose server runs this checkout's ketch."""
     sshd = request.getfixturevalue("sshd")
     server = shlex.join(["env", f"PYTHONPATH={SRC_DIR}", sys.executable, "-m", "ketch", "server"])
     return Machine.new(sshd, "contract", remote_command=server)
 
 
-def _ssh(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+def _remote_repository(machine: Machine, path: Path, cache: Path) -> Repository:
     from ketch.remote.client import RemoteRepository
     from ketch.remote.spec import parse_remote
-    from tests.remote.test_remote import Machine
 
-    machine = request.getfixturevalue("contract_machine")
-    assert isinstance(machine, Machine)
+    return RemoteRepository(parse_remote(machine.url(path)), cache_root=str(cache))
+
+
+@pytest.fixture(scope="session")
+def contract_ssh_prepared(request: pytest.FixtureRequest, contract_template: Path,
+                          tmp_path_factory: pytest.TempPathFactory) -> Path:
+    machine: Machine = request.getfixturevalue("contract_machine")
+    base = tmp_path_factory.mktemp("ssh")
+    path = _copy(contract_template, base / "server" / "contract")
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in machine.env.items():
+            mp.setenv(name, value)
+        with _remote_repository(machine, path, base / "cache") as repo:
+            prepare(repo)
+    return path
+
+
+def _ssh(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    machine: Machine = request.getfixturevalue("contract_machine")
     mp: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
     for name, value in machine.env.items():
         mp.setenv(name, value)
-    path = _fresh_copy(request, tmp_path / "server" / "repo")
-    spec = parse_remote(machine.url(path))
-    cache = str(tmp_path / "cache")
-    backend = Backend("ssh", lambda: RemoteRepository(spec, cache_root=cache))
-    prepare(backend.repo)
-    return backend
+    path = _copy(request.getfixturevalue("contract_ssh_prepared"), tmp_path / "server" / "repo")
+    return Backend("ssh", lambda: _remote_repository(machine, path, tmp_path / "cache"),
+                   machine.url(path), dict(machine.env))
 
 
 @dataclass(frozen=True)
@@ -272,9 +300,7 @@ def contract_mirror(request: pytest.FixtureRequest,
                     tmp_path_factory: pytest.TempPathFactory) -> PushedMirror:
     """KNOWN, prepared in a local repository and pushed with `ketch mirror push`."""
     server = request.getfixturevalue("s3_server")
-    path = _fresh_copy(request, tmp_path_factory.mktemp("mirrored") / "contract")
-    with LocalRepository(str(path)) as local:
-        prepare(local)
+    path = request.getfixturevalue("contract_local_prepared")
     env = {"KETCH_S3_ENDPOINT": server["endpoint"], "AWS_ACCESS_KEY_ID": server["access_key"],
            "AWS_SECRET_ACCESS_KEY": server["secret_key"], "AWS_DEFAULT_REGION": server["region"],
            "AWS_EC2_METADATA_DISABLED": "true"}
@@ -293,7 +319,8 @@ def _s3(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
         mp.setenv(name, value)
     cache = str(tmp_path / "cache")
     return Backend("s3", lambda: StoreRepository(S3Store(mirror.url), mirror.name,
-                                                        url=mirror.url, cache_root=cache))
+                                                 url=mirror.url, cache_root=cache),
+                   f"{mirror.url}/{mirror.name}", dict(mirror.env))
 
 
 @dataclass(frozen=True)

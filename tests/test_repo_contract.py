@@ -9,6 +9,7 @@ writes, `readonly_repo` on those that refuse them. Each starts with KNOWN writte
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from ketch.errors import KetchError, ObjectNotFound, RefConflict, RefNotFound
 from ketch.git import objects as gobj
 from ketch.git.refs import BadRefName
+from tests.conftest import RunKetch
 from tests.contract_fixtures import (  # noqa: F401 - fixtures the backends ask for by name
     ALL,
     BRANCH,
@@ -27,8 +29,10 @@ from tests.contract_fixtures import (  # noqa: F401 - fixtures the backends ask 
     WRITABLE,
     Backend,
     commit_bytes,
+    contract_local_prepared,
     contract_machine,
     contract_mirror,
+    contract_ssh_prepared,
     contract_template,
     expect_gap,
     op_abort_writer,
@@ -141,22 +145,20 @@ def test_read_ref_and_resolve_ref(contract_repo: Backend) -> None:
     assert op_resolve_ref(repo, KNOWN.blob.hex()[:8].upper().encode()) == KNOWN.blob
 
 
-@pytest.mark.parametrize("spec", [b"nonesuch", b"abc", b"zz" * 20])
-def test_resolve_ref_of_nothing_raises_ref_not_found(contract_repo: Backend,
-                                                     spec: bytes) -> None:
+def test_resolve_ref_of_nothing_raises_ref_not_found(contract_repo: Backend) -> None:
     """An unknown name, a hex id too short to mean anything (3 digits), a
     40-character non-hex: RefNotFound naming what was asked for."""
-    with pytest.raises(RefNotFound) as e:
-        op_resolve_ref(contract_repo.repo, spec)
-    assert one_line(e) == f"unknown ref or object: {spec.decode()}"
+    for spec in [b"nonesuch", b"abc", b"zz" * 20]:
+        with pytest.raises(RefNotFound) as e:
+            op_resolve_ref(contract_repo.repo, spec)
+        assert one_line(e) == f"unknown ref or object: {spec.decode()}"
 
 
-@pytest.mark.parametrize("spec", [b"", b"a..b"])
-def test_resolve_ref_of_a_bad_name_is_one_clear_error(contract_repo: Backend,
-                                                      spec: bytes) -> None:
-    with pytest.raises((RefNotFound, BadRefName)) as e:
-        op_resolve_ref(contract_repo.repo, spec)
-    one_line(e)
+def test_resolve_ref_of_a_bad_name_is_one_clear_error(contract_repo: Backend) -> None:
+    for spec in [b"", b"a..b"]:
+        with pytest.raises((RefNotFound, BadRefName)) as e:
+            op_resolve_ref(contract_repo.repo, spec)
+        one_line(e)
 
 
 def test_resolve_ref_of_a_missing_full_id_raises_ref_not_found(contract_repo: Backend) -> None:
@@ -199,15 +201,16 @@ def test_close_and_context_manager(contract_repo: Backend) -> None:
     op_close(again)  # a second close is harmless
 
 
-@pytest.mark.parametrize("name", BAD_REF_NAMES)
-def test_read_ref_of_a_bad_name_raises_bad_ref_name(contract_repo: Backend, name: bytes,
+def test_read_ref_of_a_bad_name_raises_bad_ref_name(contract_repo: Backend,
                                                     request: pytest.FixtureRequest) -> None:
     """A name git refuses: BadRefName, which the VFS reads as "no such branch" (so
     `ketch ls 'a..b'` says the path does not exist, on every backend)."""
     expect_gap(request, contract_repo, "read_ref_bad_name")
-    with pytest.raises(BadRefName) as e:
-        op_read_ref(contract_repo.repo, name)
-    assert one_line(e).startswith(f"invalid ref name '{name.decode()}': ")
+    for name in BAD_REF_NAMES:
+        with pytest.raises(BadRefName) as e:
+            op_read_ref(contract_repo.repo, name)
+        assert one_line(e).startswith(f"invalid ref name '{name.decode()}': ")
+    assert op_read_ref(contract_repo.repo, BRANCH) == KNOWN.commit
 
 
 # -- writing: the writable backends -----------------------------------------------------------
@@ -224,7 +227,11 @@ def test_written_objects_read_back_byte_identical(writable_repo: Backend) -> Non
     assert op_writer_exists(w, rest[1])  # the session sees what it wrote
     assert op_writer_exists(w, KNOWN.blob)  # and what the repository has
     assert not op_writer_exists(w, KNOWN.missing)
-    op_close_writer(w)
+    packs = op_close_writer(w)
+    # The packs the session made (a local writer names idx paths, a remote one
+    # the server's idx names: the file name is what they share).
+    assert packs and all(re.fullmatch(r"pack-[0-9a-f]{40}\.idx", os.path.basename(p))
+                         for p in packs), packs
     oids = [first, *rest]
     assert oids == [gobj.object_id(gobj.BLOB, d) for d in datas]
     assert op_has_many(repo, [*oids, tree]) == [True] * 5
@@ -240,6 +247,9 @@ def test_written_objects_read_back_byte_identical(writable_repo: Backend) -> Non
 def test_writing_what_is_there_gives_the_same_id(writable_repo: Backend) -> None:
     repo = writable_repo.repo
     w = op_writer(repo)
+    assert op_write_many(w, gobj.BLOB, list(KNOWN.many_data)) == KNOWN.many
+    assert op_close_writer(w) == []  # nothing new: no pack
+    w = op_writer(repo)
     assert op_write(w, gobj.BLOB, KNOWN.blob_data) == KNOWN.blob
     again = op_write_many(w, gobj.BLOB, [b"twice\n", b"twice\n"])
     assert again[0] == again[1] == gobj.object_id(gobj.BLOB, b"twice\n")
@@ -248,6 +258,8 @@ def test_writing_what_is_there_gives_the_same_id(writable_repo: Backend) -> None
 
 
 def test_abort_moves_no_ref_and_leaves_the_repository_usable(writable_repo: Backend) -> None:
+    """Whether an aborted session's objects stay is the backend's choice (a server
+    keeps what arrived whole, so a retry sends less); no ref moves either way."""
     repo = writable_repo.repo
     w = op_writer(repo)
     op_write(w, gobj.BLOB, b"aborted\n")
@@ -283,12 +295,11 @@ def test_update_ref_is_compare_and_swap(writable_repo: Backend) -> None:
         assert (name, KNOWN.tree) in op_iter_refs(other, b"refs/heads/")
 
 
-@pytest.mark.parametrize("name", BAD_REF_NAMES)
-def test_update_ref_with_a_bad_name_raises_bad_ref_name(writable_repo: Backend,
-                                                         name: bytes) -> None:
-    with pytest.raises(BadRefName) as e:
-        op_update_ref(writable_repo.repo, name, KNOWN.commit, None)
-    assert one_line(e).startswith(f"invalid ref name '{name.decode()}': ")
+def test_update_ref_with_a_bad_name_raises_bad_ref_name(writable_repo: Backend) -> None:
+    for name in BAD_REF_NAMES:
+        with pytest.raises(BadRefName) as e:
+            op_update_ref(writable_repo.repo, name, KNOWN.commit, None)
+        assert one_line(e).startswith(f"invalid ref name '{name.decode()}': ")
     assert op_iter_refs(writable_repo.repo) == [(BRANCH, KNOWN.commit), (TAG, KNOWN.tree)]
 
 
@@ -341,3 +352,18 @@ def test_writes_are_refused_with_one_line(readonly_repo: Backend) -> None:
         op_advance_branch(repo, BRANCH, KNOWN.tree, KNOWN.commit, lambda p: b"")
     _refused(e)
     assert op_read_ref(repo, BRANCH) == KNOWN.commit
+
+
+def test_saving_into_a_read_only_repository_is_refused(readonly_repo: Backend,
+                                                       run_ketch: RunKetch,
+                                                       tmp_path: Path) -> None:
+    """What a user meets: `ketch save -r` into it fails with one line, exit 2."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "f").write_bytes(b"data\n")
+    proc = run_ketch("save", "-r", readonly_repo.location, "-n", "x", tmp_path / "data",
+                     env=readonly_repo.env)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert err.startswith("ketch: error: ") and err.count("\n") == 1 and "read-only" in err, err
+    with readonly_repo.open() as again:
+        assert op_iter_refs(again) == [(BRANCH, KNOWN.commit), (TAG, KNOWN.tree)]
