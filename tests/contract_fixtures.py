@@ -194,7 +194,7 @@ def prepare(repo: Repository) -> None:
 @dataclass
 class Backend:
     """A repository under test holding KNOWN; `open()` gives another handle on it,
-    and `location` (with `env`) names it to the command line, as `-r` takes it."""
+    and `location` (with `env`) names it to the command line."""
 
     name: str
     open: Callable[[], Repository]
@@ -314,9 +314,7 @@ def _s3(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     from ketch.offsite.s3repo import StoreRepository
 
     mirror: PushedMirror = request.getfixturevalue("contract_mirror")
-    mp: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
-    for name, value in mirror.env.items():
-        mp.setenv(name, value)
+    request.getfixturevalue("s3_env")  # the server's credentials, the machine's AWS set aside
     cache = str(tmp_path / "cache")
     return Backend("s3", lambda: StoreRepository(S3Store(mirror.url), mirror.name,
                                                  url=mirror.url, cache_root=cache),

@@ -55,7 +55,7 @@ from tests.contract_fixtures import (  # noqa: F401 - fixtures the backends ask 
     op_writer_exists,
     open_backend,
 )
-from tests.offsite.conftest import s3_server  # noqa: F401 - the S3 backend's server
+from tests.offsite.conftest import s3_env, s3_server  # noqa: F401 - the S3 backend's server
 from tests.remote.conftest import sshd  # noqa: F401 - the ssh backend's server
 
 
