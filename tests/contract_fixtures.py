@@ -194,11 +194,11 @@ def prepare(repo: Repository) -> None:
 @dataclass
 class Backend:
     """A repository under test holding KNOWN; `open()` gives another handle on it,
-    and `location` (with `env`) names it to the command line."""
+    and `cli` (with `env`) names it to the command line (`-d PATH`, `-r URL`)."""
 
     name: str
     open: Callable[[], Repository]
-    location: str
+    cli: list[str]
     env: dict[str, str] = field(default_factory=dict)
     repo: Repository = field(init=False)
 
@@ -246,7 +246,7 @@ def contract_local_prepared(contract_template: Path,
 
 def _local(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     path = _copy(request.getfixturevalue("contract_local_prepared"), tmp_path / "repo")
-    return Backend("local", lambda: LocalRepository(str(path)), str(path))
+    return Backend("local", lambda: LocalRepository(str(path)), ["-d", str(path)])
 
 
 @pytest.fixture(scope="session")
@@ -285,7 +285,7 @@ def _ssh(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
         mp.setenv(name, value)
     path = _copy(request.getfixturevalue("contract_ssh_prepared"), tmp_path / "server" / "repo")
     return Backend("ssh", lambda: _remote_repository(machine, path, tmp_path / "cache"),
-                   machine.url(path), dict(machine.env))
+                   ["-r", machine.url(path)], dict(machine.env))
 
 
 @dataclass(frozen=True)
@@ -318,7 +318,7 @@ def _s3(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     cache = str(tmp_path / "cache")
     return Backend("s3", lambda: StoreRepository(S3Store(mirror.url), mirror.name,
                                                  url=mirror.url, cache_root=cache),
-                   f"{mirror.url}/{mirror.name}", dict(mirror.env))
+                   ["-r", f"{mirror.url}/{mirror.name}"], dict(mirror.env))
 
 
 @dataclass(frozen=True)

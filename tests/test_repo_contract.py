@@ -213,6 +213,14 @@ def test_read_ref_of_a_bad_name_raises_bad_ref_name(contract_repo: Backend,
     assert op_read_ref(contract_repo.repo, BRANCH) == KNOWN.commit
 
 
+def test_ls_of_a_bad_branch_name_says_it_does_not_exist(contract_repo: Backend,
+                                                        run_ketch: RunKetch) -> None:
+    """What a user meets when read_ref refuses a name: the same line everywhere."""
+    proc = run_ketch("ls", *contract_repo.cli, "a..b", env=contract_repo.env)
+    assert proc.returncode == 2
+    assert proc.stderr.decode() == "ketch: error: cannot access 'a..b': '/a..b' does not exist\n"
+
+
 # -- writing: the writable backends -----------------------------------------------------------
 
 
@@ -360,7 +368,7 @@ def test_saving_into_a_read_only_repository_is_refused(readonly_repo: Backend,
     """What a user meets: `ketch save -r` into it fails with one line, exit 2."""
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "f").write_bytes(b"data\n")
-    proc = run_ketch("save", "-r", readonly_repo.location, "-n", "x", tmp_path / "data",
+    proc = run_ketch("save", *readonly_repo.cli, "-n", "x", tmp_path / "data",
                      env=readonly_repo.env)
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
