@@ -24,6 +24,7 @@ from ketch.git import objects as gobj
 from ketch.git.durable import AtomicFile
 from ketch.git.objindex import ObjectIndex
 from ketch.git.pack import DEFAULT_LEVEL, DEFAULT_MAX_PACK_SIZE, PackWriter
+from ketch.git.refs import check_ref_name
 from ketch.remote.protocol import SUSPEND, Conn, ConnectionLost, RemoteError, u32
 from ketch.remote.session import Client, interrupted
 from ketch.remote.spec import RemoteSpec
@@ -234,6 +235,9 @@ class RemoteRepository(Repository):
     # -- refs ---------------------------------------------------------------------
 
     def read_ref(self, name: bytes) -> bytes | None:
+        # BadRefName here, as a local repository raises it (the VFS reads it as
+        # "no such branch"), not the server's refusal as a generic error.
+        check_ref_name(name, allow_pseudo=True)
         self._drain()
         self.conn.write(b"read-ref " + name + b"\n")
         line = self.client.conn.readline().strip()
@@ -253,6 +257,7 @@ class RemoteRepository(Repository):
 
     def update_ref(self, name: bytes, new: bytes, old: bytes | None,
                    message: bytes = b"") -> None:
+        check_ref_name(name)
         self._drain()
         self.conn.write(b"update-ref " + name + b"\n" + new.hex().encode() + b"\n"
                         + (old.hex().encode() if old else b"") + b"\n")
