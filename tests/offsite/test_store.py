@@ -19,22 +19,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ketch.offsite.s3 import AuthError, S3Store, TransientError, parse_s3_url
-from ketch.offsite.store import DirStore, NotFound, ObjectStore, Stat, StoreError
-from ketch.offsite.wrappers import (
+from ketch.offsite.cache import CachingStore
+from ketch.offsite.encrypt import (
     HEADER_SIZE,
     INDEX_KEY,
     OVERHEAD,
-    CachingStore,
     EncryptedStore,
-    KeyFileError,
-    RetryingStore,
     TamperedError,
     WrongKeyError,
-    keygen,
-    load_key,
-    save_key,
 )
+from ketch.offsite.keyfile import KeyFileError, keygen, load_key, save_key
+from ketch.offsite.retry import RetryingStore
+from ketch.offsite.s3 import AuthError, S3Store, parse_s3_url
+from ketch.offsite.store import DirStore, NotFound, ObjectStore, Stat, StoreError, TransientError
 from tests.conftest import SRC_DIR
 from tests.offsite.conftest import S3Server
 
@@ -112,7 +109,7 @@ def test_parse_url() -> None:
 def test_importing_does_not_import_boto3(repo_dir: Path) -> None:
     code = (
         "import sys\n"
-        "import ketch.offsite.s3, ketch.offsite.wrappers\n"
+        "import ketch.offsite.s3, ketch.offsite.encrypt, ketch.offsite.retry, ketch.offsite.cache\n"
         "from ketch.cli.main import main\n"
         f"sys.argv = ['ketch', 'ls', '-d', {str(repo_dir)!r}]\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
@@ -685,6 +682,22 @@ def test_key_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
         load_key(str(tmp_path / "missing.key"))
     with pytest.raises(KeyFileError):
         EncryptedStore(DirStore(str(tmp_path)), b"short")
+
+
+@pytest.mark.parametrize("wrap", ["cache", "retry"])
+def test_wrapped_encrypted_store_writes_its_index_on_flush(tmp_path: Path, wrap: str) -> None:
+    """flush() through a wrapper reaches the EncryptedStore under it, so the
+    name index holds every key (a skipped flush would lose the ones batched)."""
+    bucket = DirStore(str(tmp_path / "bucket"))
+    key = keygen()
+    enc = EncryptedStore(bucket, key, index_interval=3600)
+    store: ObjectStore = (CachingStore(enc, str(tmp_path / "cache")) if wrap == "cache"
+                          else RetryingStore(enc))
+    for name in ("a", "b", "c"):
+        store.put(name, name.encode())
+    store.flush()
+    fresh = EncryptedStore(bucket, key)
+    assert [k for k, _ in fresh.list("")] == ["a", "b", "c"]
 
 
 # -- CachingStore ---------------------------------------------------------------------

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ketch.errors import UsageError
-from ketch.offsite.store import Advance, NotFound, Stat, StoreError
+from ketch.offsite.store import Advance, NotFound, ObjectStore, Stat, StoreError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,6 @@ _AUTH_CODES = frozenset({
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
     "InvalidToken", "TokenRefreshRequired", "AuthorizationHeaderMalformed", "403",
 })  # fmt: skip
-
-
-class TransientError(StoreError):
-    """A failure that may well go away: connection trouble, throttling, a 5xx.
-
-    RetryingStore retries these and nothing else."""
 
 
 class AuthError(StoreError):
@@ -124,7 +118,7 @@ class _Existing:
     checksum: str | None
 
 
-class S3Store:
+class S3Store(ObjectStore):
     """``s3://bucket/prefix`` as an ObjectStore; see the module doc.
 
     The keyword-only knobs after ``profile`` are for tests and tuning:
