@@ -447,6 +447,24 @@ def test_retrying_store_gives_up_and_backs_off(s3_url: str) -> None:
         assert 0.2 * 2**i / 2 <= d <= 0.2 * 2**i
 
 
+def test_one_layer_retries(s3_url: str) -> None:
+    """botocore tries once; RetryingStore's attempts are all the tries there are
+    (not botocore's 3 under each of RetryingStore's 5)."""
+    host, port = os.environ["KETCH_S3_ENDPOINT"].removeprefix("http://").split(":")
+    proxy = FlakyProxy((host, int(port)), failures=1000)
+    try:
+        inner = S3Store(s3_url, endpoint_url=f"http://127.0.0.1:{proxy.port}")
+        with pytest.raises(TransientError, match="SlowDown"):
+            inner.get("k")
+        assert proxy.connections == 1
+        store = RetryingStore(inner, attempts=5, sleep=lambda _: None)
+        with pytest.raises(TransientError, match="tried 5 times"):
+            store.get("k")
+        assert proxy.connections == 1 + 5
+    finally:
+        proxy.close()
+
+
 def test_retrying_store_does_not_retry_not_found_or_auth(s3_url: str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     counting = Counting(S3Store(s3_url))

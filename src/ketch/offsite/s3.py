@@ -126,7 +126,8 @@ class S3Store(ObjectStore):
     (grown when a file would need more than 10,000 parts), ``workers`` (parts
     in flight), ``page_size`` (keys per LIST request), ``checksums`` (send
     SHA-256 additional checksums; False sends Content-MD5), ``max_attempts``
-    (botocore's own retries per request; 1 leaves retrying to RetryingStore).
+    (botocore's own tries per request; the default 1 leaves retrying to
+    RetryingStore, so that one layer retries, not 3 tries under each of its 5).
     """
 
     def __init__(
@@ -141,7 +142,7 @@ class S3Store(ObjectStore):
         workers: int = WORKERS,
         page_size: int = 1000,
         checksums: bool = True,
-        max_attempts: int = 3,
+        max_attempts: int = 1,
     ) -> None:
         self.bucket, prefix = parse_s3_url(url)
         self.root = prefix + "/" if prefix else ""
