@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ketch.errors import CorruptObject, KetchError
+from ketch.fsmeta import apply_to_path, create_special
 from ketch.git import objects as gobj
-from ketch.metadata import Metadata, apply_to_path, create_special
+from ketch.metadata import Metadata
 from ketch.progress import NullProgress, Progress
 from ketch.repo import Repository
 from ketch.restoreplan import Clobber, InTheWay, Kept
