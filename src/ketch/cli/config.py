@@ -16,9 +16,9 @@ from ketch.jobs.config import (
     default_config_path,
     is_valid_time,
     load_config,
-    render_config,
 )
 from ketch.jobs.configcheck import overall
+from ketch.jobs.configwrite import render_config
 from ketch.jobs.model import DEFAULT_CONFIG, BackupSet, DumpSpec
 from ketch.jobs.schedule import CRON_PATH, SYSTEMD_DIR
 from ketch.text import plural
