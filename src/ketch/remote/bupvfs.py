@@ -10,9 +10,9 @@ The items and their wire form are ketch.remote.bupitem's.  The walk mirrors
 `bup.vfs._resolve_path` step for step, on top of ketch's VFS, because the
 client does its own follow-up reads (`cat-batch`) from the oids it gets here:
 the kinds, oids, metadata and even the error texts have to be bup's. bup's VFS
-cache is global to a server process, so a few results in
-bup depend on which requests came earlier in the session; this module answers
-as bup does with a cold cache.
+cache is global to a server process, so a few results in bup depend on which
+requests came earlier in the session; this module answers as bup does with a
+cold cache.
 """
 
 from __future__ import annotations
