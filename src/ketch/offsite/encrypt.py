@@ -400,10 +400,15 @@ class EncryptedStore(ObjectStore):
         with self._lock:
             self._pending[key] = entry
             if time.monotonic() - self._last_flush >= self.index_interval:
-                self.flush()
+                self._write_index()
 
     def flush(self) -> None:
-        """Write the index if anything changed since it was last written."""
+        """Write the index if anything changed since it was last written; then
+        flush the store under this one, as every wrapper does."""
+        self._write_index()
+        self.inner.flush()
+
+    def _write_index(self) -> None:
         with self._lock:
             if not self._pending:
                 return
