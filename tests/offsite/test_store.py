@@ -580,6 +580,18 @@ def test_encrypted_ranges_property(tmp_path: Path, size: int, start: int,
     assert store.stat(f"v{size}") == Stat(size, _sha(data))
 
 
+def test_encrypted_range_into_a_full_final_segment(tmp_path: Path) -> None:
+    """A value that fills its last segment exactly: a range that ends in that
+    segment fetches the whole object, and cannot tell from the length alone
+    that the segment is the final one."""
+    store = EncryptedStore(DirStore(str(tmp_path / "b")), bytes(32), segment_size=64)
+    data = os.urandom(384)
+    store.put("v", data)
+    assert store.get("v", 21, 321) == data[21:321]
+    assert store.get("v", 330, 384) == data[330:384]
+    assert store.get("v", 0, 384) == data
+
+
 def test_encrypted_wrong_key_is_named(
         backend: tuple[ObjectStore, Callable[[], dict[str, bytes]]]) -> None:
     inner, _ = backend

@@ -269,13 +269,15 @@ class EncryptedStore(ObjectStore):
         elif not blob:
             return b""  # start is past the end, as a file read would say
         # Fewer bytes than asked for: the object ends within them, so the
-        # final segment must be marked last.  Else it may or may not be.
+        # final segment must be marked last.  Else it may or may not be (an
+        # object that fills its last segment exactly ends where we stopped).
         short = last is None or len(blob) < (last - first + 1) * step
+        final: bool | None = True if short else None
         n = -(-len(blob) // step)
         try:
             plain = b"".join(
                 self._open(key, first + i, blob[i * step:(i + 1) * step],
-                           (short if i == n - 1 else False))
+                           (final if i == n - 1 else False))
                 for i in range(n)
             )
         except TamperedError:
