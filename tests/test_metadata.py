@@ -23,16 +23,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ketch.errors import KetchError
+from ketch.fsmeta import apply_to_path, create_special, from_path
 from ketch.metadata import (
     EMPTY_RECORD,
     CorruptMetadata,
     Metadata,
     MetadataError,
-    apply_to_path,
-    create_special,
     decode_all,
     decode_one,
-    from_path,
     mode_string,
 )
 from ketch.vint import write_bvec, write_vint, write_vuint
@@ -754,7 +752,7 @@ def test_type_mismatch_is_not_applied(tmp_path: Path) -> None:
 
 
 def test_acl_name_quoting_like_libacl() -> None:
-    from ketch.metadata import _acl_quote, _acl_unquote
+    from ketch.posixacl import _acl_quote, _acl_unquote
 
     # libacl's __acl_quote: ":, \t\n\r" as \ooo, a backslash doubled.
     assert _acl_quote(b"a b:c,d") == b"a\\040b\\072c\\054d"
@@ -776,7 +774,7 @@ _named_ids = st.integers(min_value=0, max_value=2**32 - 2)
     st.lists(st.integers(0, 7), min_size=4, max_size=4),
 )
 def test_acl_text_blob_round_trip(named: dict[tuple[int, int], int], base: list[int]) -> None:
-    from ketch.metadata import _acl_blob, _acl_entries, _acl_text
+    from ketch.posixacl import _acl_entries, _acl_text, acl_blob
 
     undefined = 0xFFFFFFFF
     entries = [(0x01, base[0], undefined), (0x04, base[1], undefined), (0x20, base[3], undefined)]
@@ -785,6 +783,6 @@ def test_acl_text_blob_round_trip(named: dict[tuple[int, int], int], base: list[
         entries.append((0x10, base[2], undefined))
     entries.sort(key=lambda e: (e[0], e[2]))
     text = _acl_text(entries, True)
-    blob = _acl_blob(text, text, False)
+    blob = acl_blob(text, text, False)
     assert _acl_entries(blob) == entries
     assert _acl_text(_acl_entries(blob) or [], True) == text

@@ -29,6 +29,7 @@ from ketch.git.objects import (
     decode_tree,
     object_id,
 )
+from ketch.rollsum import rollsum_state
 from ketch.split import (
     BLOB_MAX,
     READ_SIZE,
@@ -37,7 +38,6 @@ from ketch.split import (
     fanbits_for,
     make_shalist_tree,
     read_blocks,
-    rollsum_state,
     split_chunks,
     split_to_blob_or_tree,
     split_to_blobs,

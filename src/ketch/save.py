@@ -27,11 +27,12 @@ from ketch import split as hs
 from ketch.commits import argv_message, commit_bytes
 from ketch.errors import EXIT_OK, EXIT_WARNINGS, KetchError, UsageError
 from ketch.excludes import ExcludeRules
+from ketch.fsmeta import from_path
 from ketch.git import objects as gobj
 from ketch.git.refs import validate_branch_name
 from ketch.index import Entry, Fingerprint, Index
 from ketch.interrupt import held, stop_signals
-from ketch.metadata import EMPTY_RECORD, from_path
+from ketch.metadata import EMPTY_RECORD
 from ketch.progress import NullProgress, Progress
 from ketch.repo import ObjectWriter, Repository, advance_branch
 

@@ -23,9 +23,9 @@ from ketch.jobs.config import (
     default_config_path,
     load_config,
     parse_config,
-    render_config,
 )
 from ketch.jobs.configinit import parse_set_option, set_name_for
+from ketch.jobs.configwrite import render_config
 from ketch.jobs.model import (
     BackupSet,
     Config,

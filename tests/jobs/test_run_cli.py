@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from ketch.jobs.config import load_config, render_config
+from ketch.jobs.config import load_config
+from ketch.jobs.configwrite import render_config
 from ketch.jobs.model import DumpSpec
 from tests.conftest import RunKetch, _subprocess_env
 from tests.gitutil import git

@@ -22,6 +22,8 @@ import pytest
 
 from ketch.errors import KetchError
 from ketch.git.idx import write_idx_v2
+from ketch.offsite.encrypt import EncryptedStore
+from ketch.offsite.keyfile import load_key
 from ketch.offsite.manifest import (
     FileEntry,
     Manifest,
@@ -495,22 +497,13 @@ def test_cli_push_verify_pull(s3_mirror: Mirror, small_repo: Path, tmp_path: Pat
 # -- encryption ------------------------------------------------------------------------------------------
 
 
-def _wrappers() -> Any:
-    try:
-        from ketch.offsite import wrappers
-    except ImportError:
-        pytest.skip("ketch.offsite.wrappers (EncryptedStore) is not there yet")
-    return wrappers
-
-
 def test_encrypted_mirror(mirror: Mirror, small_repo: Path, tmp_path: Path,
                           run_ketch: RunKetch) -> None:
-    w = _wrappers()
     key_file = tmp_path / "mirror.key"
     run_ketch("mirror", "keygen", key_file, check=True)
     assert key_file.stat().st_mode & 0o077 == 0
     assert run_ketch("mirror", "keygen", key_file).returncode == 2  # never overwritten
-    enc = w.EncryptedStore(mirror.store, w.load_key(str(key_file)))
+    enc = EncryptedStore(mirror.store, load_key(str(key_file)))
     push([str(small_repo)], enc)
     keys = [k for k, _ in mirror.store.list("")]
     assert keys and not any("small" in k or "pack-" in k for k in keys)

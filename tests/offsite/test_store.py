@@ -19,22 +19,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ketch.offsite.s3 import AuthError, S3Store, TransientError, parse_s3_url
-from ketch.offsite.store import DirStore, NotFound, ObjectStore, Stat, StoreError
-from ketch.offsite.wrappers import (
+from ketch.offsite.cache import CachingStore
+from ketch.offsite.encrypt import (
     HEADER_SIZE,
     INDEX_KEY,
     OVERHEAD,
-    CachingStore,
     EncryptedStore,
-    KeyFileError,
-    RetryingStore,
     TamperedError,
     WrongKeyError,
-    keygen,
-    load_key,
-    save_key,
 )
+from ketch.offsite.keyfile import KeyFileError, keygen, load_key, save_key
+from ketch.offsite.retry import RetryingStore
+from ketch.offsite.s3 import AuthError, S3Store, parse_s3_url
+from ketch.offsite.store import DirStore, NotFound, ObjectStore, Stat, StoreError, TransientError
 from tests.conftest import SRC_DIR
 from tests.offsite.conftest import S3Server
 
@@ -112,7 +109,7 @@ def test_parse_url() -> None:
 def test_importing_does_not_import_boto3(repo_dir: Path) -> None:
     code = (
         "import sys\n"
-        "import ketch.offsite.s3, ketch.offsite.wrappers\n"
+        "import ketch.offsite.s3, ketch.offsite.encrypt, ketch.offsite.retry, ketch.offsite.cache\n"
         "from ketch.cli.main import main\n"
         f"sys.argv = ['ketch', 'ls', '-d', {str(repo_dir)!r}]\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
@@ -450,6 +447,24 @@ def test_retrying_store_gives_up_and_backs_off(s3_url: str) -> None:
         assert 0.2 * 2**i / 2 <= d <= 0.2 * 2**i
 
 
+def test_one_layer_retries(s3_url: str) -> None:
+    """botocore tries once; RetryingStore's attempts are all the tries there are
+    (not botocore's 3 under each of RetryingStore's 5)."""
+    host, port = os.environ["KETCH_S3_ENDPOINT"].removeprefix("http://").split(":")
+    proxy = FlakyProxy((host, int(port)), failures=1000)
+    try:
+        inner = S3Store(s3_url, endpoint_url=f"http://127.0.0.1:{proxy.port}")
+        with pytest.raises(TransientError, match="SlowDown"):
+            inner.get("k")
+        assert proxy.connections == 1
+        store = RetryingStore(inner, attempts=5, sleep=lambda _: None)
+        with pytest.raises(TransientError, match="tried 5 times"):
+            store.get("k")
+        assert proxy.connections == 1 + 5
+    finally:
+        proxy.close()
+
+
 def test_retrying_store_does_not_retry_not_found_or_auth(s3_url: str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     counting = Counting(S3Store(s3_url))
@@ -563,6 +578,18 @@ def test_encrypted_ranges_property(tmp_path: Path, size: int, start: int,
     end = None if length is None else start + length
     assert store.get(f"v{size}", start, end) == data[start:end]
     assert store.stat(f"v{size}") == Stat(size, _sha(data))
+
+
+def test_encrypted_range_into_a_full_final_segment(tmp_path: Path) -> None:
+    """A value that fills its last segment exactly: a range that ends in that
+    segment fetches the whole object, and cannot tell from the length alone
+    that the segment is the final one."""
+    store = EncryptedStore(DirStore(str(tmp_path / "b")), bytes(32), segment_size=64)
+    data = os.urandom(384)
+    store.put("v", data)
+    assert store.get("v", 21, 321) == data[21:321]
+    assert store.get("v", 330, 384) == data[330:384]
+    assert store.get("v", 0, 384) == data
 
 
 def test_encrypted_wrong_key_is_named(
@@ -685,6 +712,22 @@ def test_key_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
         load_key(str(tmp_path / "missing.key"))
     with pytest.raises(KeyFileError):
         EncryptedStore(DirStore(str(tmp_path)), b"short")
+
+
+@pytest.mark.parametrize("wrap", ["cache", "retry"])
+def test_wrapped_encrypted_store_writes_its_index_on_flush(tmp_path: Path, wrap: str) -> None:
+    """flush() through a wrapper reaches the EncryptedStore under it, so the
+    name index holds every key (a skipped flush would lose the ones batched)."""
+    bucket = DirStore(str(tmp_path / "bucket"))
+    key = keygen()
+    enc = EncryptedStore(bucket, key, index_interval=3600)
+    store: ObjectStore = (CachingStore(enc, str(tmp_path / "cache")) if wrap == "cache"
+                          else RetryingStore(enc))
+    for name in ("a", "b", "c"):
+        store.put(name, name.encode())
+    store.flush()
+    fresh = EncryptedStore(bucket, key)
+    assert [k for k, _ in fresh.list("")] == ["a", "b", "c"]
 
 
 # -- CachingStore ---------------------------------------------------------------------

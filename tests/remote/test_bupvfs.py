@@ -22,13 +22,8 @@ from typing import Any
 import pytest
 
 from ketch.errors import KetchError
-from ketch.remote.bupvfs import (
-    BupItem,
-    ResolveError,
-    encode_resolution,
-    read_resolution,
-    resolve_reply,
-)
+from ketch.remote.bupitem import BupItem, ResolveError, encode_resolution, read_resolution
+from ketch.remote.bupvfs import resolve_reply
 from ketch.repo import LocalRepository
 from ketch.vfs import VFS
 from ketch.vint import read_bvec, read_vint, read_vuint, write_bvec

@@ -9,7 +9,8 @@ import click
 
 from ketch.errors import UsageError
 from ketch.jobs import configinit as ci
-from ketch.jobs.config import default_config_path, is_valid_time, render_config
+from ketch.jobs.config import default_config_path, is_valid_time
+from ketch.jobs.configwrite import render_config
 from ketch.jobs.model import DEFAULT_CONFIG, BackupSet, DumpSpec
 
 config_option = click.option(

@@ -10,6 +10,7 @@ import textwrap
 from typing import Any
 
 from ketch.jobs import config as schema
+from ketch.jobs import configwrite
 from ketch.jobs.model import (
     DEFAULT_CONFIG,
     DUMP_TYPES,
@@ -67,7 +68,7 @@ MEANINGS: dict[str, dict[str, str]] = {
     },
 }
 
-# (section name in MEANINGS and config._HINTS, heading, loader schema, model class, intro)
+# (section name in MEANINGS and configwrite._HINTS, heading, loader schema, model class, intro)
 _SECTIONS: list[tuple[str, str, dict[str, str], type, str]] = [
     ("top", "Top level", schema._TOP, Config, ""),
     ("set", "[[set]]", schema._SET, BackupSet,
@@ -84,7 +85,7 @@ _MODEL_FIELD = {"set": "sets", "dump": "dumps", "from": "sender"}
 
 
 def meaning(section: str, key: str) -> str | None:
-    hint = schema._HINTS.get(section, {}).get(key)
+    hint = configwrite._HINTS.get(section, {}).get(key)
     return MEANINGS.get(section, {}).get(key) or (hint[1] if hint else None)
 
 

@@ -129,7 +129,7 @@ def verify_cmd(url: str, repos: tuple[str, ...], percent: float, endpoint_url: s
 def keygen_cmd(path: str) -> None:
     """Make a new encryption key in FILE (mode 0600). Keep a copy away from the
     bucket: without it the mirror cannot be read."""
-    from ketch.offsite.wrappers import keygen, save_key
+    from ketch.offsite.keyfile import keygen, save_key
 
     save_key(path, keygen())
     click.echo(f"wrote a new key to {path}; store a copy somewhere safe, apart from the bucket",

@@ -1,7 +1,7 @@
 """The machine's TOML config: load it into `model.Config` with errors that name
-the file, the line and the key; write one back (`render_config`); and check
-that what it names is there (`check_config`, for `ketch config check`: it lives
-in `configcheck` and is re-exported here).
+the file, the line (found by `configscan`) and the key; and check that what it
+names is there (`check_config`, for `ketch config check`: it lives in
+`configcheck` and is re-exported here).  Writing one back is `configwrite`'s.
 
 Rules the loader enforces, so that a nightly run never finds them out:
 - every key is known (a typo such as `pahts` is an error, with a suggestion);
@@ -31,6 +31,7 @@ from ketch.errors import UsageError
 from ketch.git.refs import BadRefName, validate_branch_name
 from ketch.jobs.configcheck import CheckResult as CheckResult
 from ketch.jobs.configcheck import check_config as check_config
+from ketch.jobs.configscan import BARE_KEY, KeyLines, Path, toml_str
 from ketch.jobs.model import (
     DEFAULT_CONFIG,
     DUMP_TYPES,
@@ -43,8 +44,6 @@ from ketch.jobs.model import (
 )
 from ketch.remote.location import is_remote
 from ketch.remote.spec import parse_remote
-
-Path = tuple[str | int, ...]  # a key's place in the document: ("dump", 0, "type")
 
 
 def default_config_path() -> str:
@@ -72,132 +71,6 @@ class ConfigError(UsageError):
     def __init__(self, issues: list[ConfigIssue]) -> None:
         super().__init__("\n".join(map(str, issues)))
         self.issues = issues
-
-
-# -- where each key is: a scanner over the (already valid) TOML text ----------
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_ARRAY_START = re.compile(r"[ \t]*\[")
-
-
-def _skip_string(s: str, i: int) -> int:
-    """The index just past the string literal starting at s[i]."""
-    q = s[i]
-    if s.startswith(q * 3, i):
-        j = i + 3
-        while not s.startswith(q * 3, j):
-            j += 2 if q == '"' and s[j] == "\\" else 1
-        end = j + 3
-        while end < len(s) and s[end] == q and end < j + 5:  # `""""` ends with a quote inside
-            end += 1
-        return end
-    j = i + 1
-    while s[j] != q:
-        j += 2 if q == '"' and s[j] == "\\" else 1
-    return j + 1
-
-
-def _parse_key(s: str, i: int) -> tuple[list[str], int]:
-    parts: list[str] = []
-    while True:
-        while s[i] in " \t":
-            i += 1
-        if s[i] in "\"'":
-            end = _skip_string(s, i)
-            parts.append(tomllib.loads(f"k = {s[i:end]}")["k"])  # decodes escapes exactly
-            i = end
-        else:
-            m = _BARE_KEY.match(s, i)
-            if m is None:
-                return parts, i
-            parts.append(m.group())
-            i = m.end()
-        while i < len(s) and s[i] in " \t":
-            i += 1
-        if i >= len(s) or s[i] != ".":
-            return parts, i
-        i += 1
-
-
-class _Scanner:
-    """Line numbers of keys, tables and array elements (tomllib gives none)."""
-
-    def __init__(self, text: str) -> None:
-        self.s = text + "\n"
-        self.line = 1
-        self.lines: dict[Path, int] = {}
-        self._arrays: dict[Path, int] = {}  # array-of-tables path -> tables seen so far
-        self._scan()
-
-    def _mark(self, path: Path) -> None:
-        self.lines.setdefault(path, self.line)
-
-    def _scan(self) -> None:
-        s, i = self.s, 0
-        table: Path = ()
-        while i < len(s):
-            c = s[i]
-            if c in " \t\r":
-                i += 1
-            elif c == "\n":
-                self.line += 1
-                i += 1
-            elif c == "#":
-                i = s.index("\n", i)
-            elif c == "[":
-                array = s.startswith("[[", i)
-                keys, i = _parse_key(s, i + (2 if array else 1))
-                table = self._header(keys, array)
-                i = s.index("\n", i)
-            else:
-                keys, i = _parse_key(s, i)
-                if not keys:  # not a key line; tomllib accepted the file, so skip it
-                    i = s.index("\n", i)
-                    continue
-                for n in range(1, len(keys) + 1):
-                    self._mark(table + tuple(keys[:n]))
-                i = self._value(s, s.index("=", i) + 1, table + tuple(keys))
-
-    def _header(self, keys: list[str], array: bool) -> Path:
-        path: Path = ()
-        for n, key in enumerate(keys):
-            path += (key,)
-            if array and n == len(keys) - 1:
-                self._mark(path)
-                self._arrays[path] = self._arrays.get(path, 0) + 1
-                path += (self._arrays[path] - 1,)
-            elif path in self._arrays:  # [set.sub] after [[set]]: the latest element
-                path += (self._arrays[path] - 1,)
-        self._mark(path)
-        return path
-
-    def _value(self, s: str, i: int, path: Path) -> int:
-        """Skip a value (which may span lines), marking the lines of a top array's items."""
-        depth, item, expect_item = 0, 0, False
-        in_array = _ARRAY_START.match(s, i) is not None  # (not an inline table's commas)
-        while True:
-            c = s[i]
-            if c == "\n" and depth == 0:
-                return i
-            if depth == 1 and expect_item and c not in " \t\r\n#,]":
-                self._mark(path + (item,))
-                item, expect_item = item + 1, False
-            if c == "\n":
-                self.line += 1
-            elif c == "#":
-                i = s.index("\n", i) - 1
-            elif c in "\"'":
-                start = i
-                i = _skip_string(s, i) - 1
-                self.line += s.count("\n", start, i)
-            elif c in "[{":
-                depth += 1
-                expect_item = depth == 1 and c == "["
-            elif c in "]}":
-                depth -= 1
-            elif c == "," and depth == 1 and in_array:
-                expect_item = True
-            i += 1
 
 
 # -- validation ------------------------------------------------------------------
@@ -265,7 +138,7 @@ def _show(path: Path) -> str:
         if isinstance(p, int):
             out += f"[{p + 1}]"
         else:
-            name = p if _BARE_KEY.fullmatch(p) else f'"{p}"'
+            name = p if BARE_KEY.fullmatch(p) else f'"{p}"'
             out += f".{name}" if out else name
     return out
 
@@ -289,7 +162,7 @@ class _Loader:
     def line_of(self, path: Path) -> int:
         if self._lines is None:
             try:
-                self._lines = _Scanner(self.text).lines
+                self._lines = KeyLines(self.text).lines
             except (ValueError, IndexError):  # a scanner bug must not hide the message
                 self._lines = {}
         for n in range(len(path), 0, -1):
@@ -303,7 +176,7 @@ class _Loader:
     def _convert(self, kind: str, v: Any, path: Path) -> tuple[bool, Any]:
         if not _has_kind(v, kind):
             want = f"[[{_show(path)}]] tables" if kind == _TABLES else _WANT[kind]
-            hint = f" (write [{_toml_str(v)}])" if kind in (_STRS, _ABSS) and isinstance(v, str) \
+            hint = f" (write [{toml_str(v)}])" if kind in (_STRS, _ABSS) and isinstance(v, str) \
                 else ""
             self.error(path, f"expected {want}, got {_toml_type(v)}{hint}")
             return False, None
@@ -520,201 +393,3 @@ def load_config(path: str) -> Config:
         line = raw[:e.start].count(b"\n") + 1
         raise ConfigError([ConfigIssue(path, line, "", "not UTF-8 text")]) from None
     return parse_config(text, path)
-
-
-# -- writing a config --------------------------------------------------------------
-
-_HEADER = """\
-ketch backup configuration: what this machine backs up, where to, and when.
-Check it with `ketch config check`; run it with `ketch run`.
-Paths must be absolute (ketch runs from systemd or cron, whose working directory is /).
-Credential files (options_file, passfile, uri_file, env_file, password_file) should
-be readable by root only: chmod 600."""
-
-# key -> (example value, what it does): shown next to set keys, and commented out
-# in place of unset ones, so the file documents itself.
-_HINTS: dict[str, dict[str, tuple[str, str]]] = {
-    "top": {
-        "log_file": ('"/var/log/ketch/ketch.log"', "each run's report is appended here"),
-        "lock_file": ('"/run/lock/ketch.lock"', "stops two runs from overlapping"),
-        "compress": ("1", "zlib level of new objects: 0 (fastest) to 9 (smallest)"),
-    },
-    "set": {
-        "paths": ('["/etc"]', "absolute paths, saved together"),
-        "exclude": ('["*.tmp", "/home/*/.cache"]', "globs: a name anywhere, or an absolute path"),
-        "exclude_from": ('["/etc/ketch/excludes"]', "files of globs, one per line"),
-        "exclude_rx": ("['^/var/cache/']", "regular expressions searched in the path"),
-        "exclude_if_present": ('[".nobackup"]', "skip directories holding this file"),
-        "one_file_system": ("true", "don't cross into other mounted filesystems"),
-    },
-    "dump": {
-        "databases": ('["app"]', "which databases; absent = all of them"),
-        "host": ('"localhost"', "host name, or the unix socket's directory"),
-        "options_file": ('"/etc/ketch/mysql.cnf"', "[client] user=… password=… (chmod 600)"),
-        "passfile": ('"/etc/ketch/pgpass"', "host:port:db:user:password lines (chmod 600)"),
-        "uri_file": ('"/etc/ketch/mongodb.uri"', "mongodb://user:password@host/ (chmod 600)"),
-        "filename": ('"data.bin"', "the file's name in the save (default: the dump's name)"),
-        "env_file": ('"/etc/ketch/dump.env"', "KEY=VALUE lines for the dump's environment"),
-        "run_as": ('"postgres"', "run the dump tools as this user (ketch runs as root)"),
-    },
-    "schedule": {
-        "time": ('"22:00"', "local time, HH:MM"),
-        "randomized_delay": ('"30m"', "random delay, so servers don't all start at once"),
-        "enabled": ("false", "`ketch schedule install` then installs no timer"),
-    },
-    "notify": {
-        "ping_url": ('"https://hc-ping.com/YOUR-UUID"', "GET URL/start, URL on success, URL/fail"),
-        "on_success": ("true", "email on success too (pings always report success)"),
-        "timeout": ("10.0", "seconds to wait for the ping or the mail server"),
-    },
-    "email": {"from": ('"ketch@example.com"', "sender address"),
-              "password_file": ('"/etc/ketch/smtp-password"', "with username (chmod 600)")},
-}
-
-_DUMP_NOTES = {
-    "mysql": "MySQL/MariaDB: mysqldump --single-transaction, one file per database.",
-    "postgresql": "PostgreSQL: pg_dump per database, plus pg_dumpall --globals-only.",
-    "mongodb": "MongoDB: mongodump --archive.",
-    "sqlite": "SQLite: a consistent copy through SQLite's online backup API.",
-    "command": "Any command: its standard output is saved (a non-zero exit fails the run).",
-}
-
-_SET_EXAMPLE = """\
-[[set]]
-name = "etc"          # the branch: `ketch restore -C /tmp/out etc/latest/etc/nginx`
-paths = ["/etc"]"""
-
-_DUMP_EXAMPLE = """\
-Database dumps stream into the repository, one save per run on branch NAME:
-[[dump]]
-name = "mysql"
-type = "mysql"        # mysql, postgresql, mongodb, sqlite or command
-options_file = "/etc/ketch/mysql.cnf"
-
-[[dump]]
-name = "app-db"
-type = "sqlite"
-path = "/var/lib/app/app.db\""""
-
-_EMAIL_EXAMPLE = """\
-[notify.email]
-smtp_host = "mail.example.com"
-to = ["admin@example.com"]
-from = "ketch@example.com"
-smtp_port = 587
-starttls = true
-username = "ketch"
-password_file = "/etc/ketch/smtp-password\""""
-
-
-def _toml_str(s: str) -> str:
-    out = []
-    for ch in s:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch in "\n\t":
-            out.append("\\n" if ch == "\n" else "\\t")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _toml_value(v: object, indent: str = "") -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return _toml_str(v)
-    if isinstance(v, dict):
-        pairs = ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items())
-        return "{ " + pairs + " }" if pairs else "{}"
-    assert isinstance(v, list), v
-    items = [_toml_value(x) for x in v]
-    if sum(len(x) + 2 for x in items) > 72 and len(items) > 1:
-        return "[\n" + "".join(f"{indent}    {x},\n" for x in items) + "]"
-    return "[" + ", ".join(items) + "]"
-
-
-def _toml_key(k: str) -> str:
-    return k if _BARE_KEY.fullmatch(k) else _toml_str(k)
-
-
-def _emit(out: list[str], obj: object, section: str, comments: bool, *,
-          hint_only: tuple[str, ...] | None = None, always: tuple[str, ...] = (),
-          skip: tuple[str, ...] = ("email",)) -> None:
-    """`key = value` for every field that differs from its default (so the text loads
-    back to an equal object); with comments, examples for the rest."""
-    hints = _HINTS.get(section, {}) if comments else {}
-    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
-        if f.name in skip:
-            continue
-        key = "from" if f.name == "sender" else f.name
-        value = getattr(obj, f.name)
-        if f.default is not dataclasses.MISSING:
-            default: object = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = dataclasses.MISSING  # a required field: always written
-        hint = hints.get(key)
-        if value == default and key not in always:
-            if hint and (hint_only is None or key in hint_only):
-                out.append(f"# {key} = {hint[0]}  # {hint[1]}")
-            continue
-        line = f"{key} = {_toml_value(value)}"
-        out.append(f"{line}  # {hint[1]}" if hint and "\n" not in line else line)
-
-
-def render_config(cfg: Config, *, comments: bool = True) -> str:
-    """TOML that `parse_config` reads back to a Config equal to `cfg` (but `source`)."""
-    out: list[str] = []
-
-    def note(text: str) -> None:
-        if comments:
-            out.extend(f"# {ln}".rstrip() for ln in text.splitlines())
-
-    note(_HEADER)
-    if comments:
-        out.append("")
-    note("Where backups go: a local directory, or a backup server over ssh\n"
-         "(ssh://backup@server/srv/ketch/HOST or backup@server:/srv/ketch/HOST).")
-    out.append(f"repository = {_toml_str(cfg.repository)}")
-    # The tables are written below: TOML puts a table's keys after its header.
-    _emit(out, cfg, "top", comments,
-          skip=("repository", "sets", "dumps", "schedule", "notify", "source"))
-    if not cfg.sets and comments:
-        out.append("")
-        note(_SET_EXAMPLE)
-    for n, s in enumerate(cfg.sets):
-        out.append("")
-        if n == 0:
-            note("A backup set: these paths are saved together, on a branch named `name`.")
-        out.append("[[set]]")
-        _emit(out, s, "set", comments and n == 0)
-    for d in cfg.dumps:
-        out.append("")
-        note(_DUMP_NOTES.get(d.type, ""))
-        out.append("[[dump]]")
-        _emit(out, d, "dump", comments, hint_only=DUMP_KEYS.get(d.type, ()))
-    if not cfg.dumps and comments:
-        out.append("")
-        note(_DUMP_EXAMPLE)
-    out.append("")
-    note("When `ketch schedule install` runs it: daily.")
-    out.append("[schedule]")
-    _emit(out, cfg.schedule, "schedule", comments, always=("time", "randomized_delay"))
-    if comments or cfg.notify != Notify():
-        out.append("")
-        note("Who hears about failures (and, with on_success, about every run).")
-        out.append("[notify]")
-        _emit(out, cfg.notify, "notify", comments)
-        if cfg.notify.email is not None:
-            out.append("[notify.email]")
-            _emit(out, cfg.notify.email, "email", comments)
-        elif comments:
-            note(_EMAIL_EXAMPLE)
-    return "\n".join(out) + "\n"
-

@@ -9,7 +9,8 @@ import re
 import tempfile
 
 from ketch.errors import KetchError, UsageError
-from ketch.jobs.config import ConfigError, parse_config, render_config
+from ketch.jobs.config import ConfigError, parse_config
+from ketch.jobs.configwrite import render_config
 from ketch.jobs.model import BackupSet, Config, DumpSpec, Schedule
 from ketch.remote.location import is_remote
 

@@ -53,6 +53,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ketch.errors import KetchError
+from ketch.jobs.dumpenv import base_env, find_tool, known_secrets, tool_user
 from ketch.jobs.dumpsave import DumpFailed as DumpFailed
 from ketch.jobs.dumpsave import DumpResult as DumpResult
 from ketch.jobs.dumpsave import Source, save_sources, scrub, tail_lines, unique_filename
@@ -81,104 +82,6 @@ DEBIAN_CNF = "/etc/mysql/debian.cnf"
 # Program names, first found on PATH wins (MariaDB also installs the MySQL names).
 _MYSQLDUMP = ("mysqldump", "mariadb-dump")
 _MYSQL = ("mysql", "mariadb")
-
-
-# -- environment and credentials --------------------------------------------------
-
-
-def read_env_file(path: str) -> dict[str, str]:
-    """KEY=VALUE lines (blank lines, `#` comments and `export ` allowed; one level
-    of matching quotes around VALUE is removed)."""
-    out: dict[str, str] = {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise DumpFailed(f"env_file {path}: {e.strerror}") from None
-    for n, line in enumerate(lines, 1):
-        s = line.strip()
-        if not s or s.startswith("#"):
-            continue
-        s = s.removeprefix("export ").strip()
-        key, sep, value = s.partition("=")
-        key = key.strip()
-        if not sep or not key.replace("_", "a").isalnum() or key[0].isdigit():
-            raise DumpFailed(f"env_file {path}: line {n}: expected KEY=VALUE")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        out[key] = value
-    return out
-
-
-def _base_env(spec: DumpSpec) -> dict[str, str]:
-    """The dump tools' environment: ours, plus env_file, plus env."""
-    env = dict(os.environ)
-    if spec.env_file:
-        env.update(read_env_file(spec.env_file))
-    env.update(spec.env)
-    return env
-
-
-_SECRET_KEY_WORDS = ("PASS", "PWD", "SECRET", "TOKEN", "KEY", "CRED", "AUTH", "URI", "URL")
-
-
-def _secrets(spec: DumpSpec) -> list[str]:
-    """Secret values this dump knows of, to be scrubbed from messages: passwords
-    in its option file and passfile, the MongoDB URI, secret-looking variables."""
-    found: list[str] = []
-    extra: dict[str, str] = dict(spec.env)
-    if spec.env_file:
-        try:
-            extra.update(read_env_file(spec.env_file))
-        except DumpFailed:
-            pass
-    found += [v for k, v in extra.items() if any(w in k.upper() for w in _SECRET_KEY_WORDS)]
-    for path, kind in ((spec.options_file, "cnf"), (spec.passfile, "pgpass"),
-                       (spec.uri_file, "uri")):
-        if not path:
-            continue
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                text = f.read()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            line = line.strip()
-            if kind == "cnf" and line.split("=", 1)[0].strip().lower() in ("password", "pass"):
-                found.append(line.split("=", 1)[1].strip().strip("\"'") if "=" in line else "")
-            elif kind == "pgpass" and line and not line.startswith("#"):
-                found.append(line.split(":", 4)[-1])
-            elif kind == "uri" and line:
-                found.append(line)
-                pw = urllib.parse.urlsplit(line).password
-                if pw:
-                    found += [pw, urllib.parse.unquote(pw)]
-    return [s for s in found if s]
-
-
-def _run_as(spec: DumpSpec) -> tuple[str | None, str | None]:
-    """(user for Popen, cwd): the tools run as spec.run_as when set."""
-    if not spec.run_as:
-        return None, None
-    try:
-        pw = pwd.getpwnam(spec.run_as)
-    except KeyError:
-        raise DumpFailed(f"dump {spec.name}: run_as: no such user {spec.run_as!r}") from None
-    if pw.pw_uid == os.getuid():
-        return None, None
-    if os.getuid() != 0:
-        raise DumpFailed(f"dump {spec.name}: run_as {spec.run_as!r} needs ketch to run as root")
-    # That user may not be allowed into our working directory.
-    return spec.run_as, "/"
-
-
-def _which(names: tuple[str, ...], env: dict[str, str], what: str) -> str:
-    for n in names:
-        found = shutil.which(n, path=env.get("PATH", os.defpath))
-        if found:
-            return found
-    raise DumpFailed(f"{names[0]} not found on PATH (install the {what} client tools)")
 
 
 # -- MySQL / MariaDB ----------------------------------------------------------------
@@ -220,21 +123,21 @@ def _query(argv: list[str], env: dict[str, str], user: str | None, cwd: str | No
 def _mysql_list(spec: DumpSpec, env: dict[str, str], timeout: float = QUERY_TIMEOUT
                 ) -> list[str]:
     """SHOW DATABASES, as the dump's credentials see them."""
-    user, cwd = _run_as(spec)
-    prog = _which(_MYSQL, env, "MySQL/MariaDB")
+    user, cwd = tool_user(spec)
+    prog = find_tool(_MYSQL, env, "MySQL/MariaDB")
     code, out, err = _query([prog, *_mysql_conn(spec), "--batch", "--skip-column-names",
                              "--raw", "-e", "SHOW DATABASES"], env, user, cwd, timeout)
     if code != 0:
         raise DumpFailed(scrub(f"dump {spec.name}: cannot list the MySQL databases: "
-                               f"{tail_lines(err) or f'status {code}'}", _secrets(spec)))
+                               f"{tail_lines(err) or f'status {code}'}", known_secrets(spec)))
     return [ln for ln in out.decode("utf-8", "replace").splitlines() if ln]
 
 
 def _mysql_sources(spec: DumpSpec, env: dict[str, str]) -> Iterator[Source]:
-    user, cwd = _run_as(spec)
+    user, cwd = tool_user(spec)
     dbs = spec.databases or [d for d in _mysql_list(spec, env) if d not in MYSQL_SYSTEM_DBS]
     dbs = list(dict.fromkeys(dbs))  # a database listed twice is dumped once
-    prog = _which(_MYSQLDUMP, env, "MySQL/MariaDB")
+    prog = find_tool(_MYSQLDUMP, env, "MySQL/MariaDB")
     # Without comments there is no final line to check the stream against.
     marker = None if {"--skip-comments", "--compact"} & set(spec.extra_args) else MYSQL_DONE
     taken: set[str] = set()
@@ -266,28 +169,28 @@ def _pg_env(spec: DumpSpec, base: dict[str, str]) -> dict[str, str]:
 
 
 def _pg_list(spec: DumpSpec, env: dict[str, str], timeout: float = QUERY_TIMEOUT) -> list[str]:
-    user, cwd = _run_as(spec)
-    psql = _which(("psql",), env, "PostgreSQL")
+    user, cwd = tool_user(spec)
+    psql = find_tool(("psql",), env, "PostgreSQL")
     code, out, err = _query([psql, "-X", "--no-password", "-At", "-d", "postgres",
                              "-c", PG_LIST_SQL], env, user, cwd, timeout)
     if code != 0:
         raise DumpFailed(scrub(f"dump {spec.name}: cannot list the PostgreSQL databases: "
-                               f"{tail_lines(err) or f'status {code}'}", _secrets(spec)))
+                               f"{tail_lines(err) or f'status {code}'}", known_secrets(spec)))
     return [ln for ln in out.decode("utf-8", "replace").splitlines() if ln]
 
 
 def _pg_sources(spec: DumpSpec, env: dict[str, str]) -> Iterator[Source]:
-    user, cwd = _run_as(spec)
+    user, cwd = tool_user(spec)
     taken: set[str] = set()
     if spec.globals:
         # First, and its name reserved: roles must exist before the databases
         # that refer to them are restored.
-        dumpall = _which(("pg_dumpall",), env, "PostgreSQL")
+        dumpall = find_tool(("pg_dumpall",), env, "PostgreSQL")
         yield Source(unique_filename("globals.sql", taken), "pg_dumpall --globals-only",
                      argv=[dumpall, "--no-password", "--globals-only"], env=env, user=user,
                      cwd=cwd, done_marker=PG_GLOBALS_DONE, stderr_warns=True)
     dbs = list(dict.fromkeys(spec.databases or _pg_list(spec, env)))
-    pg_dump = _which(("pg_dump",), env, "PostgreSQL")
+    pg_dump = find_tool(("pg_dump",), env, "PostgreSQL")
     for db in dbs:
         argv = [pg_dump, "--no-password", "--format=plain", "--create", *spec.extra_args, db]
         yield Source(unique_filename(f"{db}.sql", taken), f"pg_dump of database {db}",
@@ -325,8 +228,8 @@ def _mongo_config(spec: DumpSpec, user: str | None) -> Iterator[str]:
 
 
 def _mongo_sources(spec: DumpSpec, env: dict[str, str], config: str) -> Iterator[Source]:
-    user, cwd = _run_as(spec)
-    prog = _which(("mongodump",), env, "MongoDB database")
+    user, cwd = tool_user(spec)
+    prog = find_tool(("mongodump",), env, "MongoDB database")
     taken: set[str] = set()
     # --quiet: mongodump logs every collection to stderr otherwise.
     base = [prog, "--config", config, "--archive", "--quiet"]
@@ -376,7 +279,7 @@ def _sqlite_source(spec: DumpSpec) -> Source:
 def _command_source(spec: DumpSpec, env: dict[str, str]) -> Source:
     if not spec.command:
         raise DumpFailed(f"dump {spec.name}: command is empty")
-    user, cwd = _run_as(spec)
+    user, cwd = tool_user(spec)
     return Source(unique_filename(spec.filename or spec.name, set()),
                   f"command {shlex.quote(spec.command[0])}",
                   argv=[*spec.command, *spec.extra_args], env=env, user=user, cwd=cwd)
@@ -390,8 +293,8 @@ def run_dump(repo: Repository, spec: DumpSpec, *, level: int = 1,
     """Dump `spec`'s databases into one new save on branch `spec.name`.
 
     Raises DumpFailed (and records nothing) when any of its dumps fails."""
-    env = _base_env(spec)
-    secrets = _secrets(spec)
+    env = base_env(spec)
+    secrets = known_secrets(spec)
 
     def save(sources: Iterator[Source]) -> DumpResult:
         return save_sources(repo, spec.name, sources, level=level, progress=progress,
@@ -402,7 +305,7 @@ def run_dump(repo: Repository, spec: DumpSpec, *, level: int = 1,
     if spec.type == "postgresql":
         return save(_pg_sources(spec, _pg_env(spec, env)))
     if spec.type == "mongodb":
-        with _mongo_config(spec, _run_as(spec)[0]) as config:
+        with _mongo_config(spec, tool_user(spec)[0]) as config:
             return save(_mongo_sources(spec, env, config))
     if spec.type == "sqlite":
         return save(iter([_sqlite_source(spec)]))
@@ -433,19 +336,19 @@ def check_dump(spec: DumpSpec) -> list[str]:
     if problems:
         return problems
     try:
-        env = _base_env(spec)
+        env = base_env(spec)
         if spec.type == "mysql":
-            _which(_MYSQLDUMP, env, "MySQL/MariaDB")
+            find_tool(_MYSQLDUMP, env, "MySQL/MariaDB")
             have = _mysql_list(spec, env, CHECK_TIMEOUT)
             return _missing(what, spec.databases, have)
         if spec.type == "postgresql":
             pg_env = _pg_env(spec, env)
             for prog in ("pg_dump", "pg_dumpall") if spec.globals else ("pg_dump",):
-                _which((prog,), pg_env, "PostgreSQL")
+                find_tool((prog,), pg_env, "PostgreSQL")
             have = _pg_list(spec, pg_env, CHECK_TIMEOUT)
             return _missing(what, spec.databases, have)
         if spec.type == "mongodb":
-            _which(("mongodump",), env, "MongoDB database")
+            find_tool(("mongodump",), env, "MongoDB database")
             return [] if spec.uri_file else [f"{what}: mongodb needs uri_file"]
         if spec.type == "sqlite":
             return _check_sqlite(what, spec.path)

@@ -205,7 +205,7 @@ def parse_manifest(raw: bytes, repo: str) -> Manifest:
     return m
 
 
-# What an EncryptedStore keeps at the top of the bucket (ketch.offsite.wrappers);
+# What an EncryptedStore keeps at the top of the bucket (ketch.offsite.encrypt);
 # seen without the key, it explains why no manifest can be found.
 _ENCRYPTED_MARK = "ketch-keys"
 

@@ -1,4 +1,5 @@
-"""Object stores as five byte operations; retry, encryption and caching wrap them.
+"""Object stores as five byte operations; retry, encryption and caching wrap them
+(ketch.offsite.retry, .encrypt and .cache).
 
 Keys are `/`-separated strings relative to the store's root (a bucket and
 prefix for S3, a directory for `DirStore`). Values are immutable once written,
@@ -26,6 +27,12 @@ class NotFound(StoreError):
     """No such key."""
 
 
+class TransientError(StoreError):
+    """A failure that may well go away: connection trouble, throttling, a 5xx.
+
+    RetryingStore retries these and nothing else."""
+
+
 @dataclass(frozen=True)
 class Stat:
     size: int
@@ -51,8 +58,13 @@ class ObjectStore(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def flush(self) -> None:
+        """Write out what the store batches (an encrypted store's name index);
+        wrappers pass it on.  Most stores write everything at once: nothing to do."""
+        return None
 
-class DirStore:
+
+class DirStore(ObjectStore):
     """A store in a local directory (a USB disk, an NFS mount, or tests)."""
 
     def __init__(self, root: str) -> None:

@@ -28,8 +28,10 @@ def open_store(url: str, *, endpoint_url: str | None = None,
                encrypt_key: str | None = None) -> ObjectStore:
     """The store at `s3://bucket/prefix`: retried, and encrypted with the key in the
     file `encrypt_key` (default: $KETCH_ENCRYPT_KEY, when set)."""
+    from ketch.offsite.encrypt import EncryptedStore
+    from ketch.offsite.keyfile import load_key
+    from ketch.offsite.retry import RetryingStore
     from ketch.offsite.s3 import S3Store
-    from ketch.offsite.wrappers import EncryptedStore, RetryingStore, load_key
 
     if not is_store_url(url):
         raise UsageError(f"not an s3:// URL: {url}")

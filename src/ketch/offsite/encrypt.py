@@ -1,67 +1,53 @@
-"""ObjectStores that wrap another: retries, client-side encryption, a local cache.
+"""EncryptedStore: an ObjectStore that encrypts another client side.
 
-    store = CachingStore(EncryptedStore(RetryingStore(S3Store(url)), load_key(path)), cache)
+AES-256-GCM, client side, in segments so that ranged reads still work, and
+with hidden key names.  Format (version 1), all integers big-endian:
 
-RetryingStore
-    Retries TransientError (connection trouble, throttling, 5xx) and the
-    builtin ConnectionError/TimeoutError with exponential backoff and jitter;
-    NotFound, auth and every other error go straight through.
+Keys.  32 random bytes of master key; HKDF-SHA256 (salt
+``ketch offsite v1``) derives four subkeys by info label: ``encrypt``
+(AES-256-GCM), ``names`` (HMAC-SHA256 of key names), ``nonces`` (HMAC for
+nonces) and ``key id`` (8 public bytes that name the key in headers, so a
+wrong key is told apart from tampering).
 
-EncryptedStore
-    AES-256-GCM, client side, in segments so that ranged reads still work, and
-    with hidden key names.  Format (version 1), all integers big-endian:
+Names.  Key K is stored under ``hex(HMAC-SHA256(names, K))``, so the
+bucket shows 64-hex-digit names only.  ``list()`` cannot run on hashed
+names, so an index object (inner key ``ketch-keys``, encrypted like any
+value under the reserved name ``\\0ketch-keys``) holds a JSON map
+``{K: [plaintext size, plaintext sha256, ciphertext sha256]}``; ``list``
+returns what the index says.  The index is rewritten after every put and
+delete (``index_interval`` > 0 batches it; then call ``flush()``).  A
+flush re-reads the index if someone else changed it and merges, but pushes
+are meant to be single-writer per mirror: two writers flushing at the same
+moment can lose each other's entries (the objects stay readable; only
+``list`` misses them until they are written again).
 
-    Keys.  32 random bytes of master key; HKDF-SHA256 (salt
-    ``ketch offsite v1``) derives four subkeys by info label: ``encrypt``
-    (AES-256-GCM), ``names`` (HMAC-SHA256 of key names), ``nonces`` (HMAC for
-    nonces) and ``key id`` (8 public bytes that name the key in headers, so a
-    wrong key is told apart from tampering).
+Objects.  A 32-byte header, then segments::
 
-    Names.  Key K is stored under ``hex(HMAC-SHA256(names, K))``, so the
-    bucket shows 64-hex-digit names only.  ``list()`` cannot run on hashed
-    names, so an index object (inner key ``ketch-keys``, encrypted like any
-    value under the reserved name ``\\0ketch-keys``) holds a JSON map
-    ``{K: [plaintext size, plaintext sha256, ciphertext sha256]}``; ``list``
-    returns what the index says.  The index is rewritten after every put and
-    delete (``index_interval`` > 0 batches it; then call ``flush()``).  A
-    flush re-reads the index if someone else changed it and merges, but pushes
-    are meant to be single-writer per mirror: two writers flushing at the same
-    moment can lose each other's entries (the objects stay readable; only
-    ``list`` misses them until they are written again).
+    header  = "KETCHENC" | version u8 (1) | 3 zero bytes | segment size u32
+              | key id (8) | plaintext size u64
+    segment = nonce (12) | AES-256-GCM ciphertext of up to 64 KiB | tag (16)
 
-    Objects.  A 32-byte header, then segments::
+Every segment but the last holds exactly ``segment size`` plaintext bytes;
+an empty value still has one (empty) segment.  The sizes are public
+anyway, so the plaintext size also follows from the object size.  Each
+segment's associated data binds it to its place::
 
-        header  = "KETCHENC" | version u8 (1) | 3 zero bytes | segment size u32
-                  | key id (8) | plaintext size u64
-        segment = nonce (12) | AES-256-GCM ciphertext of up to 64 KiB | tag (16)
+    ad = "ketch-enc" | version u8 | segment size u32 | len(K) u32 | K (utf-8)
+         | segment index u64 | last u8 (1 for the final segment)
 
-    Every segment but the last holds exactly ``segment size`` plaintext bytes;
-    an empty value still has one (empty) segment.  The sizes are public
-    anyway, so the plaintext size also follows from the object size.  Each
-    segment's associated data binds it to its place::
+so segments cannot be reordered, moved between objects, or dropped from
+the end without failing authentication.  Nonces are synthetic:
+``HMAC-SHA256(nonces, len(K) | K | sha256(plaintext) | index)[:12]``.
+Equal values under the same name encrypt to equal bytes (which is what
+lets an interrupted multipart upload resume with the parts already sent),
+and different values get different nonces; ``put_file`` checks the file
+against the ``sha256`` it was given before anything is uploaded.  A ranged
+``get`` computes which segments cover [start, end), fetches them with one
+ranged get of the inner store, authenticates, decrypts and slices.  The
+header is only fetched (and checked: magic, version, segment size, key
+id) by reads that start in the first segment, or to explain a failure.
 
-        ad = "ketch-enc" | version u8 | segment size u32 | len(K) u32 | K (utf-8)
-             | segment index u64 | last u8 (1 for the final segment)
-
-    so segments cannot be reordered, moved between objects, or dropped from
-    the end without failing authentication.  Nonces are synthetic:
-    ``HMAC-SHA256(nonces, len(K) | K | sha256(plaintext) | index)[:12]``.
-    Equal values under the same name encrypt to equal bytes (which is what
-    lets an interrupted multipart upload resume with the parts already sent),
-    and different values get different nonces; ``put_file`` checks the file
-    against the ``sha256`` it was given before anything is uploaded.  A ranged
-    ``get`` computes which segments cover [start, end), fetches them with one
-    ranged get of the inner store, authenticates, decrypts and slices.  The
-    header is only fetched (and checked: magic, version, segment size, key
-    id) by reads that start in the first segment, or to explain a failure.
-
-CachingStore
-    Keeps whole immutable values (idx files by default) on local disk and
-    serves ranged reads of them locally.  Above an EncryptedStore it holds
-    plaintext: give it a private directory.
-
-Key files (``keygen``, ``save_key``, ``load_key``): a header line, then the
-base64 of the 32-byte key; written 0600 and never over an existing file.
+The key itself lives in a key file: see ketch.offsite.keyfile.
 """
 
 from __future__ import annotations
@@ -69,92 +55,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import logging
 import os
-import random
-import stat as statmod
 import struct
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import NoReturn, TypeVar
+from typing import NoReturn
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ketch.errors import KetchError
-from ketch.offsite.s3 import TransientError
+from ketch.offsite.keyfile import KEY_SIZE, KeyFileError
 from ketch.offsite.store import Advance, NotFound, ObjectStore, Stat, StoreError
 
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-
-# -- retries -------------------------------------------------------------------
-
-
-class RetryingStore:
-    """Retry transient failures of `inner`: `attempts` tries in all, waiting
-    about base_delay, 2*base_delay, 4*base_delay... (at most max_delay) with
-    jitter, so that many clients throttled at once do not come back in step."""
-
-    def __init__(self, inner: ObjectStore, attempts: int = 5, base_delay: float = 0.2, *,
-                 max_delay: float = 20.0, sleep: Callable[[float], None] = time.sleep) -> None:
-        self.inner = inner
-        self.attempts = max(1, attempts)
-        self.base_delay = base_delay
-        self.max_delay = max_delay
-        self._sleep = sleep
-
-    def __repr__(self) -> str:
-        return f"RetryingStore({self.inner!r})"
-
-    def _retry(self, what: str, fn: Callable[[], T]) -> T:
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return fn()
-            except (TransientError, ConnectionError, TimeoutError) as e:
-                if attempt == self.attempts:
-                    if isinstance(e, StoreError):
-                        raise TransientError(f"{e} (tried {attempt} times)") from None
-                    raise TransientError(f"{what}: {e} (tried {attempt} times)") from None
-                delay = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
-                delay = delay / 2 + random.uniform(0, delay / 2)
-                log.info("%s: %s; retrying in %.1f s (%d/%d)", what, e, delay, attempt,
-                         self.attempts)
-                self._sleep(delay)
-        raise AssertionError("unreachable")
-
-    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
-        return self._retry(key, lambda: self.inner.get(key, start, end))
-
-    def put_file(self, key: str, path: str, *, sha256: str, storage_class: str | None = None,
-                 advance: Advance | None = None) -> None:
-        # A retried multipart upload resumes: the parts already sent stay.
-        self._retry(key, lambda: self.inner.put_file(
-            key, path, sha256=sha256, storage_class=storage_class, advance=advance))
-
-    def put(self, key: str, data: bytes) -> None:
-        self._retry(key, lambda: self.inner.put(key, data))
-
-    def stat(self, key: str) -> Stat | None:
-        return self._retry(key, lambda: self.inner.stat(key))
-
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        # Whole, so that a failure half-way is retried from the start.
-        return iter(self._retry(prefix + "*", lambda: [*self.inner.list(prefix)]))
-
-    def delete(self, key: str) -> None:
-        self._retry(key, lambda: self.inner.delete(key))
-
-
-# -- encryption ------------------------------------------------------------------
-
-KEY_SIZE = 32
 SEGMENT_SIZE = 64 << 10
 VERSION = 1
 MAGIC = b"KETCHENC"
@@ -169,10 +85,6 @@ _SALT = b"ketch offsite v1"
 # An index entry: [plaintext size, plaintext sha256, ciphertext sha256].  An
 # alias because `list` is a method name inside EncryptedStore.
 _Entry = list[object]
-
-
-class KeyFileError(KetchError):
-    """A key file is missing, malformed, or would be overwritten."""
 
 
 class WrongKeyError(StoreError):
@@ -193,7 +105,7 @@ def _lp(name: str) -> bytes:
     return struct.pack(">I", len(raw)) + raw
 
 
-class EncryptedStore:
+class EncryptedStore(ObjectStore):
     """Client-side AES-256-GCM over `inner`; see the module doc for the format.
 
     `index_interval`: seconds between index rewrites (0: after every put and
@@ -357,13 +269,15 @@ class EncryptedStore:
         elif not blob:
             return b""  # start is past the end, as a file read would say
         # Fewer bytes than asked for: the object ends within them, so the
-        # final segment must be marked last.  Else it may or may not be.
+        # final segment must be marked last.  Else it may or may not be (an
+        # object that fills its last segment exactly ends where we stopped).
         short = last is None or len(blob) < (last - first + 1) * step
+        final: bool | None = True if short else None
         n = -(-len(blob) // step)
         try:
             plain = b"".join(
                 self._open(key, first + i, blob[i * step:(i + 1) * step],
-                           (short if i == n - 1 else False))
+                           (final if i == n - 1 else False))
                 for i in range(n)
             )
         except TamperedError:
@@ -488,10 +402,15 @@ class EncryptedStore:
         with self._lock:
             self._pending[key] = entry
             if time.monotonic() - self._last_flush >= self.index_interval:
-                self.flush()
+                self._write_index()
 
     def flush(self) -> None:
-        """Write the index if anything changed since it was last written."""
+        """Write the index if anything changed since it was last written; then
+        flush the store under this one, as every wrapper does."""
+        self._write_index()
+        self.inner.flush()
+
+    def _write_index(self) -> None:
         with self._lock:
             if not self._pending:
                 return
@@ -514,140 +433,3 @@ class EncryptedStore:
             self._index_sum = hashlib.sha256(blob).hexdigest()
             self._pending.clear()
             self._last_flush = time.monotonic()
-
-
-# -- key files ---------------------------------------------------------------------
-
-KEY_FILE_HEADER = "# ketch mirror key v1 (AES-256-GCM): without it the mirror cannot be read"
-
-
-def keygen() -> bytes:
-    """32 random bytes: a new master key."""
-    return os.urandom(KEY_SIZE)
-
-
-def save_key(path: str, key: bytes | None = None) -> bytes:
-    """Write `key` (default: a new one) to a new file, mode 0600; return the key."""
-    import base64
-
-    key = keygen() if key is None else key
-    if len(key) != KEY_SIZE:
-        raise KeyFileError(f"an encryption key has {KEY_SIZE} bytes, not {len(key)}")
-    text = f"{KEY_FILE_HEADER}\n{base64.b64encode(key).decode()}\n"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise KeyFileError(f"{path}: exists already; not overwriting a key") from None
-    except OSError as e:
-        raise KeyFileError(f"{path}: {e.strerror}") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    return key
-
-
-def load_key(path: str, *, strict: bool = False) -> bytes:
-    """Read a key file.  A file that group or others may read gets a warning
-    (an error when `strict`)."""
-    import base64
-    import binascii
-
-    try:
-        with open(path, encoding="ascii") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            text = f.read(4096)
-    except (OSError, UnicodeDecodeError) as e:
-        raise KeyFileError(f"{path}: cannot read key file ({getattr(e, 'strerror', e)})") from None
-    if mode & (statmod.S_IRWXG | statmod.S_IRWXO):
-        msg = f"{path}: key file is accessible by group or others (chmod 600 it)"
-        if strict:
-            raise KeyFileError(msg)
-        log.warning("%s", msg)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(lines) != 2 or not lines[0].startswith("# ketch mirror key v1"):
-        raise KeyFileError(f"{path}: not a ketch key file (made by 'ketch mirror keygen')")
-    try:
-        key = base64.b64decode(lines[1], validate=True)
-    except binascii.Error:
-        raise KeyFileError(f"{path}: key is not valid base64") from None
-    if len(key) != KEY_SIZE:
-        raise KeyFileError(f"{path}: key has {len(key)} bytes, not {KEY_SIZE}")
-    return key
-
-
-# -- caching -------------------------------------------------------------------------
-
-
-class CachingStore:
-    """Whole values of keys ending in one of `suffixes` kept in `cache_dir`.
-
-    Only for immutable values (idx files, packs' trees): a cached key is
-    never fetched again, though put and delete through this store update the
-    cache."""
-
-    def __init__(self, inner: ObjectStore, cache_dir: str,
-                 suffixes: tuple[str, ...] = (".idx",)) -> None:
-        self.inner = inner
-        self.cache_dir = cache_dir
-        self.suffixes = suffixes
-        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
-
-    def __repr__(self) -> str:
-        return f"CachingStore({self.inner!r}, {self.cache_dir!r})"
-
-    def _path(self, key: str) -> str | None:
-        if not key.endswith(self.suffixes):
-            return None
-        return os.path.join(self.cache_dir, hashlib.sha256(key.encode("utf-8")).hexdigest())
-
-    def _store(self, path: str, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".tmp.")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-
-    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
-        path = self._path(key)
-        if path is None:
-            return self.inner.get(key, start, end)
-        try:
-            f = open(path, "rb")
-        except FileNotFoundError:
-            data = self.inner.get(key)
-            try:
-                self._store(path, data)
-            except OSError as e:  # a full disk makes a cache miss, not a failure
-                log.warning("cache %s: %s", self.cache_dir, e)
-            return data[start:end]
-        with f:
-            f.seek(start)
-            return f.read(-1 if end is None else max(end - start, 0))
-
-    def put_file(self, key: str, path: str, *, sha256: str, storage_class: str | None = None,
-                 advance: Advance | None = None) -> None:
-        self._forget(key)
-        self.inner.put_file(key, path, sha256=sha256, storage_class=storage_class,
-                            advance=advance)
-
-    def put(self, key: str, data: bytes) -> None:
-        self._forget(key)
-        self.inner.put(key, data)
-
-    def stat(self, key: str) -> Stat | None:
-        return self.inner.stat(key)
-
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        return self.inner.list(prefix)
-
-    def delete(self, key: str) -> None:
-        self._forget(key)
-        self.inner.delete(key)
-
-    def _forget(self, key: str) -> None:
-        path = self._path(key)
-        if path is not None:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass

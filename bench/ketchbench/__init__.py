@@ -1,0 +1,1 @@
+"""The benchmark's phases and what they share; bench/bench.py runs them."""

@@ -1,0 +1,217 @@
+"""Running and measuring commands, and the rows and context every phase shares."""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from corpus import Corpus, CorpusFile
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: bench/ketchbench/common.py
+DEFAULT_CACHE = Path(os.environ.get("KETCH_BENCH_DIR", "/var/tmp/ketch-bench"))
+DEFAULT_RESULTS = ROOT / "bench" / "results" / "latest.json"
+GNU_TIME = "/usr/bin/time"
+TOOL_NAMES = ("ketch", "bup")
+BRANCH = "bench"  # the cycle phase's save name
+MB = 1_000_000
+RSS_LIMIT_MB = 150.0  # ketch's peak RSS target, everywhere (decimal MB, like MB/s)
+CACHE_NOTE = (
+    "page cache warm for both tools: DATA read once before timing (again after the "
+    "day's changes); sync before every measured step"
+)
+
+
+def log(msg: str) -> None:
+    print(f"==> {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# running and measuring commands
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    argv: tuple[str, ...]  # the command, before ``-d REPO``
+
+    def cmd(self, repo: Path, *args: str) -> list[str]:
+        return [*self.argv, "-d", str(repo), *args]
+
+
+@dataclass
+class Measure:
+    seconds: float
+    max_rss_kib: int | None
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+def _parse_gnu_time(text: str) -> int | None:
+    """Peak RSS (KiB) from ``-f '%e %M'`` output; its last line (after any
+    'Command exited with non-zero status N' line)."""
+    lines = [ln.split() for ln in text.splitlines() if ln.strip()]
+    if lines and len(lines[-1]) == 2 and lines[-1][1].isdigit():
+        return int(lines[-1][1])
+    return None
+
+
+def measure(cmd: Sequence[str], env: dict[str, str], stdin: Path | None = None) -> Measure:
+    """Run ``cmd``: wall time, peak RSS of that command alone, output."""
+    use_time = os.access(GNU_TIME, os.X_OK)
+    with tempfile.TemporaryDirectory(prefix="bench-time-") as tmp:
+        time_out = Path(tmp) / "time"
+        full = [GNU_TIME, "-f", "%e %M", "-o", str(time_out), *cmd] if use_time else list(cmd)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        with open(stdin or os.devnull, "rb") as inp:
+            t0 = time.perf_counter()
+            proc = subprocess.run(full, stdin=inp, capture_output=True, env=env)
+            seconds = time.perf_counter() - t0
+        rss: int | None
+        if use_time:
+            rss = _parse_gnu_time(time_out.read_text()) if time_out.exists() else None
+        else:  # a max over all children so far: only meaningful when it grew
+            after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            rss = after if after > before else None
+    return Measure(seconds, rss, proc.returncode, proc.stdout, proc.stderr)
+
+
+def run_ok(cmd: Sequence[str], env: dict[str, str]) -> str:
+    proc = subprocess.run(cmd, capture_output=True, env=env)
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip()
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err}")
+    return proc.stdout.decode(errors="replace").strip()
+
+
+def repo_bytes(repo: Path) -> int:
+    """``du -sb``: apparent size of everything in the repository."""
+    try:
+        return int(
+            subprocess.run(
+                ["du", "-sb", str(repo)], capture_output=True, check=True
+            ).stdout.split()[0]
+        )
+    except (OSError, subprocess.CalledProcessError, ValueError, IndexError):
+        return sum(p.stat().st_size for p in repo.rglob("*") if p.is_file())
+
+
+def rev_parse(repo: Path, rev: str, env: dict[str, str]) -> str | None:
+    proc = subprocess.run(
+        ["git", f"--git-dir={repo}", "rev-parse", "--verify", "-q", rev],
+        capture_output=True,
+        env=env,
+    )
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.decode().strip() or None
+
+
+# ---------------------------------------------------------------------------
+# phases
+
+
+@dataclass
+class Row:
+    phase: str
+    tool: str
+    item: str
+    bytes_in: int
+    seconds: float
+    mb_per_s: float
+    max_rss_kib: int | None
+    repo_bytes: int | None
+    tree: str | None
+    ok: bool
+    note: str = ""
+    repo_growth: int | None = None  # repo_bytes minus the size before this step
+    changed_bytes: int | None = None  # save-day: bytes the day's changes wrote
+    parts: dict[str, float] = field(default_factory=dict)  # seconds per command
+    verified: str | None = None  # restore: the comparison's result
+    bytes_new: int | None = None  # ketch save --json: bytes of new objects written/sent
+    # ketch save -r --json: bytes_sent + bytes_received; mirror push: bytes uploaded
+    # (--json uploaded_bytes); mirror restore: ketch's own count of bytes received
+    traffic: int | None = None
+    # remote: bytes on the ssh connection, both ways; mirror restore: through the
+    # relay in front of the S3 server, both ways
+    wire_bytes: int | None = None
+    downloaded: int | None = None  # mirror restore: bytes the S3 server sent
+    requests: int | None = None  # mirror restore: HTTP requests to the S3 server
+    save_tree: str | None = None  # ketch save --json: the save's root tree
+
+
+@dataclass
+class Context:
+    tools: list[Tool]
+    corpus: Corpus
+    work_dir: Path
+    env: dict[str, str]
+    scale: float = 1.0
+    keep: bool = False
+    repos: list[Path] = field(default_factory=list)  # scratch, removed unless --keep
+    info: dict[str, object] = field(default_factory=dict)  # extra facts for the JSON
+
+    def fresh_repo(self, tool: Tool, phase: str) -> Path:
+        repo = self.work_dir / f"{phase}-{tool.name}"
+        shutil.rmtree(repo, ignore_errors=True)
+        run_ok(tool.cmd(repo, "init"), self.env)
+        self.repos.append(repo)
+        return repo
+
+
+def failure(m: Measure) -> str:
+    last = (m.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1]
+    return f"exit {m.returncode}: {last}"
+
+
+def row_from(
+    phase: str,
+    tool: Tool,
+    item: CorpusFile,
+    m: Measure,
+    repo: Path,
+    tree: str | None,
+    before: int | None = None,
+) -> Row:
+    ok = m.returncode == 0 and tree is not None
+    note = "" if ok else (m.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1]
+    if m.returncode != 0:
+        note = failure(m)
+    size = repo_bytes(repo)
+    return Row(
+        phase=phase,
+        tool=tool.name,
+        item=item.name,
+        bytes_in=item.size,
+        seconds=round(m.seconds, 3),
+        mb_per_s=round(item.size / MB / m.seconds, 2),
+        max_rss_kib=m.max_rss_kib,
+        repo_bytes=size,
+        tree=tree,
+        ok=ok,
+        note=note,
+        repo_growth=None if before is None else size - before,
+    )
+
+
+_TRANSFERRED = re.compile(rb"^Transferred: sent (\d+), received (\d+) bytes", re.M)
+
+
+def ssh_transferred(log_path: Path) -> int | None:
+    """Bytes sent plus received by every ssh connection in ``log_path`` (the
+    "Transferred:" line ``ssh -v`` logs on closing; encryption, handshake and
+    authentication included)."""
+    try:
+        found = _TRANSFERRED.findall(log_path.read_bytes())
+    except OSError:
+        return None
+    return sum(int(a) + int(b) for a, b in found) if found else None
