@@ -166,7 +166,7 @@ def decode_whole(buf: Buffer, limit: int = MAX_ENTRY_SIZE) -> tuple[int, bytes]:
     sends it: nothing may follow its zlib stream."""
     type_num, size, pos = read_header(buf, 0, len(buf), limit)
     if type_num not in FULL_TYPES:
-        raise CorruptPack(f"entry of pack type {type_num} where a whole object is expected")
+        raise CorruptPack(f"pack type {type_num} is not a whole object (a delta?)")
     data, end = inflate(reader(buf), pos, size)
     if end != len(buf):
         raise CorruptPack(f"{len(buf) - end} bytes follow the entry's zlib stream")
