@@ -390,6 +390,8 @@ def corrupt_pack(tmp_path: Path, enc: bytes, data: bytes = b"payload " * 50) -> 
         (lambda d, z: entry(5, len(d), z), "invalid type 5"),
         # delta offset pointing before the pack header
         (lambda d, z: entry(OFS_DELTA, len(d), z, ofs_bytes(100)), "delta base offset"),
+        # a header declaring far more than any object (and than an ssize_t)
+        (lambda d, z: b"\xb0" + b"\xff" * 11 + b"\x01" + z, "allowed"),
     ],
 )
 def test_corrupt_entries_raise_corrupt_object(
