@@ -20,17 +20,10 @@ from hypothesis import strategies as st
 
 from ketch.errors import CorruptObject
 from ketch.git import objects as gobj
+from ketch.git.delta import BadDelta, apply_delta
+from ketch.git.entry import OFS_DELTA, REF_DELTA, CorruptPack
 from ketch.git.idx import PackIndex, write_idx_v2
-from ketch.git.packread import (
-    OFS_DELTA,
-    REF_DELTA,
-    BadDelta,
-    CorruptPack,
-    MissingDeltaBase,
-    ObjectIdMismatch,
-    PackFile,
-    apply_delta,
-)
+from ketch.git.packread import MissingDeltaBase, ObjectIdMismatch, PackFile
 from tests.gitutil import git
 
 

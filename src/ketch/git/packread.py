@@ -31,11 +31,6 @@ from ketch.git.entry import FULL_TYPES, OFS_DELTA, REF_DELTA, CorruptPack
 from ketch.git.idx import PackIndex
 from ketch.git.objects import object_id
 
-__all__ = [
-    "OFS_DELTA", "REF_DELTA", "BadDelta", "CorruptPack", "MissingDeltaBase",
-    "ObjectIdMismatch", "PackFile", "apply_delta", "delta_sizes",
-]
-
 PACK_MAGIC = b"PACK"
 DEFAULT_CACHE_BYTES = 32 * 1024 * 1024
 # git gc uses depth 50 and aggressive repacks 250; anything far beyond that is a
