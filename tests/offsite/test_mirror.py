@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from ketch.errors import KetchError
+from ketch.errors import CorruptObject, KetchError
 from ketch.git.idx import write_idx_v2
 from ketch.offsite.encrypt import EncryptedStore
 from ketch.offsite.keyfile import load_key
@@ -403,6 +403,42 @@ def test_gc_deletes_packs_after_the_manifest(mirror: Mirror, small_repo: Path) -
         # The manifest, idx pieces and merged pack ranges: fewer requests than
         # objects. (How many exactly depends on where repack puts each object.)
         assert sr.requests < len(oids), (sr.requests, len(oids))
+
+
+def test_damaged_pack_entries_are_corrupt_objects(small_repo: Path, tmp_path: Path) -> None:
+    """Bytes of a mirror's pack that do not decode (a flipped bit, an entry
+    whose header declares terabytes) read as CorruptObject naming the pack and
+    the entry, never as another error; the other objects still read."""
+    git(small_repo, "repack", "-a", "-d", "-f", "-q", "--depth=20", "--window=50")
+    store = DirStore(str(tmp_path / "bucket"))
+    push([str(small_repo)], store)
+    with LocalRepository(str(small_repo)) as local:
+        [name] = local.index.idx_names
+        ix = local.index._idx[name]
+        entries = sorted((off, oid) for oid, _, off in ix.iter_entries())
+        expected = {oid: local.read(oid) for _, oid in entries}
+    key = pack_key("small", os.path.basename(name)[:-4] + ".pack")
+    pack = bytearray(store.get(key))
+    damaged = {}
+    for i, (off, oid) in enumerate(entries[3::7]):
+        if i % 2:
+            pack[off + 12] ^= 0x10  # somewhere in its zlib data (or delta offset)
+        else:
+            pack[off] |= 0x80  # a header that runs on: a size far beyond any limit
+            pack[off + 1 : off + 12] = b"\xff" * 11
+        damaged[oid] = off
+    store.put(key, bytes(pack))
+    with StoreRepository(store, "small", url="dir://bucket", whole_idx_bytes=0) as sr:
+        hurt = 0
+        for oid, (t, data) in expected.items():
+            try:
+                got = sr.read(oid)
+            except CorruptObject as e:
+                assert str(e).startswith("dir://bucket/small: "), str(e)
+                hurt += 1
+                continue
+            assert got == (t, data)
+        assert hurt >= len(damaged)
 
 
 def test_pull_rebuilds_repositories(mirror: Mirror, small_repo: Path, tmp_path: Path,

@@ -102,6 +102,32 @@ def test_server_keeps_only_complete_checked_objects(run_ketch: RunKetch, tmp_pat
     fsck(repo)
 
 
+@pytest.mark.parametrize("encoded, why", [
+    (entry_header(6, 4) + b"\x05" + zlib.compress(b"\x05\x05\x90\x05"), b"not a whole object"),
+    (entry_header(3, 5) + zlib.compress(b"hello") + b"junk", b"bytes follow"),
+    (entry_header(3, 1000) + zlib.compress(bytes(50 << 20)), b"header says 1000"),
+    (entry_header(3, 1 << 40) + zlib.compress(b"x"), b"allowed"),
+    (b"\xb0" + b"\xff" * 3, b"truncated entry header"),
+], ids=["delta", "trailing-bytes", "bomb", "huge-size", "cut-header"])
+def test_server_refuses_malformed_entries(run_ketch: RunKetch, tmp_path: Path,
+                                          encoded: bytes, why: bytes) -> None:
+    """An entry that does not decode ends the session with the reason, and the
+    objects before it are kept."""
+    repo = tmp_path / "repo"
+    run_ketch("init", "-d", repo, check=True)
+    good = os.urandom(5000)
+    bad = (struct.pack("!I", len(encoded) + 24) + b"\x01" * 20
+           + struct.pack("!I", zlib.crc32(encoded)) + encoded)
+    proc = _session(repo, b"receive-objects-v2\n" + _frame(3, good) + bad + struct.pack("!I", 0))
+    assert proc.returncode == 2
+    assert b"Traceback" not in proc.stderr
+    assert b"object refused: " in proc.stderr and why in proc.stderr, proc.stderr
+    oid = hashlib.sha1(b"blob %d\0" % len(good) + good).hexdigest()
+    assert git(repo, "cat-file", "-p", oid) == good
+    count = git(repo, "count-objects", "-v").decode()
+    assert "in-pack: 1\n" in count, count
+
+
 def test_refs_never_point_at_missing_objects(run_ketch: RunKetch, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     run_ketch("init", "-d", repo, check=True)

@@ -4,7 +4,9 @@ An entry is a header (type in bits 4-6 of the first byte, size as a little-endia
 base-128 varint starting with the low 4 bits), then for OFS_DELTA a backwards
 offset to the base and for REF_DELTA the base's 20-byte id, then a zlib stream of
 ``size`` inflated bytes. A delta inflates to: source size, target size (varints),
-then copy-from-base and insert-literal opcodes.
+then copy-from-base and insert-literal opcodes. Decoding an entry is
+ketch.git.entry's (shared with the S3 reader and the server), applying a delta
+ketch.git.delta's.
 
 Delta chains are walked down to a full object (or a cached base) and then applied
 back up in a loop, so chain depth costs no Python stack. Materialised bases go to
@@ -18,23 +20,16 @@ import mmap
 import os
 import struct
 import threading
-import zlib
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
-from dulwich.errors import ApplyDeltaError
+from cachetools import LRUCache
 
 from ketch.errors import CorruptObject
+from ketch.git import entry as codec
+from ketch.git.delta import BadDelta, apply_delta, delta_sizes
+from ketch.git.entry import FULL_TYPES, OFS_DELTA, REF_DELTA, CorruptPack
 from ketch.git.idx import PackIndex
-from ketch.git.objects import BLOB, COMMIT, TAG, TREE, object_id
-
-try:
-    from dulwich._pack import apply_delta as _dulwich_apply_delta
-except ImportError:  # pragma: no cover - dulwich's compiled extension is optional
-    _dulwich_apply_delta = None
-
-OFS_DELTA = 6
-REF_DELTA = 7
+from ketch.git.objects import object_id
 
 PACK_MAGIC = b"PACK"
 DEFAULT_CACHE_BYTES = 32 * 1024 * 1024
@@ -42,17 +37,7 @@ DEFAULT_CACHE_BYTES = 32 * 1024 * 1024
 # REF_DELTA cycle inside a corrupt pack, not a real chain.
 MAX_CHAIN = 10_000
 
-_FULL_TYPES = frozenset((COMMIT, TREE, BLOB, TAG))
-
 ResolveBase = Callable[[bytes], tuple[int, bytes]]
-
-
-class CorruptPack(CorruptObject):
-    """A pack entry could not be decoded."""
-
-
-class BadDelta(CorruptPack):
-    """A delta does not apply to its base."""
 
 
 class MissingDeltaBase(CorruptPack):
@@ -63,78 +48,8 @@ class ObjectIdMismatch(CorruptObject):
     """An object's contents do not hash to the id it was read under."""
 
 
-def _delta_varint(delta: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(delta):
-            raise BadDelta("delta header is truncated")
-        c = delta[pos]
-        pos += 1
-        value |= (c & 0x7F) << shift
-        shift += 7
-        if not c & 0x80:
-            return value, pos
-
-
-def delta_sizes(delta: bytes) -> tuple[int, int, int]:
-    """(source size, target size, offset of the first opcode)."""
-    src, pos = _delta_varint(delta, 0)
-    tgt, pos = _delta_varint(delta, pos)
-    return src, tgt, pos
-
-
-def apply_delta_py(base: bytes, delta: bytes) -> bytes:
-    """git's delta format, in Python; the fallback when dulwich's is unavailable."""
-    src_size, tgt_size, pos = delta_sizes(delta)
-    if src_size != len(base):
-        raise BadDelta(f"delta expects a {src_size}-byte base, got {len(base)} bytes")
-    out = bytearray()
-    src = memoryview(base)
-    n = len(delta)
-    while pos < n:
-        op = delta[pos]
-        pos += 1
-        if op & 0x80:
-            # Bits 0-3 say which offset bytes follow, bits 4-6 which size bytes.
-            off = size = 0
-            for i in range(4):
-                if op & (1 << i):
-                    off |= delta[pos] << (8 * i)
-                    pos += 1
-            for i in range(3):
-                if op & (0x10 << i):
-                    size |= delta[pos] << (8 * i)
-                    pos += 1
-            if size == 0:
-                size = 0x10000
-            if off + size > src_size:
-                raise BadDelta("delta copies past the end of its base")
-            out += src[off : off + size]
-        elif op:
-            if pos + op > n:
-                raise BadDelta("delta insert runs past the end of the delta")
-            out += delta[pos : pos + op]
-            pos += op
-        else:
-            raise BadDelta("delta has the reserved opcode 0")
-        if len(out) > tgt_size:
-            raise BadDelta("delta output overruns its declared size")
-    if len(out) != tgt_size:
-        raise BadDelta(f"delta produced {len(out)} bytes, header says {tgt_size}")
-    return bytes(out)
-
-
-def apply_delta(base: bytes, delta: bytes) -> bytes:
-    """Apply a git delta to ``base``; raise BadDelta if they do not fit."""
-    if _dulwich_apply_delta is None:
-        return apply_delta_py(base, delta)
-    # dulwich's compiled version checks both sizes and every opcode itself.
-    try:
-        chunks = _dulwich_apply_delta(base, delta)
-    except (ApplyDeltaError, ValueError) as e:
-        raise BadDelta(f"delta does not apply: {e}") from e
-    out: bytes = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    return out
+def _size_of(item: tuple[int, bytes]) -> int:
+    return len(item[1])
 
 
 class _BaseCache:
@@ -142,40 +57,28 @@ class _BaseCache:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._items: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
-        self._bytes = 0
-        # Readers may share a PackFile across threads; OrderedDict reordering is
+        self._items: LRUCache[int, tuple[int, bytes]] = LRUCache(max_bytes, getsizeof=_size_of)
+        # Readers may share a PackFile across threads; the LRU's reordering is
         # not atomic.
         self._lock = threading.Lock()
 
     def get(self, offset: int) -> tuple[int, bytes] | None:
         # A miss is the common case (most objects are nobody's base) and a plain
-        # dict lookup is atomic, so only a hit pays for the lock.
-        item = self._items.get(offset)
-        if item is not None:
-            with self._lock:
-                if offset in self._items:
-                    self._items.move_to_end(offset)
-        return item
+        # membership test is atomic, so only a hit pays for the lock.
+        if offset not in self._items:
+            return None
+        with self._lock:
+            return self._items.get(offset)
 
     def put(self, offset: int, type_num: int, data: bytes) -> None:
-        size = len(data)
-        if size > self.max_bytes // 2:
+        if len(data) > self.max_bytes // 2:
             return  # one huge base would evict everything useful
         with self._lock:
-            old = self._items.pop(offset, None)
-            if old is not None:
-                self._bytes -= len(old[1])
             self._items[offset] = (type_num, data)
-            self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, (_, evicted) = self._items.popitem(last=False)
-                self._bytes -= len(evicted)
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
-            self._bytes = 0
 
 
 class PackFile:
@@ -266,93 +169,46 @@ class PackFile:
 
     def _entry_header(self, offset: int) -> tuple[int, int, int]:
         """(type, size, offset just past the type/size header)."""
-        m = self._map
         if not 12 <= offset < self._end:
             raise CorruptPack(f"{self.path}: entry offset {offset} is outside the pack")
-        c = m[offset]
-        type_num = (c >> 4) & 7
-        size = c & 0x0F
-        shift = 4
-        pos = offset + 1
-        while c & 0x80:
-            if pos >= self._end:
-                raise CorruptPack(f"{self.path}: truncated entry header at {offset}")
-            c = m[pos]
-            pos += 1
-            size |= (c & 0x7F) << shift
-            shift += 7
-        return type_num, size, pos
+        try:
+            return codec.read_header(self._map, offset, self._end)
+        except CorruptPack as e:
+            raise CorruptPack(f"{self.path}: entry at {offset}: {e}") from None
 
     def _ofs_base(self, offset: int, pos: int) -> tuple[int, int]:
-        """(base offset, offset of the zlib data) for an OFS_DELTA entry.
-
-        git's encoding adds one at each continuation so that every offset has a
-        single encoding.
-        """
-        m = self._map
-        if pos >= self._end:
-            raise CorruptPack(f"{self.path}: truncated delta offset at {offset}")
-        c = m[pos]
-        pos += 1
-        dist = c & 0x7F
-        while c & 0x80:
-            if pos >= self._end:
-                raise CorruptPack(f"{self.path}: truncated delta offset at {offset}")
-            c = m[pos]
-            pos += 1
-            dist = ((dist + 1) << 7) | (c & 0x7F)
+        """(base offset, offset of the zlib data) for an OFS_DELTA entry."""
+        try:
+            dist, pos = codec.read_ofs_distance(self._map, pos, self._end)
+        except CorruptPack as e:
+            raise CorruptPack(f"{self.path}: entry at {offset}: {e}") from None
         base = offset - dist
         if dist <= 0 or base < 12:
             raise CorruptPack(f"{self.path}: bad delta base offset at {offset}")
         return base, pos
 
     def _ref_base(self, offset: int, pos: int) -> bytes:
-        if pos + 20 > self._end:
-            raise CorruptPack(f"{self.path}: truncated delta base id at {offset}")
-        return bytes(self._view[pos : pos + 20])
+        try:
+            return codec.read_ref_base(self._view, pos, self._end)
+        except CorruptPack as e:
+            raise CorruptPack(f"{self.path}: entry at {offset}: {e}") from None
+
+    def _read(self, pos: int, n: int) -> memoryview:
+        """Up to ``n`` bytes of the entries at ``pos`` (the codec's Reader)."""
+        return self._view[pos : min(pos + n, self._end)]
 
     def _inflate(self, pos: int, size: int, entry: int) -> bytes:
-        # zlib tells us where the stream ends, so we feed a slice a little larger
-        # than any stream for ``size`` bytes could need and loop only if it was
-        # not enough. max_length stops a corrupt stream from inflating unbounded.
-        d = zlib.decompressobj()
-        take = size + (size >> 9) + 64
-        parts: list[bytes] = []
-        got = 0
         try:
-            while True:
-                if pos >= self._end:
-                    raise CorruptPack(f"{self.path}: truncated zlib data for entry at {entry}")
-                chunk = d.decompress(self._view[pos : min(pos + take, self._end)], size - got + 1)
-                got += len(chunk)
-                parts.append(chunk)
-                if got > size:
-                    break
-                if d.eof:
-                    break
-                if d.unconsumed_tail:
-                    break  # cannot happen while got <= size; treat as corrupt below
-                pos += take
-                take = max(take, 1 << 16)
-        except zlib.error as e:
-            raise CorruptPack(f"{self.path}: zlib error in entry at {entry}: {e}") from e
-        if got != size or not d.eof:
-            raise CorruptPack(
-                f"{self.path}: entry at {entry} inflates to {got}+ bytes, header says {size}"
-            )
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+            return codec.inflate(self._read, pos, size)[0]
+        except CorruptPack as e:
+            raise CorruptPack(f"{self.path}: entry at {entry}: {e}") from None
 
     def _delta_target_size(self, pos: int, size: int, entry: int) -> int:
         # Only the delta's two leading varints are needed: 20 bytes always holds them.
-        d = zlib.decompressobj()
         try:
-            head = d.decompress(self._view[pos : min(pos + 64, self._end)], min(size, 20))
-        except zlib.error as e:
-            raise CorruptPack(f"{self.path}: zlib error in entry at {entry}: {e}") from e
-        try:
-            return delta_sizes(head)[1]
-        except BadDelta as e:
-            raise CorruptPack(f"{self.path}: bad delta header in entry at {entry}") from e
+            return delta_sizes(codec.inflate_head(self._read, pos, min(size, 20)))[1]
+        except CorruptPack as e:
+            raise CorruptPack(f"{self.path}: bad delta header in entry at {entry}: {e}") from None
 
     def _external_base(
         self, oid: bytes, entry: int, resolve: ResolveBase | None
@@ -392,7 +248,7 @@ class PackFile:
                 base_type, base = cached
                 break
             type_num, size, data_pos = self._entry_header(pos)
-            if type_num in _FULL_TYPES:
+            if type_num in FULL_TYPES:
                 base_type, base = type_num, self._inflate(data_pos, size, pos)
                 fresh = True
                 break
@@ -452,12 +308,12 @@ class PackFile:
         if cached is not None:
             return cached[0], len(cached[1])
         type_num, size, data_pos = self._entry_header(offset)
-        if type_num in _FULL_TYPES:
+        if type_num in FULL_TYPES:
             return type_num, size
         target_size = -1
         pos = offset
         for _ in range(MAX_CHAIN + 1):
-            if type_num in _FULL_TYPES:
+            if type_num in FULL_TYPES:
                 return type_num, target_size
             base_pos, external, zpos = self._base_of(pos, type_num, data_pos)
             if target_size < 0:

@@ -3,17 +3,10 @@
 `ketch ls/cat-file/restore -r s3://bucket/prefix/REPO` read the manifest (refs
 and the list of packs), then fetch only the byte ranges they need:
 
-Finding an object. An idx file is about 28 bytes per object, so downloading
-all of them costs 0.35% of the mirror (1.7 GB for 500 GB of 8 KB chunks)
-before the first byte of a file. Instead each idx is read piecemeal with
-ranged GETs: its 1 KB fan-out once, then only the "buckets" a lookup needs
-(the ids sharing a first byte, and their offsets), adjacent buckets merged
-into one GET and several GETs in flight. Packs are searched most recently hit
-first (newest first to begin with), since a file's chunks and trees were
-mostly written together. Small idx files (below `whole_idx_bytes`) are fetched
-whole, checked against the manifest's sha256. Everything fetched is cached
-under ~/.cache/ketch/s3/<hash of store and repository>/idx/ (a sparse copy of
-each idx and a bitmap of the buckets present): idx files never change.
+Finding an object. Each pack's idx is read piecemeal with ranged GETs and
+cached on disk (see s3index). Packs are searched most recently hit first
+(newest first to begin with), since a file's chunks and trees were mostly
+written together.
 
 Reading an object is then one ranged GET of its pack entry. Where an entry
 ends is not recorded anywhere but in its zlib stream, so a GET reads a little
@@ -21,58 +14,54 @@ beyond (_GUESS) and, rarely, a second GET fetches the rest of a big entry.
 `prefetch` hints (restore announces a directory's files and a file's chunks
 before reading them) are fetched with the next read, grouped by pack, with
 nearby entries merged into one GET. Deltas (git-repacked repositories have
-them; ketch and bup write none) are resolved by fetching their base too.
+them; ketch and bup write none) are resolved by fetching their base too. The
+entries are decoded by ketch.git.entry, bounded like any bytes from elsewhere.
 Every object is checked against its id. Trees, commits and the VFS's small
 metadata blobs are cached on disk, so browsing again costs no traffic.
 """
 
 from __future__ import annotations
 
-import bisect
 import hashlib
-import math
 import os
-import struct
 import threading
 import zlib
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import numpy.typing as npt
+from cachetools import LRUCache
 
 from ketch.errors import CorruptObject, KetchError, ObjectNotFound
+from ketch.git import entry as codec
 from ketch.git import objects as gobj
-from ketch.git.idx import IDX_MAGIC, search_ids
+from ketch.git.delta import BadDelta, apply_delta
+from ketch.git.entry import FULL_TYPES, OFS_DELTA, REF_DELTA, CorruptPack
 from ketch.git.pack import DEFAULT_LEVEL
-from ketch.git.packread import OFS_DELTA, REF_DELTA, apply_delta
 from ketch.offsite.manifest import (
-    PackEntry,
     no_such_repository,
     pack_key,
     parse_manifest,
     read_manifest_bytes,
 )
+from ketch.offsite.s3index import WHOLE_IDX, RemoteIdx, write_cache
 from ketch.offsite.store import NotFound, ObjectStore
 from ketch.repo import ObjectWriter, Repository
 
-_FULL = frozenset((gobj.COMMIT, gobj.TREE, gobj.BLOB, gobj.TAG))
 _DISK_TYPES = frozenset((gobj.COMMIT, gobj.TREE, gobj.TAG))
 _GUESS = 8 << 10  # read this far past the last wanted entry's start
 # Merge two wanted ranges into one GET when fewer bytes than this lie between
 # them: a request costs more latency than a few KB of transfer.
 _MERGE_GAP = 32 << 10
-_IDX_MERGE_GAP = 2 << 10  # the same for idx buckets, which are small
 _MAX_SPAN = 16 << 20  # one GET at most (unless one entry is bigger)
 _BATCH_OBJECTS = 256  # hinted objects fetched along with one read
 _PARALLEL = 8  # GETs in flight for idx buckets
-_WHOLE_IDX = 128 << 10  # idx files up to this size are fetched whole
 _MEM_BYTES = 32 << 20  # memory LRU of decoded small objects and delta bases
 _MEM_MAX_ITEM = 1 << 20
 _DISK_BLOB_MAX = 64 << 10  # small unhinted blobs kept on disk (see _keep)
 _MAX_CHAIN = 500  # deeper delta chains than this are a corrupt pack
-_FAN_END = 8 + 1024
 
 
 class MirrorReadOnly(KetchError):
@@ -84,263 +73,8 @@ def default_cache_root() -> str:
     return os.path.join(base, "ketch", "s3")
 
 
-class _LRU:
-    """Decoded objects by key, bounded by their total size."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[object, tuple[int, bytes]] = OrderedDict()
-        self._bytes = 0
-
-    def get(self, key: object) -> tuple[int, bytes] | None:
-        item = self._items.get(key)
-        if item is not None:
-            self._items.move_to_end(key)
-        return item
-
-    def put(self, key: object, item: tuple[int, bytes]) -> None:
-        if len(item[1]) > _MEM_MAX_ITEM or key in self._items:
-            return
-        self._items[key] = item
-        self._bytes += len(item[1])
-        while self._bytes > self.max_bytes:
-            _, (_, old) = self._items.popitem(last=False)
-            self._bytes -= len(old)
-
-
-def _write_cache(path: str, data: bytes) -> None:
-    """Replace a cache file whole. No fsync: after a crash a cache entry is lost
-    or fails its check, and is fetched again."""
-    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a cache that cannot be written only costs traffic
-
-
-def _merge(ranges: list[tuple[int, int, int]], gap: int) -> list[tuple[int, int, list[int]]]:
-    """(start, end, tag) ranges, sorted by start -> merged (start, end, tags)."""
-    out: list[tuple[int, int, list[int]]] = []
-    for start, end, tag in ranges:
-        if out and start - out[-1][1] <= gap:
-            s, e, tags = out[-1]
-            out[-1] = (s, max(e, end), [*tags, tag])
-        else:
-            out.append((start, end, [tag]))
-    return out
-
-
-class _RemoteIdx:
-    """One pack's idx in the store, read in small pieces; see the module doc.
-
-    SHA-1 ids are uniform, so where an id sits among the ids sharing its first
-    byte is predictable: interpolation from its next bytes is off by about
-    sqrt(n)/2 places at most. A lookup fetches a window of ids around the
-    prediction (wider only in the rare case the id lies beyond it), then the
-    4-byte offset of a hit. The pieces land in a sparse copy of the idx in the
-    cache, with the list of byte ranges it holds beside it."""
-
-    def __init__(self, repo: StoreRepository, entry: PackEntry) -> None:
-        self.repo = repo
-        self.entry = entry
-        self.key = pack_key(repo.name, entry.idx.name)
-        base = os.path.join(repo.cache_dir, "idx", entry.idx.name)
-        self.part_path, self.known_path = base + ".part", base + ".known"
-        self._known: list[tuple[int, int]] = []  # byte ranges held: sorted, disjoint
-        self._fan: list[int] = []
-        self._big: dict[int, int] = {}
-        self.count = 0
-        self.fetched = 0  # bytes of it fetched by this process
-        self.checked = False
-
-    # -- the sparse cached copy ------------------------------------------------------
-
-    def _gaps(self, a: int, z: int) -> list[tuple[int, int]]:
-        """The parts of [a, z) not held yet."""
-        out = []
-        pos = a
-        i = max(bisect.bisect_right(self._known, (a, a)) - 1, 0)
-        for s, e in self._known[i:]:
-            if s >= z:
-                break
-            if e <= pos:
-                continue
-            if s > pos:
-                out.append((pos, s))
-            pos = e
-            if pos >= z:
-                break
-        if pos < z:
-            out.append((pos, z))
-        return out
-
-    def _add_known(self, a: int, z: int) -> None:
-        known = self._known
-        i = bisect.bisect_left(known, (a, a))
-        if i and known[i - 1][1] >= a:  # touches the range before it
-            i -= 1
-            a = known[i][0]
-        j = i
-        while j < len(known) and known[j][0] <= z:  # and swallows those it reaches
-            z = max(z, known[j][1])
-            j += 1
-        known[i:j] = [(a, z)]
-
-    def _fetch(self, ranges: Iterable[tuple[int, int]]) -> None:
-        """Make sure these byte ranges of the idx are held, in as few GETs as sensible."""
-        gaps = sorted(g for a, z in ranges for g in self._gaps(a, z))
-        if not gaps:
-            return
-        size = self.entry.idx.size
-        if self.fetched + sum(z - a for a, z in gaps) > size // 4:
-            # Reading most of it (a big restore): the rest in one go costs less.
-            gaps = self._gaps(0, size)
-            merged = [(gaps[0][0], gaps[-1][1], [0])]
-        else:
-            merged = _merge([(a, z, 0) for a, z in gaps], _IDX_MERGE_GAP)
-        got = self.repo._get_many([(self.key, a, z) for a, z, _ in merged])
-        self.fetched += sum(len(d) for d in got)
-        self._write([(a, d) for (a, _, _), d in zip(merged, got, strict=True)])
-        if self._known == [(0, size)] and not self.checked:
-            self._check_whole()
-
-    def _check_whole(self) -> None:
-        """All of it is here now: it must be what the manifest says."""
-        with open(self.part_path, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
-        if digest != self.entry.idx.sha256:
-            os.unlink(self.known_path)
-            raise CorruptObject(f"{self.repo.where}: {self.entry.idx.name} does not match its "
-                                "manifest (sha256); run 'ketch mirror verify'")
-        self.checked = True
-
-    def _write(self, pieces: list[tuple[int, bytes]]) -> None:
-        try:
-            os.makedirs(os.path.dirname(self.part_path), exist_ok=True)
-            fd = os.open(self.part_path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                for pos, data in pieces:
-                    os.pwrite(fd, data, pos)
-            finally:
-                os.close(fd)
-        except OSError as e:
-            raise KetchError(f"{self.part_path}: cannot write the cache: {e.strerror}") from None
-        for pos, data in pieces:
-            self._add_known(pos, pos + len(data))
-        _write_cache(self.known_path, struct.pack(f">{2 * len(self._known)}Q",
-                                                  *(x for r in self._known for x in r)))
-
-    def _read(self, a: int, z: int) -> bytes:
-        fd = os.open(self.part_path, os.O_RDONLY)
-        try:
-            data = os.pread(fd, z - a, a)
-        finally:
-            os.close(fd)
-        if len(data) != z - a:
-            raise CorruptObject(f"{self.part_path}: cached idx piece is short; remove "
-                                f"{self.repo.cache_dir} and try again")
-        return data
-
-    def _load(self) -> None:
-        if self._fan:
-            return
-        try:
-            with open(self.known_path, "rb") as f:
-                raw = f.read()
-            vals = struct.unpack(f">{len(raw) // 8}Q", raw[: len(raw) // 16 * 16])
-            self._known = [(vals[i], vals[i + 1]) for i in range(0, len(vals), 2)]
-            if self._known and os.path.getsize(self.part_path) < self._known[-1][1]:
-                self._known = []  # the copy lost data the list claims
-        except (OSError, struct.error):
-            self._known = []
-        if self._gaps(0, _FAN_END) and self.entry.idx.size <= self.repo.whole_idx_bytes:
-            self._fetch([(0, self.entry.idx.size)])  # small: all of it, checked
-        else:
-            self._fetch([(0, _FAN_END)])
-        head = self._read(0, _FAN_END)
-        if head[:8] != IDX_MAGIC + struct.pack(">I", 2):
-            raise CorruptObject(f"{self.repo.where}: {self.entry.idx.name} is not a v2 idx")
-        self._fan = list(struct.unpack(">256I", head[8:_FAN_END]))
-        self.count = n = self._fan[255]
-        nbig, rest = divmod(self.entry.idx.size - (_FAN_END + 28 * n + 40), 8)
-        if nbig < 0 or rest:
-            raise CorruptObject(f"{self.repo.where}: {self.entry.idx.name}: its size does not "
-                                f"fit {n} objects")
-
-    # -- lookups ------------------------------------------------------------------------
-
-    def _span(self, b: int) -> tuple[int, int]:
-        return (self._fan[b - 1] if b else 0), self._fan[b]
-
-    def _window(self, oid: bytes) -> tuple[int, int, int, int] | None:
-        """(lo, hi, a, z): the ids with oid's first byte are [lo, hi); look in [a, z)."""
-        lo, hi = self._span(oid[0])
-        if lo == hi:
-            return None
-        m = hi - lo
-        guess = lo + (int.from_bytes(oid[1:9], "big") * m >> 64)
-        half = int(1.5 * math.sqrt(m)) + 4  # three standard deviations, and some
-        return lo, hi, max(lo, guess - half), min(hi, guess + half + 1)
-
-    def locate(self, oids: Iterable[bytes]) -> dict[bytes, int]:
-        """The pack offsets of those of `oids` this pack holds."""
-        self._load()
-        ids_at = _FAN_END
-        ofs_at = _FAN_END + 24 * self.count
-        pending = {o: w for o in oids if (w := self._window(o)) is not None}
-        positions: dict[bytes, int] = {}
-        first = True
-        while pending:
-            wanted = [(ids_at + 20 * a, ids_at + 20 * z) for _, _, a, z in pending.values()]
-            if first:
-                # The offsets of the same window come along (a fifth of its size):
-                # a hit then needs no second round trip for its 4 bytes.
-                wanted += [(ofs_at + 4 * a, ofs_at + 4 * z) for _, _, a, z in pending.values()]
-                first = False
-            self._fetch(wanted)
-            wider = {}
-            for o, (lo, hi, a, z) in pending.items():
-                ids = self._read(ids_at + 20 * a, ids_at + 20 * z)
-                if o < ids[:20] and a > lo:
-                    wider[o] = (lo, hi, max(lo, a - 2 * (z - a)), z)
-                elif o > ids[-20:] and z < hi:
-                    wider[o] = (lo, hi, a, min(hi, z + 2 * (z - a)))
-                else:
-                    i = _search(ids, o)
-                    if i >= 0:
-                        positions[o] = a + i
-            pending = wider
-        self._fetch((ofs_at + 4 * p, ofs_at + 4 * p + 4) for p in positions.values())
-        out = {}
-        for o, p in positions.items():
-            (off,) = struct.unpack(">I", self._read(ofs_at + 4 * p, ofs_at + 4 * p + 4))
-            out[o] = self._large(off & 0x7FFFFFFF) if off & 0x80000000 else off
-        return out
-
-    def _large(self, j: int) -> int:
-        """Offsets beyond 2 GiB live in a table of 64-bit ones after the others."""
-        if j not in self._big:
-            at = _FAN_END + 28 * self.count + 8 * j
-            self._fetch([(at, at + 8)])
-            (self._big[j],) = struct.unpack(">Q", self._read(at, at + 8))
-        return self._big[j]
-
-    def with_prefix(self, hexprefix: str) -> list[bytes]:
-        self._load()
-        lo, hi = self._span(int(hexprefix[:2], 16))
-        a, z = _FAN_END + 20 * lo, _FAN_END + 20 * hi
-        self._fetch([(a, z)])
-        ids = self._read(a, z) if lo < hi else b""
-        return [ids[i : i + 20] for i in range(0, len(ids), 20)
-                if ids[i : i + 20].hex().startswith(hexprefix)]
-
-
-def _search(ids: bytes, oid: bytes) -> int:
-    """Index of `oid` among the sorted 20-byte ids, or -1."""
-    return search_ids(ids, oid, 0, len(ids) // 20)
+def _size_of(item: tuple[int, bytes]) -> int:
+    return len(item[1])
 
 
 class _Window:
@@ -362,64 +96,41 @@ class _Window:
             # Rebinding (not extending) keeps memoryviews of the old bytes valid.
             self.data = self.data + self.repo._get(self.key, self.end, stop)
 
+    def read(self, pos: int, n: int) -> memoryview:
+        """Up to `n` bytes at pack offset `pos` (the codec's Reader): what the
+        window holds, fetching more only when it holds nothing there."""
+        if pos >= self.end:
+            self.ensure(pos + n)
+        i = pos - self.start
+        if not 0 <= i < len(self.data):
+            return memoryview(b"")
+        return memoryview(self.data)[i : i + n]
 
-def _entry_header(win: _Window, offset: int, where: str) -> tuple[int, int, int]:
-    """(type, inflated size, pack offset past the type/size header)."""
-    win.ensure(offset + 64)  # any header, OFS distance or REF id fits
-    raw, pos = win.data, offset - win.start
+    def head(self, offset: int) -> tuple[bytes, int]:
+        """(the window's bytes, index of `offset` in them), with room after it
+        for any entry header, OFS distance or REF id."""
+        self.ensure(offset + 64)
+        return self.data, offset - self.start
+
+
+def _read_entry(win: _Window, offset: int, where: str) -> tuple[int, bytes, int | bytes | None]:
+    """(type, inflated data, base) of the pack entry at `offset`: the base is
+    None for a whole object, the distance back for an OFS_DELTA, the base's id
+    for a REF_DELTA."""
     try:
-        c = raw[pos]
-        type_num, size, shift = (c >> 4) & 7, c & 0x0F, 4
-        pos += 1
-        while c & 0x80:
-            c = raw[pos]
-            pos += 1
-            size |= (c & 0x7F) << shift
-            shift += 7
-    except IndexError:
-        raise CorruptObject(f"{where}: truncated pack entry header") from None
-    return type_num, size, win.start + pos
-
-
-def _ofs_distance(win: _Window, pos: int, where: str) -> tuple[int, int]:
-    raw, i = win.data, pos - win.start
-    try:
-        c = raw[i]
-        i += 1
-        dist = c & 0x7F
-        while c & 0x80:
-            c = raw[i]
-            i += 1
-            dist = ((dist + 1) << 7) | (c & 0x7F)
-    except IndexError:
-        raise CorruptObject(f"{where}: truncated delta offset") from None
-    return dist, win.start + i
-
-
-def _inflate(win: _Window, pos: int, size: int, where: str) -> bytes:
-    """The zlib stream at pack offset `pos`; it alone says where the entry ends."""
-    d = zlib.decompressobj()
-    parts: list[bytes] = []
-    got = 0
-    while True:
-        if pos >= win.end:
-            left = size - got
-            win.ensure(pos + left + (left >> 9) + 64)  # deflate's worst case, and then some
-            if pos >= win.end:
-                raise CorruptObject(f"{where}: truncated zlib data")
-        chunk = memoryview(win.data)[pos - win.start :]
-        try:
-            out = d.decompress(chunk, size - got + 1)
-        except zlib.error as e:
-            raise CorruptObject(f"{where}: zlib error: {e}") from None
-        parts.append(out)
-        got += len(out)
-        if d.eof or got > size or d.unconsumed_tail:
-            break
-        pos += len(chunk)
-    if got != size or not d.eof:
-        raise CorruptObject(f"{where}: entry inflates to {got} bytes, header says {size}")
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+        raw, i = win.head(offset)
+        t, size, i = codec.read_header(raw, i, len(raw))
+        base: int | bytes | None = None
+        if t == OFS_DELTA:
+            base, i = codec.read_ofs_distance(raw, i, len(raw))
+        elif t == REF_DELTA:
+            base = codec.read_ref_base(raw, i, len(raw))
+            i += 20
+        elif t not in FULL_TYPES:
+            raise CorruptPack(f"invalid entry type {t}")
+        return t, codec.inflate(win.read, win.start + i, size)[0], base
+    except CorruptPack as e:
+        raise CorruptPack(f"{where}: {e}") from None
 
 
 class StoreRepository(Repository):
@@ -427,7 +138,7 @@ class StoreRepository(Repository):
     and the cache directory)."""
 
     def __init__(self, store: ObjectStore, name: str, *, url: str | None = None,
-                 cache_root: str | None = None, whole_idx_bytes: int = _WHOLE_IDX) -> None:
+                 cache_root: str | None = None, whole_idx_bytes: int = WHOLE_IDX) -> None:
         self.store = store
         self.name = name
         self.url = url or f"{getattr(store, 'root', type(store).__name__)}"
@@ -445,14 +156,15 @@ class StoreRepository(Repository):
         digest = hashlib.sha256(f"{self.url}\0{name}".encode()).hexdigest()[:24]
         self.cache_dir = os.path.join(cache_root or default_cache_root(), digest)
         self._packs = self.manifest.pack_by_idx()
-        self._idx: dict[str, _RemoteIdx] = {}
+        self._idx: dict[str, RemoteIdx] = {}
         self._by_time = [p.idx.name for p in sorted(self.manifest.packs,
                                                     key=lambda p: (-p.mtime, p.pack.name))]
         self._order = self._by_time[:]  # search order; see _hit
         self._ahead: deque[bytes] = deque()
         self._fetched: dict[bytes, tuple[int, bytes]] = {}  # hinted, not read yet
         self._fetched_bytes = 0
-        self._mem = _LRU(_MEM_BYTES)
+        # Decoded small objects and delta bases, by id or (idx name, offset).
+        self._mem: LRUCache[object, tuple[int, bytes]] = LRUCache(_MEM_BYTES, getsizeof=_size_of)
 
     def traffic(self) -> tuple[int, int]:
         """(bytes sent, bytes received) so far, as RemoteRepository counts them."""
@@ -494,10 +206,13 @@ class StoreRepository(Repository):
 
     # -- finding objects -------------------------------------------------------------
 
-    def _index(self, idx_name: str) -> _RemoteIdx:
+    def _index(self, idx_name: str) -> RemoteIdx:
         ix = self._idx.get(idx_name)
         if ix is None:
-            ix = self._idx[idx_name] = _RemoteIdx(self, self._packs[idx_name])
+            entry = self._packs[idx_name]
+            ix = self._idx[idx_name] = RemoteIdx(
+                entry, pack_key(self.name, entry.idx.name), get_many=self._get_many,
+                cache_dir=self.cache_dir, where=self.where, whole_idx_bytes=self.whole_idx_bytes)
         return ix
 
     def _locate(self, oids: Iterable[bytes]) -> dict[bytes, tuple[str, int]]:
@@ -572,17 +287,21 @@ class StoreRepository(Repository):
             return None
         if gobj.object_id(t, data) != oid:
             return None  # a damaged cache file: fetch the object again
-        self._mem.put(oid, (t, data))
+        self._remember(oid, (t, data))
         return t, data
+
+    def _remember(self, key: object, item: tuple[int, bytes]) -> None:
+        if len(item[1]) <= _MEM_MAX_ITEM and key not in self._mem:
+            self._mem[key] = item
 
     def _keep(self, oid: bytes, t: int, data: bytes, asked: bool) -> None:
         """Remember a fetched object. On disk go trees and commits, and small blobs
         read without a prefetch hint: those are the VFS's metadata (.bupm), read
         again by every `ls`; file contents come through hints (restore announces
         them), and copying them into the cache would only fill the disk."""
-        self._mem.put(oid, (t, data))
+        self._remember(oid, (t, data))
         if t in _DISK_TYPES or (asked and len(data) <= _DISK_BLOB_MAX):
-            _write_cache(self._disk_path(oid), bytes([t]) + zlib.compress(data, 1))
+            write_cache(self._disk_path(oid), bytes([t]) + zlib.compress(data, 1))
 
     def read(self, oid: bytes) -> tuple[int, bytes]:
         got = self._cached(oid)
@@ -644,23 +363,21 @@ class StoreRepository(Repository):
 
     def _decode(self, idx_name: str, offset: int, win: _Window, depth: int) -> tuple[int, bytes]:
         where = f"{self.where}: {self._packs[idx_name].pack.name} at {offset}"
-        t, size, pos = _entry_header(win, offset, where)
-        if t in _FULL:
-            return t, _inflate(win, pos, size, where)
+        t, data, base = _read_entry(win, offset, where)
+        if base is None:
+            return t, data
         if depth > _MAX_CHAIN:
-            raise CorruptObject(f"{where}: delta chain does not end")
-        if t == OFS_DELTA:
-            dist, pos = _ofs_distance(win, pos, where)
-            if not 0 < dist <= offset - 12:
-                raise CorruptObject(f"{where}: bad delta base offset")
-            base_t, base = self._base_at(idx_name, offset - dist, win, depth + 1)
-        elif t == REF_DELTA:
-            base_oid = bytes(win.data[pos - win.start : pos - win.start + 20])
-            pos += 20
-            base_t, base = self.read(base_oid)
+            raise CorruptPack(f"{where}: delta chain does not end")
+        if isinstance(base, int):
+            if not 0 < base <= offset - 12:
+                raise CorruptPack(f"{where}: bad delta base offset")
+            base_t, base_data = self._base_at(idx_name, offset - base, win, depth + 1)
         else:
-            raise CorruptObject(f"{where}: invalid entry type {t}")
-        return base_t, apply_delta(base, _inflate(win, pos, size, where))
+            base_t, base_data = self.read(base)
+        try:
+            return base_t, apply_delta(base_data, data)
+        except BadDelta as e:
+            raise BadDelta(f"{where}: {e}") from None
 
     def _base_at(self, idx_name: str, offset: int, win: _Window, depth: int) -> tuple[int, bytes]:
         """A delta's base: the entry at `offset` (from the window when it is there)."""
@@ -671,7 +388,7 @@ class StoreRepository(Repository):
                 win = _Window(self, pack_key(self.name, entry.pack.name), offset,
                               offset + _GUESS, entry.pack.size - 20)
             got = self._decode(idx_name, offset, win, depth)
-            self._mem.put((idx_name, offset), got)
+            self._remember((idx_name, offset), got)
         return got
 
     def writer(self, *, level: int = DEFAULT_LEVEL, max_pack_size: int | None = None,

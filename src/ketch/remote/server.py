@@ -22,7 +22,8 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ketch.errors import KetchError, NotARepository, ObjectNotFound, RefConflict
+from ketch.errors import CorruptObject, KetchError, NotARepository, ObjectNotFound, RefConflict
+from ketch.git import entry
 from ketch.git import objects as gobj
 from ketch.git.pack import PackWriter
 from ketch.git.refs import check_ref_name
@@ -45,30 +46,17 @@ class ServerOptions:
     default_dir: str | None = None
 
 
+# A frame is at most 2 GiB (see _frame_length), and no object decoded from one
+# may be larger: a small frame cannot make the server hold more than a big one.
+_MAX_OBJECT = 1 << 31
+
+
 def decode_entry(encoded: bytes) -> tuple[int, bytes]:
     """(type, content) of one undeltified pack entry, as a client sends it."""
-    c = encoded[0]
-    type_num = (c >> 4) & 7
-    size = c & 15
-    shift = 4
-    pos = 1
-    while c & 0x80:
-        if pos >= len(encoded):
-            raise ProtocolError("truncated object header")
-        c = encoded[pos]
-        pos += 1
-        size |= (c & 0x7F) << shift
-        shift += 7
-    if type_num not in (gobj.COMMIT, gobj.TREE, gobj.BLOB, gobj.TAG):
-        raise ProtocolError(f"object of pack type {type_num} refused (no deltas over the wire)")
     try:
-        d = zlib.decompressobj()
-        data = d.decompress(encoded[pos:], size + 1)
-    except zlib.error as e:
-        raise ProtocolError(f"object does not inflate: {e}") from None
-    if len(data) != size or not d.eof:
-        raise ProtocolError("object size does not match its header")
-    return type_num, data
+        return entry.decode_whole(encoded, _MAX_OBJECT)
+    except CorruptObject as e:
+        raise ProtocolError(f"object refused: {e}") from None
 
 
 class Server:
