@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ketch.buptree import demangle
 from ketch.errors import KetchError
 from ketch.git import objects as gobj
 from ketch.metadata import Metadata, decode_one
@@ -34,7 +35,6 @@ from ketch.vfs import (
     ROOT,
     TAGS,
     VFS,
-    demangle,
 )
 from ketch.vfs import Item as VfsItem
 from ketch.vint import write_bvec, write_vint, write_vuint

@@ -17,7 +17,6 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-import numpy.typing as npt
 
 from ketch.errors import KetchError, ObjectNotFound, RefConflict
 from ketch.git import objects as gobj
@@ -27,7 +26,7 @@ from ketch.git.pack import DEFAULT_LEVEL, DEFAULT_MAX_PACK_SIZE, PackWriter
 from ketch.remote.protocol import SUSPEND, Conn, ConnectionLost, RemoteError, u32
 from ketch.remote.session import Client, interrupted
 from ketch.remote.spec import RemoteSpec
-from ketch.repo import Repository
+from ketch.repo import WritableRepository
 
 _TYPE_BY_NAME = {name: num for num, name in gobj.TYPE_NAMES.items()}
 _BATCH = 256  # objects per cat-batch request when reading ahead
@@ -38,7 +37,7 @@ def default_cache_root() -> str:
     return os.path.join(base, "ketch", "remote")
 
 
-class RemoteRepository(Repository):
+class RemoteRepository(WritableRepository):
     def __init__(self, spec: RemoteSpec, *, create: bool = False,
                  cache_root: str | None = None) -> None:
         self.spec = spec
@@ -58,10 +57,6 @@ class RemoteRepository(Repository):
     def traffic(self) -> tuple[int, int]:
         """(bytes sent, bytes received) on this connection so far."""
         return self.conn.bytes_sent, self.conn.bytes_received
-
-    def index_file(self) -> str:
-        os.makedirs(self.cache_dir, exist_ok=True)
-        return os.path.join(self.cache_dir, "ketch-index.sqlite")
 
     def close(self) -> None:
         if self._objindex is not None:
@@ -211,10 +206,11 @@ class RemoteRepository(Repository):
         self.client.check_ok()
         return out
 
-    def has_many(self, oids: Sequence[bytes]) -> npt.NDArray[np.bool_]:
+    def has_many(self, oids: Sequence[bytes]) -> list[bool]:
         if not len(oids):
-            return np.zeros(0, dtype=bool)
-        return self._index().contains_many(np.array(oids, dtype="S20"))
+            return []
+        found: list[bool] = self._index().contains_many(np.array(oids, dtype="S20")).tolist()
+        return found
 
     def exists(self, oid: bytes) -> bool:
         return self._index().contains_one(oid)
@@ -275,7 +271,7 @@ class RemoteWriter(PackWriter):
                  max_pack_objects: int | None) -> None:
         super().__init__(repo.cache_dir, level=level, max_pack_size=max_pack_size,
                          max_pack_objects=max_pack_objects, exists=repo.exists,
-                         exists_many=lambda oids: repo.has_many(oids).tolist(), fsync=False)
+                         exists_many=repo.has_many, fsync=False)
         self.repo = repo
         self._streaming = False
         self._stream_bytes = 0
