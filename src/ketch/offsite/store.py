@@ -51,8 +51,13 @@ class ObjectStore(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def flush(self) -> None:
+        """Write out what the store batches (an encrypted store's name index);
+        wrappers pass it on.  Most stores write everything at once: nothing to do."""
+        return None
 
-class DirStore:
+
+class DirStore(ObjectStore):
     """A store in a local directory (a USB disk, an NFS mount, or tests)."""
 
     def __init__(self, root: str) -> None:
