@@ -181,6 +181,9 @@ class _Recording:
     def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         return self.inner.get(key, start, end)
 
+    def flush(self) -> None:
+        self.inner.flush()
+
     def put_file(self, key: str, path: str, *, sha256: str, storage_class: str | None = None,
                  advance: Advance | None = None) -> None:
         self.log.append(("put", key))
