@@ -1,9 +1,12 @@
 """One Repository interface: objects and refs, read and written the same way
 whether the repository is a local directory, a server over ssh, or an S3 mirror.
 
-Writes happen in a session (`Repository.writer()`): objects go into packs that
-become visible only when durable, and refs move afterwards, by compare-and-swap.
-`ls`, `restore`, `cat-file` and the VFS use only this interface.
+Reading is `Repository`; writing is `WritableRepository`, which a read-only
+backend (an S3 mirror) is not: a caller that writes asks `repo.writable()`,
+which says in one line why not. Writes happen in a session
+(`WritableRepository.writer()`): objects go into packs that become visible only
+when durable, and refs move afterwards, by compare-and-swap. `ls`, `restore`,
+`cat-file` and the VFS use only `Repository`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from types import TracebackType
 from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
 
 from ketch.errors import KetchError, NotARepository, ObjectNotFound, RefConflict, RefNotFound
 from ketch.git import objects as gobj
@@ -27,8 +29,17 @@ from ketch.git.packread import PackFile
 from ketch.git.refs import Refs
 
 
+class ReadOnlyRepository(KetchError):
+    """Writing to a repository that only reads was attempted."""
+
+
 class ObjectWriter(Protocol):
-    """A write session: objects written here are durable only after `close()`."""
+    """A write session: objects written here are durable only after `close()`.
+    `objects_written` and `bytes_written` (encoded, as stored) count what this
+    session added."""
+
+    objects_written: int
+    bytes_written: int
 
     def write(self, type_num: int, data: bytes | memoryview) -> bytes: ...
     def write_many(self, type_num: int, datas: Sequence[bytes | memoryview]) -> list[bytes]: ...
@@ -38,26 +49,25 @@ class ObjectWriter(Protocol):
 
 
 class Repository(ABC):
-    """Objects by id, and refs: the five operations every backend offers."""
+    """Objects by id, and refs, read: what every backend offers.
+
+    `cache_dir` is a local directory for caches about this repository (the save
+    index lives there): the repository itself when it is a local one."""
+
+    cache_dir: str
+    # Why `writable()` refuses, for a backend that only reads.
+    read_only = "this repository is read-only"
 
     @abstractmethod
     def read(self, oid: bytes) -> tuple[int, bytes]:
         """(type number, content); raises ObjectNotFound."""
 
     @abstractmethod
-    def has_many(self, oids: Sequence[bytes]) -> npt.NDArray[np.bool_]: ...
+    def has_many(self, oids: Sequence[bytes]) -> list[bool]:
+        """Whether each of `oids` is stored, in order."""
 
     def exists(self, oid: bytes) -> bool:
-        return bool(self.has_many([oid])[0])
-
-    @abstractmethod
-    def writer(
-        self,
-        *,
-        level: int = DEFAULT_LEVEL,
-        max_pack_size: int | None = None,
-        max_pack_objects: int | None = None,
-    ) -> ObjectWriter: ...
+        return self.has_many([oid])[0]
 
     @abstractmethod
     def read_ref(self, name: bytes) -> bytes | None: ...
@@ -65,21 +75,21 @@ class Repository(ABC):
     @abstractmethod
     def iter_refs(self, prefix: bytes = b"refs/") -> Iterator[tuple[bytes, bytes]]: ...
 
-    @abstractmethod
-    def update_ref(
-        self, name: bytes, new: bytes, old: bytes | None, message: bytes = b""
-    ) -> None:
-        """Move `name` from `old` (None: must not exist) to `new`, or raise RefConflict."""
-
     def close(self) -> None:  # noqa: B027 - backends without resources need nothing
         pass
 
     def prefetch(self, oids: Sequence[bytes]) -> None:  # noqa: B027 - a hint
         """These objects will be read soon: a remote backend fetches them together."""
 
-    @abstractmethod
-    def index_file(self) -> str:
-        """Where the local filesystem index (a cache for saves into this repository) lives."""
+    def traffic(self) -> tuple[int, int] | None:
+        """(bytes sent, bytes received) over the network so far; None for a
+        repository that is not reached over a network (`save --json` then
+        reports no traffic at all, rather than a misleading zero)."""
+        return None
+
+    def writable(self) -> WritableRepository:
+        """This repository, to write to; raises ReadOnlyRepository when it only reads."""
+        raise ReadOnlyRepository(self.read_only)
 
     def __enter__(self) -> Repository:
         return self
@@ -120,6 +130,31 @@ class Repository(ABC):
         return None
 
 
+class WritableRepository(Repository):
+    """A repository that also takes objects (in write sessions) and moves refs."""
+
+    def writable(self) -> WritableRepository:
+        return self
+
+    @abstractmethod
+    def writer(
+        self,
+        *,
+        level: int = DEFAULT_LEVEL,
+        max_pack_size: int | None = None,
+        max_pack_objects: int | None = None,
+    ) -> ObjectWriter: ...
+
+    @abstractmethod
+    def update_ref(
+        self, name: bytes, new: bytes, old: bytes | None, message: bytes = b""
+    ) -> None:
+        """Move `name` from `old` (None: must not exist) to `new`, or raise RefConflict."""
+
+    def maintain(self) -> None:  # noqa: B027 - a backend that keeps itself tidy
+        """Housekeeping after a snapshot (bup merges small idx files)."""
+
+
 def _is_repo(path: str) -> bool:
     return os.path.isdir(os.path.join(path, "objects")) and os.path.isdir(
         os.path.join(path, "refs")
@@ -150,13 +185,14 @@ def init_repository(path: str) -> bool:
     return True
 
 
-class LocalRepository(Repository):
+class LocalRepository(WritableRepository):
     """A bare git repository on a local filesystem."""
 
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
         if not _is_repo(self.path):
             raise NotARepository(f"{path}: not a repository (run 'ketch init -d {path}')")
+        self.cache_dir = self.path
         self.objects_dir = os.path.join(self.path, "objects")
         self.pack_dir = os.path.join(self.objects_dir, "pack")
         self.config = GitConfig(os.path.join(self.path, "config"))
@@ -165,9 +201,6 @@ class LocalRepository(Repository):
         self._packs: dict[str, PackFile] = {}
         self._mapped = 0
         self._has_loose = self._any_loose()
-
-    def index_file(self) -> str:
-        return os.path.join(self.path, "ketch-index.sqlite")
 
     def _any_loose(self) -> bool:
         try:
@@ -225,9 +258,9 @@ class LocalRepository(Repository):
             raise ObjectNotFound(f"object {oid.hex()} not found in {self.path}")
         return got
 
-    def has_many(self, oids: Sequence[bytes]) -> npt.NDArray[np.bool_]:
-        found = self.index.contains_many(np.array(oids, dtype="S20"))
-        if self._has_loose and not found.all():
+    def has_many(self, oids: Sequence[bytes]) -> list[bool]:
+        found: list[bool] = self.index.contains_many(np.array(oids, dtype="S20")).tolist()
+        if self._has_loose and not all(found):
             for i, oid in enumerate(oids):
                 if not found[i]:
                     found[i] = loose_exists(self.objects_dir, oid)
@@ -262,12 +295,9 @@ class LocalRepository(Repository):
             max_pack_size=limit,
             max_pack_objects=max_pack_objects,
             exists=self.exists,
-            exists_many=self._exists_many,
+            exists_many=self.has_many,
             on_pack=self._on_pack,
         )
-
-    def _exists_many(self, oids: list[bytes]) -> list[bool]:
-        return [bool(x) for x in self.has_many(oids)]
 
     def _on_pack(self, idx_path: str) -> None:
         self.index.add_idx(idx_path)
@@ -291,7 +321,7 @@ class LocalRepository(Repository):
 
 
 def advance_branch(
-    repo: Repository,
+    repo: WritableRepository,
     refname: bytes,
     commit: bytes,
     old: bytes | None,

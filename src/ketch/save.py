@@ -16,40 +16,32 @@ target as blob, fifos/sockets/devices are empty blobs described by `.bupm`.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ketch import split as hs
-from ketch.commits import argv_message, commit_bytes
-from ketch.errors import EXIT_OK, EXIT_WARNINGS, KetchError, UsageError
+from ketch.archive import Layout, Node, build_top
+from ketch.buptree import add_chunks, chunks_object, demangle, mangle, store_bytes, write_dir_tree
+from ketch.commits import argv_message
+from ketch.errors import EXIT_OK, EXIT_WARNINGS
 from ketch.excludes import ExcludeRules
 from ketch.fsmeta import from_path
 from ketch.git import objects as gobj
 from ketch.git.refs import validate_branch_name
 from ketch.index import Entry, Fingerprint, Index
-from ketch.interrupt import held, stop_signals
+from ketch.interrupt import stop_signals
 from ketch.metadata import EMPTY_RECORD
 from ketch.progress import NullProgress, Progress
-from ketch.repo import ObjectWriter, Repository, advance_branch
+from ketch.repo import ObjectWriter, Repository, WritableRepository
+from ketch.snapshot import write_snapshot
 
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 # Files below this size are read whole and chunked together with the rest of
 # their directory's small files, in batches of about _SMALL_BATCH bytes.
 _SMALL_FILE = 1 << 20
 _SMALL_BATCH = 4 << 20
-
-
-def mangle(name: bytes, is_chunked: bool) -> bytes:
-    """bup's tree entry name for a filesystem name (bup-format.md 2.4)."""
-    if is_chunked:
-        return name + b".bup"
-    if name.endswith(b".bup") or name[:-1].endswith(b".bup"):
-        return name + b".bupl"
-    return name
 
 
 @dataclass
@@ -89,97 +81,6 @@ class SaveResult:
                 "bytes_read": self.bytes_read, "bytes_new": self.bytes_new,
                 "objects_new": self.objects_new, "seconds": round(self.seconds, 3),
                 "warnings": self.warnings}
-
-
-# -- the archive's top: from "/" down to each source, per strip/graft ------------
-
-
-@dataclass
-class _Node:
-    """A directory of the archive above (or at) the sources."""
-
-    meta_path: bytes | None  # where its metadata comes from; None: empty record
-    children: dict[bytes, _Node] = field(default_factory=dict)
-    source: bytes | None = None  # a real directory whose entries are merged here
-    file_source: bytes | None = None  # a non-directory source placed at this name
-
-
-def _split_abs(path: bytes) -> list[bytes]:
-    return [p for p in path.split(b"/") if p]
-
-
-def _archive_path(src: bytes, opts: SaveOptions, sources: list[bytes]) -> tuple[bytes, Callable[[bytes], bytes | None]]:
-    """(archive path of src, metadata source for an archive directory path)."""
-    if opts.strip:
-        prefix = max((s for s in sources if src == s or src.startswith(s.rstrip(b"/") + b"/")),
-                     key=len)
-        rest = src[len(prefix):] or b"/"
-        return rest, lambda a: prefix if a == b"/" else None
-    if opts.strip_path is not None:
-        sp = os.fsencode(os.path.abspath(opts.strip_path)).rstrip(b"/")
-        if src == sp or src.startswith(sp + b"/"):
-            return src[len(sp):] or b"/", lambda a: sp + (a if a != b"/" else b"")
-        return src, lambda a: a
-    for old_s, new_s in opts.grafts:
-        old = os.fsencode(os.path.abspath(old_s)).rstrip(b"/") or b"/"
-        new = os.fsencode(new_s).rstrip(b"/") or b"/"
-        if src == old or src.startswith(old.rstrip(b"/") + b"/"):
-            rest = src[len(old.rstrip(b"/")):]
-            arch = (new.rstrip(b"/") + rest) or b"/"
-
-            def meta_of(a: bytes, old: bytes = old, new: bytes = new) -> bytes | None:
-                if a == new:
-                    return old
-                if (new + b"/").startswith(a.rstrip(b"/") + b"/") and len(a) < len(new):
-                    return None  # created by the graft: no real directory behind it
-                return old.rstrip(b"/") + a[len(new.rstrip(b"/")):]
-            return arch, meta_of
-    return src, lambda a: a
-
-
-def build_top(opts: SaveOptions, warn: Callable[[str], None]) -> _Node:
-    sources = []
-    for p in opts.paths:
-        ap = os.fsencode(os.path.abspath(p))
-        if not os.path.lexists(ap):
-            raise UsageError(f"{p}: no such file or directory")
-        sources.append(ap)
-    if opts.strip and opts.strip_path:
-        raise UsageError("--strip and --strip-path cannot be combined")
-    if opts.grafts and (opts.strip or opts.strip_path):
-        raise UsageError("--graft cannot be combined with --strip or --strip-path")
-    root = _Node(meta_path=b"/")
-    root_sources: set[bytes | None] = set()
-    for src in sources:
-        arch, meta_of = _archive_path(src, opts, sources)
-        parts = _split_abs(arch)
-        is_dir = stat.S_ISDIR(os.lstat(src).st_mode)
-        if not parts:
-            root_sources.add(meta_of(b"/"))
-            if is_dir:
-                if root.source is not None and root.source != src:
-                    warn(f"{os.fsdecode(src)}: merged into the archive root with "
-                         f"{os.fsdecode(root.source)}")
-                root.source = root.source or src
-            continue
-        root_sources.add(meta_of(b"/"))
-        node = root
-        for i, part in enumerate(parts[:-1]):
-            a = b"/" + b"/".join(parts[: i + 1])
-            node = node.children.setdefault(part, _Node(meta_path=meta_of(a)))
-        last = parts[-1]
-        if last in node.children:
-            warn(f"{os.fsdecode(src)}: duplicate archive path {os.fsdecode(arch)}, skipped")
-            continue
-        if is_dir:
-            node.children[last] = _Node(meta_path=src, source=src)
-        else:
-            node.children[last] = _Node(meta_path=None, file_source=src)
-    if len(root_sources) == 1:
-        root.meta_path = root_sources.pop()
-    else:
-        root.meta_path = None  # sources from different roots: bup writes an empty record
-    return root
 
 
 # -- the walk ------------------------------------------------------------------------
@@ -229,23 +130,7 @@ class _Saver:
 
     def store_bytes(self, data: bytes) -> tuple[int, bytes]:
         """Chunk a small in-memory stream (a .bupm): (mode, oid)."""
-        sp = hs.Splitter(4)
-        chunks = list(sp.feed(data)) + list(sp.finish())
-        return self._chunks_to_object(chunks)
-
-    def _chunks_to_object(self, chunks: list[tuple[memoryview, int]],
-                          oids: list[bytes] | None = None) -> tuple[int, bytes]:
-        """bup's object for a whole file's chunks (`oids` if already stored)."""
-        tree = hs.ChunkTree(self.w)
-        self._add_chunks(tree, chunks, oids)
-        return hs.top_object(self.w, tree.top())
-
-    def _add_chunks(self, tree: hs.ChunkTree, chunks: list[tuple[memoryview, int]],
-                    oids: list[bytes] | None = None) -> None:
-        if oids is None:
-            oids = self.w.write_many(gobj.BLOB, [c for c, _ in chunks]) if chunks else []
-        for oid, (c, level) in zip(oids, chunks, strict=True):
-            tree.add(gobj.MODE_FILE, oid, len(c), level)
+        return store_bytes(self.w, data)
 
     def _open(self, path: bytes) -> int | None:
         try:
@@ -305,8 +190,8 @@ class _Saver:
                 for block in hs.read_blocks(f):
                     size += len(block)
                     self.progress.advance(len(block))
-                    self._add_chunks(tree, list(sp.feed(block)))
-                self._add_chunks(tree, list(sp.finish()))
+                    add_chunks(self.w, tree, list(sp.feed(block)))
+                add_chunks(self.w, tree, list(sp.finish()))
                 mode, oid = hs.top_object(self.w, tree.top())
         except OSError as e:
             self.warn(f"{os.fsdecode(path)}: read error: {e.strerror}; skipped")
@@ -386,7 +271,7 @@ class _Saver:
         oids = self.w.write_many(gobj.BLOB, [c for chunks in per_file for c, _ in chunks])
         i = 0
         for (path, name, st, data), chunks in zip(pending, per_file, strict=True):
-            gitmode, oid = self._chunks_to_object(chunks, oids[i : i + len(chunks)])
+            gitmode, oid = chunks_object(self.w, chunks, oids[i : i + len(chunks)])
             i += len(chunks)
             got = self.finish_nondir(path, name, st, gitmode, oid, len(data))
             if got is not None:
@@ -511,14 +396,10 @@ class _Saver:
 
     def make_tree(self, dir_record: bytes, entries: list[gobj.TreeEntry],
                   records: list[tuple[bytes, bytes]]) -> bytes:
-        records.sort(key=lambda r: r[0])
-        bupm = dir_record + b"".join(r for _, r in records)
-        bupm_mode, bupm_oid = self.store_bytes(bupm)
-        entries.append(gobj.TreeEntry(bupm_mode, b".bupm", bupm_oid))
         self.result.dirs += 1
-        return self.w.write(gobj.TREE, gobj.encode_tree(entries))
+        return write_dir_tree(self.w, dir_record, entries, records)
 
-    def node(self, node: _Node) -> bytes:
+    def node(self, node: Node) -> bytes:
         """Save an archive directory above the sources (or a source merged into it)."""
         dir_record = EMPTY_RECORD
         if node.meta_path is not None:
@@ -558,21 +439,13 @@ class _Saver:
             merged = self.contents(node.source, self.rules(node.source), st.st_dev)
             if merged is not None:
                 self.verify_reused(merged)
-                entries += [e for e in merged.entries if _plain(e.name) not in taken]
+                entries += [e for e in merged.entries
+                            if demangle(e.name, e.mode)[0] not in taken]
                 records += [r for r in merged.records if r[0] not in taken]
         return self.make_tree(dir_record, entries, records)
 
 
-def _plain(name: bytes) -> bytes:
-    """A tree entry's filesystem name (undo mangle)."""
-    if name.endswith(b".bupl"):
-        return name[:-5]
-    if name.endswith(b".bup"):
-        return name[:-4]
-    return name
-
-
-def save(repo: Repository, opts: SaveOptions, *, index: Index | None = None,
+def save(repo: WritableRepository, opts: SaveOptions, *, index: Index | None = None,
          progress: Progress | None = None) -> SaveResult:
     """Save `opts.paths` as a new commit on branch `opts.name`.
 
@@ -589,55 +462,35 @@ def save(repo: Repository, opts: SaveOptions, *, index: Index | None = None,
             raise
 
 
-def _save(repo: Repository, opts: SaveOptions, index: Index | None,
+def _save(repo: WritableRepository, opts: SaveOptions, index: Index | None,
           progress: Progress) -> SaveResult:
     t0 = time.monotonic()
-    refname = b"refs/heads/" + opts.name.encode()
     result = SaveResult(name=opts.name)
     def warn(msg: str) -> None:
         result.warnings.append(msg)
         progress.warn(msg)
 
-    top = build_top(opts, warn)
+    top = build_top(opts.paths, Layout(opts.strip, opts.strip_path, opts.grafts), warn)
     if index is not None:
         total = sum(index.total_size_under(os.fsencode(os.path.abspath(p))) or 0
                     for p in opts.paths)
         progress.start(total or None)
-    old = repo.read_ref(refname)
-    if index is not None:
-        index.only_stored(lambda oids: repo.has_many(oids).tolist())
-    w = repo.writer(level=opts.level)
+        index.only_stored(repo.has_many)
+
+    def build(w: ObjectWriter) -> bytes:
+        result.tree = _Saver(repo, w, index, opts, progress, result).node(top)
+        return result.tree
+
     try:
-        saver = _Saver(repo, w, index, opts, progress, result)
-        result.tree = saver.node(top)
-        msg = argv_message("ketch save", opts.argv)
-        result.commit = w.write(gobj.COMMIT, commit_bytes(result.tree, old, opts.date, msg))
-        w.close()
-    except BaseException:
-        w.abort()  # keeps the complete objects written so far
+        snap = write_snapshot(repo, opts.name, build,
+                              message=argv_message("ketch save", opts.argv),
+                              reflog=b"ketch save", date=opts.date, progress=progress,
+                              level=opts.level)
+    finally:
         if index is not None:
-            index.flush()
-        raise
-    if index is not None:
-        index.flush()
-    progress.finish()
-    result.bytes_new = getattr(w, "bytes_written", 0)
-    result.objects_new = getattr(w, "objects_written", 0)
-    try:
-        # Not cut half-way: a stale lock would block every later save of this name.
-        with held():
-            result.commit = advance_branch(
-                repo, refname, result.commit, old,
-                lambda parent: commit_bytes(result.tree, parent, opts.date, msg),
-                message=b"ketch save")
-    except KetchError:
-        raise
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise KetchError("no space left on device while updating the branch") from None
-        raise
-    maintain = getattr(repo, "maintain", None)
-    if callable(maintain):
-        maintain()
+            index.flush()  # what the kept packs hold, even after an interrupt
+    assert snap.commit is not None
+    result.commit = snap.commit
+    result.bytes_new, result.objects_new = snap.bytes_new, snap.objects_new
     result.seconds = time.monotonic() - t0
     return result

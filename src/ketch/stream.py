@@ -6,21 +6,19 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from ketch import split as hs
-from ketch.commits import argv_message, commit_bytes
+from ketch.buptree import BatchSink, lookup, mangle
+from ketch.commits import argv_message
 from ketch.errors import KetchError, RefNotFound
 from ketch.git import objects as gobj
 from ketch.git.refs import validate_branch_name
 from ketch.progress import NullProgress, Progress
-from ketch.repo import Repository, advance_branch
+from ketch.repo import ObjectWriter, Repository, WritableRepository
+from ketch.snapshot import write_snapshot
 
 SplitMode = str  # "blobs" | "tree" | "commit" | "name" | "noop"
-
-
-class BatchSink(hs.ObjectSink, Protocol):
-    def write_many(self, type_num: int, datas: Sequence[bytes | memoryview]) -> list[bytes]: ...
 
 
 class HashOnlySink:
@@ -86,7 +84,7 @@ class SplitResult:
 
 
 def split_to_repo(
-    repo: Repository | None,
+    repo: WritableRepository | None,
     inputs: list[BinaryIO],
     *,
     name: str | None,
@@ -107,13 +105,8 @@ def split_to_repo(
     progress = progress or NullProgress()
     if blobs and (tree or commit or name):
         raise KetchError("-b cannot be combined with -t, -c or -n")
-    refname = None
-    old = None
     if name is not None:
         validate_branch_name(name.encode())
-        refname = b"refs/heads/" + name.encode()
-        if repo is not None:
-            old = repo.read_ref(refname)
     fanbits = hs.fanbits_for(fanout)
     result = SplitResult()
     per_file = input_blocks(inputs, progress)
@@ -122,25 +115,17 @@ def split_to_repo(
         _split_into(sink, per_file, result, name, tree, commit, blobs, fanbits,
                     keep_boundaries, on_blob)
         return result
-    w = repo.writer(level=level, max_pack_size=max_pack_size, max_pack_objects=max_pack_objects)
-    try:
+
+    def build(w: ObjectWriter) -> bytes | None:
         _split_into(w, per_file, result, name, tree, commit, blobs, fanbits,
                     keep_boundaries, on_blob)
-        if (commit or name) and result.tree is not None:
-            msg = argv_message("ketch split", argv or ["ketch", "split"])
-            result.commit = w.write(gobj.COMMIT, commit_bytes(result.tree, old, date, msg))
-    except BaseException:
-        w.abort()
-        raise
-    w.close()
-    progress.finish()
-    if refname is not None and result.commit is not None:
-        tree_id = result.tree
-        assert tree_id is not None
-        result.commit = advance_branch(
-            repo, refname, result.commit, old,
-            lambda parent: commit_bytes(tree_id, parent, date, msg), message=b"ketch split")
-        result.ref = refname
+        return result.tree
+
+    snap = write_snapshot(
+        repo, name, build, message=argv_message("ketch split", argv or ["ketch", "split"]),
+        reflog=b"ketch split", date=date, commit=commit, progress=progress, level=level,
+        max_pack_size=max_pack_size, max_pack_objects=max_pack_objects)
+    result.commit, result.ref = snap.commit, snap.ref
     return result
 
 
@@ -157,8 +142,8 @@ def _split_into(sink: BatchSink, per_file: list[Iterator[bytes]], result: SplitR
     result.size = sum(e[2] for e in top)
     if name is not None:
         mode, oid = hs.top_object(sink, top)
-        entry_name = b"data.bup" if mode == gobj.MODE_TREE else b"data"
-        result.tree = sink.write(gobj.TREE, gobj.encode_tree([gobj.TreeEntry(mode, entry_name, oid)]))
+        entry = gobj.TreeEntry(mode, mangle(b"data", mode == gobj.MODE_TREE), oid)
+        result.tree = sink.write(gobj.TREE, gobj.encode_tree([entry]))
     elif tree or commit:
         result.tree = hs.make_shalist_tree(sink, top)
 
@@ -191,15 +176,6 @@ def join(repo: Repository, spec: bytes, out: BinaryIO) -> int:
     return n
 
 
-def _lookup(repo: Repository, tree_oid: bytes, name: bytes) -> gobj.TreeEntry | None:
-    """A tree entry by name, trying bup's mangled forms (`.bup`, `.bupl`) too."""
-    entries = {e.name: e for e in gobj.decode_tree(repo.read_typed(tree_oid, gobj.TREE))}
-    for candidate in (name, name + b".bupl", name + b".bup"):
-        if candidate in entries:
-            return entries[candidate]
-    return None
-
-
 def resolve_path(repo: Repository, spec: bytes) -> tuple[int, bytes]:
     """`ID`, `REF` or `REF:PATH` -> (mode, oid); PATH uses real or demangled names."""
     ref, sep, path = spec.partition(b":")
@@ -213,10 +189,12 @@ def resolve_path(repo: Repository, spec: bytes) -> tuple[int, bytes]:
     for part in [p for p in path.split(b"/") if p]:
         if mode != gobj.MODE_TREE:
             raise RefNotFound(f"not a directory on the way to {spec.decode(errors='replace')}")
-        entry = _lookup(repo, oid, part)
-        if entry is None:
+        # A tree entry by name, trying bup's mangled forms (`.bup`, `.bupl`) too.
+        found = lookup(gobj.decode_tree(repo.read_typed(oid, gobj.TREE)), part)
+        if found is None:
             raise RefNotFound(f"no such path: {spec.decode(errors='replace')}")
+        entry, chunked = found
         mode, oid = entry.mode, entry.oid
-        if entry.name.endswith(b".bup") and entry.name[:-4] == part:
+        if chunked:
             mode = gobj.MODE_FILE  # a chunked file reads as one file
     return mode, oid

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from ketch.buptree import demangle
 from ketch.errors import CorruptObject, KetchError, RefNotFound
 from ketch.git import objects as gobj
 from ketch.git.refs import BadRefName
@@ -140,17 +141,6 @@ def _listing_of(dot: Metadata | None, items: list[Item]) -> _Listing:
     for it in items:
         by_name.setdefault(it.name, it)
     return _Listing(dot, items, by_name)
-
-
-def demangle(name: bytes, gitmode: int) -> tuple[bytes, bool]:
-    """(file system name, chunked?) of a tree entry, exactly as bup 0.33 reads it."""
-    if name.endswith(b".bupl"):
-        return name[:-5], False
-    if name.endswith(b".bup"):
-        return name[:-4], True
-    if name.endswith(b".bupm"):
-        return name[:-5], gitmode == gobj.MODE_TREE
-    return name, False
 
 
 def kind_for_mode(mode: int) -> str:

@@ -35,11 +35,11 @@ from ketch.offsite.manifest import (
 )
 from ketch.offsite.pull import MARKER, pull
 from ketch.offsite.push import push
-from ketch.offsite.s3repo import MirrorReadOnly, StoreRepository
+from ketch.offsite.s3repo import StoreRepository
 from ketch.offsite.store import Advance, DirStore, ObjectStore, Stat
 from ketch.offsite.verify import verify
 from ketch.progress import NullProgress
-from ketch.repo import LocalRepository
+from ketch.repo import LocalRepository, ReadOnlyRepository
 from ketch.restore import restore
 from ketch.vfs import VFS
 from tests.conftest import SRC_DIR, RunBup, RunKetch
@@ -182,6 +182,9 @@ class _Recording:
 
     def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         return self.inner.get(key, start, end)
+
+    def flush(self) -> None:
+        self.inner.flush()
 
     def put_file(self, key: str, path: str, *, sha256: str, storage_class: str | None = None,
                  advance: Advance | None = None) -> None:
@@ -327,8 +330,8 @@ def test_store_repository_errors(tmp_path: Path, small_repo: Path) -> None:
         StoreRepository(store, "small")
     push([str(small_repo)], store)
     with StoreRepository(store, "small") as sr:
-        with pytest.raises(MirrorReadOnly, match="read-only"):
-            sr.writer()
+        with pytest.raises(ReadOnlyRepository, match="read-only"):
+            sr.writable()
         head = sr.read_ref(b"refs/heads/host")
         assert head is not None and sr.read_ref(b"HEAD") is None  # master is unborn
         assert sr.expand_hex(head.hex()[:10]) == head

@@ -8,6 +8,7 @@ import click
 from ketch.cli.common import open_repo, repo_option
 from ketch.cli.excludeopts import exclude_options, rules_from
 from ketch.index import Index
+from ketch.snapshot import save_index_path
 from ketch.text import plural
 
 
@@ -22,7 +23,7 @@ def command(ctx: click.Context, /, repo_dir: str | None, quiet: bool, paths: tup
     """Refresh the index for PATHS and remember their exclude rules for `save`."""
     rules = rules_from(kw)
     repo = open_repo(ctx, repo_dir)
-    with Index(repo.index_file()) as index:
+    with Index(save_index_path(repo)) as index:
         res = index.update([os.fsencode(p) for p in paths], rules)
     for w in res.warnings:
         click.echo(f"ketch: warning: {w}", err=True)

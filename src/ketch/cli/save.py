@@ -17,6 +17,7 @@ from ketch.index import Index
 from ketch.interrupt import reported_as
 from ketch.progress import NullProgress, Progress
 from ketch.save import SaveOptions, save
+from ketch.snapshot import save_index_path
 from ketch.text import plural
 from ketch.timeparse import parse_date
 
@@ -76,7 +77,7 @@ def command(ctx: click.Context, /, repo_dir: str | None, name: str, date: str | 
                        grafts=[_graft(g) for g in graft], rules=rules_from(kw),
                        date=parse_date(date) if date else None, level=level,
                        argv=["ketch", *sys.argv[1:]])
-    repo = open_repo(ctx, repo_dir)
+    repo = open_repo(ctx, repo_dir).writable()
     meter = show_progress() and not quiet
     progress: Progress = NullProgress()
     if no_index:
@@ -85,7 +86,7 @@ def command(ctx: click.Context, /, repo_dir: str | None, name: str, date: str | 
             progress.start(None)  # the save calls it only with an index
         res = save(repo, opts, progress=progress)
     else:
-        with Index(repo.index_file()) as index:
+        with Index(save_index_path(repo)) as index:
             if meter:
                 progress = _SaveMeter([
                     (p, opts.rules.merged(index.rules_for(os.fsencode(os.path.abspath(p)))))
@@ -96,9 +97,9 @@ def command(ctx: click.Context, /, repo_dir: str | None, name: str, date: str | 
             click.echo(f"ketch: warning: {w}", err=True)
     if as_json:
         summary = res.as_dict()
-        traffic = getattr(repo, "traffic", None)
-        if callable(traffic):
-            summary["bytes_sent"], summary["bytes_received"] = traffic()
+        traffic = repo.traffic()
+        if traffic is not None:
+            summary["bytes_sent"], summary["bytes_received"] = traffic
         click.echo(json.dumps(summary, indent=2))
     if not quiet:
         rate = res.bytes_read / res.seconds / 1e6 if res.seconds else 0.0

@@ -50,7 +50,7 @@ def command(ctx: click.Context, repo_dir: str | None, name: str | None, tree: bo
                           if show_progress() and not quiet else NullProgress())
     stdout = out()
     res = split_to_repo(
-        None if noop else open_repo(ctx, repo_dir), inputs, name=name, tree=tree,
+        None if noop else open_repo(ctx, repo_dir).writable(), inputs, name=name, tree=tree,
         commit=commit, blobs=blobs, fanout=fanout, keep_boundaries=keep_boundaries,
         level=zlevel, date=parse_date(date) if date else None,
         argv=["ketch", *sys.argv[1:]],

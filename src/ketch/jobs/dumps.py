@@ -59,7 +59,7 @@ from ketch.jobs.dumpsave import DumpResult as DumpResult
 from ketch.jobs.dumpsave import Source, save_sources, scrub, tail_lines, unique_filename
 from ketch.jobs.model import DumpSpec
 from ketch.progress import Progress
-from ketch.repo import Repository
+from ketch.repo import WritableRepository
 
 __all__ = ["DumpFailed", "DumpResult", "check_dump", "detect_local_databases",
            "restore_command", "run_dump"]
@@ -288,7 +288,7 @@ def _command_source(spec: DumpSpec, env: dict[str, str]) -> Source:
 # -- the API the runner uses ---------------------------------------------------------------
 
 
-def run_dump(repo: Repository, spec: DumpSpec, *, level: int = 1,
+def run_dump(repo: WritableRepository, spec: DumpSpec, *, level: int = 1,
              progress: Progress | None = None, date: float | None = None) -> DumpResult:
     """Dump `spec`'s databases into one new save on branch `spec.name`.
 

@@ -41,14 +41,15 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
 from ketch import split as hs
-from ketch.commits import argv_message, commit_bytes
+from ketch.buptree import mangle, write_dir_tree
+from ketch.commits import argv_message
 from ketch.errors import KetchError
 from ketch.git import objects as gobj
 from ketch.git.refs import validate_branch_name
 from ketch.metadata import Metadata
 from ketch.progress import NullProgress, Progress
-from ketch.repo import ObjectWriter, Repository, advance_branch
-from ketch.save import mangle
+from ketch.repo import ObjectWriter, WritableRepository
+from ketch.snapshot import write_snapshot
 
 # Read blocks of bup's size: the same bytes then chunk exactly as a saved file.
 BLOCK = hs.READ_SIZE
@@ -396,11 +397,7 @@ class DumpWriter:
     def tree(self) -> bytes:
         """The save's root tree: the files and the .bupm describing them."""
         dir_record = _record(stat.S_IFDIR | 0o700, self._now_ns(), None).encode()
-        self._records.sort(key=lambda r: r[0])
-        bupm = dir_record + b"".join(r for _, r in self._records)
-        bupm_mode, bupm_oid, _ = hs.split_to_blob_or_tree(self.w, [bupm])
-        entries = [*self._entries, gobj.TreeEntry(bupm_mode, b".bupm", bupm_oid)]
-        return self.w.write(gobj.TREE, gobj.encode_tree(entries))
+        return write_dir_tree(self.w, dir_record, self._entries, self._records)
 
 
 def unique_filename(name: str, taken: set[str]) -> str:
@@ -417,8 +414,8 @@ def unique_filename(name: str, taken: set[str]) -> str:
     return out
 
 
-def save_sources(repo: Repository, name: str, sources: Iterable[Source], *, level: int = 1,
-                 progress: Progress | None = None, date: float | None = None,
+def save_sources(repo: WritableRepository, name: str, sources: Iterable[Source], *,
+                 level: int = 1, progress: Progress | None = None, date: float | None = None,
                  secrets: Iterable[str] = (), label: str | None = None) -> DumpResult:
     """Stream `sources` (consumed lazily, in order) into one save on branch `name`.
 
@@ -427,37 +424,26 @@ def save_sources(repo: Repository, name: str, sources: Iterable[Source], *, leve
     progress = progress or NullProgress()
     t0 = time.monotonic()
     validate_branch_name(name.encode())
-    refname = b"refs/heads/" + name.encode()
-    old = repo.read_ref(refname)
-    msg = argv_message("ketch dump", ["ketch", "run", name])
     progress.start(None)
-    w = repo.writer(level=level)
-    dw = DumpWriter(w, progress, secrets, date, label or name)
-    tree: bytes | None = None
-    commit: bytes | None = None
-    try:
+    dw: DumpWriter | None = None
+
+    def build(w: ObjectWriter) -> bytes | None:
+        nonlocal dw
+        dw = DumpWriter(w, progress, secrets, date, label or name)
         for src in sources:
             dw.add(src)
-        if dw.files:
-            tree = dw.tree()
-            commit = w.write(gobj.COMMIT, commit_bytes(tree, old, date, msg))
+        return dw.tree() if dw.files else None
+
+    try:
+        snap = write_snapshot(repo, name, build,
+                              message=argv_message("ketch dump", ["ketch", "run", name]),
+                              reflog=b"ketch dump", date=date, progress=progress, level=level)
     except BaseException:
-        w.abort()
         progress.finish()
         raise
-    w.close()
-    progress.finish()
-    if tree is not None and commit is not None:
-        root = tree
-        commit = advance_branch(repo, refname, commit, old,
-                                lambda parent: commit_bytes(root, parent, date, msg),
-                                message=b"ketch dump")
-    else:
+    assert dw is not None
+    if snap.commit is None:
         dw.warnings.append(f"dump {dw.label}: nothing to dump; no save recorded")
-    maintain = getattr(repo, "maintain", None)
-    if callable(maintain):
-        maintain()
-    return DumpResult(name=name, commit=commit, files=list(dw.files),
-                      bytes_read=sum(n for _, n in dw.files),
-                      bytes_new=int(getattr(w, "bytes_written", 0)),
+    return DumpResult(name=name, commit=snap.commit, files=list(dw.files),
+                      bytes_read=sum(n for _, n in dw.files), bytes_new=snap.bytes_new,
                       seconds=time.monotonic() - t0, warnings=list(dw.warnings))

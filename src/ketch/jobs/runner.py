@@ -29,6 +29,7 @@ from ketch.progress import NullProgress, Progress
 from ketch.remote.location import open_location
 from ketch.repo import Repository
 from ketch.save import SaveOptions, save
+from ketch.snapshot import save_index_path
 from ketch.text import plural
 
 ProgressFor = Callable[[str], Progress]
@@ -163,8 +164,8 @@ def _run_set(repo: Repository, cfg: Config, s: BackupSet, progress: Progress) ->
                                s.one_file_system)
     opts = SaveOptions(name=s.name, paths=list(s.paths), rules=rules, level=cfg.compress,
                        argv=["ketch", "run", "--config", cfg.source, s.name])
-    with Index(repo.index_file()) as index:
-        res = save(repo, opts, index=index, progress=progress)
+    with Index(save_index_path(repo)) as index:
+        res = save(repo.writable(), opts, index=index, progress=progress)
     item.files, item.bytes_read, item.bytes_new = res.files, res.bytes_read, res.bytes_new
     item.commit = res.commit.hex()
     item.warnings = list(res.warnings)
@@ -174,7 +175,7 @@ def _run_set(repo: Repository, cfg: Config, s: BackupSet, progress: Progress) ->
 def _run_dump(repo: Repository, cfg: Config, spec: DumpSpec, progress: Progress) -> ItemReport:
     from ketch.jobs.dumps import run_dump
 
-    res = run_dump(repo, spec, level=cfg.compress, progress=progress)
+    res = run_dump(repo.writable(), spec, level=cfg.compress, progress=progress)
     item = ItemReport("dump", res.name)
     item.files = len(res.files)
     item.bytes_read, item.bytes_new = res.bytes_read, res.bytes_new

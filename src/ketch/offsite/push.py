@@ -332,7 +332,7 @@ def _publish(plan: _Plan, store: ObjectStore, new: Manifest) -> None:
     if was != now:
         raise ConcurrentPush(f"{key}: another push changed it meanwhile (generation {was} -> "
                              f"{now}); run the push again")
-    _flush(store)
+    store.flush()  # what a store batches (an encrypted store's name index) goes out now
     data = new.to_json()
     store.put(key, data)
     if store.get(key) != data:
@@ -386,17 +386,10 @@ def push(repos: list[str], store: ObjectStore, *, dry_run: bool = False,
             except (KetchError, OSError) as e:
                 plan.report.error = _message(e)
             plan.report.seconds += time.monotonic() - t
-    _flush(store)
+    store.flush()  # what a store batches (an encrypted store's name index) goes out now
     progress.finish()
     report.seconds = time.monotonic() - t0
     return report
-
-
-def _flush(store: ObjectStore) -> None:
-    """Stores that batch bookkeeping (an encrypted store's name index) write it now."""
-    flush = getattr(store, "flush", None)
-    if callable(flush):
-        flush()
 
 
 def _message(e: BaseException) -> str:

@@ -30,8 +30,6 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-import numpy.typing as npt
 from cachetools import LRUCache
 
 from ketch.errors import CorruptObject, KetchError, ObjectNotFound
@@ -39,7 +37,6 @@ from ketch.git import entry as codec
 from ketch.git import objects as gobj
 from ketch.git.delta import BadDelta, apply_delta
 from ketch.git.entry import FULL_TYPES, OFS_DELTA, REF_DELTA, CorruptPack
-from ketch.git.pack import DEFAULT_LEVEL
 from ketch.offsite.manifest import (
     no_such_repository,
     pack_key,
@@ -48,7 +45,7 @@ from ketch.offsite.manifest import (
 )
 from ketch.offsite.s3index import WHOLE_IDX, RemoteIdx, write_cache
 from ketch.offsite.store import NotFound, ObjectStore
-from ketch.repo import ObjectWriter, Repository
+from ketch.repo import Repository
 
 _DISK_TYPES = frozenset((gobj.COMMIT, gobj.TREE, gobj.TAG))
 _GUESS = 8 << 10  # read this far past the last wanted entry's start
@@ -137,6 +134,8 @@ class StoreRepository(Repository):
     """One repository of a mirror, read-only; `url` names the store (for messages
     and the cache directory)."""
 
+    read_only = "an S3 mirror is read-only; push to it with ketch mirror push"
+
     def __init__(self, store: ObjectStore, name: str, *, url: str | None = None,
                  cache_root: str | None = None, whole_idx_bytes: int = WHOLE_IDX) -> None:
         self.store = store
@@ -169,10 +168,6 @@ class StoreRepository(Repository):
     def traffic(self) -> tuple[int, int]:
         """(bytes sent, bytes received) so far, as RemoteRepository counts them."""
         return 0, self.bytes_received
-
-    def index_file(self) -> str:
-        os.makedirs(self.cache_dir, exist_ok=True)
-        return os.path.join(self.cache_dir, "ketch-index.sqlite")
 
     def close(self) -> None:
         if self._pool is not None:
@@ -242,9 +237,9 @@ class StoreRepository(Repository):
         i = self._by_time.index(name)  # newest first
         self._order = [name, *self._by_time[i + 1 :], *reversed(self._by_time[:i])]
 
-    def has_many(self, oids: Sequence[bytes]) -> npt.NDArray[np.bool_]:
+    def has_many(self, oids: Sequence[bytes]) -> list[bool]:
         found = self._locate(oids)
-        return np.array([o in found for o in oids], dtype=bool)
+        return [o in found for o in oids]
 
     def exists(self, oid: bytes) -> bool:
         return self._mem.get(oid) is not None or oid in self._locate([oid])
@@ -391,10 +386,6 @@ class StoreRepository(Repository):
             self._remember((idx_name, offset), got)
         return got
 
-    def writer(self, *, level: int = DEFAULT_LEVEL, max_pack_size: int | None = None,
-               max_pack_objects: int | None = None) -> ObjectWriter:
-        raise MirrorReadOnly("an S3 mirror is read-only; push to it with ketch mirror push")
-
     # -- refs, from the manifest ------------------------------------------------------------
 
     def read_ref(self, name: bytes) -> bytes | None:
@@ -410,7 +401,3 @@ class StoreRepository(Repository):
         refs = sorted((n.encode("utf-8", "surrogateescape"), bytes.fromhex(v))
                       for n, v in self.manifest.refs.items())
         return iter([(n, v) for n, v in refs if n.startswith(prefix)])
-
-    def update_ref(self, name: bytes, new: bytes, old: bytes | None,
-                   message: bytes = b"") -> None:
-        raise MirrorReadOnly("an S3 mirror is read-only; push to it with ketch mirror push")

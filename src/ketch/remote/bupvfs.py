@@ -24,6 +24,7 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 
+from ketch.buptree import demangle
 from ketch.git import objects as gobj
 from ketch.metadata import Metadata
 from ketch.remote.bupitem import (
@@ -45,7 +46,6 @@ from ketch.vfs import (
     ROOT,
     TAGS,
     VFS,
-    demangle,
 )
 from ketch.vfs import Item as VfsItem
 

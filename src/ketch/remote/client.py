@@ -17,18 +17,18 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-import numpy.typing as npt
 
 from ketch.errors import KetchError, ObjectNotFound, RefConflict
 from ketch.git import objects as gobj
 from ketch.git.durable import AtomicFile
 from ketch.git.objindex import ObjectIndex
-from ketch.git.pack import DEFAULT_LEVEL, DEFAULT_MAX_PACK_SIZE, PackWriter
+from ketch.git.pack import DEFAULT_LEVEL, DEFAULT_MAX_PACK_SIZE
+from ketch.git.packenc import PackEncoder
 from ketch.git.refs import check_ref_name
 from ketch.remote.protocol import SUSPEND, Conn, ConnectionLost, RemoteError, u32
 from ketch.remote.session import Client, interrupted
 from ketch.remote.spec import RemoteSpec
-from ketch.repo import Repository
+from ketch.repo import WritableRepository
 
 _TYPE_BY_NAME = {name: num for num, name in gobj.TYPE_NAMES.items()}
 _BATCH = 256  # objects per cat-batch request when reading ahead
@@ -39,7 +39,7 @@ def default_cache_root() -> str:
     return os.path.join(base, "ketch", "remote")
 
 
-class RemoteRepository(Repository):
+class RemoteRepository(WritableRepository):
     def __init__(self, spec: RemoteSpec, *, create: bool = False,
                  cache_root: str | None = None) -> None:
         self.spec = spec
@@ -59,10 +59,6 @@ class RemoteRepository(Repository):
     def traffic(self) -> tuple[int, int]:
         """(bytes sent, bytes received) on this connection so far."""
         return self.conn.bytes_sent, self.conn.bytes_received
-
-    def index_file(self) -> str:
-        os.makedirs(self.cache_dir, exist_ok=True)
-        return os.path.join(self.cache_dir, "ketch-index.sqlite")
 
     def close(self) -> None:
         if self._objindex is not None:
@@ -212,10 +208,11 @@ class RemoteRepository(Repository):
         self.client.check_ok()
         return out
 
-    def has_many(self, oids: Sequence[bytes]) -> npt.NDArray[np.bool_]:
+    def has_many(self, oids: Sequence[bytes]) -> list[bool]:
         if not len(oids):
-            return np.zeros(0, dtype=bool)
-        return self._index().contains_many(np.array(oids, dtype="S20"))
+            return []
+        found: list[bool] = self._index().contains_many(np.array(oids, dtype="S20")).tolist()
+        return found
 
     def exists(self, oid: bytes) -> bool:
         return self._index().contains_one(oid)
@@ -229,8 +226,8 @@ class RemoteRepository(Repository):
         self.client.require(b"receive-objects-v2")
         self._drain()
         self._index()
-        return RemoteWriter(self, level=level, max_pack_size=max_pack_size or DEFAULT_MAX_PACK_SIZE,
-                            max_pack_objects=max_pack_objects)
+        # A server closes its packs at its own limits: max_pack_objects is its business.
+        return RemoteWriter(self, level=level, max_pack_size=max_pack_size or DEFAULT_MAX_PACK_SIZE)
 
     # -- refs ---------------------------------------------------------------------
 
@@ -272,23 +269,34 @@ class RemoteRepository(Repository):
             raise self.client._lost(e) from None
 
 
-class RemoteWriter(PackWriter):
-    """The pack writer's batching and compression, with the pack on the server:
+class RemoteWriter:
+    """The pack encoder's batching and compression, with the pack on the server:
     each encoded entry goes out as a `receive-objects-v2` frame."""
 
-    def __init__(self, repo: RemoteRepository, *, level: int, max_pack_size: int,
-                 max_pack_objects: int | None) -> None:
-        super().__init__(repo.cache_dir, level=level, max_pack_size=max_pack_size,
-                         max_pack_objects=max_pack_objects, exists=repo.exists,
-                         exists_many=lambda oids: repo.has_many(oids).tolist(), fsync=False)
+    def __init__(self, repo: RemoteRepository, *, level: int, max_pack_size: int) -> None:
         self.repo = repo
+        self.max_pack_size = max_pack_size
+        # Not atomic: a frame cut half-way is the server's to drop, and a stop
+        # signal must not wait for a slow network.
+        self._enc = PackEncoder(self._send, level=level, exists=repo.exists,
+                                exists_many=repo.has_many, atomic=False)
         self._streaming = False
         self._stream_bytes = 0
+        self.closed_idx: list[str] = []
+        self.objects_written = 0
+        self.bytes_written = 0
 
-    def _drain_one(self) -> None:
-        oids, fut, size = self._pending.popleft()
-        self._pending_bytes -= size
-        blob, meta = fut.result()
+    def exists(self, oid: bytes) -> bool:
+        return self._enc.exists(oid)
+
+    def write(self, type_num: int, data: bytes | memoryview) -> bytes:
+        return self._enc.write(type_num, data)
+
+    def write_many(self, type_num: int, datas: Sequence[bytes | memoryview]) -> list[bytes]:
+        return self._enc.write_many(type_num, datas)
+
+    def _send(self, oids: list[bytes], blob: bytes, meta: list[tuple[int, int]]) -> None:
+        """The encoder's sink: a batch of entries, framed onto the connection."""
         conn = self.repo.conn
         if not self._streaming:
             conn.write(b"receive-objects-v2\n")
@@ -332,18 +340,18 @@ class RemoteWriter(PackWriter):
             self._take_suggestions(suspend=False)
 
     def flush(self) -> list[str]:
-        self._drain_all()
+        self._enc.drain()
         self._end_stream()
         return list(self.closed_idx)
 
-    def abort_current(self) -> None:
-        pass
+    def close(self) -> list[str]:
+        try:
+            return self.flush()
+        finally:
+            self._enc.shutdown()
 
     def abort(self) -> None:
-        for _, fut, _ in self._pending:
-            fut.cancel()
-        self._pending.clear()
-        self._small.clear()
+        self._enc.discard()
         if interrupted():
             self.repo.client.abandon()  # the server keeps what arrived whole
         elif not self.repo.client.closed:
@@ -352,4 +360,4 @@ class RemoteWriter(PackWriter):
                 self._end_stream()
             except KetchError:
                 self.repo.client.abandon()
-        self._pool.shutdown(wait=True)
+        self._enc.shutdown()
