@@ -752,3 +752,12 @@ def test_caching_store_serves_idx_files_locally(tmp_path: Path) -> None:
     with pytest.raises(NotFound):
         store.get("r/pack-1.idx")
     assert [k for k, _ in store.list("r/")] == ["r/pack-1.pack"]
+
+
+def test_wrappers_say_where_the_store_is(tmp_path: Path) -> None:
+    """A mirror read through wrappers names (and caches by) the store under them."""
+    inner = DirStore(str(tmp_path / "store"))
+    key = keygen()
+    store = CachingStore(RetryingStore(EncryptedStore(inner, key)), str(tmp_path / "cache"))
+    assert store.location() == inner.root
+    assert S3Store("s3://bucket/some/prefix").location() == "s3://bucket/some/prefix"

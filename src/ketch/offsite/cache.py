@@ -86,6 +86,9 @@ class CachingStore(ObjectStore):
     def flush(self) -> None:
         self.inner.flush()
 
+    def location(self) -> str:
+        return self.inner.location()
+
     def _forget(self, key: str) -> None:
         path = self._path(key)
         if path is not None:

@@ -410,6 +410,9 @@ class EncryptedStore(ObjectStore):
         self._write_index()
         self.inner.flush()
 
+    def location(self) -> str:
+        return self.inner.location()
+
     def _write_index(self) -> None:
         with self._lock:
             if not self._pending:

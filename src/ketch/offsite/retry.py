@@ -79,3 +79,6 @@ class RetryingStore(ObjectStore):
 
     def flush(self) -> None:
         self.inner.flush()
+
+    def location(self) -> str:
+        return self.inner.location()

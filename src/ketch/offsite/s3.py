@@ -155,7 +155,10 @@ class S3Store(MultipartUploads, ObjectStore):
             raise StoreError(f"{url}: cannot set up the S3 client: {_one_line(e)}") from None
 
     def __repr__(self) -> str:
-        return f"S3Store('s3://{self.bucket}/{self.root.rstrip('/')}')"
+        return f"S3Store('{self.location()}')"
+
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.root.rstrip('/')}".rstrip("/")
 
     # -- plumbing ------------------------------------------------------------
 

@@ -140,7 +140,7 @@ class StoreRepository(Repository):
                  cache_root: str | None = None, whole_idx_bytes: int = WHOLE_IDX) -> None:
         self.store = store
         self.name = name
-        self.url = url or f"{getattr(store, 'root', type(store).__name__)}"
+        self.url = url or store.location()
         self.where = f"{self.url.rstrip('/')}/{name}"
         self.whole_idx_bytes = whole_idx_bytes
         self.bytes_received = 0

@@ -63,12 +63,19 @@ class ObjectStore(Protocol):
         wrappers pass it on.  Most stores write everything at once: nothing to do."""
         return None
 
+    def location(self) -> str:
+        """Where the store is, for messages and cache names; wrappers pass it on."""
+        return type(self).__name__
+
 
 class DirStore(ObjectStore):
     """A store in a local directory (a USB disk, an NFS mount, or tests)."""
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
+
+    def location(self) -> str:
+        return self.root
 
     def _path(self, key: str) -> str:
         parts = key.split("/")
