@@ -37,6 +37,7 @@ from ketch.git import entry as codec
 from ketch.git import objects as gobj
 from ketch.git.delta import BadDelta, apply_delta
 from ketch.git.entry import FULL_TYPES, OFS_DELTA, REF_DELTA, CorruptPack
+from ketch.git.refs import check_ref_name
 from ketch.offsite.manifest import (
     no_such_repository,
     pack_key,
@@ -389,6 +390,7 @@ class StoreRepository(Repository):
     # -- refs, from the manifest ------------------------------------------------------------
 
     def read_ref(self, name: bytes) -> bytes | None:
+        check_ref_name(name, allow_pseudo=True)  # as the local and ssh backends do
         if name == b"HEAD":
             head = self.manifest.head
             if not head.startswith("ref: "):
