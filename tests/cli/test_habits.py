@@ -117,6 +117,19 @@ def test_save_meter_has_a_total_on_a_terminal_only(repo_dir: Path, tmp_path: Pat
     assert b"Saving" not in r.stderr and r.stderr.count(b"\n") == 1
 
 
+def test_rich_is_loaded_on_a_terminal_only(repo_dir: Path, tmp_path: Path,
+                                           run_ketch: RunKetch) -> None:
+    """The meter's library costs cron runs and pipes nothing: not even its import."""
+    (tmp_path / "f").write_bytes(b"x" * 1000)
+    timed = {"PYTHONPROFILEIMPORTTIME": "1"}
+    r = run_ketch("save", "-d", repo_dir, "-n", "s", tmp_path, env=timed, check=True)
+    assert b"| ketch.save\n" in r.stderr and b" rich" not in r.stderr, r.stderr
+    r = run_ketch("cat-file", "-d", repo_dir, f"s/latest{tmp_path}/f", env=timed, check=True)
+    assert r.stdout == b"x" * 1000 and b" rich" not in r.stderr
+    code, said = on_terminal(["save", "-d", str(repo_dir), "-n", "s", str(tmp_path)], timed)
+    assert code == 0 and b" rich.progress\r\n" in said, said
+
+
 def test_save_meter_total_covers_more_than_the_index_knows(repo_dir: Path, tmp_path: Path,
                                                            run_ketch: RunKetch) -> None:
     """The index knows the sizes of a part only (an interrupted first save, or
