@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import re
+import select
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -143,6 +145,59 @@ def test_save_meter_total_covers_more_than_the_index_knows(repo_dir: Path, tmp_p
     code, said = on_terminal(["save", "-d", str(repo_dir), "-n", "s", str(data)])
     assert code == 0, said
     assert re.search(rb"Saving: 4 files, 16\.0 MB, [\d.,]+ MB/s, 100\.0%, ETA 0:00", said), said
+
+
+def test_restore_meter_names_overwritten_files_above_it(repo_dir: Path, tmp_path: Path,
+                                                        run_ketch: RunKetch) -> None:
+    data = tmp_path / "d"
+    data.mkdir()
+    for i in range(2):
+        (data / f"f{i}").write_bytes(os.urandom(3_000_000))
+    run_ketch("save", "-q", "-d", repo_dir, "-n", "s", data, check=True)
+    out = tmp_path / "out"
+    run_ketch("restore", "-q", "-d", repo_dir, "-C", out, f"s/latest{data}/", check=True)
+    code, said = on_terminal(["restore", "-v", "-d", str(repo_dir), "-C", str(out),
+                              f"s/latest{data}/"])
+    assert code == 0, said
+    # What the terminal shows: each line as it was last drawn.
+    shown = [re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", line).split(b"\r")[-1]
+             for line in said.split(b"\r\n")]
+    assert [ln for ln in shown if ln.startswith(b"overwritten: ")] == [
+        f"overwritten: {out}/f{i}".encode() for i in range(2)], said
+    assert any(re.fullmatch(rb"Restoring: 2 files, 6\.0 MB, [\d.,]+ MB/s, 100\.0%, ETA 0:00 *",
+                            ln) for ln in shown), said
+
+
+def test_interrupted_meter_ends_its_line_and_shows_the_cursor(repo_dir: Path) -> None:
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "ketch", "split", "-d", str(repo_dir),
+                                 "-n", "x"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=slave, env=_subprocess_env(None))
+        os.close(slave)
+        assert proc.stdin is not None
+        proc.stdin.write(os.urandom(20_000_000))  # more than one read
+        proc.stdin.flush()
+        said = b""
+        while b"Splitting: " not in said:
+            assert select.select([master], [], [], 60)[0], said
+            said += os.read(master, 65536)
+        proc.send_signal(signal.SIGINT)
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the command ended
+                break
+            if not chunk:
+                break
+            said += chunk
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 2
+    finally:
+        os.close(master)
+    assert re.search(rb"\nketch: error: interrupted\r\n$", said), said
+    hidden, shown = said.rfind(b"\x1b[?25l"), said.rfind(b"\x1b[?25h")
+    assert hidden < shown or hidden == -1, said
 
 
 def test_completion_scripts(tmp_path: Path, run_ketch: RunKetch) -> None:
