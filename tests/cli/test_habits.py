@@ -10,6 +10,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,14 @@ def on_terminal(argv: list[str], env: dict[str, str] | None = None) -> tuple[int
         return proc.wait(timeout=120), said
     finally:
         os.close(master)
+
+
+def random_files(data: Path, count: int, size: int) -> Path:
+    """`data` made, holding f0, f1... of `size` random bytes each."""
+    data.mkdir()
+    for i in range(count):
+        (data / f"f{i}").write_bytes(os.urandom(size))
+    return data
 
 
 @pytest.mark.parametrize("cmd", ["cat-file", "join", "ls"])
@@ -105,10 +114,7 @@ def test_plurals_in_summaries(repo_dir: Path, tmp_path: Path, run_ketch: RunKetc
 
 def test_save_meter_has_a_total_on_a_terminal_only(repo_dir: Path, tmp_path: Path,
                                                    run_ketch: RunKetch) -> None:
-    data = tmp_path / "d"
-    data.mkdir()
-    for i in range(4):
-        (data / f"f{i}").write_bytes(os.urandom(4_000_000))
+    data = random_files(tmp_path / "d", 4, 4_000_000)
     (data / "skip.tmp").write_bytes(os.urandom(4_000_000))
     # A first save: the index knows no sizes, so the total comes from a scan.
     code, said = on_terminal(["save", "-d", str(repo_dir), "-n", "s", "--exclude", "*.tmp",
@@ -149,10 +155,7 @@ def test_save_meter_total_covers_more_than_the_index_knows(repo_dir: Path, tmp_p
 
 def test_restore_meter_names_overwritten_files_above_it(repo_dir: Path, tmp_path: Path,
                                                         run_ketch: RunKetch) -> None:
-    data = tmp_path / "d"
-    data.mkdir()
-    for i in range(2):
-        (data / f"f{i}").write_bytes(os.urandom(3_000_000))
+    data = random_files(tmp_path / "d", 2, 3_000_000)
     run_ketch("save", "-q", "-d", repo_dir, "-n", "s", data, check=True)
     out = tmp_path / "out"
     run_ketch("restore", "-q", "-d", repo_dir, "-C", out, f"s/latest{data}/", check=True)
@@ -183,6 +186,10 @@ def test_interrupted_meter_ends_its_line_and_shows_the_cursor(repo_dir: Path) ->
             assert select.select([master], [], [], 60)[0], said
             said += os.read(master, 65536)
         proc.send_signal(signal.SIGINT)
+        # Another of its threads may take the signal while the main one waits for
+        # input: the end of input lets the main one see it.
+        time.sleep(0.5)
+        proc.stdin.close()
         while True:
             try:
                 chunk = os.read(master, 65536)
@@ -191,7 +198,6 @@ def test_interrupted_meter_ends_its_line_and_shows_the_cursor(repo_dir: Path) ->
             if not chunk:
                 break
             said += chunk
-        proc.stdin.close()
         assert proc.wait(timeout=60) == 2
     finally:
         os.close(master)
