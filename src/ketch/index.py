@@ -312,7 +312,3 @@ class Index:
                 cur = self._db.execute("DELETE FROM files WHERE path = ? OR (path >= ? AND path < ?)",
                                        (p, lo, p + b"0"))
                 res.removed += cur.rowcount
-
-
-def index_path_for(repo_path: str) -> str:
-    return os.path.join(repo_path, "ketch-index.sqlite")

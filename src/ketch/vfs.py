@@ -1,5 +1,5 @@
-"""The `NAME/DATE/path` view of a repository, shared by ls, restore, cat-file,
-FUSE and the web (bup-format.md section 5).
+"""The `NAME/DATE/path` view of a repository, shared by ls, restore, cat-file
+and the server's answers to bup's vfs requests (bup-format.md section 5).
 
     /                 branches (refs/heads/*), and the hidden `.tag`
     /.tag/TAG         refs/tags/*: a commit looks like a save, a tree a dir
@@ -107,7 +107,7 @@ V = TypeVar("V")
 
 
 class _LRU(Generic[K, V]):
-    # Locked because FUSE and the web server share one VFS between threads.
+    # Locked so that one VFS may serve several threads; today's commands use one.
     def __init__(self, limit: int) -> None:
         self._d: OrderedDict[K, V] = OrderedDict()
         self._limit = max(limit, 1)

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import os
 import re
+import select
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +48,14 @@ def on_terminal(argv: list[str], env: dict[str, str] | None = None) -> tuple[int
         return proc.wait(timeout=120), said
     finally:
         os.close(master)
+
+
+def random_files(data: Path, count: int, size: int) -> Path:
+    """`data` made, holding f0, f1... of `size` random bytes each."""
+    data.mkdir()
+    for i in range(count):
+        (data / f"f{i}").write_bytes(os.urandom(size))
+    return data
 
 
 @pytest.mark.parametrize("cmd", ["cat-file", "join", "ls"])
@@ -103,10 +114,7 @@ def test_plurals_in_summaries(repo_dir: Path, tmp_path: Path, run_ketch: RunKetc
 
 def test_save_meter_has_a_total_on_a_terminal_only(repo_dir: Path, tmp_path: Path,
                                                    run_ketch: RunKetch) -> None:
-    data = tmp_path / "d"
-    data.mkdir()
-    for i in range(4):
-        (data / f"f{i}").write_bytes(os.urandom(4_000_000))
+    data = random_files(tmp_path / "d", 4, 4_000_000)
     (data / "skip.tmp").write_bytes(os.urandom(4_000_000))
     # A first save: the index knows no sizes, so the total comes from a scan.
     code, said = on_terminal(["save", "-d", str(repo_dir), "-n", "s", "--exclude", "*.tmp",
@@ -115,6 +123,19 @@ def test_save_meter_has_a_total_on_a_terminal_only(repo_dir: Path, tmp_path: Pat
     assert re.search(rb"Saving: 4 files, 16\.0 MB, [\d.,]+ MB/s, 100\.0%, ETA 0:00", said), said
     r = run_ketch("save", "-d", repo_dir, "-n", "s", "--no-index", data, check=True)
     assert b"Saving" not in r.stderr and r.stderr.count(b"\n") == 1
+
+
+def test_rich_is_loaded_on_a_terminal_only(repo_dir: Path, tmp_path: Path,
+                                           run_ketch: RunKetch) -> None:
+    """The meter's library costs cron runs and pipes nothing: not even its import."""
+    (tmp_path / "f").write_bytes(b"x" * 1000)
+    timed = {"PYTHONPROFILEIMPORTTIME": "1"}
+    r = run_ketch("save", "-d", repo_dir, "-n", "s", tmp_path, env=timed, check=True)
+    assert b"| ketch.save\n" in r.stderr and b" rich" not in r.stderr, r.stderr
+    r = run_ketch("cat-file", "-d", repo_dir, f"s/latest{tmp_path}/f", env=timed, check=True)
+    assert r.stdout == b"x" * 1000 and b" rich" not in r.stderr
+    code, said = on_terminal(["save", "-d", str(repo_dir), "-n", "s", str(tmp_path)], timed)
+    assert code == 0 and b" rich.progress\r\n" in said, said
 
 
 def test_save_meter_total_covers_more_than_the_index_knows(repo_dir: Path, tmp_path: Path,
@@ -130,6 +151,59 @@ def test_save_meter_total_covers_more_than_the_index_knows(repo_dir: Path, tmp_p
     code, said = on_terminal(["save", "-d", str(repo_dir), "-n", "s", str(data)])
     assert code == 0, said
     assert re.search(rb"Saving: 4 files, 16\.0 MB, [\d.,]+ MB/s, 100\.0%, ETA 0:00", said), said
+
+
+def test_restore_meter_names_overwritten_files_above_it(repo_dir: Path, tmp_path: Path,
+                                                        run_ketch: RunKetch) -> None:
+    data = random_files(tmp_path / "d", 2, 3_000_000)
+    run_ketch("save", "-q", "-d", repo_dir, "-n", "s", data, check=True)
+    out = tmp_path / "out"
+    run_ketch("restore", "-q", "-d", repo_dir, "-C", out, f"s/latest{data}/", check=True)
+    code, said = on_terminal(["restore", "-v", "-d", str(repo_dir), "-C", str(out),
+                              f"s/latest{data}/"])
+    assert code == 0, said
+    # What the terminal shows: each line as it was last drawn.
+    shown = [re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", line).split(b"\r")[-1]
+             for line in said.split(b"\r\n")]
+    assert [ln for ln in shown if ln.startswith(b"overwritten: ")] == [
+        f"overwritten: {out}/f{i}".encode() for i in range(2)], said
+    assert any(re.fullmatch(rb"Restoring: 2 files, 6\.0 MB, [\d.,]+ MB/s, 100\.0%, ETA 0:00 *",
+                            ln) for ln in shown), said
+
+
+def test_interrupted_meter_ends_its_line_and_shows_the_cursor(repo_dir: Path) -> None:
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "ketch", "split", "-d", str(repo_dir),
+                                 "-n", "x"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=slave, env=_subprocess_env(None))
+        os.close(slave)
+        assert proc.stdin is not None
+        proc.stdin.write(os.urandom(20_000_000))  # more than one read
+        proc.stdin.flush()
+        said = b""
+        while b"Splitting: " not in said:
+            assert select.select([master], [], [], 60)[0], said
+            said += os.read(master, 65536)
+        proc.send_signal(signal.SIGINT)
+        # Another of its threads may take the signal while the main one waits for
+        # input: the end of input lets the main one see it.
+        time.sleep(0.5)
+        proc.stdin.close()
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the command ended
+                break
+            if not chunk:
+                break
+            said += chunk
+        assert proc.wait(timeout=60) == 2
+    finally:
+        os.close(master)
+    assert re.search(rb"\nketch: error: interrupted\r\n$", said), said
+    hidden, shown = said.rfind(b"\x1b[?25l"), said.rfind(b"\x1b[?25h")
+    assert hidden < shown or hidden == -1, said
 
 
 def test_completion_scripts(tmp_path: Path, run_ketch: RunKetch) -> None:

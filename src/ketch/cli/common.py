@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ketch.errors import NotARepository, UsageError
-from ketch.text import plural
 
 if TYPE_CHECKING:  # main imports this module: it must stay light
     from ketch.remote.location import Kind
@@ -150,43 +149,55 @@ def show_progress() -> bool:
 
 
 class TermProgress:
-    """Bytes, rate and ETA on stderr, redrawn at most a few times a second."""
+    """Bytes, rate and ETA on stderr, redrawn at most a few times a second.
+
+    Built only when `show_progress()` says so: rich (in ketch.cli.meter, which
+    draws the line) is imported here, on a terminal, and nowhere else. `total`
+    may be set later, from another thread (save's stat walk)."""
 
     def __init__(self, label: str) -> None:
+        from ketch.cli.meter import Meter
+
         self.label = label
-        self.total: int | None = None
+        self._total: int | None = None
         self.bytes = 0
         self.files = 0
-        self.t0 = time.monotonic()
         self._last = 0.0
         self.warnings: list[str] = []
+        self._meter = Meter(label)
+        # An error ending the command ends the line first (and gives the cursor back).
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None:
+            ctx.call_on_close(self.finish)
+
+    @property
+    def total(self) -> int | None:
+        return self._total
+
+    @total.setter
+    def total(self, value: int | None) -> None:
+        self._total = value
+        self._meter.set_total(value)
 
     def start(self, total_bytes: int | None, total_files: int | None = None) -> None:
         self.total = total_bytes
 
     def advance(self, nbytes: int = 0, nfiles: int = 0) -> None:
+        # Per file and per block: counting is all this does between redraws.
         self.bytes += nbytes
         self.files += nfiles
         now = time.monotonic()
         if now - self._last >= 0.2:
             self._last = now
-            self._draw(now)
+            self._meter.show(self.bytes, self.files)
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
-        click.echo(f"\r\x1b[K{message}", err=True)
+        self._meter.say(message)
 
-    def _draw(self, now: float) -> None:
-        dt = max(now - self.t0, 1e-6)
-        rate = self.bytes / dt
-        files = f"{plural(self.files, 'file', grouped=True)}, " if self.files else ""
-        text = f"{self.label}: {files}{self.bytes / 1e6:,.1f} MB, {rate / 1e6:,.1f} MB/s"
-        if self.total and self.bytes <= self.total:  # an index's stale total: no 104%
-            pct = 100.0 * self.bytes / self.total
-            eta = (self.total - self.bytes) / rate if rate > 0 else 0
-            text += f", {pct:.1f}%, ETA {int(eta) // 60}:{int(eta) % 60:02d}"
-        click.echo(f"\r\x1b[K{text}", err=True, nl=False)
+    def note(self, message: str) -> None:
+        """A line above the meter that is not a warning (restore -v's names)."""
+        self._meter.say(message)
 
     def finish(self) -> None:
-        self._draw(time.monotonic())
-        click.echo("", err=True)
+        self._meter.close(self.bytes, self.files)

@@ -52,11 +52,17 @@ def check(config_path: str | None, as_json: bool, systemd_dir: str, cron_file: s
             click.echo(json.dumps({"config": path, "errors": [i.as_dict() for i in e.issues],
                                    "checks": [], "status": "fail"}, indent=2))
         return EXIT_FAILED
-    progress = None if as_json or not sys.stderr.isatty() else \
-        (lambda what: click.echo(f"\r\x1b[Kchecking {what}…", err=True, nl=False))
-    results = check_config(cfg, progress=progress, cron_path=cron_file, systemd_dir=systemd_dir)
-    if progress is not None:
-        click.echo("\r\x1b[K", err=True, nl=False)
+    if as_json or not sys.stderr.isatty():
+        results = check_config(cfg, cron_path=cron_file, systemd_dir=systemd_dir)
+    else:
+        from ketch.cli.meter import StatusLine  # rich: on a terminal only
+
+        line = StatusLine()
+        try:
+            results = check_config(cfg, progress=lambda what: line.show(f"checking {what}…"),
+                                   cron_path=cron_file, systemd_dir=systemd_dir)
+        finally:
+            line.close()
     status, code = overall(results)
     if as_json:
         click.echo(json.dumps({"config": path, "errors": [], "status": status,

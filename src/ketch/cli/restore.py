@@ -66,12 +66,13 @@ def command(ctx: click.Context, repo_dir: str | None, outdir: str, numeric_ids: 
     progress: Progress = (
         TermProgress("Restoring") if show_progress() and not quiet else _WarnOnly()
     )
-    meter = isinstance(progress, TermProgress)
+    line: Callable[[str], None] = (  # on a terminal: above the meter
+        progress.note if isinstance(progress, TermProgress)
+        else lambda message: click.echo(message, err=True))
 
     def say(what: str) -> Callable[[bytes], None] | None:
         def tell(path: bytes) -> None:
-            click.echo(f"{clear}{what}: {show_path(path)}", err=True)
-        clear = "\r\x1b[K" if meter else ""
+            line(f"{what}: {show_path(path)}")
         return tell if verbose else None
 
     t0 = time.monotonic()

@@ -3,7 +3,6 @@ timer, or a cron entry where systemd is not running (ketch.jobs.schedule)."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from typing import Any
@@ -14,32 +13,18 @@ from ketch.errors import EXIT_FAILED, EXIT_OK, EXIT_WARNINGS, KetchError
 from ketch.jobs.model import DEFAULT_CONFIG, Schedule
 
 
-def _config_module() -> Any:
-    """ketch.jobs.config, or None while that module does not exist yet (the
-    schedule then uses its defaults). Imported here, not at the top, so that
-    `ketch schedule` does not pay for the TOML loader until it is needed."""
-    try:
-        return importlib.import_module("ketch.jobs.config")
-    except ModuleNotFoundError as e:
-        if e.name != "ketch.jobs.config":
-            raise
-        return None
-
-
+# ketch.jobs.config is imported in these, not at the top, so that `ketch schedule
+# --help` does not pay for the TOML loader.
 def _default_config() -> str:
-    mod = _config_module()
-    if mod is not None and hasattr(mod, "default_config_path"):
-        return str(mod.default_config_path())
-    return os.environ.get("KETCH_CONFIG", DEFAULT_CONFIG)
+    from ketch.jobs.config import default_config_path
+
+    return default_config_path()
 
 
 def _schedule_of(config: str) -> Schedule:
-    mod = _config_module()
-    if mod is None:
-        return Schedule()
-    sched = mod.load_config(config).schedule
-    assert isinstance(sched, Schedule)
-    return sched
+    from ketch.jobs.config import load_config
+
+    return load_config(config).schedule
 
 
 def _config_option(f: Any) -> Any:

@@ -188,7 +188,3 @@ class PackIndex:
     def offsets_sorted(self) -> list[tuple[int, bytes]]:
         """(offset, oid) pairs in pack order: how a pack is walked front to back."""
         return sorted((off, oid) for oid, _, off in self.iter_entries())
-
-
-def as_id_array(oids: Sequence[bytes]) -> npt.NDArray[np.bytes_]:
-    return np.array(oids, dtype="S20")

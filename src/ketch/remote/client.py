@@ -107,7 +107,7 @@ class RemoteRepository(WritableRepository):
         self.conn.write(b"send-index " + name.encode() + b"\n")
         if self.conn.peek(7) == b"\nerror ":  # no idx starts so (they start \377tOc)
             self.client.check_ok()
-        n = int.from_bytes(self.client.read(4), "big")
+        n = self.client.read_u32()
         with AtomicFile(path) as f:
             left = n
             while left:

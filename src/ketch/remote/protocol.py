@@ -136,15 +136,6 @@ class Conn:
                 break
         return bytes(self._rbuf[self._rpos : self._rpos + n])
 
-    def read_some(self, limit: int) -> bytes:
-        """Up to `limit` bytes, at least one; b"" at end of stream."""
-        if not self._avail() and not self._fill():
-            return b""
-        n = min(limit, self._avail())
-        out = bytes(self._rbuf[self._rpos : self._rpos + n])
-        self._rpos += n
-        return out
-
     def try_read(self, n: int) -> bytes:
         """Exactly n bytes, or fewer only at end of stream (b"" at a clean end)."""
         while self._avail() < n:

@@ -168,6 +168,12 @@ class Client:
         except ConnectionLost as e:
             raise self._lost(e) from None
 
+    def read_u32(self) -> int:
+        try:
+            return self.conn.read_u32()
+        except ConnectionLost as e:
+            raise self._lost(e) from None
+
     def _close_pipes(self) -> None:
         self.closed = True
         self.conn.close()
