@@ -37,13 +37,21 @@ LAYERS: dict[str, int] = {
     "index": 2,
     "metadata": 2,
     "commits": 2,  # commit objects and their messages, the way bup writes them
+    "rollsum": 2,  # the rolling-checksum kernel under split
+    "buptree": 2,  # bup's tree format: name mangling, chunk trees, .bupm + tree
+    "fsmeta": 2,  # metadata records read from and applied to paths
+    "posixacl": 2,
+    "idmap": 2,  # user and group names <-> ids
     # 3: the Repository interface and the local repository.
     "repo": 3,
     # 4: what is done with a repository.
     "save": 4,
+    "archive": 4,  # where each saved path goes in the archive (strip, graft)
+    "snapshot": 4,  # write a tree, commit it, move the branch: save, split and dumps
     "stream": 4,  # split and join of a byte stream
     "restore": 4,
     "restoreplan": 4,  # what restore does with what is in the way
+    "restorefile": 4,  # one file's checked, sparse writes
     "vfs": 4,
     "listing": 4,  # ls's lines, from the vfs
     # 5: repositories elsewhere, and the machine's jobs.
@@ -65,10 +73,11 @@ KNOWN_UPWARD: dict[tuple[str, str], str] = {}
 KNOWN_PRINTS: dict[tuple[str, str], str] = {
     # logging's last-resort handler writes these to stderr, without `ketch:
     # warning:` and past any meter; they belong with the caller's warnings. The
-    # modules are being split in issue 10 (item 7): moved with them for now.
-    ("ketch.offsite.wrappers", "log.warning"):
-        "a key file readable by others; a cache file that cannot be written",
-    ("ketch.offsite.s3", "log.warning"): "a resumed upload found stale and started over",
+    # callers have no Progress to hand there yet.
+    ("ketch.offsite.keyfile", "log.warning"): "a key file readable by others",
+    ("ketch.offsite.cache", "log.warning"): "a cache file that cannot be written",
+    ("ketch.offsite.s3multipart", "log.warning"):
+        "a resumed upload found stale and started over",
 }
 
 # Streams and libraries that are the terminal's: only cli touches them.
