@@ -1,6 +1,6 @@
 """The terminal meter, drawn by rich.
 
-Only `cli.common.TermProgress` imports this, and only once stderr is known to be
+Only `cli.termprogress.TermProgress` imports this, and only once stderr is known to be
 a terminal: cron runs and `ketch cat-file | mysql` never load rich. The line
 reads as the hand-drawn one did: `Saving: 4 files, 16.0 MB, 52.1 MB/s, 37.5%,
 ETA 0:12`, with % and ETA once a total is known.

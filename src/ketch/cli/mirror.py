@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ketch.cli.common import TermProgress, show_progress
+from ketch.cli.termprogress import TermProgress, show_progress
 from ketch.errors import UsageError
 from ketch.offsite.store import ObjectStore
 from ketch.progress import NullProgress, Progress

@@ -5,7 +5,8 @@ from collections.abc import Callable
 
 import click
 
-from ketch.cli.common import TermProgress, open_repo, repo_option, show_progress
+from ketch.cli.common import open_repo, repo_option
+from ketch.cli.termprogress import TermProgress, show_progress
 from ketch.errors import EXIT_OK, EXIT_WARNINGS
 from ketch.progress import NullProgress, Progress
 from ketch.restore import RestoreResult, RestoreVerifyError, restore

@@ -5,7 +5,7 @@ import socket
 
 import click
 
-from ketch.cli.common import TermProgress, show_progress
+from ketch.cli.termprogress import TermProgress, show_progress
 from ketch.progress import NullProgress, Progress
 
 

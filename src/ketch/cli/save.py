@@ -8,9 +8,10 @@ from typing import Any
 
 import click
 
-from ketch.cli.common import TermProgress, open_repo, repo_option, show_progress
+from ketch.cli.common import open_repo, repo_option
 from ketch.cli.excludeopts import exclude_options, rules_from
 from ketch.cli.scan import scan_in_background
+from ketch.cli.termprogress import TermProgress, show_progress
 from ketch.errors import UsageError
 from ketch.excludes import ExcludeRules
 from ketch.index import Index

@@ -5,7 +5,8 @@ from typing import BinaryIO
 
 import click
 
-from ketch.cli.common import TermProgress, open_repo, out, repo_option, show_progress
+from ketch.cli.common import open_repo, out, repo_option
+from ketch.cli.termprogress import TermProgress, show_progress
 from ketch.errors import UsageError
 from ketch.progress import NullProgress, Progress
 from ketch.split import DEFAULT_FANOUT
