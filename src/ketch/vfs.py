@@ -21,11 +21,12 @@ import re
 import stat
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import groupby
 from typing import TYPE_CHECKING, Generic, TypeVar
+
+from cachetools import LRUCache
 
 from ketch.buptree import demangle
 from ketch.errors import CorruptObject, KetchError, RefNotFound
@@ -109,23 +110,16 @@ V = TypeVar("V")
 class _LRU(Generic[K, V]):
     # Locked so that one VFS may serve several threads; today's commands use one.
     def __init__(self, limit: int) -> None:
-        self._d: OrderedDict[K, V] = OrderedDict()
-        self._limit = max(limit, 1)
+        self._d: LRUCache[K, V] = LRUCache(maxsize=max(limit, 1))
         self._lock = threading.Lock()
 
     def get(self, key: K) -> V | None:
         with self._lock:
-            value = self._d.get(key)
-            if value is not None:
-                self._d.move_to_end(key)
-            return value
+            return self._d.get(key)
 
     def put(self, key: K, value: V) -> V:
         with self._lock:
             self._d[key] = value
-            self._d.move_to_end(key)
-            if len(self._d) > self._limit:
-                self._d.popitem(last=False)
             return value
 
 
