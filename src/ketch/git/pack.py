@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 from ketch.git.durable import fsync_dir
 from ketch.git.idx import write_idx_v2_flat
-from ketch.git.packenc import PackEncoder
+from ketch.git.packenc import EncodingWriter, PackEncoder
 from ketch.git.packenc import encode_entry as encode_entry
 from ketch.git.packenc import entry_header as entry_header
 from ketch.git.packenc import zlib_stored as zlib_stored
@@ -61,7 +61,7 @@ class _Entries:
         return offset
 
 
-class PackWriter:
+class PackWriter(EncodingWriter):
     """Writes objects into packs under `objects/pack`, closing one at the size limits.
 
     `exists(oid)` tells whether the repository already has an object; such objects
@@ -100,17 +100,6 @@ class PackWriter:
         self.bytes_written = 0
 
     # -- writing ------------------------------------------------------------
-
-    def exists(self, oid: bytes) -> bool:
-        return self._enc.exists(oid)
-
-    def write(self, type_num: int, data: bytes | memoryview) -> bytes:
-        """Store one object unless it is already there; returns its raw id."""
-        return self._enc.write(type_num, data)
-
-    def write_many(self, type_num: int, datas: Sequence[bytes | memoryview]) -> list[bytes]:
-        """Store several objects of one type (e.g. the chunks of one read) at once."""
-        return self._enc.write_many(type_num, datas)
 
     def write_raw(self, oid: bytes, encoded: bytes, crc: int) -> None:
         """Append an already-encoded pack entry (see PackEncoder.write_raw)."""

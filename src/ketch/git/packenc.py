@@ -325,3 +325,21 @@ class PackEncoder:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+class EncodingWriter:
+    """What a writer built on a PackEncoder answers by asking it (the ObjectWriter
+    side of PackWriter and RemoteWriter; where the entries go is theirs)."""
+
+    _enc: PackEncoder
+
+    def exists(self, oid: bytes) -> bool:
+        return self._enc.exists(oid)
+
+    def write(self, type_num: int, data: bytes | memoryview) -> bytes:
+        """Store one object unless it is already there; returns its raw id."""
+        return self._enc.write(type_num, data)
+
+    def write_many(self, type_num: int, datas: Sequence[bytes | memoryview]) -> list[bytes]:
+        """Store several objects of one type (e.g. the chunks of one read) at once."""
+        return self._enc.write_many(type_num, datas)

@@ -23,7 +23,7 @@ from ketch.git import objects as gobj
 from ketch.git.durable import AtomicFile
 from ketch.git.objindex import ObjectIndex
 from ketch.git.pack import DEFAULT_LEVEL, DEFAULT_MAX_PACK_SIZE
-from ketch.git.packenc import PackEncoder
+from ketch.git.packenc import EncodingWriter, PackEncoder
 from ketch.git.refs import check_ref_name
 from ketch.remote.protocol import SUSPEND, Conn, ConnectionLost, RemoteError, u32
 from ketch.remote.session import Client, interrupted
@@ -269,7 +269,7 @@ class RemoteRepository(WritableRepository):
             raise self.client._lost(e) from None
 
 
-class RemoteWriter:
+class RemoteWriter(EncodingWriter):
     """The pack encoder's batching and compression, with the pack on the server:
     each encoded entry goes out as a `receive-objects-v2` frame."""
 
@@ -285,15 +285,6 @@ class RemoteWriter:
         self.closed_idx: list[str] = []
         self.objects_written = 0
         self.bytes_written = 0
-
-    def exists(self, oid: bytes) -> bool:
-        return self._enc.exists(oid)
-
-    def write(self, type_num: int, data: bytes | memoryview) -> bytes:
-        return self._enc.write(type_num, data)
-
-    def write_many(self, type_num: int, datas: Sequence[bytes | memoryview]) -> list[bytes]:
-        return self._enc.write_many(type_num, datas)
 
     def _send(self, oids: list[bytes], blob: bytes, meta: list[tuple[int, int]]) -> None:
         """The encoder's sink: a batch of entries, framed onto the connection."""
