@@ -85,7 +85,7 @@ def _config_repository(path: str) -> str | None:
 
 def where(ctx: click.Context, repo_dir: str | None) -> Where:
     """-d, else -r, else $KETCH_DIR, else the machine's config, else ~/.ketch."""
-    from ketch.jobs.config import default_config_path
+    from ketch.jobs.model import default_config_path
 
     config_path = default_config_path()
     group = ctx.obj or {}

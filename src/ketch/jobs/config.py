@@ -33,7 +33,6 @@ from ketch.jobs.configcheck import CheckResult as CheckResult
 from ketch.jobs.configcheck import check_config as check_config
 from ketch.jobs.configscan import BARE_KEY, KeyLines, Path, toml_str
 from ketch.jobs.model import (
-    DEFAULT_CONFIG,
     DUMP_TYPES,
     BackupSet,
     Config,
@@ -42,12 +41,9 @@ from ketch.jobs.model import (
     Notify,
     Schedule,
 )
+from ketch.jobs.model import default_config_path as default_config_path
 from ketch.remote.location import is_remote
 from ketch.remote.spec import parse_remote
-
-
-def default_config_path() -> str:
-    return os.environ.get("KETCH_CONFIG") or DEFAULT_CONFIG
 
 
 @dataclass(frozen=True)
