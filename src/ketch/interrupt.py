@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from ketch.errors import KetchError
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_MAIN = threading.main_thread().ident
 
 
 class Interrupted(KetchError):
@@ -74,15 +75,22 @@ def stop_signals() -> Iterator[None]:
 
 class held:  # noqa: N801 - used like a function: `with held():`
     """A section no stop signal cuts short; one that arrived during it is raised
-    at its end (unless an exception is already on its way)."""
+    at its end (unless an exception is already on its way).
+
+    Only the main thread's sections count: signals are handled there, so a
+    section on another thread would hold the signal back and then raise it in
+    that thread, where nobody is waiting for it."""
 
     __slots__ = ()
 
     def __enter__(self) -> None:
-        _State.depth += 1
+        if threading.get_ident() == _MAIN:
+            _State.depth += 1
 
     def __exit__(self, t: type[BaseException] | None, v: BaseException | None,
                  tb: TracebackType | None) -> None:
+        if threading.get_ident() != _MAIN:
+            return
         _State.depth -= 1
         if not _State.depth and _State.waiting is not None:
             _State.waiting = None

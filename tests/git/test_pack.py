@@ -220,3 +220,41 @@ def test_interrupts_at_random_moments_keep_valid_packs(bare: Path) -> None:
         assert b"missing" not in check.stdout
         assert [n for n in os.listdir(bare / "objects") if n.startswith("pack-tmp")] == []
         git(bare, "fsck", "--strict", "--no-dangling")
+
+
+def test_a_held_section_on_another_thread_does_not_swallow_a_stop_signal() -> None:
+    """Signals are the main thread's: a writer used from a worker thread must not
+    hold Ctrl-C back (and then raise it in the worker, where nobody waits)."""
+    import os
+    import signal
+    import threading
+
+    from ketch.interrupt import held, stop_signals
+
+    inside, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with held():
+                inside.set()
+                release.wait(10)
+        except BaseException as e:  # noqa: BLE001 - the test reports what escaped
+            errors.append(e)
+
+    t = threading.Thread(target=worker)
+    with stop_signals():
+        t.start()
+        assert inside.wait(10)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs between bytecodes of this thread
+                pass
+            raised = False
+        except KeyboardInterrupt:
+            raised = True
+        finally:
+            release.set()
+            t.join(10)
+    assert raised, "the main thread was not interrupted"
+    assert errors == [], errors
