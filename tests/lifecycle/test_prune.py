@@ -24,6 +24,10 @@ from ketch.lifecycle.prune import prune
 from ketch.repo import LocalRepository
 from tests.conftest import RunBup, RunKetch, _subprocess_env
 from tests.gitutil import git
+from tests.offsite.conftest import s3_env, s3_server, s3_url  # noqa: F401 - fixtures
+from tests.remote.conftest import sshd  # noqa: F401 - a fixture
+from tests.remote.test_remote import KETCH_SERVER, Machine
+from tests.services.sshd import SshServer
 
 DAY = 86400
 # 60 daily saves, 2026-10-02 .. 2026-11-30, 20:00 UTC.
@@ -356,3 +360,130 @@ def test_gives_up_on_a_branch_that_keeps_moving(repo_dir: Path, tmp_path: Path) 
     assert report.errors == ["branch b kept moving while prune ran; gave up after 10 attempts "
                              "(nothing of it was removed)"]
     assert len(first_parent_log(repo_dir, "b")) == 12
+
+
+def test_saves_running_beside_prunes_are_never_lost(repo_dir: Path, tmp_path: Path) -> None:
+    """Saves and prunes of one branch at once, all real processes. The saves
+    dated now are kept by --keep-within 1d, the ones dated 2020 are what the
+    prunes remove: every save dated now must be in the history at the end."""
+    jobs: list[list[str]] = []
+    for i in range(10):
+        build_day(tmp_path / f"new{i}", 100 + i)
+        build_day(tmp_path / f"old{i}", 200 + i)
+        jobs.append(["save", "-d", str(repo_dir), "-n", "b", "-q", "--json",
+                     str(tmp_path / f"new{i}")])
+        jobs.append(["save", "-d", str(repo_dir), "-n", "b", "-q", "--json", "--date",
+                     f"2020-01-{i + 1:02d}", str(tmp_path / f"old{i}")])
+    prunes = [["prune", "-d", str(repo_dir), "b", "--keep-within", "1d", "--json"]] * 10
+    # The first save makes the branch; then everything at once, in a fixed shuffle.
+    rest = jobs[1:] + prunes
+    random.Random(11).shuffle(rest)
+    env = _subprocess_env({"TZ": "UTC"})
+
+    def run(args: list[str]) -> tuple[list[str], subprocess.CompletedProcess[bytes]]:
+        return args, subprocess.run([sys.executable, "-m", "ketch", *args], env=env,
+                                    capture_output=True, timeout=300)
+
+    done = [run(jobs[0])]
+    began = time.monotonic()
+    with ThreadPoolExecutor(6) as pool:
+        done += pool.map(run, rest)
+    seconds = time.monotonic() - began
+    trees, removed, retries = set(), 0, 0
+    for args, proc in done:
+        assert proc.returncode == 0, (args, proc.stderr.decode())
+        if args[0] == "save" and "--date" not in args:
+            trees.add(json.loads(proc.stdout)["tree"])
+        if args[0] == "prune":
+            report = json.loads(proc.stdout)
+            removed += report["removed"]
+            retries += report["branches"][0]["attempts"] - 1
+    print(f"{len(rest)} saves and prunes in {seconds:.1f} s, {removed} saves pruned meanwhile, "
+          f"{retries} prunes decided again after a save landed")
+    assert removed > 0  # the prunes did rewrite the branch while saves landed
+    history = set(first_parent_log(repo_dir, "b", "%T"))
+    assert len(trees) == 10 and trees <= history
+    fsck(repo_dir)
+
+
+# -- other writers and other places -------------------------------------------------------
+
+
+def test_a_branch_written_by_bup_prunes(bup: RunBup, run_ketch: RunKetch, tmp_path: Path) -> None:
+    repo, src = tmp_path / "bup", tmp_path / "src"
+    bup(repo, "init")
+    days = [int(time.mktime(time.strptime(f"2026-03-{d:02d} 22:00", "%Y-%m-%d %H:%M")))
+            for d in range(1, 7)]
+    for day, when in enumerate(days):
+        build_day(src, day)
+        bup(repo, "index", src)
+        bup(repo, "save", "-n", "b", "--strip", "--date", str(when), src)
+    proc = run_ketch("prune", "-d", repo, "b", "--keep-last", "2", "--keep-weekly", "2",
+                     "--dry-run", check=True)
+    # 03-01 is a Sunday: ISO week 9 ends there, week 10 holds the rest.
+    assert [ln.split()[2] for ln in proc.stdout.decode().splitlines()[1:]] == [
+        "keep", "keep", "remove", "remove", "remove", "keep"]
+    run_ketch("prune", "-d", repo, "b", "--keep-last", "2", "--keep-weekly", "2", check=True)
+    assert first_parent_log(repo, "b", "%ct") == [str(days[5]), str(days[4]), str(days[0])]
+    fsck(repo)
+    names = [time.strftime("%Y-%m-%d-%H%M%S", time.localtime(days[i])).encode()
+             for i in (0, 4, 5)]
+    assert bup(repo, "ls", "b").stdout.split() == [*names, b"latest"]
+    bup(repo, "restore", "-C", tmp_path / "out", f"b/{names[0].decode()}/.")
+    build_day(tmp_path / "day0", 0)
+    same_files(tmp_path / "day0", tmp_path / "out")
+
+
+def dated_saves(run_ketch: RunKetch, repo: Path, src: Path, dates: list[str]) -> None:
+    for day, date in enumerate(dates):
+        build_day(src, day)
+        run_ketch("save", "-d", repo, "-n", "b", "-q", "--strip", "--date", date, src,
+                  check=True)
+
+
+def test_prune_over_ssh(sshd: SshServer, run_ketch: RunKetch,  # noqa: F811
+                        tmp_path: Path) -> None:
+    repo = tmp_path / "srv" / "repo"
+    run_ketch("init", "-d", repo, check=True)
+    dated_saves(run_ketch, repo, tmp_path / "src", ["2026-05-01", "2026-05-02", "2026-05-03"])
+    m = Machine.new(sshd, "prune-normal")
+    url = m.url(repo)
+    dry = run_ketch("prune", "-r", url, "b", "--keep-last", "2", "--dry-run", env=m.env,
+                    check=True)
+    assert [ln.split()[2] for ln in dry.stdout.decode().splitlines()[1:]] == [
+        "keep", "keep", "remove"]
+    run_ketch("prune", "-r", url, "--all", "--keep-last", "2", env=m.env, check=True)
+    assert first_parent_log(repo, "b", "%cs") == ["2026-05-03", "2026-05-02"]
+    fsck(repo)
+    out = tmp_path / "out"
+    run_ketch("restore", "-r", url, "-C", out, "b/2026-05-02-000000/", env=m.env, check=True)
+    build_day(tmp_path / "day1", 1)
+    same_files(tmp_path / "day1", out)
+
+
+def test_an_append_only_key_cannot_prune(sshd: SshServer, run_ketch: RunKetch,  # noqa: F811
+                                         tmp_path: Path) -> None:
+    repo = tmp_path / "srv" / "repo"
+    run_ketch("init", "-d", repo, check=True)
+    dated_saves(run_ketch, repo, tmp_path / "src", ["2026-05-01", "2026-05-02", "2026-05-03"])
+    head = first_parent_log(repo, "b")
+    m = Machine.new(sshd, "prune-append-only", forced=f"{KETCH_SERVER} --append-only")
+    proc = run_ketch("prune", "-r", m.url(repo), "b", "--keep-last", "1", env=m.env)
+    err = proc.stderr.decode()
+    print(err, end="")
+    assert proc.returncode == 2 and err.count("\n") == 1, err
+    assert err.startswith("ketch: error: ") and "append-only" in err, err
+    assert first_parent_log(repo, "b") == head
+    fsck(repo)
+
+
+def test_a_read_only_mirror_refuses(s3_url: str, run_ketch: RunKetch,  # noqa: F811
+                                    tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    run_ketch("init", "-d", repo, check=True)
+    dated_saves(run_ketch, repo, tmp_path / "src", ["2026-05-01", "2026-05-02"])
+    run_ketch("mirror", "push", repo, s3_url, check=True)
+    proc = run_ketch("prune", "-r", f"{s3_url}/repo", "b", "--keep-last", "1")
+    err = proc.stderr.decode()
+    print(err, end="")
+    assert proc.returncode == 2 and err.count("\n") == 1 and "read-only" in err, err

@@ -61,6 +61,8 @@ class BranchResult:
             "new_head": self.new_head.hex(),
             "kept": self.kept,
             "removed": self.removed,
+            # More than 1: saves landed while prune ran, and it decided again.
+            "attempts": self.attempts,
             "saves": [
                 {
                     "commit": d.commit.hex(),
