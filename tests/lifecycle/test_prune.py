@@ -80,17 +80,22 @@ def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def sixty_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A repository with 60 daily saves by `ketch save --date` of a changing tree."""
+    """A repository with 60 daily saves by `ketch save --date` of a changing tree.
+    The saves run in this process, through click as a user's command line does,
+    without a new interpreter each (7 s for the 60 instead of 79 s, measured)."""
+    from ketch.cli.main import cli
+
     base = tmp_path_factory.mktemp("sixty")
     repo, src = base / "repo", base / "src"
-    env = _subprocess_env({"TZ": "UTC"})
-    ketch = [sys.executable, "-m", "ketch"]
-    subprocess.run([*ketch, "init", "-d", repo], env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "ketch", "init", "-d", repo],
+                   env=_subprocess_env(None), check=True, capture_output=True)
     for day, date in enumerate(DATES):
         build_day(src, day)
-        subprocess.run([*ketch, "save", "-d", repo, "-n", "daily", "-q", "--strip",
-                        "--date", f"{date}T20:00:00", src], env=env, check=True,
-                       capture_output=True)
+        args = ["save", "-d", str(repo), "-n", "daily", "-q", "--strip",
+                "--date", f"{date}T20:00:00+00:00", str(src)]
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(sys, "argv", ["ketch", *args])  # the commit message quotes it
+            assert cli.main(args=args, prog_name="ketch", standalone_mode=False) == 0
     return repo
 
 
