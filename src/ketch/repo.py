@@ -11,11 +11,13 @@ when durable, and refs move afterwards, by compare-and-swap. `ls`, `restore`,
 
 from __future__ import annotations
 
+import contextlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -27,6 +29,7 @@ from ketch.git.objindex import ObjectIndex
 from ketch.git.pack import DEFAULT_LEVEL, DEFAULT_MAX_PACK_SIZE, PackWriter
 from ketch.git.packread import PackFile
 from ketch.git.refs import Refs
+from ketch.lease import Lease
 
 
 class ReadOnlyRepository(KetchError):
@@ -46,6 +49,16 @@ class ObjectWriter(Protocol):
     def exists(self, oid: bytes) -> bool: ...
     def close(self) -> list[str]: ...
     def abort(self) -> None: ...
+
+
+class GcJob(Protocol):
+    """A garbage collection, run where the repository is: `run` on a local one;
+    a remote one sends `options` (JSON-able) to its server, which builds the same
+    job there."""
+
+    options: dict[str, Any]
+
+    def run(self, repo: LocalRepository) -> dict[str, Any]: ...
 
 
 class Repository(ABC):
@@ -154,6 +167,16 @@ class WritableRepository(Repository):
     def maintain(self) -> None:  # noqa: B027 - a backend that keeps itself tidy
         """Housekeeping after a snapshot (bup merges small idx files)."""
 
+    def writing(self) -> AbstractContextManager[object]:
+        """Held by a save from its first existence check until its branch has
+        moved: gc waits for it before deleting what the save may have counted on.
+        A backend whose server holds it on the save's behalf needs nothing here."""
+        return contextlib.nullcontext()
+
+    def collect_garbage(self, job: GcJob) -> dict[str, Any]:
+        """Run `job` where the repository is; its report."""
+        raise KetchError("this repository cannot be garbage-collected from here")
+
 
 def _is_repo(path: str) -> bool:
     return os.path.isdir(os.path.join(path, "objects")) and os.path.isdir(
@@ -201,6 +224,7 @@ class LocalRepository(WritableRepository):
         self._packs: dict[str, PackFile] = {}
         self._mapped = 0
         self._has_loose = self._any_loose()
+        self._lease: Lease | None = None
 
     def _any_loose(self) -> bool:
         try:
@@ -305,6 +329,23 @@ class LocalRepository(WritableRepository):
     def maintain(self) -> None:
         """bup's after-save housekeeping: merge small idx files, refresh the bloom."""
         self.index.maintain()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[object]:
+        if self._lease is not None:  # a save's snapshot, inside the save's own lease
+            yield self._lease
+            return
+        with Lease(self.path) as lease:
+            self._lease = lease
+            try:
+                # Packs gc hid before the lease was taken must not answer "stored".
+                self.index.refresh()
+                yield lease
+            finally:
+                self._lease = None
+
+    def collect_garbage(self, job: GcJob) -> dict[str, Any]:
+        return job.run(self)
 
     # -- refs ---------------------------------------------------------------------
 
