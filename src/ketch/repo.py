@@ -31,6 +31,11 @@ from ketch.git.packread import PackFile
 from ketch.git.refs import Refs
 from ketch.lease import Lease
 
+# Where gc puts the packs it is about to delete (see ketch.lifecycle.gc): out of
+# sight of every dedup lookup, still readable until gc has rescued from them
+# whatever a save that raced it came to need.
+RETIRING_DIR = os.path.join("ketch-gc", "doomed")
+
 
 class ReadOnlyRepository(KetchError):
     """Writing to a repository that only reads was attempted."""
@@ -225,6 +230,7 @@ class LocalRepository(WritableRepository):
         self._mapped = 0
         self._has_loose = self._any_loose()
         self._lease: Lease | None = None
+        self._retiring: ObjectIndex | None = None
 
     def _any_loose(self) -> bool:
         try:
@@ -238,6 +244,9 @@ class LocalRepository(WritableRepository):
             p.close()
         self._packs.clear()
         self.index.close()
+        if self._retiring is not None:
+            self._retiring.close()
+            self._retiring = None
 
     # -- objects ----------------------------------------------------------------
 
@@ -279,8 +288,47 @@ class LocalRepository(WritableRepository):
         if got is None and self._has_loose:
             got = read_loose(self.objects_dir, oid)
         if got is None:
+            got = self._read_retiring(oid)
+        if got is None:
             raise ObjectNotFound(f"object {oid.hex()} not found in {self.path}")
         return got
+
+    def _retiring_index(self) -> ObjectIndex | None:
+        d = os.path.join(self.path, RETIRING_DIR)
+        if self._retiring is None:
+            if not os.path.isdir(d):
+                return None
+            self._retiring = ObjectIndex(d)
+        else:
+            self._retiring.refresh()
+        return self._retiring
+
+    def _read_retiring(self, oid: bytes) -> tuple[int, bytes] | None:
+        """An object only a pack that gc is retiring holds (a save that raced gc
+        may need it until gc has copied it back; see RETIRING_DIR)."""
+        ix = self._retiring_index()
+        hit = ix.find(oid) if ix is not None else None
+        if ix is None or hit is None:
+            return None
+        base = os.path.join(ix.pack_dir, hit[0][: -len(".idx")])
+        try:
+            with PackFile(base + ".pack", base + ".idx") as p:
+                return p.read_at(hit[1], resolve_base=self._read_base)
+        except FileNotFoundError:
+            return None  # deleted since: gc has finished with it
+
+    def stored_many(self, oids: Sequence[bytes]) -> list[bool]:
+        """Like has_many, counting what retiring packs hold too: for checking a
+        commit a save has made (gc keeps those objects), never for deduplicating
+        against (gc deletes them once the saves it waits for are done)."""
+        found = self.has_many(oids)
+        if all(found):
+            return found
+        ix = self._retiring_index()
+        if ix is None:
+            return found
+        also = ix.contains_many(np.array(oids, dtype="S20")).tolist()
+        return [a or b for a, b in zip(found, also, strict=True)]
 
     def has_many(self, oids: Sequence[bytes]) -> list[bool]:
         found: list[bool] = self.index.contains_many(np.array(oids, dtype="S20")).tolist()

@@ -94,3 +94,44 @@ def test_the_server_refuses_a_commit_that_reaches_a_missing_object(tmp_path: Pat
     fsck = subprocess.run(["git", "--git-dir", str(path), "fsck", "--strict"],
                           capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stderr
+
+
+def _retire_all_packs(path: Path) -> None:
+    """What gc does to packs it will delete: out of the pack directory."""
+    doomed = path / "ketch-gc" / "doomed"
+    doomed.mkdir(parents=True, exist_ok=True)
+    pack_dir = path / "objects" / "pack"
+    for f in sorted(pack_dir.iterdir()):
+        if f.suffix in (".idx", ".pack"):
+            f.rename(doomed / f.name)
+
+
+def test_retiring_packs_are_read_but_never_deduplicated_against(tmp_path: Path) -> None:
+    path = tmp_path / "r"
+    init_repository(str(path))
+    with LocalRepository(str(path)) as repo:
+        c1 = _save(repo, {"a": b"kept by a racing save"}, set(), None)
+    _retire_all_packs(path)
+    blob = gobj.object_id(gobj.BLOB, b"kept by a racing save")
+    with LocalRepository(str(path)) as repo:
+        assert repo.read(blob) == (gobj.BLOB, b"kept by a racing save")
+        assert not repo.exists(blob) and repo.has_many([blob]) == [False]
+        assert repo.stored_many([blob]) == [True]
+        assert repo.read_typed(c1, gobj.COMMIT)
+
+
+def test_the_server_accepts_a_racing_save_whose_objects_gc_is_retiring(tmp_path: Path) -> None:
+    """A save that began before gc hid a pack may count on an object in it; gc
+    copies such objects back before it deletes anything, so the ref may move."""
+    path = tmp_path / "served"
+    init_repository(str(path))
+    with LocalRepository(str(path)) as repo:
+        _save(repo, {"a": b"old content"}, set(), None)
+    _retire_all_packs(path)
+    remote = open_location(f":{path}", kind="remote").writable()
+    try:
+        c = _save(remote, {"a": b"old content", "b": b"new"}, {"a"}, None)
+        remote.update_ref(BRANCH, c, None)
+        assert remote.read_ref(BRANCH) == c
+    finally:
+        remote.close()

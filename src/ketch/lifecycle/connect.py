@@ -11,7 +11,7 @@ place in the parent's tree is too. What is left is what the save changed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from ketch.errors import ObjectNotFound
 from ketch.git import objects as gobj
@@ -23,9 +23,13 @@ _GITLINK = 0o160000
 MAX_REPORTED = 20
 
 
+HasMany = Callable[[Sequence[bytes]], list[bool]]
+
+
 class _Walk:
-    def __init__(self, repo: Repository) -> None:
+    def __init__(self, repo: Repository, has_many: HasMany) -> None:
         self.repo = repo
+        self.has_many = has_many
         self.missing: list[bytes] = []
         self._blobs: list[bytes] = []
         self._seen_trees: set[bytes] = set()
@@ -48,7 +52,7 @@ class _Walk:
 
     def flush(self) -> None:
         if self._blobs:
-            there = self.repo.has_many(self._blobs)
+            there = self.has_many(self._blobs)
             self.missing += [o for o, ok in zip(self._blobs, there, strict=True) if not ok]
             self._blobs = []
 
@@ -119,10 +123,12 @@ def _new_commits(repo: Repository, new: bytes, old: bytes | None) -> Iterator[by
             todo += gobj.decode_commit(data).parents
 
 
-def missing_objects(repo: Repository, new: bytes, old: bytes | None) -> list[bytes]:
+def missing_objects(repo: Repository, new: bytes, old: bytes | None,
+                    has_many: HasMany | None = None) -> list[bytes]:
     """Objects reachable from commit `new` that are not stored (at most
-    MAX_REPORTED of them), trusting the history of `old` (None: trust nothing)."""
-    walk = _Walk(repo)
+    MAX_REPORTED of them), trusting the history of `old` (None: trust nothing).
+    `has_many` says which blobs are stored (default: the repository's)."""
+    walk = _Walk(repo, has_many or repo.has_many)
     for cid in _new_commits(repo, new, old):
         try:
             t, data = repo.read(cid)

@@ -324,9 +324,9 @@ class Server:
     def _check_complete(repo: LocalRepository, oid: bytes, old: bytes | None) -> None:
         """Never point a ref at a commit that reaches a missing object (a cut
         connection, or a save that counted on an object gc has collected)."""
-        if not repo.exists(oid):
+        if not repo.stored_many([oid])[0]:
             raise KetchError(f"update-ref: object {oid.hex()} is not in the repository")
-        lost = missing_objects(repo, oid, old)
+        lost = missing_objects(repo, oid, old, repo.stored_many)
         if lost:
             more = " and more" if len(lost) >= MAX_REPORTED else ""
             raise KetchError(f"update-ref: commit {oid.hex()} refers to missing objects "
