@@ -12,7 +12,6 @@ never lost. What the removed saves alone held is gc's to free.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,17 +141,15 @@ def _rewrite(repo: WritableRepository, chain: list[tuple[bytes, int, bytes]],
     # Everything below the first removed save is kept, and keeps its id.
     parent = oldest_first[first_removed - 1][0][0] if first_removed else None
     rewritten: dict[bytes, bytes] = {}
-    # TODO(lead): `with repo.writing():` once WritableRepository has it (main).
-    with contextlib.nullcontext():
-        w = repo.writer()
-        try:
-            for (oid, _, data), k in oldest_first[first_removed + 1:]:
-                if k:
-                    parent = rewritten[oid] = w.write(gobj.COMMIT, with_first_parent(data, parent))
-        except BaseException:
-            w.abort()
-            raise
-        w.close()
+    w = repo.writer()
+    try:
+        for (oid, _, data), k in oldest_first[first_removed + 1:]:
+            if k:
+                parent = rewritten[oid] = w.write(gobj.COMMIT, with_first_parent(data, parent))
+    except BaseException:
+        w.abort()
+        raise
+    w.close()
     assert parent is not None  # the head is always kept
     return parent, rewritten
 
@@ -178,11 +175,14 @@ def _prune_branch(repo: WritableRepository, name: bytes, policy: KeepPolicy, *,
         keep = [d.keep for d in decisions]
         if dry_run or all(keep):
             return result
-        result.new_head, result.rewritten = _rewrite(repo, chain, keep)
         message = (f"ketch prune: {policy.describe()}: kept {result.kept}, "
                    f"removed {plural(result.removed, 'save')}").encode()
         try:
-            repo.update_ref(ref, result.new_head, head, message=message)
+            # Held as a save holds it, from the first write to the moved branch:
+            # gc waits for it before deleting what it hides.
+            with repo.writing():
+                result.new_head, result.rewritten = _rewrite(repo, chain, keep)
+                repo.update_ref(ref, result.new_head, head, message=message)
             return result
         except RefConflict:
             continue  # a save landed: decide again from the new head
