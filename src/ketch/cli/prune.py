@@ -17,6 +17,8 @@ from ketch.text import plural
 from ketch.vfs import SAVE_NAME_FORMAT
 
 _COUNTS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+_PERIOD = {"hourly": "hour", "daily": "day", "weekly": "ISO week", "monthly": "month",
+           "yearly": "year"}
 
 
 def _keep_options(f: click.decorators.FC) -> click.decorators.FC:
@@ -24,7 +26,8 @@ def _keep_options(f: click.decorators.FC) -> click.decorators.FC:
                      help="keep every save not older than DURATION before the newest one "
                           "(12h, 30d, 2w, 6m, 1y, 1y6m)")(f)
     for name in reversed(_COUNTS):
-        what = "N newest saves" if name == "last" else f"newest save of the N last {name} periods"
+        what = "N newest saves" if name == "last" else (
+            f"newest save of each of the N latest {_PERIOD[name]}s that have one")
         f = click.option(f"--keep-{name}", name, metavar="N", type=click.IntRange(min=0),
                          default=0, help=f"keep the {what}")(f)
     return f
@@ -73,7 +76,7 @@ def prune_repository(repo: Repository, names: list[str] | None, policy: KeepPoli
     return report.exit_code
 
 
-@click.command("prune")
+@click.command("prune", short_help="Remove the saves a retention policy does not keep.")
 @repo_option
 @click.option("--all", "all_branches", is_flag=True, help="every branch of the repository")
 @_keep_options
@@ -86,12 +89,13 @@ def command(ctx: click.Context, /, repo_dir: str | None, all_branches: bool, wit
             dry_run: bool, as_json: bool, names: tuple[str, ...], **counts: int) -> int:
     """Remove the saves of branches NAME... (or --all) that no keep option keeps.
 
-    The newest save is always kept. Each --keep-hourly/daily/weekly/monthly/yearly
-    N keeps the newest save of each of the N most recent such periods (local
-    time, ISO weeks) that have a save; --keep-last N keeps the N newest saves;
-    --keep-within D keeps the saves not older than D before the newest one. A
-    save any option keeps is kept. The kept saves stay as they were (tree,
-    date, message); `ketch gc` frees the space of the others.
+    The newest save is always kept. --keep-daily N keeps the newest save of
+    each of the N latest days (local time) that have a save, and so do the
+    hourly, weekly (ISO weeks), monthly and yearly options for theirs;
+    --keep-last N keeps the N newest saves; --keep-within D keeps the saves not
+    older than D before the newest one. A save any option keeps is kept. The
+    kept saves stay as they were (tree, date, message); `ketch gc` frees the
+    space of the others.
     """
     policy = _policy(counts, within)
     if all_branches and names:
