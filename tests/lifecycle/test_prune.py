@@ -8,6 +8,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -492,3 +493,37 @@ def test_a_read_only_mirror_refuses(s3_url: str, run_ketch: RunKetch,  # noqa: F
     err = proc.stderr.decode()
     print(err, end="")
     assert proc.returncode == 2 and err.count("\n") == 1 and "read-only" in err, err
+
+
+def test_sigkill_or_ctrl_c_anywhere_in_prune_leaves_the_old_or_the_new_branch(
+        sixty_template: Path, tmp_path: Path) -> None:
+    """SIGKILL or SIGINT at points spread over a prune's run: the branch is the
+    old one or the pruned one, never anything between, and git fsck --strict is
+    clean; Ctrl-C says so in one line."""
+    env = _subprocess_env({"TZ": "UTC"})
+    outcomes = []
+    for n, delay in enumerate([0.4, 0.8, 1.2, 1.6, 2.2, 3.0]):
+        sig = signal.SIGKILL if n % 2 else signal.SIGINT
+        repo = tmp_path / f"repo{n}"
+        shutil.copytree(sixty_template, repo, symlinks=True)
+        proc = subprocess.Popen([sys.executable, "-m", "ketch", "prune", "-d", repo, "daily",
+                                 *POLICY], env=env, stderr=subprocess.PIPE)
+        time.sleep(delay)
+        proc.send_signal(sig)
+        _, err = proc.communicate()
+        if sig == signal.SIGINT and proc.returncode != 0:
+            # (Before the command started, while Python and click load, it is
+            # the plain "interrupted".)
+            assert proc.returncode == 2 and err.decode().strip() in (
+                "ketch: error: interrupted", "ketch: error: interrupted (the branches pruned "
+                "so far stay so; the others are as they were)"), err
+        fsck(repo)
+        dates = first_parent_log(repo, "daily", "%cs")
+        assert dates in (KEPT[::-1], list(reversed(DATES))), dates
+        outcomes.append(f"{sig.name}:{'new' if dates == KEPT[::-1] else 'old'}")
+        # The next prune finishes what the stopped one did not.
+        subprocess.run([sys.executable, "-m", "ketch", "prune", "-d", repo, "daily", *POLICY],
+                       env=env, check=True)
+        assert first_parent_log(repo, "daily", "%cs") == KEPT[::-1]
+        fsck(repo)
+    print("stopped prunes left the branch:", " ".join(outcomes))

@@ -10,6 +10,7 @@ import click
 
 from ketch.cli.common import open_repo, repo_option
 from ketch.errors import UsageError
+from ketch.interrupt import reported_as
 from ketch.lifecycle.policy import KeepPolicy, parse_duration
 from ketch.lifecycle.prune import PruneReport, prune
 from ketch.repo import Repository
@@ -85,6 +86,7 @@ def prune_repository(repo: Repository, names: list[str] | None, policy: KeepPoli
 @click.option("--json", "as_json", is_flag=True, help="print the decisions and summary as JSON")
 @click.argument("names", nargs=-1, metavar="[NAME...]")
 @click.pass_context
+@reported_as("interrupted (the branches pruned so far stay so; the others are as they were)")
 def command(ctx: click.Context, /, repo_dir: str | None, all_branches: bool, within: str | None,
             dry_run: bool, as_json: bool, names: tuple[str, ...], **counts: int) -> int:
     """Remove the saves of branches NAME... (or --all) that no keep option keeps.

@@ -18,6 +18,7 @@ from typing import Any
 
 from ketch.errors import KetchError, RefConflict, RefNotFound
 from ketch.git import objects as gobj
+from ketch.interrupt import held, stop_signals
 from ketch.lifecycle.policy import Decision, KeepPolicy, decide
 from ketch.progress import NullProgress, Progress
 from ketch.repo import WritableRepository
@@ -182,7 +183,8 @@ def _prune_branch(repo: WritableRepository, name: bytes, policy: KeepPolicy, *,
             # gc waits for it before deleting what it hides.
             with repo.writing():
                 result.new_head, result.rewritten = _rewrite(repo, chain, keep)
-                repo.update_ref(ref, result.new_head, head, message=message)
+                with held():  # Ctrl-C waits: the ref and its reflog move together
+                    repo.update_ref(ref, result.new_head, head, message=message)
             return result
         except RefConflict:
             continue  # a save landed: decide again from the new head
@@ -210,14 +212,15 @@ def prune(repo: WritableRepository, names: list[str] | None, policy: KeepPolicy,
             have = ", ".join(_shown(n) for n in existing) or "none"
             raise RefNotFound(f"no such {'branch' if len(unknown) == 1 else 'branches'}: "
                               f"{', '.join(_shown(n) for n in unknown)} (branches: {have})")
-    for name in dict.fromkeys(todo):
-        try:
-            report.branches.append(
-                _prune_branch(repo, name, policy, dry_run=dry_run, progress=progress))
-        except _LeftAlone as e:
-            progress.warn(str(e))
-            report.warnings.append(str(e))
-        except RefConflict as e:
-            report.errors.append(str(e))
+    with stop_signals():
+        for name in dict.fromkeys(todo):
+            try:
+                report.branches.append(
+                    _prune_branch(repo, name, policy, dry_run=dry_run, progress=progress))
+            except _LeftAlone as e:
+                progress.warn(str(e))
+                report.warnings.append(str(e))
+            except RefConflict as e:
+                report.errors.append(str(e))
     progress.finish()
     return report
