@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -417,17 +419,19 @@ def advance_branch(
     rebuild: Callable[[bytes | None], bytes],
     *,
     message: bytes = b"",
-    attempts: int = 8,
+    attempts: int = 20,
 ) -> bytes:
     """Move `refname` from `old` to `commit`. When another writer moved it first
     (two saves into one branch at once), the commit is rebuilt on top of the new
     head with `rebuild(parent) -> commit bytes` and the swap retried, so neither
     save is lost. Returns the commit the branch now points at."""
-    for _ in range(attempts):
+    for attempt in range(attempts):
         try:
             repo.update_ref(refname, commit, old, message)
             return commit
         except RefConflict:
+            # Writers that collided once collide again unless they spread out.
+            time.sleep(random.uniform(0, min(2.0, 0.01 * 2 ** attempt)))
             old = repo.read_ref(refname)
             w = repo.writer()
             try:
