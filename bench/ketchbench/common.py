@@ -170,6 +170,7 @@ class Context:
     scale: float = 1.0
     keep: bool = False
     peers: tuple[str, ...] = ()  # the lifecycle phase's other tools: restic, borg
+    days: int = 60  # the lifecycle phase's daily saves
     repos: list[Path] = field(default_factory=list)  # scratch, removed unless --keep
     info: dict[str, object] = field(default_factory=dict)  # extra facts for the JSON
     loaded_corpus: Corpus | None = None  # DATA, once a phase asked for it

@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 SEED = 0x6C696665  # "life"
-DAYS = 60
 START = dt.datetime(2025, 11, 20, 3, 0, tzinfo=dt.UTC)  # crosses two month ends
 BLOCK = 4096
 MB = 1_000_000
@@ -172,9 +171,8 @@ class Dump:
 class DailyCorpus:
     """The tree's state on ``self.day`` (-1 before the first ``advance``)."""
 
-    def __init__(self, scale: float, days: int = DAYS) -> None:
+    def __init__(self, scale: float) -> None:
         self.scale = scale
-        self.days = days
         self.day = -1
         self.files: dict[str, Spec] = {}
         self.dump = Dump()
