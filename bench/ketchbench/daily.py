@@ -176,6 +176,7 @@ class DailyCorpus:
         self.day = -1
         self.files: dict[str, Spec] = {}
         self.dump = Dump()
+        self.since: dict[str, int] = {}  # the day each file last changed: its mtime
         self._written: dict[str, Spec] = {}  # what write() last put in its root
 
     @staticmethod
@@ -189,11 +190,15 @@ class DailyCorpus:
         return int(day) if rest == 0 else None
 
     def advance(self) -> None:
+        before = dict(self.files)
         self.day += 1
         if self.day == 0:
             self._create()
         else:
             self._mutate(self.day)
+        for name, spec in self.files.items():
+            if before.get(name) != spec:
+                self.since[name] = self.day
 
     # -- day 0
 
@@ -304,9 +309,10 @@ class DailyCorpus:
 
     def write(self, root: Path) -> DayStats:
         """Make ``root`` hold this day's tree: write what changed since the last
-        ``write`` into ``root``, delete what is gone. Files get the day's time."""
+        ``write`` into ``root``, delete what is gone. The same tree, times
+        included, whichever days were written before."""
         stats = DayStats()
-        when = self.when(self.day)
+        when = self.when(self.day)  # of the directories; a file's is that of its last change
         for name in sorted(set(self._written) - set(self.files)):
             (root / name).unlink()
             stats.deleted_files += 1
@@ -317,7 +323,8 @@ class DailyCorpus:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 data = self._bytes(spec)
                 path.write_bytes(data)
-                os.utime(path, (when, when))
+                changed = self.when(self.since[name])
+                os.utime(path, (changed, changed))
                 self._written[name] = spec
                 stats.written_files += 1
                 stats.written_bytes += len(data)
