@@ -46,7 +46,7 @@ bench/ketchbench/ (what they share: common.py), listed in PHASES:
   MB/s, a re-push uploads nothing, the restore downloads ≤ 5 MB.
 - ``lifecycle``: its own corpus (ketchbench/daily.py: a few hundred files, a
   dump rewritten daily, growing and rotated logs, uploads added and deleted;
-  ~270 MB at scale 1), 60 daily versions saved with their dates by ketch, bup,
+  ~240 MB at scale 1), 60 daily versions saved with their dates by ketch, bup,
   restic and borg (``--only`` picks among the four; restic and borg from PATH,
   left out with a message when missing), then keep 7 daily, 4 weekly, 6
   monthly and reclaim the space: ``ketch prune`` + ``ketch gc``; ``bup

@@ -3,16 +3,16 @@
 Deterministic (a pure function of seed, scale and day), held as a model in
 memory and written out incrementally, so that a second instance replays the
 same days and writes only the days it is asked for (the fresh repositories of
-the kept saves). At scale 1, about 270 MB on day 0:
+the kept saves). At scale 1, about 240 MB on day 0:
 
 - ``srv/``: ~300 files, ~100 MB, log-normal sizes; 70% text, 30% random binary.
   Every day a few are edited (a paragraph rewritten), and one in two days one
   is deleted.
 - ``srv/archive.tar``: 80 MB of random bytes that never change.
-- ``db/app.sql``: a ~60 MB mysqldump-like file, rewritten every day: rows
+- ``db/app.sql``: a ~40 MB mysqldump-like file, rewritten every day: rows
   appended, hot recent rows updated, a few scattered rows updated, a run of
   old rows deleted.
-- ``vm/disk.img``: 24 MB of random, zero and low-entropy blocks; ~0.5% of it
+- ``vm/disk.img``: 16 MB of random, zero and low-entropy blocks; ~0.5% of it
   rewritten in place every day, in 6 places.
 - ``log/*.log``: 4 logs growing ~250 KB a day each, rotated weekly (``X.log``
   becomes ``X.log.1``, the previous ``X.log.1`` is deleted).
@@ -36,8 +36,8 @@ MB = 1_000_000
 
 TREE_FILES, TREE_BYTES = 300, 100 * MB
 ARCHIVE_BYTES = 80 * MB
-DUMP_BYTES = 60 * MB
-IMAGE_BYTES = 24 * MB
+DUMP_BYTES = 40 * MB
+IMAGE_BYTES = 16 * MB
 LOGS, LOG_DAY_BYTES, ROTATE_DAYS = 4, 250_000, 7
 UPLOADS_PER_DAY, UPLOAD_BYTES, UPLOAD_DAYS = 8, 120_000, 12
 EDITS_PER_DAY = 4

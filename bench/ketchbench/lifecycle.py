@@ -14,6 +14,7 @@ save ketch kept is restored and compared with the day's tree, and ``git fsck
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import shutil
 import subprocess
@@ -46,8 +47,10 @@ class Run:
     steps: dict[str, tuple[Measure, dict[str, float], str]] = field(default_factory=dict)
     kept: list[int] = field(default_factory=list)
     fresh_seconds: float = 0.0
+    fresh_rss: int | None = None
     verified: list[str] = field(default_factory=list)  # ketch: problems of its restores
     fsck: str | None = None
+    gc_report: object = None  # ketch gc --json
 
     @property
     def name(self) -> str:
@@ -88,6 +91,11 @@ def _reclaim(run: Run, days: int) -> None:
         run.steps["prune"] = _steps(run, prune)
     run.size["pruned"] = repo_bytes(run.repo)
     run.steps["gc"] = _steps(run, run.peer.gc(run.repo))
+    if run.name == "ketch":
+        try:
+            run.gc_report = json.loads(run.steps["gc"][0].stdout)
+        except ValueError:
+            pass
     run.size["collected"] = repo_bytes(run.repo)
     try:
         run.kept = run.peer.kept_days(run.repo)
@@ -179,6 +187,7 @@ def _fresh(ctx: Context, runs: list[Run], data: Path) -> None:
                 continue
             m, _, note = _steps(run, run.peer.save(run.fresh, data, day))
             run.fresh_seconds += m.seconds
+            run.fresh_rss = _rss(m, Measure(0, run.fresh_rss, 0, b"", b""))
             if note:
                 run.failures.append(f"fresh, day {day}: {note}")
             if run.name == "ketch":
@@ -235,7 +244,8 @@ def _rows(run: Run, data_bytes: int, days: int) -> list[Row]:
             "identical" if not run.verified else f"{len(run.verified)} differences"
         ) + f"; fsck {run.fsck}"
     fresh_fail = "; ".join(f for f in run.failures if f.startswith("fresh"))[:300]
-    rows += [total, row("fresh", run.fresh_seconds, None, run.size["fresh"], None, {}, fresh_fail)]
+    rows += [total, row("fresh", run.fresh_seconds, run.fresh_rss, run.size["fresh"], None, {},
+                        fresh_fail)]
     return rows
 
 
@@ -339,6 +349,8 @@ def summary(ctx: Context, runs: list[Run], rows: list[Row],
                                                                  total.max_rss_kib),
             "ok": total.ok,
         }
+        if run.gc_report is not None:
+            tools[run.name]["gc_report"] = run.gc_report
     return {
         "policy": f"keep {POLICY_TEXT}",
         "days": ctx.days,
