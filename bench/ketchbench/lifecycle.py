@@ -297,25 +297,31 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def targets(rows: list[Row], ketch: Run | None) -> list[dict[str, object]]:
-    """The issue's targets for this phase, met or not (None: not measured)."""
+    """The issue's targets for this phase: met, missed ("failed": ketch's
+    prune + gc, or the other tool's, failed), or None: not measured (a tool
+    left out)."""
     k, bup, restic = (_total(rows, t) for t in ("ketch", "bup", "restic"))
     fresh = next((r for r in rows if r.tool == "ketch" and r.phase == f"{LIFECYCLE}:fresh"), None)
-    out = []
+    out: list[dict[str, object]] = []
 
-    def add(label: str, value: float | None, bound: float) -> None:
-        out.append({"target": label, "value": value,
-                    "met": None if value is None else value <= bound})
+    def add(label: str, num: Row | None, den: Row | None, value: float | None,
+            bound: float) -> None:
+        if num is None or den is None:
+            out.append({"target": label, "value": None, "met": None})
+        elif not (num.ok and den.ok):
+            out.append({"target": label, "value": "failed", "met": False})
+        else:
+            out.append({"target": label, "value": value,
+                        "met": None if value is None else value <= bound})
 
-    ok = k is not None and k.ok
-    add(f"ketch gc's repository ≤{FRESH_SLACK:g}× the fresh one's",
-        _ratio(k.repo_bytes, fresh.repo_bytes) if ok and k and fresh else None, FRESH_SLACK)
-    add(f"prune + gc time ≤{BUP_TIME:g}× bup's",
-        _ratio(k.seconds, bup.seconds) if ok and k and bup and bup.ok else None, BUP_TIME)
-    add("prune + gc time ≤ restic's",
-        _ratio(k.seconds, restic.seconds) if ok and k and restic and restic.ok else None,
-        RESTIC_TIME)
+    add(f"ketch gc's repository ≤{FRESH_SLACK:g}× the fresh one's", k, fresh,
+        _ratio(k and k.repo_bytes, fresh and fresh.repo_bytes), FRESH_SLACK)
+    add(f"prune + gc time ≤{BUP_TIME:g}× bup's", k, bup,
+        _ratio(k and k.seconds, bup and bup.seconds), BUP_TIME)
+    add("prune + gc time ≤ restic's", k, restic,
+        _ratio(k and k.seconds, restic and restic.seconds), RESTIC_TIME)
     rss = None if k is None or k.max_rss_kib is None else round(k.max_rss_kib * 1024 / MB, 1)
-    add(f"ketch's peak RSS ≤{RSS_LIMIT_MB:g} MB", rss, RSS_LIMIT_MB)
+    add(f"ketch's peak RSS ≤{RSS_LIMIT_MB:g} MB", k, k, rss, RSS_LIMIT_MB)
     if k is not None and ketch is not None:
         out.append({"target": "no save lost: every kept save restores, fsck clean",
                     "value": k.verified, "met": not ketch.verified and ketch.fsck == "clean"})
@@ -367,13 +373,19 @@ def _mb(n: object) -> str:
     return f"{n / MB:,.1f}" if isinstance(n, int) else "-"
 
 
+def _rss_mb(step: dict[str, object] | None) -> str:
+    kib = None if step is None else step["max_rss_kib"]
+    return _mb(kib * 1024) if isinstance(kib, int) else "-"
+
+
 def _x(v: object) -> str:
     return f"{v:.3g}" if isinstance(v, float | int) else "-"
 
 
 def summary_table(info: dict[str, object]) -> tuple[str, list[str], list[list[str]], str]:
     """(title, headers, body, caption) of the summary, for report.print_table."""
-    headers = ["tool", "saves s", "prune s", "gc s", "prune+gc s", "peak RSS MB", "repo MB",
+    headers = ["tool", "saves s", "prune s", "gc s", "prune+gc s", "prune RSS MB", "gc RSS MB",
+               "repo MB",
                "pruned MB", "gc MB", "fresh MB", "gc/fresh", "kept", "ketch/tool time",
                "ketch/tool RSS"]
     body = []
@@ -381,11 +393,10 @@ def summary_table(info: dict[str, object]) -> tuple[str, list[str], list[list[st
     assert isinstance(tools, dict)
     for name, t in tools.items():
         steps, size = t["steps"], t["repo_bytes"]
-        rss = t["prune_gc_max_rss_kib"]
         body.append([
             name + ("" if t["ok"] else " FAILED"), f"{t['saves_seconds']:.1f}",
             _x(steps.get("prune", {}).get("seconds")), _x(steps["gc"]["seconds"]),
-            _x(t["prune_gc_seconds"]), _mb(None if rss is None else rss * 1024),
+            _x(t["prune_gc_seconds"]), _rss_mb(steps.get("prune")), _rss_mb(steps["gc"]),
             _mb(size.get("saved")), _mb(size.get("pruned")), _mb(size.get("collected")),
             _mb(size.get("fresh")), _x(t["vs_fresh"]), str(t["kept"]),
             _x(t["ketch_time_ratio"]), _x(t["ketch_rss_ratio"]),
