@@ -173,7 +173,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--scale",
         type=float,
         default=1.0,
-        help="corpus size factor (1.0 = 20,000-file ~150 MB tree + 1 GiB image + ~300 MB dump)",
+        help="corpus size factor (1.0 = 20,000-file ~150 MB tree + 1 GiB image + ~300 MB dump; "
+        "lifecycle: a ~240 MB tree, ~60 MB of it rewritten daily)",
     )
     p.add_argument(
         "--cache-dir",
