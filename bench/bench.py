@@ -7,6 +7,7 @@
     .venv/bin/python bench/bench.py --phase cycle
     .venv/bin/python bench/bench.py --phase remote --scale 0.1
     .venv/bin/python bench/bench.py --phase mirror --scale 0.1
+    .venv/bin/python bench/bench.py --phase lifecycle --scale 0.1
 
 Each phase is a function ``(Context) -> list[Row]``, in its own module of
 bench/ketchbench/ (what they share: common.py), listed in PHASES:
@@ -43,6 +44,20 @@ bench/ketchbench/ (what they share: common.py), listed in PHASES:
   pieces included) and the requests, and again through the library for
   ketch's own count (``StoreRepository.traffic()``). Targets: push ≥ 0.8× boto3's
   MB/s, a re-push uploads nothing, the restore downloads ≤ 5 MB.
+- ``lifecycle``: its own corpus (ketchbench/daily.py: a few hundred files, a
+  dump rewritten daily, growing and rotated logs, uploads added and deleted;
+  ~240 MB at scale 1), 60 daily versions saved with their dates by ketch, bup,
+  restic and borg (``--only`` picks among the four; restic and borg from PATH,
+  left out with a message when missing), then keep 7 daily, 4 weekly, 6
+  monthly and reclaim the space: ``ketch prune`` + ``ketch gc``; ``bup
+  prune-older --unsafe`` (no weeklies in bup) + ``bup gc --unsafe``; ``restic
+  forget --prune``; ``borg prune`` + ``borg compact``. Time, peak RSS and
+  repository size of each step, the days each tool kept (a warning when they
+  differ), and a fresh repository per tool holding only the days it kept; every
+  save ketch kept is restored and compared, and ``git fsck --strict`` checks
+  its repository. Targets: ketch's gc within 10% of its fresh repository,
+  prune + gc ≤ 0.5× bup's time and ≤ restic's, peak RSS ≤ 150 MB. How each
+  tool ran (policy mapping, encryption) goes to the results.
 
 Every command runs under ``/usr/bin/time`` for its own peak RSS. The page cache
 is warm: DATA is read once before timing (and again after the day's changes),
@@ -68,7 +83,6 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from corpus import ensure_corpus
 from ketchbench.common import (
     CACHE_NOTE,
     DEFAULT_CACHE,
@@ -82,7 +96,9 @@ from ketchbench.common import (
     log,
 )
 from ketchbench.cycle import phase_cycle
+from ketchbench.lifecycle import LIFECYCLE, phase_lifecycle, summary_table
 from ketchbench.mirror import MIRROR, phase_mirror
+from ketchbench.peers import PEER_NAMES
 from ketchbench.remote import REMOTE, phase_remote
 from ketchbench.report import (
     RATIO_HEADERS,
@@ -101,6 +117,7 @@ PHASES: dict[str, Phase] = {
     "cycle": phase_cycle,
     REMOTE: phase_remote,
     MIRROR: phase_mirror,
+    LIFECYCLE: phase_lifecycle,
 }
 
 
@@ -125,7 +142,7 @@ def tool_env() -> dict[str, str]:
 
 def find_tools(args: argparse.Namespace) -> list[Tool]:
     tools = []
-    for name in args.only or TOOL_NAMES:
+    for name in [n for n in args.only or TOOL_NAMES if n in TOOL_NAMES]:
         if name == "ketch":
             beside = Path(sys.executable).parent / "ketch"
             argv = (
@@ -156,7 +173,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--scale",
         type=float,
         default=1.0,
-        help="corpus size factor (1.0 = 20,000-file ~150 MB tree + 1 GiB image + ~300 MB dump)",
+        help="corpus size factor (1.0 = 20,000-file ~150 MB tree + 1 GiB image + ~300 MB dump; "
+        "lifecycle: a ~240 MB tree, ~60 MB of it rewritten daily)",
     )
     p.add_argument(
         "--cache-dir",
@@ -165,10 +183,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"corpus cache and scratch repos (default {DEFAULT_CACHE})",
     )
     p.add_argument(
-        "--only", action="append", choices=TOOL_NAMES, help="run only this tool (repeatable)"
+        "--only",
+        action="append",
+        choices=[*TOOL_NAMES, *PEER_NAMES],
+        help="run only this tool (repeatable; restic and borg: the lifecycle phase only)",
     )
     p.add_argument(
         "--phase", action="append", choices=list(PHASES), help="run only this phase (repeatable)"
+    )
+    p.add_argument(
+        "--lifecycle-days",
+        type=int,
+        default=60,
+        metavar="N",
+        help="daily saves in the lifecycle phase (default 60; fewer for a smoke test)",
     )
     p.add_argument("--ketch", help="ketch command (default: ketch beside this python)")
     p.add_argument("--bup", help="bup command (default: bup on PATH)")
@@ -177,6 +205,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0 < args.scale <= 10:
         p.error("--scale must be in (0, 10]")
+    if args.lifecycle_days < 1:
+        p.error("--lifecycle-days must be at least 1")
     return args
 
 
@@ -187,6 +217,7 @@ def write_results(
     rows: list[Row],
     rat: list[dict[str, object]],
 ) -> None:
+    corpus = ctx.loaded_corpus
     result = {
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "scale": args.scale,
@@ -196,21 +227,20 @@ def write_results(
             "cpus": os.cpu_count(),
             "loadavg_at_start": ctx.info.get("loadavg"),
         },
-        "cache": CACHE_NOTE,
+        "cache": CACHE_NOTE if corpus else None,
         "tools": {
             t.name: {"argv": list(t.argv), "version": tool_version(t, ctx.env)} for t in ctx.tools
         },
-        "corpus": {
-            "data_dir": str(ctx.corpus.data_dir),
-            "bytes": ctx.corpus.size,
-            "parts": [
-                {"name": c.name, "path": str(c.path), "bytes": c.size} for c in ctx.corpus.parts
-            ],
-            "tree": ctx.corpus.tree_stats,
+        "corpus": None if corpus is None else {
+            "data_dir": str(corpus.data_dir),
+            "bytes": corpus.size,
+            "parts": [{"name": c.name, "path": str(c.path), "bytes": c.size} for c in corpus.parts],
+            "tree": corpus.tree_stats,
         },
         "day": ctx.info.get("day"),
         "remote": ctx.info.get(REMOTE),
         "mirror": ctx.info.get(MIRROR),
+        "lifecycle": ctx.info.get(LIFECYCLE),
         "rows": [asdict(r) for r in rows],
         "ratios": rat,
     }
@@ -223,12 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     env = tool_env()
     tools = find_tools(args)
-    corpus = ensure_corpus(args.cache_dir, args.scale, log)
     work_dir = args.cache_dir / "run"
     work_dir.mkdir(parents=True, exist_ok=True)
-    ctx = Context(
-        tools=tools, corpus=corpus, work_dir=work_dir, env=env, scale=args.scale, keep=args.keep
-    )
+    peers = tuple(n for n in args.only or PEER_NAMES if n in PEER_NAMES)
+    ctx = Context(tools=tools, cache_dir=args.cache_dir, work_dir=work_dir, env=env,
+                  scale=args.scale, keep=args.keep, peers=peers, days=args.lifecycle_days)
     load = os.getloadavg()
     ctx.info["loadavg"] = [round(x, 2) for x in load]
     if load[0] > 1.5:
@@ -247,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     check_trees(rows)
     rat = ratios(rows)
     if rows:
+        data = "" if ctx.loaded_corpus is None else f", DATA {ctx.loaded_corpus.size / MB:,.0f} MB"
         print_table(
-            f"ketch vs bup (scale {args.scale:g}, DATA {corpus.size / MB:,.0f} MB)",
+            f"ketch vs bup (scale {args.scale:g}{data})",
             ROW_HEADERS,
             [fmt_row(r) for r in rows],
             caption=CACHE_NOTE,
@@ -267,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
                 "of the S3 server (HTTP headers included)"
             ),
         )
+    life = ctx.info.get(LIFECYCLE)
+    if isinstance(life, dict):
+        print_table(*summary_table(life))
     write_results(args.results, args, ctx, rows, rat)
     return 0 if all(r.ok for r in rows) else 1
 

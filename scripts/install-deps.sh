@@ -19,8 +19,11 @@ set -euo pipefail
 # cron, util-linux (unshare): tests/test_readme_walkthrough.py runs the README's
 #   walk-through with a real cron daemon in a private PID and mount namespace.
 # passwd (useradd): tests/remote/test_setup_client.py makes throwaway backup users.
+# restic, borgbackup: the benchmark's lifecycle phase (bench/ketchbench/lifecycle.py)
+#   runs them beside ketch and bup: retention and space reclaimed, same data.
 PACKAGES="bup git python3-venv acl attr time e2fsprogs python3-pyxattr python3-pylibacl openssh-server systemd openssl tzdata"
 PACKAGES+=" mariadb-server mariadb-client postgresql postgresql-client sqlite3 cron util-linux passwd"
+PACKAGES+=" restic borgbackup"
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
     echo "install-deps: not a Debian system; install the equivalents of: $PACKAGES" >&2

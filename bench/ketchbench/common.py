@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -13,8 +12,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
-from corpus import Corpus, CorpusFile
+from corpus import Corpus, CorpusFile, ensure_corpus
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: bench/ketchbench/common.py
 DEFAULT_CACHE = Path(os.environ.get("KETCH_BENCH_DIR", "/var/tmp/ketch-bench"))
@@ -71,18 +71,30 @@ def measure(cmd: Sequence[str], env: dict[str, str], stdin: Path | None = None) 
     with tempfile.TemporaryDirectory(prefix="bench-time-") as tmp:
         time_out = Path(tmp) / "time"
         full = [GNU_TIME, "-f", "%e %M", "-o", str(time_out), *cmd] if use_time else list(cmd)
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         with open(stdin or os.devnull, "rb") as inp:
             t0 = time.perf_counter()
-            proc = subprocess.run(full, stdin=inp, capture_output=True, env=env)
-            seconds = time.perf_counter() - t0
-        rss: int | None
-        if use_time:
-            rss = _parse_gnu_time(time_out.read_text()) if time_out.exists() else None
-        else:  # a max over all children so far: only meaningful when it grew
-            after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-            rss = after if after > before else None
-    return Measure(seconds, rss, proc.returncode, proc.stdout, proc.stderr)
+            if use_time:
+                proc = subprocess.run(full, stdin=inp, capture_output=True, env=env)
+                seconds = time.perf_counter() - t0
+                rss = _parse_gnu_time(time_out.read_text()) if time_out.exists() else None
+                return Measure(seconds, rss, proc.returncode, proc.stdout, proc.stderr)
+            return _measure_wait4(full, inp, env, Path(tmp), t0)
+
+
+def _measure_wait4(
+    cmd: list[str], inp: IO[bytes], env: dict[str, str], tmp: Path, t0: float
+) -> Measure:
+    """Without GNU time: the child's own rusage from wait4 (RUSAGE_CHILDREN's
+    ru_maxrss is a maximum over every child so far, not this one's peak). A
+    floor of this process's own size: the child counts from the fork."""
+    with open(tmp / "out", "w+b") as out, open(tmp / "err", "w+b") as err:
+        proc = subprocess.Popen(cmd, stdin=inp, stdout=out, stderr=err, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return Measure(seconds, usage.ru_maxrss, proc.returncode, out.read(), err.read())
 
 
 def run_ok(cmd: Sequence[str], env: dict[str, str]) -> str:
@@ -151,14 +163,25 @@ class Row:
 
 @dataclass
 class Context:
-    tools: list[Tool]
-    corpus: Corpus
+    tools: list[Tool]  # ketch and bup
+    cache_dir: Path  # where the corpus is generated and cached
     work_dir: Path
     env: dict[str, str]
     scale: float = 1.0
     keep: bool = False
+    peers: tuple[str, ...] = ()  # the lifecycle phase's other tools: restic, borg
+    days: int = 60  # the lifecycle phase's daily saves
     repos: list[Path] = field(default_factory=list)  # scratch, removed unless --keep
     info: dict[str, object] = field(default_factory=dict)  # extra facts for the JSON
+    loaded_corpus: Corpus | None = None  # DATA, once a phase asked for it
+
+    @property
+    def corpus(self) -> Corpus:
+        """DATA, generated (or found in the cache) on first use: the lifecycle
+        phase makes its own corpus, and alone needs none of this one."""
+        if self.loaded_corpus is None:
+            self.loaded_corpus = ensure_corpus(self.cache_dir, self.scale, log)
+        return self.loaded_corpus
 
     def fresh_repo(self, tool: Tool, phase: str) -> Path:
         repo = self.work_dir / f"{phase}-{tool.name}"

@@ -6,6 +6,7 @@ import shutil
 from dataclasses import dataclass
 
 from ketchbench.common import MB, RSS_LIMIT_MB, Row
+from ketchbench.lifecycle import BUP_TIME, LIFECYCLE
 from ketchbench.mirror import BOTO3, MIRROR, MIRROR_PUSH
 from ketchbench.remote import REMOTE
 
@@ -74,6 +75,8 @@ TARGETS: dict[str, list[Target]] = {
     # and targets on a row alone (SOLO)
     f"{MIRROR}:repush": [Target("traffic_mb", "<=", 0.0, "uploads nothing")],
     f"{MIRROR}:restore": [Target("downloaded_mb", "<=", 5.0, "downloaded ≤5 MB")],
+    # the lifecycle phase: restic's, and the size against a fresh repository, in its own table
+    f"{LIFECYCLE}:prune+gc": [Target("time", "<=", BUP_TIME, f"time ≤{BUP_TIME:g}×")],
 }
 # The pairs of tools the ratios compare, numerator first: ketch with bup
 # (split, cycle), ketch's client with ketch locally (remote), ketch's mirror
