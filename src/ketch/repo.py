@@ -15,7 +15,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -31,6 +31,20 @@ from ketch.git.refs import Refs
 
 class ReadOnlyRepository(KetchError):
     """Writing to a repository that only reads was attempted."""
+
+
+class AppendOnlyRepository(ReadOnlyRepository):
+    """The repository takes new saves but refuses to remove any (a backup
+    server's append-only key): its server applies retention, not the client."""
+
+
+class GcJob(Protocol):
+    """A garbage collection to run on a local repository: built from JSON-able
+    `options`, so that a server can build the same job from a client's request."""
+
+    options: dict[str, Any]
+
+    def run(self, repo: LocalRepository) -> dict[str, Any]: ...
 
 
 class ObjectWriter(Protocol):
@@ -153,6 +167,10 @@ class WritableRepository(Repository):
 
     def maintain(self) -> None:  # noqa: B027 - a backend that keeps itself tidy
         """Housekeeping after a snapshot (bup merges small idx files)."""
+
+    def collect_garbage(self, job: GcJob) -> dict[str, Any]:
+        """Run `job` where the repository's packs are; its report."""
+        raise ReadOnlyRepository("this repository cannot collect garbage")
 
 
 def _is_repo(path: str) -> bool:
@@ -298,6 +316,9 @@ class LocalRepository(WritableRepository):
             exists_many=self.has_many,
             on_pack=self._on_pack,
         )
+
+    def collect_garbage(self, job: GcJob) -> dict[str, Any]:
+        return job.run(self)
 
     def _on_pack(self, idx_path: str) -> None:
         self.index.add_idx(idx_path)
