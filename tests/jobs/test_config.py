@@ -270,6 +270,16 @@ def test_mistake_names_file_line_and_key(tmp_path: Path, what: str, extra: str, 
     assert _issues(path) == [f"{path}:{line}: {key}: {message}"]
 
 
+def test_readme_config_example_loads() -> None:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rest = text[text.index("## Nightly backups of a machine"):]
+    start = rest.index("```toml\n") + len("```toml\n")
+    cfg = parse_config(rest[start:rest.index("```\n", start)], "README")
+    assert cfg.retention == {"keep-daily": 7, "keep-weekly": 4, "keep-monthly": 6}
+    assert cfg.retention_of(cfg.sets[0]) == {"keep-last": 30}
+    assert cfg.retention_of(cfg.dumps[0]) == cfg.retention
+
+
 def test_bad_keep_within_is_named_by_line_and_key(tmp_path: Path) -> None:
     """The duration's own wording is the policy parser's; the line says where."""
     path = _write(tmp_path, _BASE + '[set.retention]\nkeep-daily = 3\nkeep-within = "30 days"\n')

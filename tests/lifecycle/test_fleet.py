@@ -206,3 +206,19 @@ def test_gc_all_reclaims_in_every_repository(fleet: Path) -> None:
 def test_root_that_is_not_a_directory(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="No such file or directory"):
         prune_all(str(tmp_path / "nowhere"), ServerConfig())
+
+
+def _readme_toml(after: str) -> str:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rest = text[text.index(after):]
+    start = rest.index("```toml\n") + len("```toml\n")
+    return rest[start:rest.index("```\n", start)]
+
+
+def test_readme_server_config_loads() -> None:
+    cfg = parse_server_config(_readme_toml("## Retention on the backup server"), "README")
+    assert cfg.root == "/srv/ketch" and cfg.time == "06:00"
+    assert cfg.policy_for("web1") == KeepPolicy.from_mapping({"keep-daily": 30,
+                                                              "keep-yearly": 5})
+    archive = cfg.policy_for("archive")
+    assert archive is not None and archive.empty
