@@ -54,6 +54,7 @@ LAYERS: dict[str, int] = {
     "restorefile": 4,  # one file's checked, sparse writes
     "vfs": 4,
     "listing": 4,  # ls's lines, from the vfs
+    "lifecycle": 4,  # retention (prune) and gc of a repository, and of a server's fleet
     # 5: repositories elsewhere, and the machine's jobs.
     "remote": 5,
     "offsite": 5,

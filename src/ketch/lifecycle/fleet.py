@@ -111,8 +111,11 @@ def _each(root: str, report: FleetReport,
     for path in find_repositories(root):
         name = os.path.basename(path)
         try:
-            with LocalRepository(path) as repo:
+            repo = LocalRepository(path)
+            try:
                 result = job(name, repo)
+            finally:
+                repo.close()
         except (KetchError, OSError) as e:
             why = f"{e.strerror}" if isinstance(e, OSError) and e.strerror else str(e)
             where = f"{e.filename}: " if isinstance(e, OSError) and e.filename else ""
