@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     # 0: the ground everything stands on; imports nothing of ketch above it.
     "": 0,  # ketch/__init__.py: the version
     "errors": 0,
+    "lease": 0,  # a save's claim that gc waits for
     "vint": 0,
     "text": 0,
     "progress": 0,
@@ -54,7 +55,7 @@ LAYERS: dict[str, int] = {
     "restorefile": 4,  # one file's checked, sparse writes
     "vfs": 4,
     "listing": 4,  # ls's lines, from the vfs
-    "lifecycle": 4,  # retention (prune) and gc of a repository, and of a server's fleet
+    "lifecycle": 4,  # prune and gc: retention, and space given back
     # 5: repositories elsewhere, and the machine's jobs.
     "remote": 5,
     "offsite": 5,
