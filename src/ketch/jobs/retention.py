@@ -77,11 +77,16 @@ def apply_retention(repo: Repository, policies: list[tuple[str, str, Retention |
             done.branches.append(RetentionReport(kind, name, error=_why(e)))
             continue
         kept, removed = prune_counts(got)
-        done.branches.append(RetentionReport(kind, name, kept, removed))
+        # A branch that kept moving is left as it was (an error of the report's).
+        error = "; ".join(got.errors) or None
+        done.branches.append(RetentionReport(kind, name, kept, removed, error))
+        done.warnings.extend(f"retention {kind} {name}: {w}" for w in got.warnings)
     if any(b.removed for b in done.branches):
         try:
             done.gc = writable.collect_garbage(gc_job({"threshold": DEFAULT_THRESHOLD,
                                                        "dry_run": False}))
+            # e.g. saves that still held their leases when gc stopped waiting
+            done.warnings.extend(f"gc: {w}" for w in done.gc.get("warnings", []))
         except AppendOnlyRepository:
             done.notes.append(SERVER_OWNS_IT)
         except (KetchError, OSError) as e:

@@ -18,6 +18,7 @@ from typing import Any
 
 from ketch.errors import EXIT_FAILED, EXIT_OK, KetchError, UsageError
 from ketch.lifecycle.gc import collect
+from ketch.lifecycle.gcreport import GcProgress
 from ketch.lifecycle.prune import PruneReport, prune
 from ketch.lifecycle.serverconfig import ServerConfig
 from ketch.progress import Progress
@@ -147,15 +148,15 @@ def prune_all(root: str, config: ServerConfig, *, dry_run: bool = False,
         report.totals["removed"] += removed
         branches = plural(len(got.branches), "branch", "branches")
         verb = "to remove" if dry_run else "removed"
-        return MachineResult(name, repo.path, "done",
-                             f"{branches}: {plural(kept, 'save')} kept, {removed} {verb}",
-                             got.exit_code, got.as_dict())
+        summary = f"{branches}: {plural(kept, 'save')} kept, {removed} {verb}"
+        summary += "".join(f"; {problem}" for problem in [*got.errors, *got.warnings])
+        return MachineResult(name, repo.path, "done", summary, got.exit_code, got.as_dict())
 
     return _each(root, report, one)
 
 
 def gc_all(root: str, *, threshold: float, dry_run: bool = False,
-           progress: Progress | None = None) -> FleetReport:
+           progress: GcProgress | None = None) -> FleetReport:
     """Collect the garbage of every repository under `root`."""
     report = FleetReport("gc", root, dry_run, totals={"bytes_before": 0, "bytes_after": 0,
                                                       "bytes_reclaimed": 0})
@@ -168,6 +169,7 @@ def gc_all(root: str, *, threshold: float, dry_run: bool = False,
         verb = "reclaimable" if dry_run else "reclaimed"
         summary = (f"{mb(d.get('bytes_reclaimed', 0))} {verb} "
                    f"({mb(d.get('bytes_before', 0))} -> {mb(d.get('bytes_after', 0))})")
+        summary += "".join(f"; {w}" for w in got.warnings)
         return MachineResult(name, repo.path, "done", summary, got.exit_code, d)
 
     return _each(root, report, one)
