@@ -10,6 +10,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ from ketch.git import objects as gobj
 from ketch.jobs.retention import SERVER_OWNS_IT
 from ketch.lifecycle.gc import job
 from ketch.remote.location import open_location
+from ketch.remote.protocol import Conn
+from ketch.remote.server import Server, ServerOptions
 from ketch.repo import AppendOnlyRepository, LocalRepository, init_repository
 from tests.conftest import RunKetch
 from tests.gitutil import git
@@ -130,13 +133,43 @@ for line in sys.stdin.buffer:
 '''
 
 
+def test_server_says_it_is_alive_while_gc_runs(tmp_path: Path, run_ketch: RunKetch) -> None:
+    """A long gc sends keepalive lines (every 30 s; here every millisecond), then
+    its report: a firewall that drops idle connections does not cut it off."""
+    repo = tmp_path / "repo"
+    tree = tmp_path / "tree"
+    build_small_tree(tree)
+    _with_garbage(repo, tree, run_ketch)
+    c_read, s_write = os.pipe()
+    s_read, c_write = os.pipe()
+    server = Server(Conn(s_read, s_write), ServerOptions())
+    server.GC_KEEPALIVE = 0.001
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    os.write(c_write, f'set-dir {repo}\ngc\n{{"threshold": 10}}\nquit\n'.encode())
+    thread.join(60)
+    os.close(s_write)
+    with os.fdopen(c_read, "rb") as f:
+        lines = f.read().split(b"\n")
+    for fd in (s_read, c_write):
+        os.close(fd)
+    assert lines[:2] == [b"", b"ok"]  # set-dir
+    alive = lines[2:].index(next(ln for ln in lines[2:] if ln != b"."))
+    assert alive >= 1, lines[:5]
+    report = json.loads(lines[2 + alive])
+    assert report["bytes_reclaimed"] >= 2_900_000 and lines[-3:] == [b"", b"ok", b""]
+
+
 @pytest.mark.parametrize("reply,message", [
     (b'"a string"\n\nok\n', "gc: the report is not a JSON object"),
     (b"{" + b" " * (2 << 20) + b"}\n\nok\n", "longer than 1048576 bytes"),
+    (b'.\n.\n{"bytes_reclaimed": 7}\n\nok\n', None),
 ])
 def test_client_bounds_the_gc_reply(sshd: SshServer, tmp_path: Path, reply: bytes,
-                                    message: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A server that answers gc with something else than a small JSON object."""
+                                    message: str | None,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that answers gc with something else than a small JSON object (or
+    with keepalive lines first, which are skipped)."""
     fake = tmp_path / "fake_server.py"
     fake.write_text(f"REPLY = {reply!r}\n{_FAKE_SERVER}")
     m = Machine.new(sshd, f"gc_fake_{len(reply)}",
@@ -144,8 +177,13 @@ def test_client_bounds_the_gc_reply(sshd: SshServer, tmp_path: Path, reply: byte
     _use(m, monkeypatch)
     remote = open_location(m.url(tmp_path))
     try:
-        with pytest.raises(KetchError, match=message):
-            remote.writable().collect_garbage(job({"threshold": 10.0, "dry_run": False}))
+        if message is None:
+            got = remote.writable().collect_garbage(job({"threshold": 10.0, "dry_run": False}))
+            assert got == {"bytes_reclaimed": 7}
+        else:
+            with pytest.raises(KetchError, match=message):
+                remote.writable().collect_garbage(job({"threshold": 10.0,
+                                                       "dry_run": False}))
     finally:
         remote.client.abandon()
 
