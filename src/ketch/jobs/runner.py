@@ -114,7 +114,7 @@ class RunReport:
                 lines.append(f"    ... and {len(i.warnings) - 20} more warnings")
         for r in self.retention:
             lines.append(f"  retention {r.kind} {r.name}: " + (
-                f"FAILED: {r.error}" if r.error else
+                f"not pruned: {r.error}" if r.error else
                 f"kept {plural(r.kept, 'save')}, removed {r.removed}"))
         if self.gc is not None:
             lines.append(f"  gc: {self.gc.get('bytes_reclaimed', 0) / 1e6:,.1f} MB reclaimed "
