@@ -99,6 +99,7 @@ def test_rendered_config_documents_unset_keys() -> None:
     text = render_config(Config("/r", sets=[BackupSet("etc", ["/etc"])]))
     assert "# exclude = " in text and "# ping_url = " in text and "# [notify.email]" in text
     assert "# [[dump]]" in text  # an example, since there are no dumps
+    assert "# [retention]\n# keep-daily = 7" in text  # retention too, commented out
     bare = render_config(Config("/r"), comments=False)
     assert "#" not in bare
 
