@@ -6,13 +6,15 @@ the same "will it actually fire here" checks as a machine's backup."""
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from ketch.jobs.model import Schedule
-from ketch.jobs.schedule import SERVER_LOG, SERVER_UNIT, render_cron, render_systemd
+from ketch.jobs.schedule import SERVER_UNIT, ServerJob, render_cron, render_systemd
 from tests.conftest import RunKetch
 from tests.jobs.conftest import InNamespace
 from tests.jobs.test_schedule import PYTHON_ARGV, _cron_jobs, _verify, needs_analyze
@@ -23,9 +25,10 @@ SERVER_CONFIG = "/etc/ketch/server.toml"
 @needs_analyze
 def test_server_units_verify(tmp_path: Path) -> None:
     units = render_systemd(SERVER_CONFIG, Schedule("06:00", "0"), PYTHON_ARGV,
-                           unit=SERVER_UNIT, server_root="/srv/ketch repos")
+                           unit=SERVER_UNIT, server=ServerJob("/srv/ketch repos", "backup"))
     service = units[f"{SERVER_UNIT}.service"]
     assert "Environment=KETCH_SERVER_CONFIG=/etc/ketch/server.toml\n" in service
+    assert "\nUser=backup\n" in service
     assert service.index(" prune --all ") < service.index(" gc --all ")
     assert '"/srv/ketch repos"' in service and "RandomizedDelaySec" not in service
     proc = _verify(tmp_path, units)
@@ -43,14 +46,15 @@ def test_server_cron_job_runs_prune_then_gc_in_sh(tmp_path: Path, prune_exit: in
                     f"echo report of $1\n[ \"$1\" = prune ] && exit {prune_exit}\nexit 0\n")
     fake.chmod(0o755)
     config = "/etc/ketch/100% server.toml"
+    root = tmp_path / "srv ketch"
+    root.mkdir()
     [(fields, user, command)] = _cron_jobs(render_cron(
-        config, Schedule("06:30", "0"), [str(fake)], server_root="/srv/ketch"))
-    assert (fields, user) == (["30", "6", "*", "*", "*"], "root")
-    log = tmp_path / "log" / "retention.log"
-    command = command.replace(SERVER_LOG, str(log)).replace("/var/log/ketch", str(log.parent))
+        config, Schedule("06:30", "0"), [str(fake)], server=ServerJob(str(root), "backup")))
+    assert (fields, user) == (["30", "6", "*", "*", "*"], "backup")
     subprocess.run(["/bin/sh", "-c", command], timeout=30, env={"PATH": "/usr/bin:/bin"})
-    expected = [f"prune --all /srv/ketch {config}"] + (
-        [f"gc --all /srv/ketch {config}"] if gc_runs else [])
+    log = root / "ketch-retention.log"
+    expected = [f"prune --all {root} {config}"] + (
+        [f"gc --all {root} {config}"] if gc_runs else [])
     assert calls.read_text().splitlines() == expected
     assert log.read_text().splitlines() == ["report of prune"] + (
         ["report of gc"] if gc_runs else [])
@@ -75,8 +79,9 @@ def test_cli_install_show_remove_server(tmp_path: Path, run_ketch: RunKetch,
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout.decode()
     assert "schedule: cron" in out and " 05:45 " in out and "at random" not in out
-    [(fields, _, command)] = _cron_jobs(cron.read_text())
+    [(fields, user, command)] = _cron_jobs(cron.read_text())
     assert fields[:2] == ["45", "5"] and f"prune --all {root}" in command
+    assert user == pwd.getpwuid(os.getuid()).pw_name  # the owner of ROOT
     proc = in_pid_namespace("schedule", "show", "--server", "--json", *where,
                             cron_running=True)
     shown = json.loads(proc.stdout)
@@ -94,6 +99,22 @@ def test_cli_install_show_remove_server(tmp_path: Path, run_ketch: RunKetch,
     proc = run_ketch("schedule", "remove", "--server", "--cron-file", cron,
                      "--systemd-dir", sdir, check=True)
     assert proc.stdout.decode() == f"removed {cron}\n"
+
+
+def test_server_job_runs_as_the_owner_of_root(tmp_path: Path, run_ketch: RunKetch) -> None:
+    """Files prune and gc write (refs, reflogs, packs) must stay writable by the
+    machines' forced-command server, which runs as the repositories' owner."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to give ROOT to another user")
+    root = tmp_path / "repos"
+    root.mkdir()
+    os.chown(root, pwd.getpwnam("nobody").pw_uid, -1)
+    config = _server_config(tmp_path, "06:00", root)
+    cron, sdir = tmp_path / "cron.d" / "ketch-retention", tmp_path / "systemd"
+    run_ketch("schedule", "install", "--server", "--cron", "-c", config, "--cron-file", cron,
+              "--systemd-dir", sdir)  # written whether or not a cron daemon runs here
+    [(_, user, command)] = _cron_jobs(cron.read_text())
+    assert user == "nobody" and f">>{root}/ketch-retention.log" in command
 
 
 def test_server_install_checks_that_it_will_fire_and_what_it_needs(

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ketch.errors import EXIT_FAILED, EXIT_OK, EXIT_WARNINGS, KetchError, UsageError
 from ketch.jobs.model import DEFAULT_CONFIG, Schedule
+
+if TYPE_CHECKING:
+    from ketch.jobs.schedule import ServerJob
 
 
 # ketch.jobs.config is imported in these, not at the top, so that `ketch schedule
@@ -28,8 +31,12 @@ def _schedule_of(config: str) -> Schedule:
     return load_config(config).schedule
 
 
-def _server_job(config: str | None, root: str | None) -> tuple[str, Schedule, str]:
-    """(server config, schedule, ROOT) of the backup server's retention job."""
+def _server_job(config: str | None, root: str | None) -> tuple[str, Schedule, ServerJob]:
+    """(server config, schedule, job) of the backup server's retention: run as
+    the owner of ROOT, as the machines' forced-command servers are."""
+    import pwd
+
+    from ketch.jobs.schedule import ServerJob
     from ketch.lifecycle.serverconfig import default_server_config_path, load_server_config
 
     path = os.path.abspath(config or default_server_config_path())
@@ -39,7 +46,13 @@ def _server_job(config: str | None, root: str | None) -> tuple[str, Schedule, st
         raise UsageError(f"which repositories? give ROOT, or set root in {path}")
     if not os.path.isdir(root):
         raise UsageError(f"{root}: no such directory")
-    return path, Schedule(time=cfg.time, randomized_delay="0"), os.path.abspath(root)
+    uid = os.stat(root).st_uid
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        raise UsageError(f"{root} belongs to uid {uid}, which has no user name") from None
+    return (path, Schedule(time=cfg.time, randomized_delay="0"),
+            ServerJob(os.path.abspath(root), user))
 
 
 def _where(server: bool, cron_file: str | None) -> dict[str, Any]:
@@ -123,12 +136,13 @@ def install_cmd(config: str | None, server: bool, root: str | None, use_cron: bo
     if root is not None and not server:
         raise UsageError("ROOT is for --server (the backup server's repositories)")
     where = _where(server, cron_file)
+    job = None
     if server:
-        config, sched, root = _server_job(config, root)
+        config, sched, job = _server_job(config, root)
     else:
         config = os.path.abspath(config or _default_config())
         sched = _schedule_of(config)
-    info = install(config, sched, systemd_dir=systemd_dir, **where, server_root=root,
+    info = install(config, sched, systemd_dir=systemd_dir, **where, server=job,
                    use_systemd=False if use_cron else None)
     if info.problem:
         # Written anyway, so that starting the daemon is all that is left to do;
@@ -169,13 +183,13 @@ def show_cmd(config: str | None, server: bool, root: str | None, systemd_dir: st
 
     if root is not None and not server:
         raise UsageError("ROOT is for --server (the backup server's repositories)")
+    job = None
     if server:
-        config, sched, root = _server_job(config, root)
+        config, sched, job = _server_job(config, root)
     else:
         config = os.path.abspath(config or _default_config())
         sched = _schedule_of(config)
-    info = show(config, sched, systemd_dir=systemd_dir, **_where(server, cron_file),
-                server_root=root)
+    info = show(config, sched, systemd_dir=systemd_dir, **_where(server, cron_file), server=job)
     _print(info, as_json=as_json, server=server)
     if info.problem and not as_json:
         click.echo(f"ketch: error: {info.problem}", err=True)
