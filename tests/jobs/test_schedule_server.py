@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from ketch.jobs.model import Schedule
-from ketch.jobs.schedule import SERVER_UNIT, ServerJob, render_cron, render_systemd
+from ketch.jobs.schedule import SERVER_UNIT, render_cron, render_systemd
+from ketch.jobs.serverjob import ServerJob
+from ketch.repo import init_repository
 from tests.conftest import RunKetch
 from tests.jobs.conftest import InNamespace
 from tests.jobs.test_schedule import PYTHON_ARGV, _cron_jobs, _verify, needs_analyze
@@ -115,6 +117,15 @@ def test_server_job_runs_as_the_owner_of_root(tmp_path: Path, run_ketch: RunKetc
               "--systemd-dir", sdir)  # written whether or not a cron daemon runs here
     [(_, user, command)] = _cron_jobs(cron.read_text())
     assert user == "nobody" and f">>{root}/ketch-retention.log" in command
+    # The repositories decide, not ROOT; and they must agree.
+    for name, owner in (("web1", "backup"), ("db1", "daemon")):
+        init_repository(str(root / name))
+        os.chown(root / name, pwd.getpwnam(owner).pw_uid, -1)
+    proc = run_ketch("schedule", "install", "--server", "--cron", "-c", config, "--cron-file",
+                     cron, "--systemd-dir", sdir)
+    assert proc.returncode == 2 and proc.stderr.decode() == (
+        f"ketch: error: the repositories under {root} belong to daemon, backup: the nightly "
+        "job runs as one user (chown -R the others to it)\n")
 
 
 def test_server_install_checks_that_it_will_fire_and_what_it_needs(

@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from ketch.errors import EXIT_FAILED, EXIT_OK, EXIT_WARNINGS, KetchError, UsageError
 from ketch.jobs.model import DEFAULT_CONFIG, Schedule
-
-if TYPE_CHECKING:
-    from ketch.jobs.schedule import ServerJob
 
 
 # ketch.jobs.config is imported in these, not at the top, so that `ketch schedule
@@ -29,30 +26,6 @@ def _schedule_of(config: str) -> Schedule:
     from ketch.jobs.config import load_config
 
     return load_config(config).schedule
-
-
-def _server_job(config: str | None, root: str | None) -> tuple[str, Schedule, ServerJob]:
-    """(server config, schedule, job) of the backup server's retention: run as
-    the owner of ROOT, as the machines' forced-command servers are."""
-    import pwd
-
-    from ketch.jobs.schedule import ServerJob
-    from ketch.lifecycle.serverconfig import default_server_config_path, load_server_config
-
-    path = os.path.abspath(config or default_server_config_path())
-    cfg = load_server_config(path)
-    root = root or cfg.root
-    if not root:
-        raise UsageError(f"which repositories? give ROOT, or set root in {path}")
-    if not os.path.isdir(root):
-        raise UsageError(f"{root}: no such directory")
-    uid = os.stat(root).st_uid
-    try:
-        user = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        raise UsageError(f"{root} belongs to uid {uid}, which has no user name") from None
-    return (path, Schedule(time=cfg.time, randomized_delay="0"),
-            ServerJob(os.path.abspath(root), user))
 
 
 def _where(server: bool, cron_file: str | None) -> dict[str, Any]:
@@ -138,7 +111,9 @@ def install_cmd(config: str | None, server: bool, root: str | None, use_cron: bo
     where = _where(server, cron_file)
     job = None
     if server:
-        config, sched, job = _server_job(config, root)
+        from ketch.jobs.serverjob import server_job
+
+        config, sched, job = server_job(config, root)
     else:
         config = os.path.abspath(config or _default_config())
         sched = _schedule_of(config)
@@ -185,7 +160,9 @@ def show_cmd(config: str | None, server: bool, root: str | None, systemd_dir: st
         raise UsageError("ROOT is for --server (the backup server's repositories)")
     job = None
     if server:
-        config, sched, job = _server_job(config, root)
+        from ketch.jobs.serverjob import server_job
+
+        config, sched, job = server_job(config, root)
     else:
         config = os.path.abspath(config or _default_config())
         sched = _schedule_of(config)

@@ -31,29 +31,13 @@ from pathlib import Path
 from ketch.errors import KetchError, UsageError
 from ketch.jobs.firing import SYSTEMD_RUNNING_FLAG, systemd_is_init, why_it_will_not_fire
 from ketch.jobs.model import Schedule
+from ketch.jobs.serverjob import USER_RX, ServerJob
 
 UNIT = "ketch-backup"
 SERVER_UNIT = "ketch-retention"
 SYSTEMD_DIR = "/etc/systemd/system"
 CRON_PATH = "/etc/cron.d/ketch"
 SERVER_CRON_PATH = "/etc/cron.d/ketch-retention"
-_USER_RX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
-
-
-@dataclass(frozen=True)
-class ServerJob:
-    """The backup server's nightly retention of every repository under `root`,
-    run as `user`: the repositories' owner, whose forced-command server must go
-    on writing the refs, reflogs and packs that prune and gc write."""
-
-    root: str
-    user: str = "root"
-
-    @property
-    def log(self) -> str:
-        """Where the cron job appends its reports (the owner may write there;
-        systemd keeps them in the journal)."""
-        return os.path.join(self.root, "ketch-retention.log")
 MARKER = "# Written by `ketch schedule install`; `ketch schedule remove` deletes it."
 SERVER_MARKER = ("# Written by `ketch schedule install --server`; `ketch schedule remove --server` "
                  "deletes it.")
@@ -161,7 +145,7 @@ def _check_args(config_path: str, ketch_argv: list[str], server: ServerJob | Non
         raise UsageError(f"config path {config_path!r} must be absolute: the timer runs in /")
     if server is not None and not os.path.isabs(server.root):
         raise UsageError(f"ROOT {server.root!r} must be absolute: the timer runs in /")
-    if server is not None and not _USER_RX.match(server.user):
+    if server is not None and not USER_RX.match(server.user):
         raise UsageError(f"user {server.user!r}: not a name a unit or crontab can hold")
     if not ketch_argv or not os.path.isabs(ketch_argv[0]):
         raise UsageError(f"ketch command {ketch_argv!r}: the program must be an absolute path")
