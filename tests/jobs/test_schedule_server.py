@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -103,20 +105,41 @@ def test_cli_install_show_remove_server(tmp_path: Path, run_ketch: RunKetch,
     assert proc.stdout.decode() == f"removed {cron}\n"
 
 
-def test_server_job_runs_as_the_owner_of_root(tmp_path: Path, run_ketch: RunKetch) -> None:
+def test_server_job_runs_as_the_owner_of_root(tmp_path: Path, run_ketch: RunKetch,
+                                              request: pytest.FixtureRequest) -> None:
     """Files prune and gc write (refs, reflogs, packs) must stay writable by the
     machines' forced-command server, which runs as the repositories' owner."""
     if os.geteuid() != 0:
         pytest.skip("needs root, to give ROOT to another user")
-    root = tmp_path / "repos"
+    # Where the job's user can reach them (pytest's own directories are root's alone).
+    etc = Path(tempfile.mkdtemp(prefix="ketch-server-"))
+    request.addfinalizer(lambda: shutil.rmtree(etc))
+    etc.chmod(0o755)
+    root = etc / "repos"
     root.mkdir()
     os.chown(root, pwd.getpwnam("nobody").pw_uid, -1)
-    config = _server_config(tmp_path, "06:00", root)
+    config = _server_config(etc, "06:00", root)
     cron, sdir = tmp_path / "cron.d" / "ketch-retention", tmp_path / "systemd"
     run_ketch("schedule", "install", "--server", "--cron", "-c", config, "--cron-file", cron,
               "--systemd-dir", sdir)  # written whether or not a cron daemon runs here
     [(_, user, command)] = _cron_jobs(cron.read_text())
     assert user == "nobody" and f">>{root}/ketch-retention.log" in command
+    config.chmod(0o600)  # root's alone: nobody could not read it at night
+    proc = run_ketch("schedule", "install", "--server", "--cron", "-c", config, "--cron-file",
+                     cron, "--systemd-dir", sdir)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and err.startswith(f"ketch: error: {config} is mode 600"), err
+    assert err.endswith(f"the nightly job runs as nobody, who could not read it (chmod 644 "
+                        f"{config}, or give it to nobody)\n")
+    config.chmod(0o644)
+    hidden = tmp_path / "repos"  # behind pytest's 0700 directory
+    hidden.mkdir()
+    os.chown(hidden, pwd.getpwnam("nobody").pw_uid, -1)
+    proc = run_ketch("schedule", "install", "--server", "--cron", "-c", config, "--cron-file",
+                     cron, "--systemd-dir", sdir, hidden)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and err.endswith(
+        f"the nightly job runs as nobody, who could not reach {hidden}\n"), err
     # The repositories decide, not ROOT; and they must agree.
     for name, owner in (("web1", "backup"), ("db1", "daemon")):
         init_repository(str(root / name))

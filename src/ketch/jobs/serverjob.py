@@ -43,7 +43,27 @@ def server_job(config: str | None, root: str | None) -> tuple[str, Schedule, Ser
     if not os.path.isdir(root):
         raise UsageError(f"{root}: no such directory")
     root = os.path.abspath(root)
-    return path, Schedule(time=cfg.time, randomized_delay="0"), ServerJob(root, owner(root))
+    job = ServerJob(root, owner(root))
+    _check_access(path, root, job.user)
+    return path, Schedule(time=cfg.time, randomized_delay="0"), job
+
+
+def _check_access(config: str, root: str, user: str) -> None:
+    """The job runs as `user`: a config only root may read, or a ROOT behind a
+    directory they cannot search, would fail it every night."""
+    from ketch.remote.access import Denied, R, X, account, need, reach
+
+    who = account(user)
+    try:
+        need(reach(config, who), who, R)
+    except Denied as e:
+        raise UsageError(f"{e}: the nightly job runs as {user}, who could not read it "
+                         f"(chmod 644 {config}, or give it to {user})") from None
+    try:
+        need(reach(root, who), who, R | X)
+    except Denied as e:
+        raise UsageError(f"{e}: the nightly job runs as {user}, who could not reach "
+                         f"{root}") from None
 
 
 def owner(root: str) -> str:
