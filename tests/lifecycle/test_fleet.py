@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import textwrap
 from pathlib import Path
 
@@ -222,3 +223,26 @@ def test_readme_server_config_loads() -> None:
                                                               "keep-yearly": 5})
     archive = cfg.policy_for("archive")
     assert archive is not None and archive.empty
+
+
+def test_run_as_root_the_owner_gets_back_what_was_written(fleet: Path) -> None:
+    """The machines' server runs as the repositories' owner: a reflog or ref
+    written by root (an admin's `sudo ketch prune --all`) would refuse it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to give a repository to another user")
+    nobody = pwd.getpwnam("nobody")
+    web1 = fleet / "web1"
+    for p in [web1, *web1.rglob("*")]:
+        os.lchown(p, nobody.pw_uid, nobody.pw_gid)
+    cfg = ServerConfig(default=KeepPolicy.from_mapping({"keep-last": 1}))
+    assert prune_all(str(fleet), cfg).exit_code == EXIT_OK
+    with LocalRepository(str(web1)) as repo:
+        w = repo.writer()
+        w.write(gobj.BLOB, os.urandom(100_000))
+        w.close()
+    assert gc_all(str(fleet), threshold=0.0).exit_code == EXIT_OK
+    with LocalRepository(str(web1)) as repo:
+        head = repo.read_ref(b"refs/heads/files")
+        assert head is not None and not gobj.decode_commit(repo.read(head)[1]).parents
+    assert {p.stat().st_uid for p in web1.rglob("*")} == {nobody.pw_uid}
+    assert (fleet / "db1" / "objects").stat().st_uid == 0  # root's repositories stay root's

@@ -117,6 +117,7 @@ def _each(root: str, report: FleetReport,
                 result = job(name, repo)
             finally:
                 repo.close()
+                give_back(path)
         except (KetchError, OSError) as e:
             why = f"{e.strerror}" if isinstance(e, OSError) and e.strerror else str(e)
             where = f"{e.filename}: " if isinstance(e, OSError) and e.filename else ""
@@ -125,6 +126,25 @@ def _each(root: str, report: FleetReport,
             report.machines.append(result)
     report.seconds = time.monotonic() - t0
     return report
+
+
+def give_back(repo_path: str) -> None:
+    """Run as root in a repository that belongs to another user (the machine's
+    forced-command server runs as it), give back what was just written: a
+    root-owned reflog, ref directory or lease file would refuse that server."""
+    if os.geteuid() != 0:
+        return
+    st = os.stat(repo_path)
+    if st.st_uid == 0:
+        return
+    for top, dirs, files in os.walk(repo_path):
+        for name in (*dirs, *files):
+            p = os.path.join(top, name)
+            try:
+                if os.lstat(p).st_uid != st.st_uid:
+                    os.lchown(p, st.st_uid, st.st_gid)
+            except FileNotFoundError:  # a save's temporary file, gone meanwhile
+                continue
 
 
 def prune_all(root: str, config: ServerConfig, *, dry_run: bool = False,
