@@ -428,7 +428,7 @@ def test_check_says_which_items_are_pruned_and_where_not(tmp_path: Path) -> None
     cfg = _local(tmp_path, retention={"keep-daily": 7},
                  dumps=[DumpSpec("db", "command", command=["true"], retention={})])
     line = {r.what: r for r in check_config(cfg)}["retention"]
-    assert (line.status, line.detail) == ("ok", "after the saves: data; every save kept: db")
+    assert (line.status, line.detail) == ("ok", "data: keep-daily 7; db: every save kept")
     cfg.repository = "s3://bucket/mirror/web1"
     line = {r.what: r for r in check_config(cfg)}["retention"]
     assert line.status == "warn" and "an S3 mirror is read-only: it is not applied" in line.detail

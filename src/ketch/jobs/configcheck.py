@@ -206,12 +206,11 @@ def _check_retention(cfg: Config) -> CheckResult | None:
     """Which policy each set and dump has, and whether this repository lets a run apply it."""
     items = [(s.name, cfg.retention_of(s)) for s in cfg.sets] + \
             [(d.name, cfg.retention_of(d)) for d in cfg.dumps]
-    pruned = [name for name, table in items if table]
-    if not pruned:
+    if not any(table for _, table in items):
         return None
-    kept = [name for name, table in items if not table]
-    detail = f"after the saves: {', '.join(pruned)}" + (
-        f"; every save kept: {', '.join(kept)}" if kept else "")
+    detail = "; ".join(f"{name}: " + (", ".join(f"{k} {v}" for k, v in table.items())
+                                      if table else "every save kept")
+                       for name, table in items)
     if is_store_url(cfg.repository):
         return _warn("retention", f"{detail}; but an S3 mirror is read-only: it is not applied "
                                   "(prune the repository it mirrors)")
