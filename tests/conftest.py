@@ -49,6 +49,8 @@ def git_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         # Commands without -d/-r read the machine's config (/etc/ketch/ketch.toml):
         # a test must not pick up the one of the machine it runs on.
         mp.setenv("KETCH_CONFIG", str(home / "no-ketch.toml"))
+        # Nor the backup server's (/etc/ketch/server.toml).
+        mp.setenv("KETCH_SERVER_CONFIG", str(home / "no-server.toml"))
         yield
 
 

@@ -43,6 +43,11 @@ class ReadOnlyRepository(KetchError):
     """Writing to a repository that only reads was attempted."""
 
 
+class AppendOnlyRepository(ReadOnlyRepository):
+    """The repository takes new saves but refuses to remove any (a backup
+    server's append-only key): its server applies retention, not the client."""
+
+
 class ObjectWriter(Protocol):
     """A write session: objects written here are durable only after `close()`.
     `objects_written` and `bytes_written` (encoded, as stored) count what this

@@ -228,8 +228,8 @@ def test_help_topics(run_ketch: RunKetch) -> None:
     text = run_ketch("help", "config", check=True).stdout.decode()
     from ketch.jobs import config as schema
 
-    for table in (schema._TOP, schema._SET, schema._DUMP, schema._SCHEDULE, schema._NOTIFY,
-                  schema._EMAIL):
+    for table in (schema._TOP, schema._SET, schema._DUMP, schema.RETENTION_SCHEMA,
+                  schema._SCHEDULE, schema._NOTIFY, schema._EMAIL):
         for key in table:
             assert re.search(rf"^  {key}: .*\n {{6}}\S", text, re.M), key
     assert "[[dump]]" in text and "[notify.email]" in text

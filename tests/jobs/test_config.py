@@ -42,8 +42,9 @@ FULL = Config(
     log_file="/var/log/ketch/web1.log",
     lock_file="/run/lock/ketch-web1.lock",
     compress=6,
+    retention={"keep-daily": 7, "keep-weekly": 4, "keep-within": "2d"},
     sets=[
-        BackupSet("etc", ["/etc"]),
+        BackupSet("etc", ["/etc"], retention={"keep-last": 30}),
         BackupSet("home", ["/home/alice with space", '/home/q"uote', "/home/back\\slash",
                            "/home/a-rather-long-directory-name-to-wrap-the-array"],
                   exclude=["*.tmp", "/home/*/.cache"], exclude_from=["/etc/ketch/excludes"],
@@ -57,7 +58,7 @@ FULL = Config(
                  passfile="/etc/ketch/pgpass", globals=False, run_as="postgres",
                  env={"PGSSLMODE": "require", "WEIRD": "tab\there\nnewline"}),
         DumpSpec("mongo", "mongodb", uri_file="/etc/ketch/mongo.uri", databases=["logs"]),
-        DumpSpec("app-db", "sqlite", path="/var/lib/app/app.db"),
+        DumpSpec("app-db", "sqlite", path="/var/lib/app/app.db", retention={}),
         DumpSpec("ldap", "command", command=["sh", "-c", "slapcat -n 1 'x' \"y\""],
                  filename="ldap.ldif", env_file="/etc/ketch/ldap.env"),
     ],
@@ -98,6 +99,7 @@ def test_rendered_config_documents_unset_keys() -> None:
     text = render_config(Config("/r", sets=[BackupSet("etc", ["/etc"])]))
     assert "# exclude = " in text and "# ping_url = " in text and "# [notify.email]" in text
     assert "# [[dump]]" in text  # an example, since there are no dumps
+    assert "# [retention]\n# keep-daily = 7" in text  # retention too, commented out
     bare = render_config(Config("/r"), comments=False)
     assert "#" not in bare
 
@@ -130,7 +132,7 @@ def test_schema_covers_every_model_field() -> None:
         names = {tables.get(f.name, f.name) for f in dataclasses.fields(cls)} - {"source"}
         assert names == set(schema), cls.__name__
     used = {key for keys in jc.DUMP_KEYS.values() for key in keys}
-    assert used | {"name", "type"} == set(jc._DUMP)
+    assert used | set(jc.DUMP_COMMON) == set(jc._DUMP)
 
 
 # -- where keys are --------------------------------------------------------------------
@@ -243,6 +245,19 @@ MISTAKES = [
      "(ssl: SMTPS, usually port 465; starttls: usually port 587)"),
     ("port as a boolean", '[[dump]]\nname = "db"\ntype = "mysql"\nport = true\n', 10,
      "dump[1].port", "expected an integer, got a boolean"),
+    ("retention key typo", '[retention]\nkeep-dialy = 7\n', 8, "retention.keep-dialy",
+     "unknown key (did you mean 'keep-daily'?)"),
+    ("retention key with underscore", '[set.retention]\nkeep_daily = 7\n', 8,
+     "set[1].retention.keep_daily", "unknown key (did you mean 'keep-daily'?)"),
+    ("negative keep count", '[[dump]]\nname = "db"\ntype = "sqlite"\npath = "/db"\n'
+     '[dump.retention]\nkeep-last = -1\n', 12, "dump[1].retention.keep-last",
+     "expected 0 or more, got -1"),
+    ("keep count as a string", '[retention]\nkeep-weekly = "4"\n', 8,
+     "retention.keep-weekly", "expected an integer, got a string"),
+    ("keep-within as a number", '[retention]\nkeep-within = 30\n', 8,
+     "retention.keep-within", 'expected a duration such as "30d", got an integer'),
+    ("retention not a table", 'retention = 7\n', 7, "set[1].retention",
+     "expected a table, got an integer"),
     ("bad regex", '[[set]]\nname = "w"\npaths = ["/w"]\nexclude_rx = ["("]\n', 10,
      "set[2].exclude_rx[1]", "bad regular expression: missing ), unterminated subpattern "
      "at position 0"),
@@ -254,6 +269,50 @@ def test_mistake_names_file_line_and_key(tmp_path: Path, what: str, extra: str, 
                                          key: str, message: str) -> None:
     path = _write(tmp_path, _BASE + extra)
     assert _issues(path) == [f"{path}:{line}: {key}: {message}"]
+
+
+def test_readme_config_example_loads() -> None:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rest = text[text.index("## Nightly backups of a machine"):]
+    start = rest.index("```toml\n") + len("```toml\n")
+    cfg = parse_config(rest[start:rest.index("```\n", start)], "README")
+    assert cfg.retention == {"keep-daily": 7, "keep-weekly": 4, "keep-monthly": 6}
+    assert cfg.retention_of(cfg.sets[0]) == {"keep-last": 30}
+    assert cfg.retention_of(cfg.dumps[0]) == cfg.retention
+
+
+def test_bad_keep_within_is_named_by_line_and_key(tmp_path: Path) -> None:
+    """The duration's own wording is the policy parser's; the line says where."""
+    path = _write(tmp_path, _BASE + '[set.retention]\nkeep-daily = 3\nkeep-within = "30 days"\n')
+    [issue] = _issues(path)
+    assert issue.startswith(f"{path}:9: set[1].retention.keep-within: "), issue
+    assert "30 days" in issue and "Traceback" not in issue
+
+
+def test_set_retention_replaces_the_default(tmp_path: Path) -> None:
+    path = _write(tmp_path, """
+        repository = "/r"
+        [retention]
+        keep-daily = 7
+        [[set]]
+        name = "etc"
+        paths = ["/etc"]
+        [[set]]
+        name = "home"
+        paths = ["/home"]
+        [set.retention]
+        keep-last = 3
+        [[dump]]
+        name = "db"
+        type = "sqlite"
+        path = "/db"
+        retention = {}
+        """)
+    cfg = load_config(path)
+    etc, home = cfg.sets
+    assert cfg.retention_of(etc) == {"keep-daily": 7}
+    assert cfg.retention_of(home) == {"keep-last": 3}
+    assert cfg.retention_of(cfg.dumps[0]) == {}  # every save kept
 
 
 def test_relative_local_repository(tmp_path: Path) -> None:
@@ -363,6 +422,18 @@ def test_world_readable_credential_file_is_a_warning(tmp_path: Path) -> None:
     private = results["dump cmd (command): env_file"]
     assert (private.status, private.detail) == ("ok", f"{env_file}: mode 0600")
     assert results["dump cmd (command)"].status == "ok"
+
+
+def test_check_says_which_items_are_pruned_and_where_not(tmp_path: Path) -> None:
+    cfg = _local(tmp_path, retention={"keep-daily": 7},
+                 dumps=[DumpSpec("db", "command", command=["true"], retention={})])
+    line = {r.what: r for r in check_config(cfg)}["retention"]
+    assert (line.status, line.detail) == ("ok", "data: keep-daily 7; db: every save kept")
+    cfg.repository = "s3://bucket/mirror/web1"
+    line = {r.what: r for r in check_config(cfg)}["retention"]
+    assert line.status == "warn" and "an S3 mirror is read-only: it is not applied" in line.detail
+    cfg.retention = None  # nothing to prune: no line at all
+    assert "retention" not in {r.what for r in check_config(cfg)}
 
 
 def test_missing_path_and_missing_repository_fail(tmp_path: Path) -> None:

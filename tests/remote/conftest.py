@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import in_ci
+from tests.conftest import SRC_DIR, in_ci
 from tests.services.sshd import SshServer, missing_binaries
 
 
@@ -29,7 +29,10 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
             pytest.fail(f"{msg}; CI requires it")
         pytest.skip(msg)
     began = time.monotonic()
-    with SshServer.start(tmp_path_factory.mktemp("sshd")) as server:
+    # The server side runs this checkout's ketch too, not whichever one the
+    # interpreter has installed (an editable install may point at another tree).
+    with SshServer.start(tmp_path_factory.mktemp("sshd"), env={"PYTHONPATH": str(SRC_DIR)}) \
+            as server:
         # Shown with -rP / on failure: start-up cost is worth keeping an eye on.
         print(f"sshd on {server.host}:{server.port} after {time.monotonic() - began:.2f} s")
         yield server

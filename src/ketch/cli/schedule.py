@@ -1,5 +1,6 @@
 """`ketch schedule install|remove|show`: the nightly `ketch run` as a systemd
-timer, or a cron entry where systemd is not running (ketch.jobs.schedule)."""
+timer, or a cron entry where systemd is not running (ketch.jobs.schedule);
+with `--server`, the backup server's nightly prune + gc of every repository."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import click
 
-from ketch.errors import EXIT_FAILED, EXIT_OK, EXIT_WARNINGS, KetchError
+from ketch.errors import EXIT_FAILED, EXIT_OK, EXIT_WARNINGS, KetchError, UsageError
 from ketch.jobs.model import DEFAULT_CONFIG, Schedule
 
 
@@ -27,25 +28,41 @@ def _schedule_of(config: str) -> Schedule:
     return load_config(config).schedule
 
 
+def _where(server: bool, cron_file: str | None) -> dict[str, Any]:
+    from ketch.jobs.schedule import CRON_PATH, SERVER_CRON_PATH, SERVER_UNIT, UNIT
+
+    return {"cron_path": cron_file or (SERVER_CRON_PATH if server else CRON_PATH),
+            "unit": SERVER_UNIT if server else UNIT}
+
+
 def _config_option(f: Any) -> Any:
     return click.option("-c", "--config", "config", metavar="FILE", default=None,
                         help="the machine's config (default: $KETCH_CONFIG, else "
-                             f"{DEFAULT_CONFIG})")(f)
+                             f"{DEFAULT_CONFIG}); with --server, the server's "
+                             "(default: $KETCH_SERVER_CONFIG, else /etc/ketch/server.toml)")(f)
+
+
+def _server_option(f: Any) -> Any:
+    return click.option("--server", is_flag=True,
+                        help="the backup server's nightly prune + gc of the repositories "
+                             "under ROOT, instead of this machine's backup")(f)
 
 
 def _dirs(f: Any) -> Any:
     f = click.option("--systemd-dir", default="/etc/systemd/system", show_default=True,
                      metavar="DIR", help="where the timer's unit files go")(f)
-    return click.option("--cron-file", default="/etc/cron.d/ketch", show_default=True,
-                        metavar="FILE", help="where the cron entry goes")(f)
+    return click.option("--cron-file", default=None, metavar="FILE",
+                        help="where the cron entry goes (default: /etc/cron.d/ketch; "
+                             "with --server, /etc/cron.d/ketch-retention)")(f)
 
 
-def _print(info: Any, *, as_json: bool = False) -> None:
+def _print(info: Any, *, as_json: bool = False, server: bool = False) -> None:
     if as_json:
         click.echo(json.dumps(info.as_dict(), indent=2))
         return
     if info.kind is None:
-        click.echo("schedule: not installed (`ketch schedule install` installs it)")
+        flag = " --server" if server else ""
+        click.echo(f"schedule: not installed (`ketch schedule install{flag}` installs it)")
     else:
         state = "complete" if info.units_present else "incomplete"
         click.echo(f"schedule: {info.kind} ({state}{', will not run here' if info.problem else ''})")
@@ -75,15 +92,32 @@ def command() -> None:
 
 @command.command("install")
 @_config_option
+@_server_option
+@click.argument("root", metavar="[ROOT]", required=False)
 @click.option("--cron", "use_cron", is_flag=True,
               help="write a cron entry even where systemd is running")
 @_dirs
-def install_cmd(config: str | None, use_cron: bool, systemd_dir: str, cron_file: str) -> None:
-    """Install (or update) the nightly `ketch run` of the config's [schedule]."""
+def install_cmd(config: str | None, server: bool, root: str | None, use_cron: bool,
+                systemd_dir: str, cron_file: str | None) -> None:
+    """Install (or update) the nightly `ketch run` of the config's [schedule].
+
+    With --server: on the backup server, `ketch prune --all ROOT` then `ketch gc
+    --all ROOT` nightly at the server config's [schedule] time (ROOT: the
+    server config's root when not given)."""
     from ketch.jobs.schedule import install
 
-    config = os.path.abspath(config or _default_config())
-    info = install(config, _schedule_of(config), systemd_dir=systemd_dir, cron_path=cron_file,
+    if root is not None and not server:
+        raise UsageError("ROOT is for --server (the backup server's repositories)")
+    where = _where(server, cron_file)
+    job = None
+    if server:
+        from ketch.jobs.serverjob import server_job
+
+        config, sched, job = server_job(config, root)
+    else:
+        config = os.path.abspath(config or _default_config())
+        sched = _schedule_of(config)
+    info = install(config, sched, systemd_dir=systemd_dir, **where, server=job,
                    use_systemd=False if use_cron else None)
     if info.problem:
         # Written anyway, so that starting the daemon is all that is left to do;
@@ -91,16 +125,17 @@ def install_cmd(config: str | None, use_cron: bool, systemd_dir: str, cron_file:
         for f in info.files:
             click.echo(f"wrote {f}, but it will not run")
         raise KetchError(info.problem)
-    _print(info)
+    _print(info, server=server)
 
 
 @command.command("remove")
+@_server_option
 @_dirs
-def remove_cmd(systemd_dir: str, cron_file: str) -> None:
+def remove_cmd(server: bool, systemd_dir: str, cron_file: str | None) -> None:
     """Disable the timer and delete its files (or the cron entry)."""
     from ketch.jobs.schedule import remove
 
-    info = remove(systemd_dir=systemd_dir, cron_path=cron_file)
+    info = remove(systemd_dir=systemd_dir, **_where(server, cron_file))
     for f in info.files:
         click.echo(f"removed {f}")
     for note in info.notes:
@@ -109,18 +144,30 @@ def remove_cmd(systemd_dir: str, cron_file: str) -> None:
 
 @command.command("show")
 @_config_option
+@_server_option
+@click.argument("root", metavar="[ROOT]", required=False)
 @_dirs
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
-def show_cmd(config: str | None, systemd_dir: str, cron_file: str, as_json: bool) -> int:
+def show_cmd(config: str | None, server: bool, root: str | None, systemd_dir: str,
+             cron_file: str | None, as_json: bool) -> int:
     """What is installed, whether it will run here, and when it runs next.
 
     Exit status: 0 installed and matching the config, 1 not installed, 2 it will
     not run here or differs from the config."""
     from ketch.jobs.schedule import show
 
-    config = os.path.abspath(config or _default_config())
-    info = show(config, _schedule_of(config), systemd_dir=systemd_dir, cron_path=cron_file)
-    _print(info, as_json=as_json)
+    if root is not None and not server:
+        raise UsageError("ROOT is for --server (the backup server's repositories)")
+    job = None
+    if server:
+        from ketch.jobs.serverjob import server_job
+
+        config, sched, job = server_job(config, root)
+    else:
+        config = os.path.abspath(config or _default_config())
+        sched = _schedule_of(config)
+    info = show(config, sched, systemd_dir=systemd_dir, **_where(server, cron_file), server=job)
+    _print(info, as_json=as_json, server=server)
     if info.problem and not as_json:
         click.echo(f"ketch: error: {info.problem}", err=True)
     return _status(info)

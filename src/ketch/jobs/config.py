@@ -42,6 +42,7 @@ from ketch.jobs.model import (
     Schedule,
 )
 from ketch.jobs.model import default_config_path as default_config_path
+from ketch.lifecycle.serverconfig import RETENTION_KEYS, retention_problems
 from ketch.remote.location import is_remote
 from ketch.remote.spec import parse_remote
 
@@ -72,18 +73,22 @@ class ConfigError(UsageError):
 # -- validation ------------------------------------------------------------------
 
 # "str" must not be empty; "text", an item of "strs", may be (a command's argument)
-_STR, _TEXT, _INT, _NUM, _BOOL, _STRS, _ABS, _ABSS, _ENV, _TABLE, _TABLES = (
+_STR, _TEXT, _INT, _NUM, _BOOL, _STRS, _ABS, _ABSS, _ENV, _TABLE, _TABLES, _RET = (
     "str", "text", "int", "number", "bool", "strs", "abspath", "abspaths", "env", "table",
-    "tables")
+    "tables", "retention")
 
 _TOP = {"repository": _STR, "log_file": _ABS, "lock_file": _ABS, "compress": _INT,
-        "set": _TABLES, "dump": _TABLES, "schedule": _TABLE, "notify": _TABLE}
+        "retention": _RET, "set": _TABLES, "dump": _TABLES, "schedule": _TABLE,
+        "notify": _TABLE}
 _SET = {"name": _STR, "paths": _ABSS, "exclude": _STRS, "exclude_from": _ABSS,
-        "exclude_rx": _STRS, "exclude_if_present": _STRS, "one_file_system": _BOOL}
+        "exclude_rx": _STRS, "exclude_if_present": _STRS, "one_file_system": _BOOL,
+        "retention": _RET}
 _DUMP = {"name": _STR, "type": _STR, "databases": _STRS, "host": _STR, "port": _INT,
          "user": _STR, "options_file": _ABS, "passfile": _ABS, "globals": _BOOL,
          "uri_file": _ABS, "path": _ABS, "command": _STRS, "filename": _STR, "env": _ENV,
-         "env_file": _ABS, "extra_args": _STRS, "run_as": _STR}
+         "env_file": _ABS, "extra_args": _STRS, "run_as": _STR, "retention": _RET}
+# A [retention] table's keys (the `ketch prune` options'), for the reference.
+RETENTION_SCHEMA = {key: _STR if key == "keep-within" else _INT for key in RETENTION_KEYS}
 _SCHEDULE = {"time": _STR, "randomized_delay": _STR, "enabled": _BOOL}
 _NOTIFY = {"ping_url": _STR, "on_success": _BOOL, "email": _TABLE, "timeout": _NUM}
 _EMAIL = {"smtp_host": _STR, "to": _STRS, "from": _STR, "smtp_port": _INT, "starttls": _BOOL,
@@ -91,10 +96,11 @@ _EMAIL = {"smtp_host": _STR, "to": _STRS, "from": _STR, "smtp_port": _INT, "star
 
 _WANT = {_STR: "a string", _TEXT: "a string", _ABS: "a string", _INT: "an integer",
          _NUM: "a number", _BOOL: "a boolean (true or false)", _TABLE: "a table", _ENV: "a table",
+         _RET: "a table",
          _STRS: "an array of strings", _ABSS: "an array of strings"}
 _PY_TYPE: dict[str, type | tuple[type, ...]] = {
     _STR: str, _TEXT: str, _ABS: str, _INT: int, _NUM: (int, float), _BOOL: bool,
-    _TABLE: dict, _ENV: dict, _STRS: list, _ABSS: list, _TABLES: list}
+    _TABLE: dict, _ENV: dict, _RET: dict, _STRS: list, _ABSS: list, _TABLES: list}
 
 _SERVER_KEYS = ("databases", "host", "port", "user", "env", "env_file", "extra_args", "run_as")
 # The keys each dump type reads, besides name and type.
@@ -105,6 +111,9 @@ DUMP_KEYS: dict[str, tuple[str, ...]] = {
     "sqlite": ("path",),  # Python's sqlite3 backup API: no process, no environment
     "command": ("command", "filename", "env", "env_file", "extra_args", "run_as"),
 }
+
+# The keys every dump type takes.
+DUMP_COMMON = ("name", "type", "retention")
 
 _TIME = re.compile(r"([01]\d|2[0-3]):[0-5]\d\Z")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -195,6 +204,10 @@ class _Loader:
                 if not isinstance(val, str):
                     self.error(path + (key,), f"expected a string, got {_toml_type(val)}")
                     good = False
+        elif kind == _RET:
+            for key, message in retention_problems(v):
+                self.error(path + (key,), message)
+                good = False
         return good, float(v) if kind == _NUM else v
 
     def table(self, data: dict[str, Any], schema: dict[str, str], path: Path,
@@ -259,7 +272,7 @@ def _build_dump(ld: _Loader, raw: dict[str, Any], path: Path) -> DumpSpec | None
     if kind is None:
         return None
     for key in v:
-        if key not in ("name", "type") and key not in DUMP_KEYS[kind]:
+        if key not in DUMP_COMMON and key not in DUMP_KEYS[kind]:
             users = [t for t, keys in DUMP_KEYS.items() if key in keys]
             ld.error(path + (key,), f"not used by {kind} dumps (only by {', '.join(users)})")
     required = {"sqlite": "path", "command": "command"}.get(kind)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ketch.errors import EXIT_FAILED, EXIT_OK, EXIT_WARNINGS, KetchError
 from ketch.jobs.model import Config, DumpSpec, Notify
 from ketch.jobs.schedule import CRON_PATH, SYSTEMD_DIR
-from ketch.remote.location import is_remote
+from ketch.remote.location import is_remote, is_store_url
 
 CREDENTIAL_KEYS = ("options_file", "passfile", "uri_file", "env_file")
 
@@ -202,6 +202,23 @@ def _check_notify(n: Notify) -> list[CheckResult]:
     return out
 
 
+def _check_retention(cfg: Config) -> CheckResult | None:
+    """Which policy each set and dump has, and whether this repository lets a run apply it."""
+    items = [(s.name, cfg.retention_of(s)) for s in cfg.sets] + \
+            [(d.name, cfg.retention_of(d)) for d in cfg.dumps]
+    if not any(table for _, table in items):
+        return None
+    detail = "; ".join(f"{name}: " + (", ".join(f"{k} {v}" for k, v in table.items())
+                                      if table else "every save kept")
+                       for name, table in items)
+    if is_store_url(cfg.repository):
+        return _warn("retention", f"{detail}; but an S3 mirror is read-only: it is not applied "
+                                  "(prune the repository it mirrors)")
+    if is_remote(cfg.repository):
+        detail += " (a server key that is append-only leaves it to the server's own config)"
+    return _ok("retention", detail)
+
+
 def _check_schedule(cfg: Config, cron_path: str, systemd_dir: str) -> CheckResult:
     """What `ketch schedule show` says, as one line: installed, the config's, firing."""
     from ketch.jobs.firing import systemd_is_init, why_it_will_not_fire
@@ -248,6 +265,8 @@ def check_config(cfg: Config, *, progress: Callable[[str], None] | None = None,
         say(f"dump {d.name}")
         out.extend(_check_dump(d))
     out.extend(_check_writable(what, path) for what, path in _run_files(cfg))
+    if (retention := _check_retention(cfg)) is not None:
+        out.append(retention)
     out.append(_check_schedule(cfg, cron_path, systemd_dir))
     out.extend(_check_notify(cfg.notify))
     return out

@@ -29,6 +29,8 @@ MEANINGS: dict[str, dict[str, str]] = {
                       "(ssh://USER@HOST[:PORT]/PATH or USER@HOST:PATH; HOST: alone is the "
                       "repository the server's key allows), or s3://BUCKET/PREFIX/REPO (read "
                       "only). Commands given no -d/-r (and no $KETCH_DIR) use it too",
+        "retention": "how long saves are kept: the [retention] table (below), for every set "
+                     "and dump without one of its own",
         "set": "the backup sets, as [[set]] tables (below)",
         "dump": "the database dumps, as [[dump]] tables (below)",
         "schedule": "when `ketch schedule install` runs `ketch run` (below)",
@@ -36,6 +38,8 @@ MEANINGS: dict[str, dict[str, str]] = {
     },
     "set": {
         "name": "the branch each run adds a save to (ketch ls NAME)",
+        "retention": "this set's own [set.retention] table (after its [[set]] keys): "
+                     "replaces [retention]; empty: every save is kept",
     },
     "dump": {
         "name": "the branch each run adds a save to; the save holds one file per database",
@@ -50,6 +54,18 @@ MEANINGS: dict[str, dict[str, str]] = {
                    "is saved",
         "env": "variables for the dump's environment, as a table: { PGSSLMODE = \"require\" }",
         "extra_args": "arguments appended to the dump tool's command line",
+        "retention": "this dump's own [dump.retention] table (after its [[dump]] keys): "
+                     "replaces [retention]; empty: every save is kept",
+    },
+    "retention": {
+        "keep-last": "the N newest saves",
+        "keep-hourly": "the newest save of each of the N most recent hours that have one",
+        "keep-daily": "the same for days",
+        "keep-weekly": "the same for weeks",
+        "keep-monthly": "the same for months",
+        "keep-yearly": "the same for years",
+        "keep-within": "every save younger than this: \"12h\", \"30d\", \"2w\", \"6m\", "
+                       "\"1y\"",
     },
     "schedule": {
         "time": "local time, HH:MM, at which the daily run starts",
@@ -75,6 +91,8 @@ _SECTIONS: list[tuple[str, str, dict[str, str], type, str]] = [
      "A backup set: these paths are saved together, one save per run."),
     ("dump", "[[dump]]", schema._DUMP, DumpSpec,
      "A database dump streamed into the repository, one save per run."),
+    ("retention", "[retention]", schema.RETENTION_SCHEMA, Config,
+     "Saves `ketch run` keeps: the newest, and each one a key keeps."),
     ("schedule", "[schedule]", schema._SCHEDULE, ScheduleModel, "When it runs: daily."),
     ("notify", "[notify]", schema._NOTIFY, Notify, "Who hears about a run."),
     ("email", "[notify.email]", schema._EMAIL, EmailSettings,
@@ -134,7 +152,7 @@ def config_reference() -> str:
                 what += " (absolute paths)" if kind == "abspaths" else " (an absolute path)"
             line = f"  {key}: {what}"
             line += ", required" if required else _shown_default(default)
-            if section == "dump" and key not in ("name", "type"):
+            if section == "dump" and key not in schema.DUMP_COMMON:
                 line += f"; for {', '.join(users[key]) or 'no type'}"
             out.append(line)
             text = meaning(section, key)

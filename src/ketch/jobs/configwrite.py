@@ -9,7 +9,7 @@ import dataclasses
 
 from ketch.jobs.config import DUMP_KEYS
 from ketch.jobs.configscan import BARE_KEY, toml_str
-from ketch.jobs.model import Config, Notify
+from ketch.jobs.model import Config, Notify, Retention
 
 _HEADER = """\
 ketch backup configuration: what this machine backs up, where to, and when.
@@ -83,6 +83,20 @@ name = "app-db"
 type = "sqlite"
 path = "/var/lib/app/app.db\""""
 
+_RETENTION_NOTE = """\
+How long saves are kept: after its saves, `ketch run` removes from each branch
+the saves no keep-* key keeps (the newest is always kept; see `ketch prune`).
+A set or dump may have its own [set.retention] / [dump.retention] table after
+its [[set]] / [[dump]]: it replaces this one; an empty table keeps every save.
+On a backup server reached with an append-only key, the server prunes instead."""
+
+_RETENTION_EXAMPLE = """\
+[retention]
+keep-daily = 7        # the newest save of each of the last 7 days that have one
+keep-weekly = 4
+keep-monthly = 6
+keep-within = "2d"    # and every save of the last 2 days"""
+
 _EMAIL_EXAMPLE = """\
 [notify.email]
 smtp_host = "mail.example.com"
@@ -141,6 +155,13 @@ def _emit(out: list[str], obj: object, section: str, comments: bool, *,
         out.append(f"{line}  # {hint[1]}" if hint and "\n" not in line else line)
 
 
+def _retention(out: list[str], header: str, table: Retention | None) -> None:
+    """The table, after the keys of the [[set]] or [[dump]] it belongs to."""
+    if table is not None:
+        out.append(f"[{header}]")
+        out.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+
+
 def render_config(cfg: Config, *, comments: bool = True) -> str:
     """TOML that `parse_config` reads back to a Config equal to `cfg` (but `source`)."""
     out: list[str] = []
@@ -157,7 +178,13 @@ def render_config(cfg: Config, *, comments: bool = True) -> str:
     out.append(f"repository = {toml_str(cfg.repository)}")
     # The tables are written below: TOML puts a table's keys after its header.
     _emit(out, cfg, "top", comments,
-          skip=("repository", "sets", "dumps", "schedule", "notify", "source"))
+          skip=("repository", "sets", "dumps", "schedule", "notify", "source", "retention"))
+    if cfg.retention is not None or comments:
+        out.append("")
+        note(_RETENTION_NOTE)
+        if cfg.retention is None:
+            note(_RETENTION_EXAMPLE)
+        _retention(out, "retention", cfg.retention)
     if not cfg.sets and comments:
         out.append("")
         note(_SET_EXAMPLE)
@@ -166,12 +193,15 @@ def render_config(cfg: Config, *, comments: bool = True) -> str:
         if n == 0:
             note("A backup set: these paths are saved together, on a branch named `name`.")
         out.append("[[set]]")
-        _emit(out, s, "set", comments and n == 0)
+        _emit(out, s, "set", comments and n == 0, skip=("retention",))
+        _retention(out, "set.retention", s.retention)
     for d in cfg.dumps:
         out.append("")
         note(_DUMP_NOTES.get(d.type, ""))
         out.append("[[dump]]")
-        _emit(out, d, "dump", comments, hint_only=DUMP_KEYS.get(d.type, ()))
+        _emit(out, d, "dump", comments, hint_only=DUMP_KEYS.get(d.type, ()),
+              skip=("retention",))
+        _retention(out, "dump.retention", d.retention)
     if not cfg.dumps and comments:
         out.append("")
         note(_DUMP_EXAMPLE)

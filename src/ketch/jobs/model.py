@@ -3,9 +3,11 @@ produces it; dumps, runner, schedule and notify consume it).
 
     repository = "ssh://backup@server/"       # or a local path
     log_file = "/var/log/ketch/run.log"       # optional
+    [retention] keep-last, keep-daily, ... keep-within: every set's and dump's
     [[set]]     name, paths, exclude, exclude_from, exclude_rx,
-                exclude_if_present, one_file_system
-    [[dump]]    name, type = mysql|postgresql|mongodb|sqlite|command, ...
+                exclude_if_present, one_file_system, [set.retention]
+    [[dump]]    name, type = mysql|postgresql|mongodb|sqlite|command, ...,
+                [dump.retention]
     [schedule]  time = "22:00", randomized_delay = "30m"
     [notify]    ping_url, on_success, [notify.email] ...
 """
@@ -17,6 +19,10 @@ from dataclasses import dataclass, field
 
 DUMP_TYPES = ("mysql", "postgresql", "mongodb", "sqlite", "command")
 DEFAULT_CONFIG = "/etc/ketch/ketch.toml"
+# A retention table as the TOML has it ({"keep-daily": 7, "keep-within": "30d"});
+# `KeepPolicy.from_mapping` reads it. None: not given (a set or dump then has
+# the config's [retention]); {}: given empty (every save is kept).
+Retention = dict[str, int | str]
 
 
 def default_config_path() -> str:
@@ -36,6 +42,7 @@ class BackupSet:
     exclude_rx: list[str] = field(default_factory=list)
     exclude_if_present: list[str] = field(default_factory=list)
     one_file_system: bool = False
+    retention: Retention | None = None  # replaces the config's [retention] for this set
 
 
 @dataclass
@@ -67,6 +74,7 @@ class DumpSpec:
     # Run the dump tools as this OS user (needs root), e.g. "postgres": Debian's
     # PostgreSQL lets only that user in over the local socket (peer authentication).
     run_as: str | None = None
+    retention: Retention | None = None  # replaces the config's [retention] for this dump
 
 
 @dataclass
@@ -107,4 +115,9 @@ class Config:
     log_file: str | None = None
     lock_file: str | None = None  # default: next to the config's repository cache
     compress: int = 1
+    retention: Retention | None = None  # [retention]: every set's and dump's, unless its own
     source: str = ""  # the file this was loaded from
+
+    def retention_of(self, item: BackupSet | DumpSpec) -> Retention | None:
+        """The retention table that applies to a set or dump: its own, else the config's."""
+        return item.retention if item.retention is not None else self.retention

@@ -4,6 +4,12 @@ lock, with one report (text, JSON, log file) and notifications.
 A failure in one item (a set or a dump) is recorded and the others still run;
 the run's exit code is the worst of them: 0 ok, 1 warnings, 2 failed. A dump
 that fails records nothing, so the previous good save stays `latest`.
+
+After the saves, each item with a retention policy whose save succeeded is
+pruned (a failing item's history is left alone until it saves again), and if
+that removed anything, the repository's garbage is collected. A repository
+that may not lose saves (an S3 mirror, a backup server's append-only key) gets
+a note, not a failure: retention is applied where that repository is written.
 """
 
 from __future__ import annotations
@@ -19,12 +25,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 from ketch.errors import EXIT_FAILED, EXIT_OK, EXIT_WARNINGS, KetchError, UsageError
 from ketch.excludes import ExcludeRules
 from ketch.index import Index
 from ketch.jobs.model import BackupSet, Config, DumpSpec
+from ketch.jobs.retention import RetentionReport, apply_retention
 from ketch.progress import NullProgress, Progress
 from ketch.remote.location import open_location
 from ketch.repo import Repository
@@ -68,12 +75,16 @@ class RunReport:
     items: list[ItemReport] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # not tied to one item
     warnings: list[str] = field(default_factory=list)
+    retention: list[RetentionReport] = field(default_factory=list)  # per pruned branch
+    gc: dict[str, Any] | None = None  # the gc after a prune that removed saves
+    notes: list[str] = field(default_factory=list)  # worth saying, but no problem
 
     @property
     def exit_code(self) -> int:
         if self.errors or any(not i.ok for i in self.items):
             return EXIT_FAILED
-        if self.warnings or any(i.warnings for i in self.items):
+        if self.warnings or any(i.warnings for i in self.items) or \
+                any(r.error for r in self.retention):
             return EXIT_WARNINGS
         return EXIT_OK
 
@@ -101,8 +112,17 @@ class RunReport:
             lines.extend(f"    warning: {w}" for w in i.warnings[:20])
             if len(i.warnings) > 20:
                 lines.append(f"    ... and {len(i.warnings) - 20} more warnings")
+        for r in self.retention:
+            lines.append(f"  retention {r.kind} {r.name}: " + (
+                f"not pruned: {r.error}" if r.error else
+                f"kept {plural(r.kept, 'save')}, removed {r.removed}"))
+        if self.gc is not None:
+            lines.append(f"  gc: {self.gc.get('bytes_reclaimed', 0) / 1e6:,.1f} MB reclaimed "
+                         f"({self.gc.get('bytes_before', 0) / 1e6:,.1f} MB -> "
+                         f"{self.gc.get('bytes_after', 0) / 1e6:,.1f} MB)")
         lines.extend(f"  error: {e}" for e in self.errors)
         lines.extend(f"  warning: {w}" for w in self.warnings)
+        lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 
 
@@ -242,6 +262,15 @@ def _run_items(cfg: Config, report: RunReport, sets: list[BackupSet], dumps: lis
             running.append(f"dump {d.name}")
             report.items.append(_one("dump", d.name, progress_for,
                                      partial(_run_dump, repo, cfg, d)))
+        running.clear()
+        saved = {(i.kind, i.name) for i in report.items if i.ok}
+        policies = [("set", s.name, cfg.retention_of(s)) for s in sets] + \
+                   [("dump", d.name, cfg.retention_of(d)) for d in dumps]
+        running.append("retention")
+        done = apply_retention(repo, [p for p in policies if p[2]], saved, progress_for)
+        report.retention, report.gc = done.branches, done.gc
+        report.warnings.extend(done.warnings)
+        report.notes.extend(done.notes)
         running.clear()
     finally:
         try:

@@ -6,6 +6,12 @@ Rendering (`render_systemd`, `render_cron`) and `next_run` are pure; only
 the config's `[schedule] time` in the machine's local time zone, after a random
 delay of up to `randomized_delay`, so a fleet of machines does not hit one
 backup server at the same second.
+
+On a backup server (a `ServerJob`: `schedule install --server ROOT`) the job is
+retention instead: `ketch prune --all ROOT`, then `ketch gc --all ROOT`
+(skipped when prune failed), with the server config in $KETCH_SERVER_CONFIG,
+at the server config's `[schedule] time`, without a random delay, and as the
+user who owns ROOT.
 """
 
 from __future__ import annotations
@@ -25,11 +31,16 @@ from pathlib import Path
 from ketch.errors import KetchError, UsageError
 from ketch.jobs.firing import SYSTEMD_RUNNING_FLAG, systemd_is_init, why_it_will_not_fire
 from ketch.jobs.model import Schedule
+from ketch.jobs.serverjob import USER_RX, ServerJob
 
 UNIT = "ketch-backup"
+SERVER_UNIT = "ketch-retention"
 SYSTEMD_DIR = "/etc/systemd/system"
 CRON_PATH = "/etc/cron.d/ketch"
+SERVER_CRON_PATH = "/etc/cron.d/ketch-retention"
 MARKER = "# Written by `ketch schedule install`; `ketch schedule remove` deletes it."
+SERVER_MARKER = ("# Written by `ketch schedule install --server`; `ketch schedule remove --server` "
+                 "deletes it.")
 # cron starts jobs with PATH=/usr/bin:/bin, where mysqldump in /usr/sbin or a
 # pg_dump in /usr/local/bin would not be found.
 CRON_ENV_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -129,12 +140,16 @@ def default_ketch_argv() -> list[str]:
     return [os.path.abspath(sys.executable), "-m", "ketch"]
 
 
-def _check_args(config_path: str, ketch_argv: list[str]) -> None:
+def _check_args(config_path: str, ketch_argv: list[str], server: ServerJob | None = None) -> None:
     if not os.path.isabs(config_path):
         raise UsageError(f"config path {config_path!r} must be absolute: the timer runs in /")
+    if server is not None and not os.path.isabs(server.root):
+        raise UsageError(f"ROOT {server.root!r} must be absolute: the timer runs in /")
+    if server is not None and not USER_RX.match(server.user):
+        raise UsageError(f"user {server.user!r}: not a name a unit or crontab can hold")
     if not ketch_argv or not os.path.isabs(ketch_argv[0]):
         raise UsageError(f"ketch command {ketch_argv!r}: the program must be an absolute path")
-    for arg in [config_path, *ketch_argv]:
+    for arg in [config_path, *ketch_argv, *([server.root] if server else [])]:
         if any(ord(c) < 32 or c == "\x7f" for c in arg):
             raise UsageError(f"{arg!r}: control characters cannot be written into a unit or crontab")
 
@@ -148,8 +163,11 @@ def _systemd_quote(arg: str) -> str:
 
 
 def render_systemd(config_path: str, sched: Schedule, ketch_argv: list[str], *,
-                   unit: str = UNIT) -> dict[str, str]:
-    """`{UNIT.service: text, UNIT.timer: text}` for `ketch run --config CONFIG`."""
+                   unit: str = UNIT, server: ServerJob | None = None) -> dict[str, str]:
+    """`{UNIT.service: text, UNIT.timer: text}` for `ketch run --config CONFIG`
+    (with `server`: the backup server's prune and gc of its ROOT)."""
+    if server is not None:
+        return _render_server_systemd(config_path, sched, ketch_argv, unit, server)
     _check_args(config_path, ketch_argv)
     hour, minute = parse_time(sched.time)
     delay = sched.randomized_delay.strip()
@@ -190,8 +208,75 @@ WantedBy=timers.target
     return {f"{unit}.service": service, f"{unit}.timer": timer}
 
 
-def render_cron(config_path: str, sched: Schedule, ketch_argv: list[str]) -> str:
-    """An /etc/cron.d file (with the user field) running the backup as root."""
+def _render_server_systemd(config_path: str, sched: Schedule, ketch_argv: list[str], unit: str,
+                           server: ServerJob) -> dict[str, str]:
+    _check_args(config_path, ketch_argv, server)
+    root = server.root
+    hour, minute = parse_time(sched.time)
+    prune, gc = (" ".join(_systemd_quote(a) for a in [*ketch_argv, verb, "--all", root])
+                 for verb in ("prune", "gc"))
+    env = _systemd_quote(f"KETCH_SERVER_CONFIG={config_path}")
+    service = f"""{SERVER_MARKER}
+# config: {config_path}
+[Unit]
+Description=ketch retention of the repositories under {root.replace("%", "%%")}
+
+[Service]
+Type=oneshot
+# The repositories' owner: what prune and gc write stays writable by its server.
+User={server.user}
+Environment={env}
+# One after the other; gc only when prune did not fail (1 = warnings is fine).
+ExecStart={prune}
+ExecStart={gc}
+SuccessExitStatus=1
+Nice=19
+# Not the idle class: on a busy server it could starve gc for the whole night.
+IOSchedulingClass=best-effort
+IOSchedulingPriority=7
+"""
+    timer = f"""{SERVER_MARKER}
+[Unit]
+Description=nightly ketch retention at {hour:02d}:{minute:02d}
+
+[Timer]
+OnCalendar=*-*-* {hour:02d}:{minute:02d}:00
+# A server that was off at {hour:02d}:{minute:02d} catches up when it boots.
+Persistent=true
+Unit={unit}.service
+
+[Install]
+WantedBy=timers.target
+"""
+    return {f"{unit}.service": service, f"{unit}.timer": timer}
+
+
+def _render_server_cron(config_path: str, sched: Schedule, ketch_argv: list[str],
+                        server: ServerJob) -> str:
+    _check_args(config_path, ketch_argv, server)
+    hour, minute = parse_time(sched.time)
+    env = f"KETCH_SERVER_CONFIG={shlex.quote(config_path)}"
+    prune, gc = (f"{env} {shlex.join([*ketch_argv, verb, '--all', server.root])}"
+                 for verb in ("prune", "gc"))
+    command = (f"{{ {prune}; [ $? -le 1 ] && {gc}; }} >>{shlex.quote(server.log)}"
+               ).replace("%", "\\%")
+    return f"""{SERVER_MARKER}
+# config: {config_path}
+# Nightly at {hour:02d}:{minute:02d}: prune, then gc (only if prune did not fail), of
+# every repository under {server.root}, as their owner {server.user}.
+# Reports go to {server.log}; cron mails what reaches stderr (errors).
+SHELL=/bin/sh
+PATH={CRON_ENV_PATH}
+{minute} {hour} * * * {server.user} {command}
+"""
+
+
+def render_cron(config_path: str, sched: Schedule, ketch_argv: list[str], *,
+                server: ServerJob | None = None) -> str:
+    """An /etc/cron.d file (with the user field) running the backup as root (with
+    `server`: the backup server's prune and gc of its ROOT)."""
+    if server is not None:
+        return _render_server_cron(config_path, sched, ketch_argv, server)
     _check_args(config_path, ketch_argv)
     hour, minute = parse_time(sched.time)
     delay = parse_delay(sched.randomized_delay)
@@ -270,9 +355,11 @@ def _remove_cron(cron_path: str) -> list[str]:
 def install(config_path: str, sched: Schedule, *, ketch_argv: list[str] | None = None,
             systemd_dir: str = SYSTEMD_DIR, cron_path: str = CRON_PATH,
             use_systemd: bool | None = None, run_systemctl: bool = True,
-            unit: str = UNIT, proc_dir: str = "/proc") -> ScheduleInfo:
+            unit: str = UNIT, proc_dir: str = "/proc",
+            server: ServerJob | None = None) -> ScheduleInfo:
     """Write the timer (and enable it) or the cron file; replaces the other kind
     if it was installed before. `run_systemctl=False` only writes the files.
+    `server`: the backup server's retention job instead of `ketch run`.
 
     The files are written even where they will not fire (so that starting the
     daemon later is all it takes); the returned `problem` then says why."""
@@ -280,7 +367,7 @@ def install(config_path: str, sched: Schedule, *, ketch_argv: list[str] | None =
         raise UsageError("[schedule] enabled = false in the config: set it to true to install "
                          "the timer, or run `ketch schedule remove`")
     argv = ketch_argv or default_ketch_argv()
-    _check_args(config_path, argv)
+    _check_args(config_path, argv, server)
     if not os.path.isfile(config_path):
         raise UsageError(f"{config_path}: no such config file")
     if not os.access(argv[0], os.X_OK):
@@ -294,7 +381,7 @@ def install(config_path: str, sched: Schedule, *, ketch_argv: list[str] | None =
         if run_systemctl and not systemd_running():
             raise UsageError(f"systemd is not running here (not PID 1, or no "
                              f"{SYSTEMD_RUNNING_FLAG}): use a cron entry instead (--cron)")
-        units = render_systemd(config_path, sched, argv, unit=unit)
+        units = render_systemd(config_path, sched, argv, unit=unit, server=server)
         for name, text in units.items():
             _write(Path(systemd_dir, name), text)
         if removed := _remove_cron(cron_path):
@@ -305,11 +392,12 @@ def install(config_path: str, sched: Schedule, *, ketch_argv: list[str] | None =
         else:
             notes.append("systemctl not run: the timer is written but not enabled")
     else:
-        _write(Path(cron_path), render_cron(config_path, sched, argv))
+        _write(Path(cron_path), render_cron(config_path, sched, argv, server=server))
         if removed := _remove_systemd(systemd_dir, unit, run_systemctl):
             notes.append(f"removed the systemd units {', '.join(removed)}")
     info = show(config_path, sched, ketch_argv=argv, systemd_dir=systemd_dir,
-                cron_path=cron_path, run_systemctl=run_systemctl, unit=unit, proc_dir=proc_dir)
+                cron_path=cron_path, run_systemctl=run_systemctl, unit=unit, proc_dir=proc_dir,
+                server=server)
     info.notes[:0] = notes
     return info
 
@@ -344,9 +432,12 @@ def _installed_time(path: Path, kind: str) -> str | None:
 def show(config_path: str | None, sched: Schedule, *, ketch_argv: list[str] | None = None,
          systemd_dir: str = SYSTEMD_DIR, cron_path: str = CRON_PATH,
          run_systemctl: bool = True, unit: str = UNIT,
-         now: datetime | None = None, proc_dir: str = "/proc") -> ScheduleInfo:
+         now: datetime | None = None, proc_dir: str = "/proc",
+         server: ServerJob | None = None) -> ScheduleInfo:
     """What is installed, whether it matches the config, whether it will fire
-    here, and when it runs next (from the installed entry, not the config)."""
+    here, and when it runs next (from the installed entry, not the config).
+    `server`: the backup server's retention job, as `install` takes it."""
+    again = "ketch schedule install" + (" --server" if server is not None else "")
     units = _unit_paths(systemd_dir, unit)
     cron = Path(cron_path)
     info = ScheduleInfo(kind=None, time=sched.time, randomized_delay=sched.randomized_delay,
@@ -361,7 +452,7 @@ def show(config_path: str | None, sched: Schedule, *, ketch_argv: list[str] | No
         if not info.units_present:
             info.notes.append("only part of the systemd units exist: run install again")
         if config_path:
-            rendered = render_systemd(config_path, sched, argv, unit=unit)
+            rendered = render_systemd(config_path, sched, argv, unit=unit, server=server)
             expected = {Path(systemd_dir, n): t for n, t in rendered.items()}
         if cron.exists():
             info.files.append(cron_path)
@@ -370,7 +461,7 @@ def show(config_path: str | None, sched: Schedule, *, ketch_argv: list[str] | No
         info.kind, info.files, info.units_present = "cron", [cron_path], True
         info.installed_time = _installed_time(cron, "cron")
         if config_path:
-            expected = {cron: render_cron(config_path, sched, argv)}
+            expected = {cron: render_cron(config_path, sched, argv, server=server)}
     if expected:
         info.up_to_date = sched.enabled and all(
             p.exists() and p.read_text(encoding="utf-8") == t for p, t in expected.items())
@@ -381,7 +472,7 @@ def show(config_path: str | None, sched: Schedule, *, ketch_argv: list[str] | No
             when = (f" (installed: {info.installed_time}, config: {sched.time})"
                     if info.installed_time and info.installed_time != sched.time else "")
             info.notes.append(f"the installed schedule differs from the config{when}: "
-                              "run `ketch schedule install` again")
+                              f"run `{again}` again")
     if info.kind is not None:
         info.problem = why_it_will_not_fire(info.kind, proc_dir=proc_dir)
     if info.kind == "systemd" and run_systemctl and info.problem is None:
@@ -389,8 +480,8 @@ def show(config_path: str | None, sched: Schedule, *, ketch_argv: list[str] | No
         info.systemctl = proc.stdout.strip() if proc.returncode == 0 else None
         active = _systemctl("is-active", "--quiet", f"{unit}.timer", check=False)
         if active.returncode != 0:
-            info.problem = (f"the timer {unit}.timer is not active: run `ketch schedule "
-                            f"install` (or systemctl enable --now {unit}.timer)")
+            info.problem = (f"the timer {unit}.timer is not active: run `{again}` "
+                            f"(or systemctl enable --now {unit}.timer)")
     if info.installed_time and info.units_present and info.problem is None:
         info.next_run = next_run(Schedule(time=info.installed_time), now)
     return info

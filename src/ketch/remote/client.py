@@ -12,9 +12,11 @@ sent again.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -25,13 +27,22 @@ from ketch.git.objindex import ObjectIndex
 from ketch.git.pack import DEFAULT_LEVEL, DEFAULT_MAX_PACK_SIZE
 from ketch.git.packenc import EncodingWriter, PackEncoder
 from ketch.git.refs import check_ref_name
-from ketch.remote.protocol import SUSPEND, Conn, ConnectionLost, RemoteError, u32
+from ketch.remote.protocol import (
+    GC_KEEPALIVE_LINE,
+    SUSPEND,
+    Conn,
+    ConnectionLost,
+    ProtocolError,
+    RemoteError,
+    u32,
+)
 from ketch.remote.session import Client, interrupted
 from ketch.remote.spec import RemoteSpec
-from ketch.repo import WritableRepository
+from ketch.repo import AppendOnlyRepository, GcJob, WritableRepository
 
 _TYPE_BY_NAME = {name: num for num, name in gobj.TYPE_NAMES.items()}
 _BATCH = 256  # objects per cat-batch request when reading ahead
+_MAX_GC_REPORT = 1 << 20  # a gc report is a few hundred bytes: more is not one
 
 
 def default_cache_root() -> str:
@@ -263,10 +274,58 @@ class RemoteRepository(WritableRepository):
         except RemoteError as e:
             if str(e).startswith("conflict:"):
                 raise RefConflict(str(e)[len("conflict:"):].strip()) from None
-            raise KetchError(f"server refused to update {name.decode(errors='replace')}: {e}"
-                             ) from None
+            refused = f"server refused to update {name.decode(errors='replace')}: {e}"
+            if str(e).startswith("append-only:"):
+                raise AppendOnlyRepository(refused) from None
+            raise KetchError(refused) from None
         except ConnectionLost as e:
             raise self.client._lost(e) from None
+
+    # -- garbage collection, run by the server -----------------------------------------
+
+    def collect_garbage(self, job: GcJob) -> dict[str, Any]:
+        """Send `gc` with the job's options; the server runs it on its repository
+        (saying `.` now and then while it works) and answers with its report."""
+        self.client.require(b"gc")
+        self._drain()
+        self.conn.write(b"gc\n" + json.dumps(job.options, sort_keys=True).encode() + b"\n")
+        try:
+            report = self._gc_reply()
+        except ConnectionLost as e:
+            raise self.client._lost(e) from None
+        except RemoteError as e:
+            if str(e).startswith("append-only:"):
+                raise AppendOnlyRepository(f"server: {e}") from None
+            raise KetchError(f"server: {e}") from None
+        # Packs were rewritten and deleted there: the cached idx files may name
+        # objects that are gone, and dedup must not trust them.
+        if self._objindex is not None:
+            self._objindex.close()
+            self._objindex = None
+        return report
+
+    def _gc_reply(self) -> dict[str, Any]:
+        conn = self.conn
+        while True:
+            line = conn.readline(limit=_MAX_GC_REPORT)
+            if not line:
+                raise ConnectionLost(f"connection to {self.spec} lost during gc")
+            if line == GC_KEEPALIVE_LINE:
+                continue
+            if line.startswith(b"error "):
+                raise RemoteError(line[6:].rstrip(b"\n").decode(errors="replace"))
+            if line == b"\n":  # an `error` reply follows its blank line
+                conn.check_ok()
+                raise ProtocolError(f"{self.spec}: gc: ok without a report")
+            break
+        try:
+            report = json.loads(line)
+        except ValueError:
+            report = None
+        if not isinstance(report, dict):
+            raise ProtocolError(f"{self.spec}: gc: the report is not a JSON object")
+        self.client.check_ok()
+        return report
 
 
 class RemoteWriter(EncodingWriter):

@@ -17,6 +17,9 @@ from collections.abc import Iterator
 from ketch.errors import KetchError
 
 SUSPEND = 0xFFFFFFFF
+# What the server says every so often while `gc` runs (a connection idle for
+# the length of a big gc may be dropped by a firewall); the client skips it.
+GC_KEEPALIVE_LINE = b".\n"
 _U32 = struct.Struct("!I")
 
 
