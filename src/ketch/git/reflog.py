@@ -2,15 +2,17 @@
 `git fsck --strict` fail, so such lines go before the object does.
 
 The ref stays locked while its reflog is rewritten (a save moving it waits,
-see `Refs._take_lock`). That lock is gc's own: it is created with its content
-already in it (a hard link from a temp file), so a gc killed while holding it
-leaves a lock the next gc can recognise by content and remove, where an empty
-or hex-holding lock may be a live writer's and is never touched.
+see `Refs._take_lock`). That lock is gc's own: it appears with its content
+already in it and already flocked (a hard link from a temp file), so a gc
+killed while holding it leaves a lock that anyone can recognise by content and
+a free flock, and remove; an empty or hex-holding lock may be a live writer's
+and is never touched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 from collections.abc import Callable, Iterator
 
@@ -43,18 +45,53 @@ def filter_reflog(data: bytes, gone: Gone) -> tuple[bytes, int]:
     return b"".join(kept), dropped
 
 
-def take_expiry_lock(lock: bytes) -> bool:
-    """Create `lock` holding EXPIRY_LOCK_CONTENT, atomically; False if it exists."""
+def take_expiry_lock(lock: bytes) -> int | None:
+    """Create `lock` holding EXPIRY_LOCK_CONTENT and flocked by us, atomically;
+    the open descriptor (keep it while the lock is held), or None if it exists."""
     tmp = lock[: -len(b".lock")] + _TMP_SUFFIX
-    with open(tmp, "wb") as f:
-        f.write(EXPIRY_LOCK_CONTENT)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, EXPIRY_LOCK_CONTENT)
         os.link(tmp, lock)
-        return True
     except FileExistsError:
-        return False
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
     finally:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return fd
+
+
+def release_expiry_lock(lock: bytes, fd: int) -> None:
+    # Unlinked while still flocked: nobody can find it unlocked and think it stale.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(lock)
+    os.close(fd)
+
+
+def remove_if_stale(lock: bytes) -> bool:
+    """Remove `lock` if it is an expiry lock whose gc died (its flock is free).
+    A writer that finds a ref locked asks this before giving up."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, IsADirectoryError):
+        return False
+    try:
+        if os.read(fd, len(EXPIRY_LOCK_CONTENT) + 1) != EXPIRY_LOCK_CONTENT:
+            return False  # a writer's lock (empty or a ref value): never ours to take
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # its gc is alive and expiring
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        return True
+    finally:
+        os.close(fd)
 
 
 def replace_log(path: bytes, data: bytes) -> None:
@@ -85,8 +122,7 @@ def reflog_names(git_dir: bytes) -> list[bytes]:
 
 
 def clear_stale_expiry(git_dir: bytes) -> int:
-    """Remove what a killed expiry left: its ref locks and temp files. Only the
-    caller's own gc may run (it holds gc's lock), so every such lock is stale."""
+    """Remove what a killed expiry left: its ref locks and temp files."""
     removed = 0
     candidates = [os.path.join(git_dir, b"HEAD.lock"), os.path.join(git_dir, b"HEAD" + _TMP_SUFFIX)]
     candidates += [p for top in (b"refs", b"logs") for p in _walk(os.path.join(git_dir, top))]
@@ -96,13 +132,5 @@ def clear_stale_expiry(git_dir: bytes) -> int:
                 os.unlink(p)
                 removed += 1
         elif p.endswith(b".lock"):
-            try:
-                with open(p, "rb") as f:
-                    ours = f.read(len(EXPIRY_LOCK_CONTENT) + 1) == EXPIRY_LOCK_CONTENT
-            except (FileNotFoundError, IsADirectoryError):
-                continue
-            if ours:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(p)
-                    removed += 1
+            removed += remove_if_stale(p)
     return removed

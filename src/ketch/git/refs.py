@@ -262,6 +262,8 @@ class Refs:
             try:
                 return os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             except FileExistsError:
+                if reflog.remove_if_stale(lock):
+                    continue  # left by a gc killed while it expired this reflog
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.01)
@@ -352,7 +354,7 @@ class Refs:
         path = self._path(name)
         lock = path + b".lock"
         deadline = time.monotonic() + LOCK_WAIT
-        while not reflog.take_expiry_lock(lock):
+        while (fd := reflog.take_expiry_lock(lock)) is None:
             if time.monotonic() >= deadline:
                 raise RefConflict(f"cannot lock ref {_shown(name)} to expire its reflog: "
                                   f"{_shown(lock)} exists")
@@ -371,7 +373,7 @@ class Refs:
                 hook()
             return dropped
         finally:
-            _unlink_quietly(lock)
+            reflog.release_expiry_lock(lock, fd)
 
     # -- updates --------------------------------------------------------------
 

@@ -188,7 +188,8 @@ class _Gc:
                 os.unlink(p)
         shutil.rmtree(os.path.join(info, "commit-graphs"), ignore_errors=True)
 
-    def sweep(self, live: LiveSet, walker: Walker, doomed: list[PackUsage]) -> None:
+    def sweep(self, live: LiveSet, walker: Walker, doomed: list[PackUsage]) -> list[str]:
+        """Copy the live objects of `doomed` into new packs; their idx paths."""
         total = sum(u.live_bytes for u in doomed)
         self.progress.phase("Rewriting", total)
         w = self.new_writer()
@@ -200,10 +201,12 @@ class _Gc:
                                  on_bytes=lambda n: self.progress.advance(nbytes=n))
                     self.report.packs_rewritten += 1
             crashpoint.reach("rewrite-close")
-            self.report.packs_written = len(w.close())
+            written = w.close()
         except BaseException:
             w.abort()
             raise
+        self.report.packs_written = len(written)
+        return written
 
     def run(self, threshold: float, dry_run: bool) -> GcReport:
         repo, report = self.repo, self.report
@@ -232,7 +235,12 @@ class _Gc:
                     u.garbage_bytes + (u.idx_bytes if not u.live_objects else 0) for u in doomed)
                 return report
             if doomed:
-                self.sweep(live, walker, doomed)
+                written = {os.path.basename(p) for p in self.sweep(live, walker, doomed)}
+                # A pack's name is its content's hash: the new pack may be one a
+                # killed gc wrote already (the same objects copied again), and that
+                # one holds live objects now.
+                doomed = [u for u in doomed if os.path.basename(u.idx_path) not in written]
+                report.packs_deleted = len(doomed)
                 crashpoint.reach("new-packs")
                 self.reflogs(live)
                 self._drop_git_caches()
