@@ -24,13 +24,13 @@ LAYERS: dict[str, int] = {
     # 0: the ground everything stands on; imports nothing of ketch above it.
     "": 0,  # ketch/__init__.py: the version
     "errors": 0,
+    "lease": 0,  # a save's claim that gc waits for
     "vint": 0,
     "text": 0,
     "progress": 0,
     "interrupt": 0,  # git/pack.py holds its signals while it writes
     "timeparse": 0,
     "excludes": 0,
-    "lease": 0,  # a save tells gc what it may have deduplicated against
     # 1: git objects, packs, indexes and refs on disk.
     "git": 1,
     # 2: what is built from git objects: chunks, the save cache, metadata records.
@@ -55,7 +55,7 @@ LAYERS: dict[str, int] = {
     "restorefile": 4,  # one file's checked, sparse writes
     "vfs": 4,
     "listing": 4,  # ls's lines, from the vfs
-    "lifecycle": 4,  # prune and gc
+    "lifecycle": 4,  # prune and gc: retention, and space given back
     # 5: repositories elsewhere, and the machine's jobs.
     "remote": 5,
     "offsite": 5,

@@ -11,11 +11,13 @@ when durable, and refs move afterwards, by compare-and-swap. `ls`, `restore`,
 
 from __future__ import annotations
 
+import contextlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -27,6 +29,12 @@ from ketch.git.objindex import ObjectIndex
 from ketch.git.pack import DEFAULT_LEVEL, DEFAULT_MAX_PACK_SIZE, PackWriter
 from ketch.git.packread import PackFile
 from ketch.git.refs import Refs
+from ketch.lease import Lease
+
+# Where gc puts the packs it is about to delete (see ketch.lifecycle.gc): out of
+# sight of every dedup lookup, still readable until gc has rescued from them
+# whatever a save that raced it came to need.
+RETIRING_DIR = os.path.join("ketch-gc", "doomed")
 
 
 class ReadOnlyRepository(KetchError):
@@ -46,6 +54,16 @@ class ObjectWriter(Protocol):
     def exists(self, oid: bytes) -> bool: ...
     def close(self) -> list[str]: ...
     def abort(self) -> None: ...
+
+
+class GcJob(Protocol):
+    """A garbage collection, run where the repository is: `run` on a local one;
+    a remote one sends `options` (JSON-able) to its server, which builds the same
+    job there."""
+
+    options: dict[str, Any]
+
+    def run(self, repo: LocalRepository) -> dict[str, Any]: ...
 
 
 class Repository(ABC):
@@ -154,6 +172,16 @@ class WritableRepository(Repository):
     def maintain(self) -> None:  # noqa: B027 - a backend that keeps itself tidy
         """Housekeeping after a snapshot (bup merges small idx files)."""
 
+    def writing(self) -> AbstractContextManager[object]:
+        """Held by a save from its first existence check until its branch has
+        moved: gc waits for it before deleting what the save may have counted on.
+        A backend whose server holds it on the save's behalf needs nothing here."""
+        return contextlib.nullcontext()
+
+    def collect_garbage(self, job: GcJob) -> dict[str, Any]:
+        """Run `job` where the repository is; its report."""
+        raise KetchError("this repository cannot be garbage-collected from here")
+
 
 def _is_repo(path: str) -> bool:
     return os.path.isdir(os.path.join(path, "objects")) and os.path.isdir(
@@ -201,6 +229,8 @@ class LocalRepository(WritableRepository):
         self._packs: dict[str, PackFile] = {}
         self._mapped = 0
         self._has_loose = self._any_loose()
+        self._lease: Lease | None = None
+        self._retiring: ObjectIndex | None = None
 
     def _any_loose(self) -> bool:
         try:
@@ -214,6 +244,9 @@ class LocalRepository(WritableRepository):
             p.close()
         self._packs.clear()
         self.index.close()
+        if self._retiring is not None:
+            self._retiring.close()
+            self._retiring = None
 
     # -- objects ----------------------------------------------------------------
 
@@ -263,8 +296,47 @@ class LocalRepository(WritableRepository):
         if got is None and self._has_loose:
             got = read_loose(self.objects_dir, oid)
         if got is None:
+            got = self._read_retiring(oid)
+        if got is None:
             raise ObjectNotFound(f"object {oid.hex()} not found in {self.path}")
         return got
+
+    def _retiring_index(self) -> ObjectIndex | None:
+        d = os.path.join(self.path, RETIRING_DIR)
+        if self._retiring is None:
+            if not os.path.isdir(d):
+                return None
+            self._retiring = ObjectIndex(d)
+        else:
+            self._retiring.refresh()
+        return self._retiring
+
+    def _read_retiring(self, oid: bytes) -> tuple[int, bytes] | None:
+        """An object only a pack that gc is retiring holds (a save that raced gc
+        may need it until gc has copied it back; see RETIRING_DIR)."""
+        ix = self._retiring_index()
+        hit = ix.find(oid) if ix is not None else None
+        if ix is None or hit is None:
+            return None
+        base = os.path.join(ix.pack_dir, hit[0][: -len(".idx")])
+        try:
+            with PackFile(base + ".pack", base + ".idx") as p:
+                return p.read_at(hit[1], resolve_base=self._read_base)
+        except FileNotFoundError:
+            return None  # deleted since: gc has finished with it
+
+    def stored_many(self, oids: Sequence[bytes]) -> list[bool]:
+        """Like has_many, counting what retiring packs hold too: for checking a
+        commit a save has made (gc keeps those objects), never for deduplicating
+        against (gc deletes them once the saves it waits for are done)."""
+        found = self.has_many(oids)
+        if all(found):
+            return found
+        ix = self._retiring_index()
+        if ix is None:
+            return found
+        also = ix.contains_many(np.array(oids, dtype="S20")).tolist()
+        return [a or b for a, b in zip(found, also, strict=True)]
 
     def has_many(self, oids: Sequence[bytes]) -> list[bool]:
         found: list[bool] = self.index.contains_many(np.array(oids, dtype="S20")).tolist()
@@ -313,6 +385,23 @@ class LocalRepository(WritableRepository):
     def maintain(self) -> None:
         """bup's after-save housekeeping: merge small idx files, refresh the bloom."""
         self.index.maintain()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[object]:
+        if self._lease is not None:  # a save's snapshot, inside the save's own lease
+            yield self._lease
+            return
+        with Lease(self.path) as lease:
+            self._lease = lease
+            try:
+                # Packs gc hid before the lease was taken must not answer "stored".
+                self.index.refresh()
+                yield lease
+            finally:
+                self._lease = None
+
+    def collect_garbage(self, job: GcJob) -> dict[str, Any]:
+        return job.run(self)
 
     # -- refs ---------------------------------------------------------------------
 

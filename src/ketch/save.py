@@ -454,7 +454,7 @@ def save(repo: WritableRepository, opts: SaveOptions, *, index: Index | None = N
     the files they hold, so the next save neither reads nor writes them again."""
     validate_branch_name(opts.name.encode())
     progress = progress or NullProgress()
-    with stop_signals():
+    with stop_signals(), repo.writing():
         try:
             return _save(repo, opts, index, progress)
         except KeyboardInterrupt:

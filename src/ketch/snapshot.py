@@ -56,39 +56,41 @@ def write_snapshot(
     with `message` when `commit` (always when `branch` is given) and move
     `refs/heads/BRANCH` to the commit, `reflog` saying who did."""
     progress = progress or NullProgress()
-    refname = None
-    old = None
-    if branch is not None:
-        validate_branch_name(branch.encode())
-        refname = b"refs/heads/" + branch.encode()
-        old = repo.read_ref(refname)
-    result = SnapshotResult()
-    w = repo.writer(level=level, max_pack_size=max_pack_size, max_pack_objects=max_pack_objects)
-    try:
-        result.tree = build_tree(w)
-        if result.tree is not None and (commit or refname is not None):
-            result.commit = w.write(gobj.COMMIT, commit_bytes(result.tree, old, date, message))
-        w.close()
-    except BaseException:
-        w.abort()  # keeps the complete objects written so far
-        raise
-    progress.finish()
-    result.objects_new, result.bytes_new = w.objects_written, w.bytes_written
-    if refname is not None and result.commit is not None:
-        tree = result.tree
-        assert tree is not None
+    # From the first "already stored?" to the moved branch: what gc waits for.
+    with repo.writing():
+        refname = None
+        old = None
+        if branch is not None:
+            validate_branch_name(branch.encode())
+            refname = b"refs/heads/" + branch.encode()
+            old = repo.read_ref(refname)
+        result = SnapshotResult()
+        w = repo.writer(level=level, max_pack_size=max_pack_size, max_pack_objects=max_pack_objects)
         try:
-            # Not cut half-way: a stale lock would block every later save of this name.
-            with held():
-                result.commit = advance_branch(
-                    repo, refname, result.commit, old,
-                    lambda parent: commit_bytes(tree, parent, date, message), message=reflog)
-        except KetchError:
+            result.tree = build_tree(w)
+            if result.tree is not None and (commit or refname is not None):
+                result.commit = w.write(gobj.COMMIT, commit_bytes(result.tree, old, date, message))
+            w.close()
+        except BaseException:
+            w.abort()  # keeps the complete objects written so far
             raise
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise KetchError("no space left on device while updating the branch") from None
-            raise
-        result.ref = refname
-    repo.maintain()
-    return result
+        progress.finish()
+        result.objects_new, result.bytes_new = w.objects_written, w.bytes_written
+        if refname is not None and result.commit is not None:
+            tree = result.tree
+            assert tree is not None
+            try:
+                # Not cut half-way: a stale lock would block every later save of this name.
+                with held():
+                    result.commit = advance_branch(
+                        repo, refname, result.commit, old,
+                        lambda parent: commit_bytes(tree, parent, date, message), message=reflog)
+            except KetchError:
+                raise
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise KetchError("no space left on device while updating the branch") from None
+                raise
+            result.ref = refname
+        repo.maintain()
+        return result

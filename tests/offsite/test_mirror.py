@@ -408,6 +408,26 @@ def test_gc_deletes_packs_after_the_manifest(mirror: Mirror, small_repo: Path) -
         assert sr.requests < len(oids), (sr.requests, len(oids))
 
 
+def test_a_reader_during_a_push_after_gc_never_fails(mirror: Mirror, small_repo: Path) -> None:
+    """A reader that took the manifest before a push deleted the packs it names
+    (their objects rewritten into new packs by a gc) finds them in the new ones."""
+    push([str(small_repo)], mirror.store)
+    with LocalRepository(str(small_repo)) as local:
+        oids = [bytes(o).ljust(20, b"\0") for n in local.index.idx_names
+                for o in local.index._idx[n].ids]
+    with StoreRepository(mirror.store, "small", url=mirror.url, whole_idx_bytes=0) as sr:
+        head = sr.read_ref(b"refs/heads/host")
+        assert sr.exists(oids[0])  # the reader has its manifest, and some idx pieces
+        git(small_repo, "repack", "-a", "-d", "-f", "-q")
+        r = push([str(small_repo)], mirror.store).repos[0]
+        assert r.error is None and r.deleted_files > 0
+        assert all(sr.has_many(oids))
+        with LocalRepository(str(small_repo)) as local:
+            for oid in oids:
+                assert sr.read(oid) == local.read(oid)
+        assert sr.read_ref(b"refs/heads/host") == head
+
+
 def test_damaged_pack_entries_are_corrupt_objects(small_repo: Path, tmp_path: Path) -> None:
     """Bytes of a mirror's pack that do not decode (a flipped bit, an entry
     whose header declares terabytes) read as CorruptObject naming the pack and

@@ -62,6 +62,10 @@ _DISK_BLOB_MAX = 64 << 10  # small unhinted blobs kept on disk (see _keep)
 _MAX_CHAIN = 500  # deeper delta chains than this are a corrupt pack
 
 
+class _PackGone(KetchError):
+    """A pack or idx the manifest named is no longer in the store."""
+
+
 class MirrorReadOnly(KetchError):
     """Writing to an S3 mirror was attempted."""
 
@@ -152,19 +156,40 @@ class StoreRepository(Repository):
         if raw is None:
             raise no_such_repository(store, name, self.url)
         self._count(len(raw))
-        self.manifest = parse_manifest(raw, name)
         digest = hashlib.sha256(f"{self.url}\0{name}".encode()).hexdigest()[:24]
         self.cache_dir = os.path.join(cache_root or default_cache_root(), digest)
-        self._packs = self.manifest.pack_by_idx()
         self._idx: dict[str, RemoteIdx] = {}
-        self._by_time = [p.idx.name for p in sorted(self.manifest.packs,
-                                                    key=lambda p: (-p.mtime, p.pack.name))]
-        self._order = self._by_time[:]  # search order; see _hit
+        self._take_manifest(raw)
         self._ahead: deque[bytes] = deque()
         self._fetched: dict[bytes, tuple[int, bytes]] = {}  # hinted, not read yet
         self._fetched_bytes = 0
         # Decoded small objects and delta bases, by id or (idx name, offset).
         self._mem: LRUCache[object, tuple[int, bytes]] = LRUCache(_MEM_BYTES, getsizeof=_size_of)
+
+    def _take_manifest(self, raw: bytes) -> None:
+        self.manifest = parse_manifest(raw, self.name)
+        self._packs = self.manifest.pack_by_idx()
+        self._idx = {n: ix for n, ix in self._idx.items() if n in self._packs}
+        self._by_time = [p.idx.name for p in sorted(self.manifest.packs,
+                                                    key=lambda p: (-p.mtime, p.pack.name))]
+        self._order = self._by_time[:]  # search order; see _hit
+
+    def _reload(self) -> bool:
+        """Take the store's current manifest; False when it has not changed."""
+        raw = read_manifest_bytes(self.store, self.name)
+        if raw is None:
+            raise no_such_repository(self.store, self.name, self.url)
+        self._count(len(raw))
+        if parse_manifest(raw, self.name).generation == self.manifest.generation:
+            return False
+        self._take_manifest(raw)
+        return True
+
+    def _again(self, e: _PackGone) -> None:
+        """A push after a gc deletes the packs its new manifest no longer names;
+        the objects still reachable are in the packs it names instead."""
+        if not self._reload():
+            raise e
 
     def traffic(self) -> tuple[int, int]:
         """(bytes sent, bytes received) so far, as RemoteRepository counts them."""
@@ -186,8 +211,8 @@ class StoreRepository(Repository):
         try:
             data = self.store.get(key, start, end)
         except NotFound:
-            raise KetchError(f"{self.where}: {key} is missing from the store (a newer push "
-                             "removed it? run the command again)") from None
+            raise _PackGone(f"{self.where}: {key} is missing from the store (a newer push "
+                            "removed it? run the command again)") from None
         self._count(len(data))
         if end is not None and len(data) != end - start:
             raise CorruptObject(f"{self.where}: {key} is shorter than its manifest says")
@@ -239,11 +264,15 @@ class StoreRepository(Repository):
         self._order = [name, *self._by_time[i + 1 :], *reversed(self._by_time[:i])]
 
     def has_many(self, oids: Sequence[bytes]) -> list[bool]:
-        found = self._locate(oids)
+        try:
+            found = self._locate(oids)
+        except _PackGone as e:
+            self._again(e)
+            found = self._locate(oids)
         return [o in found for o in oids]
 
     def exists(self, oid: bytes) -> bool:
-        return self._mem.get(oid) is not None or oid in self._locate([oid])
+        return self._mem.get(oid) is not None or self.has_many([oid])[0]
 
     def expand_hex(self, hexid: str) -> bytes | None:
         if len(hexid) == 40:
@@ -303,6 +332,15 @@ class StoreRepository(Repository):
         got = self._cached(oid)
         if got is not None:
             return got
+        try:
+            return self._read(oid)
+        except _PackGone as e:
+            self._again(e)
+            self._ahead.clear()
+            return self._read(oid)
+
+    def _read(self, oid: bytes) -> tuple[int, bytes]:
+        got: tuple[int, bytes] | None = None
         batch = [oid]
         while self._ahead and len(batch) < _BATCH_OBJECTS:
             o = self._ahead.popleft()

@@ -15,6 +15,7 @@ Differences from `bup server`, all invisible to a bup client:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -27,6 +28,7 @@ from ketch.git import entry
 from ketch.git import objects as gobj
 from ketch.git.pack import PackWriter
 from ketch.git.refs import check_ref_name
+from ketch.lifecycle.connect import MAX_REPORTED, missing_objects
 from ketch.remote.protocol import SUSPEND, Conn, ConnectionLost, ProtocolError, u32
 from ketch.repo import LocalRepository, default_repo_path, init_repository
 from ketch.stream import iter_blob_data
@@ -67,6 +69,10 @@ class Server:
         self._vfs: VFS | None = None
         self.suspended: PackWriter | None = None
         self._streaming = False  # inside receive-objects-v2's object frames
+        # The client's save holds no lease of its own on this repository: the
+        # session holds one for it, from its first look at the idx files to the end.
+        self._lease = contextlib.ExitStack()
+        self._leased = False
         self.root = os.path.realpath(opts.restrict_to) if opts.restrict_to else None
         self.commands: dict[bytes, Callable[[bytes], None]] = {
             b"help": self.help, b"init-dir": self.init_dir, b"set-dir": self.set_dir,
@@ -104,6 +110,7 @@ class Server:
         finally:
             if self.suspended is not None:
                 self._finish(self.suspended)
+            self._lease.close()
             if self.repo is not None:
                 self.repo.close()
 
@@ -125,6 +132,8 @@ class Server:
         if self.suspended is not None:
             raise KetchError("cannot change repository during receive-objects-v2")
         repo = LocalRepository(path)
+        self._lease.close()
+        self._leased = False
         if self.repo is not None:
             self.repo.close()
         self.repo = repo
@@ -139,6 +148,14 @@ class Server:
             self._select(path)
         assert self.repo is not None
         return self.repo
+
+    def _writing(self) -> LocalRepository:
+        """The repository, for a session that will (or may) write to it."""
+        repo = self._repo()
+        if not self._leased:
+            self._lease.enter_context(repo.writing())
+            self._leased = True
+        return repo
 
     def help(self, _: bytes) -> None:
         names = sorted([*self.commands, b"quit"])
@@ -165,7 +182,7 @@ class Server:
         return os.path.exists(os.path.join(self._repo().path, "bup-dumb-server"))
 
     def list_indexes(self, _: bytes) -> None:
-        repo = self._repo()
+        repo = self._writing()
         suffix = b" load" if self._dumb() else b""
         for name in sorted(os.listdir(repo.pack_dir)):
             if name.endswith(".idx"):
@@ -173,7 +190,7 @@ class Server:
         self.conn.ok()
 
     def send_index(self, arg: bytes) -> None:
-        repo = self._repo()
+        repo = self._writing()
         name = os.fsdecode(arg)
         if "/" in name or not name.endswith(".idx") or name.startswith("."):
             raise Refused(f"bad index name: {name!r}")
@@ -184,7 +201,7 @@ class Server:
         self.conn.ok()
 
     def receive_objects(self, _: bytes) -> None:
-        repo = self._repo()
+        repo = self._writing()
         w, self.suspended = self.suspended, None
         self._streaming = True
         try:
@@ -280,7 +297,7 @@ class Server:
         self.conn.ok()
 
     def update_ref(self, arg: bytes) -> None:
-        repo = self._repo()
+        repo = self._writing()
         name = arg.strip()
         new_hex = self.conn.readline().strip()
         old_hex = self.conn.readline().strip()
@@ -294,7 +311,7 @@ class Server:
             raise KetchError("update-ref: bad object id") from None
         if len(new) != 20 or new == bytes(20):
             raise Refused("deleting refs over the wire is not allowed")
-        self._check_complete(repo, new)
+        self._check_complete(repo, new, old)
         if self.opts.append_only and old is not None and not self._descends(repo, new, old):
             raise Refused(f"append-only: {name.decode(errors='replace')} may only move forward")
         try:
@@ -304,16 +321,16 @@ class Server:
         self.conn.ok()
 
     @staticmethod
-    def _check_complete(repo: LocalRepository, oid: bytes) -> None:
-        """Never point a ref at a commit whose tree is not here (a cut connection)."""
-        try:
-            t, data = repo.read(oid)
-        except ObjectNotFound:
-            raise KetchError(f"update-ref: object {oid.hex()} is not in the repository") from None
-        if t == gobj.COMMIT:
-            c = gobj.decode_commit(data)
-            if not repo.exists(c.tree) or not all(repo.exists(p) for p in c.parents):
-                raise KetchError(f"update-ref: commit {oid.hex()} refers to missing objects")
+    def _check_complete(repo: LocalRepository, oid: bytes, old: bytes | None) -> None:
+        """Never point a ref at a commit that reaches a missing object (a cut
+        connection, or a save that counted on an object gc has collected)."""
+        if not repo.stored_many([oid])[0]:
+            raise KetchError(f"update-ref: object {oid.hex()} is not in the repository")
+        lost = missing_objects(repo, oid, old, repo.stored_many)
+        if lost:
+            more = " and more" if len(lost) >= MAX_REPORTED else ""
+            raise KetchError(f"update-ref: commit {oid.hex()} refers to missing objects "
+                             f"({lost[0].hex()}{more}); save again")
 
     @staticmethod
     def _descends(repo: LocalRepository, new: bytes, old: bytes) -> bool:
