@@ -1,17 +1,16 @@
 from __future__ import annotations
 
 import json
-import os
 import time
+from typing import Any
 
 import click
 
-from ketch.cli.common import repo_option, where
+from ketch.cli.common import open_repo, repo_option
 from ketch.cli.termprogress import TermProgress, show_progress
-from ketch.errors import UsageError
+from ketch.errors import EXIT_WARNINGS
 from ketch.interrupt import reported_as
-from ketch.lifecycle.gc import DEFAULT_WAIT, collect
-from ketch.lifecycle.gcreport import GcProgress, GcReport
+from ketch.lifecycle.gc import DEFAULT_WAIT, GcRun
 from ketch.text import plural
 
 
@@ -69,42 +68,29 @@ def _size(n: int) -> str:
     return f"{n / 1e6:,.1f} MB"
 
 
-def summary(report: GcReport) -> str:
-    would = "would reclaim" if report.dry_run else "reclaimed"
-    share = 100.0 * report.bytes_reclaimed / report.bytes_before if report.bytes_before else 0.0
+def summary(report: dict[str, Any]) -> str:
+    """The report (GcReport.as_dict) in a few lines."""
+    before, after = report["bytes_before"], report["bytes_after"]
+    reclaimed = report["bytes_reclaimed"]
+    would = "would reclaim" if report["dry_run"] else "reclaimed"
+    share = 100.0 * reclaimed / before if before else 0.0
     lines = [
-        f"{_size(report.bytes_before)} before, {_size(report.bytes_after)} after: "
-        f"{would} {_size(report.bytes_reclaimed)} ({share:.1f}%) in {report.seconds:.1f} s",
-        f"{plural(report.objects_live, 'object', grouped=True)} live, "
-        f"{plural(report.objects_dropped, 'object', grouped=True)} dropped; "
-        f"{plural(report.packs_rewritten, 'pack', grouped=True)} rewritten, "
-        f"{plural(report.packs_deleted, 'pack', grouped=True)} deleted "
-        f"of {report.packs_before}",
+        f"{_size(before)} before, {_size(after)} after: {would} {_size(reclaimed)} "
+        f"({share:.1f}%) in {report['seconds']:.1f} s",
+        f"{plural(report['objects_live'], 'object', grouped=True)} live, "
+        f"{plural(report['objects_dropped'], 'object', grouped=True)} dropped; "
+        f"{plural(report['packs_rewritten'], 'pack', grouped=True)} rewritten, "
+        f"{plural(report['packs_deleted'], 'pack', grouped=True)} deleted "
+        f"of {report['packs_before']}",
     ]
-    if report.objects_rescued:
-        lines.append(f"{plural(report.objects_rescued, 'object', grouped=True)} rescued "
+    if report["objects_rescued"]:
+        lines.append(f"{plural(report['objects_rescued'], 'object', grouped=True)} rescued "
                      "(saves reused them while gc ran)")
-    if report.recovered_packs:
-        lines.append(f"finished an interrupted gc: {plural(report.recovered_packs, 'pack')} "
-                     "deleted")
-    return "\n".join(("gc (dry run): " if report.dry_run else "gc: ") + line if i == 0
-                     else "    " + line for i, line in enumerate(lines))
-
-
-def _local_gc(ctx: click.Context, repo_dir: str | None, threshold: float, dry_run: bool,
-              wait: float, progress: GcProgress | None) -> GcReport:
-    """The one place that picks the repository gc runs on."""
-    from ketch.remote.location import is_remote, is_store_url
-    from ketch.repo import LocalRepository
-
-    w = where(ctx, repo_dir)
-    if w.kind == "remote" or (w.kind == "auto" and (is_remote(w.location)
-                                                    or is_store_url(w.location))):
-        raise UsageError("gc runs where the repository is: run 'ketch gc -d DIR' on the "
-                         "backup server (-r is not supported yet)")
-    repo = LocalRepository(os.path.expanduser(w.location))
-    ctx.call_on_close(repo.close)
-    return collect(repo, threshold=threshold, dry_run=dry_run, progress=progress, wait=wait)
+    if report["recovered_packs"]:
+        lines.append("finished an interrupted gc: "
+                     f"{plural(report['recovered_packs'], 'pack')} deleted")
+    head = "gc (dry run): " if report["dry_run"] else "gc: "
+    return "\n".join(head + line if i == 0 else "    " + line for i, line in enumerate(lines))
 
 
 @click.command("gc")
@@ -127,12 +113,12 @@ def command(ctx: click.Context, /, repo_dir: str | None, threshold: float, dry_r
     unless on a terminal (cron mails nothing), except for warnings.
     """
     meter = _GcMeter() if show_progress() and not quiet else None
-    report = _local_gc(ctx, repo_dir, threshold, dry_run, wait, meter)
-    for warning in report.warnings:
+    job = GcRun(threshold=threshold, dry_run=dry_run, wait=wait, progress=meter)
+    report = open_repo(ctx, repo_dir).writable().collect_garbage(job)
+    for warning in report["warnings"]:
         click.echo(f"ketch: warning: {warning}", err=True)
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
+        click.echo(json.dumps(report, indent=2))
     elif not quiet and (meter is not None or dry_run):
         click.echo(summary(report), err=True)
-    return report.exit_code
-
+    return EXIT_WARNINGS if report["warnings"] else 0

@@ -22,6 +22,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -272,3 +273,31 @@ def collect(repo: LocalRepository, *, threshold: float = 10.0, dry_run: bool = F
     report.seconds = time.monotonic() - started
     gc.progress.finish()
     return report
+
+
+class GcRun:
+    """A gc as the Repository interface runs it (`repo.collect_garbage(job)`):
+    locally here, or rebuilt from `options` by the server of a remote one."""
+
+    def __init__(self, *, threshold: float = 10.0, dry_run: bool = False,
+                 wait: float = DEFAULT_WAIT, progress: GcProgress | None = None) -> None:
+        self.options: dict[str, Any] = {"threshold": threshold, "dry_run": dry_run,
+                                        "wait": wait}
+        self.progress = progress
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any],
+                     progress: GcProgress | None = None) -> GcRun:
+        """The job a client sent (a server builds it from these)."""
+        try:
+            return cls(threshold=float(options.get("threshold", 10.0)),
+                       dry_run=bool(options.get("dry_run", False)),
+                       wait=float(options.get("wait", DEFAULT_WAIT)), progress=progress)
+        except (TypeError, ValueError):
+            raise UsageError("bad gc options") from None
+
+    def run(self, repo: LocalRepository) -> dict[str, Any]:
+        report = collect(repo, threshold=self.options["threshold"],
+                         dry_run=self.options["dry_run"], wait=self.options["wait"],
+                         progress=self.progress)
+        return report.as_dict()
