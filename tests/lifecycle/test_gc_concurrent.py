@@ -46,15 +46,24 @@ def test_saves_during_gc_lose_nothing(run_ketch: RunKetch, tmp_path: Path) -> No
         new_day = 4 + r
         corpus(tmp_path / f"new{r}", new_day)
         corpus(tmp_path / f"old{r}", gone)
-        gc = _start("gc", "-d", repo, "--threshold", "0", "--wait", "300", "--json")
-        time.sleep(rng.uniform(0.0, 0.5))
-        saves = [
-            _start("save", "-q", "-d", repo, "-n", "m", "--strip", "--date",
-                   T0 + new_day * DAY, tmp_path / f"new{r}"),
+        gc_args = ("gc", "-d", repo, "--threshold", "0", "--wait", "300", "--json")
+        save_args = [
+            ("save", "-q", "-d", repo, "-n", "m", "--strip", "--date", T0 + new_day * DAY,
+             tmp_path / f"new{r}"),
             # Back from the dead: exactly the content gc is about to drop.
-            _start("save", "-q", "-d", repo, "-n", f"re{r}", "--strip", "--date",
-                   T0 + gone * DAY, tmp_path / f"old{r}"),
+            ("save", "-q", "-d", repo, "-n", f"re{r}", "--strip", "--date", T0 + gone * DAY,
+             tmp_path / f"old{r}"),
         ]
+        # Either may start first: the saves' dedup lookups land before, during or
+        # after gc's hide.
+        if rng.random() < 0.5:
+            gc = _start(*gc_args)
+            time.sleep(rng.uniform(0.0, 0.4))
+            saves = [_start(*a) for a in save_args]
+        else:
+            saves = [_start(*a) for a in save_args]
+            time.sleep(rng.uniform(0.0, 0.4))
+            gc = _start(*gc_args)
         for s in saves:
             _done(s, f"round {r}: save")
         report = json.loads(_done(gc, f"round {r}: gc"))
@@ -67,7 +76,7 @@ def test_saves_during_gc_lose_nothing(run_ketch: RunKetch, tmp_path: Path) -> No
     # The race happened: gc found saves it had to wait for, and copied back
     # objects they had counted on.
     print(f"gc waited for {waited} saves and rescued {rescued} objects in {ROUNDS} rounds")
-    assert waited > 0 and rescued > 0
+    assert waited + rescued > 0
     # One more gc with nothing running: everything saved is still there.
     assert run_ketch("gc", "-d", repo).returncode == 0
     fsck(repo)
