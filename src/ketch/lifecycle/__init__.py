@@ -1,0 +1,2 @@
+"""What happens to a repository over time: which saves stay (prune) and the
+space the others held (gc)."""
