@@ -20,6 +20,7 @@ from tests.lifecycle.gcsetup import (
     prune,
     repo_bytes,
     saved_repo,
+    saves,
 )
 
 DAYS = list(range(12))
@@ -165,3 +166,17 @@ def test_missing_reachable_object_deletes_nothing(run_ketch: RunKetch,
         "repository; gc deletes nothing (check it with git fsck)"]
     assert sorted(p.name for p in (repo / "objects" / "pack").iterdir()) == files
     shutil.rmtree(tmp_path / "data")
+
+
+def test_gc_after_ketch_prune(run_ketch: RunKetch, bup: RunBup, tmp_path: Path) -> None:
+    repo = saved_repo(run_ketch, tmp_path, DAYS)
+    p = run_ketch("prune", "-d", repo, "m", "--keep-daily", "3", "--keep-weekly", "2")
+    assert p.returncode == 0, p.stderr.decode()
+    kept = [d for _, d in saves(run_ketch, repo)]
+    assert 3 <= len(kept) < len(DAYS)
+    report = _gc(run_ketch, repo)
+    assert int(report["bytes_reclaimed"]) > 0
+    fresh = saved_repo(run_ketch, tmp_path / "fresh", kept)
+    assert repo_bytes(repo) <= 1.10 * repo_bytes(fresh)
+    fsck(repo)
+    check_restores(run_ketch, repo, tmp_path, kept, bup=bup)
