@@ -180,3 +180,24 @@ def test_gc_after_ketch_prune(run_ketch: RunKetch, bup: RunBup, tmp_path: Path) 
     assert repo_bytes(repo) <= 1.10 * repo_bytes(fresh)
     fsck(repo)
     check_restores(run_ketch, repo, tmp_path, kept, bup=bup)
+
+
+def test_a_save_outlasting_wait_keeps_the_hidden_packs(run_ketch: RunKetch,
+                                                       tmp_path: Path) -> None:
+    from ketch.lease import Lease
+
+    repo = saved_repo(run_ketch, tmp_path, DAYS[:4])
+    prune(repo, {3})
+    with Lease(str(repo)):  # a save that started before gc and is still running
+        p = run_ketch("gc", "-d", repo, "--wait", "1")
+        assert p.returncode == 1, p.stderr.decode()
+        assert p.stderr.decode().splitlines() == [
+            "ketch: warning: 1 save still running after 1 s: the packs gc took out of use "
+            f"stay in {repo}/ketch-gc/doomed until the next gc"]
+        assert list((repo / "ketch-gc" / "doomed").glob("*.pack"))
+        fsck(repo)
+        check_restores(run_ketch, repo, tmp_path, [3])
+    report = _gc(run_ketch, repo)
+    assert report["recovered_packs"] and not list((repo / "ketch-gc" / "doomed").iterdir())
+    fsck(repo)
+    check_restores(run_ketch, repo, tmp_path, [3])
