@@ -201,3 +201,15 @@ def test_a_save_outlasting_wait_keeps_the_hidden_packs(run_ketch: RunKetch,
     assert report["recovered_packs"] and not list((repo / "ketch-gc" / "doomed").iterdir())
     fsck(repo)
     check_restores(run_ketch, repo, tmp_path, [3])
+
+
+def test_terminal_shows_steps_and_a_summary(run_ketch: RunKetch, tmp_path: Path) -> None:
+    from tests.cli.test_habits import on_terminal
+
+    repo = saved_repo(run_ketch, tmp_path, DAYS[:5])
+    prune(repo, {1, 4})
+    code, said = on_terminal(["gc", "-d", str(repo), "--threshold", "0"])
+    text = said.decode(errors="replace")
+    assert code == 0, text
+    assert "Rewriting:" in text and "gc: " in text and "reclaimed" in text, text
+    assert "Traceback" not in text
