@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ketch.git.refs import Refs
 from tests.conftest import SRC_DIR, RunKetch
 from tests.lifecycle.gcsetup import check_restores, fsck, prune, repo_bytes, saved_repo
 
@@ -144,4 +145,34 @@ def test_rescue_of_an_object_reused_while_hidden(pruned: tuple[Path, int], run_k
     assert json.loads(p.stdout)["objects_rescued"] > 0
     fsck(repo)
     check_restores(run_ketch, repo, tmp_path, DAYS, branch="back")
+    check_restores(run_ketch, repo, tmp_path, KEEP)
+
+
+def test_rescued_pack_named_like_the_hidden_one(pruned: tuple[Path, int], run_ketch: RunKetch,
+                                                tmp_path: Path) -> None:
+    """A hidden pack whose every object comes back is copied whole, into a pack of
+    the same name (the name is the content's hash). gc killed before it deleted
+    the hidden one: the next gc deletes the hidden copy, never the visible one."""
+    repo = _copy(pruned, tmp_path)
+    data = tmp_path / "own"
+    data.mkdir()
+    (data / "f").write_bytes(os.urandom(300_000))
+    run_ketch("save", "-q", "-d", repo, "-n", "side", data, check=True)
+    side = subprocess.run(["git", "--git-dir", repo, "rev-parse", "side"], capture_output=True,
+                          check=True).stdout.decode().strip()
+    subprocess.run(["git", "--git-dir", repo, "update-ref", "-d", "refs/heads/side"], check=True)
+    assert _gc(repo, "hidden").returncode == -9
+    # As a save that deduplicated against the hidden pack would (git refuses: for
+    # git the objects are gone).
+    Refs(str(repo)).update(b"refs/heads/side", bytes.fromhex(side), None)
+    assert _gc(repo, "rescued").returncode == -9
+    doomed = {p.name for p in (repo / "ketch-gc" / "doomed").glob("*.idx")}
+    visible = {p.name for p in (repo / "objects" / "pack").glob("*.idx")}
+    assert doomed & visible  # the case at hand
+    p = _gc(repo)
+    assert p.returncode == 0, p.stderr.decode()
+    fsck(repo)
+    out = tmp_path / "out"
+    run_ketch("restore", "-q", "-d", repo, "-C", out, "side/latest/", check=True)
+    assert (out / data.relative_to("/") / "f").read_bytes() == (data / "f").read_bytes()
     check_restores(run_ketch, repo, tmp_path, KEEP)

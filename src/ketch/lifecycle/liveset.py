@@ -15,7 +15,7 @@ hide) stays readable through its open maps.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,7 +46,11 @@ def ids_to_bytes(ids: npt.NDArray[np.bytes_]) -> list[bytes]:
 class LiveSet:
     """Marks over a fixed set of idx files (with the midx files that cover them)."""
 
-    def __init__(self, idx_paths: Sequence[str], midx_paths: Sequence[str] = ()) -> None:
+    def __init__(self, idx_paths: Sequence[str], midx_paths: Sequence[str] = (),
+                 midx_may_cover: Collection[str] | None = None) -> None:
+        """`midx_may_cover`: the idx names a midx may cover to be used (default:
+        any of ours); a midx naming others is left out and its idx files are
+        searched in the order given."""
         self.paths = list(idx_paths)
         self.idx: list[PackIndex] = []
         try:
@@ -58,7 +62,7 @@ class LiveSet:
         self.marks: list[BoolArray] = [np.zeros(ix.count, dtype=bool) for ix in self.idx]
         self._tables: list[IdTable | None] = [None] * len(self.idx)
         self._midx: list[MidxReader] = []
-        self._sources = self._plan(midx_paths)
+        self._sources = self._plan(midx_paths, midx_may_cover)
 
     def _table(self, k: int) -> IdTable:
         t = self._tables[k]
@@ -67,8 +71,13 @@ class LiveSet:
             t = self._tables[k] = IdTable(ix.ids, ix.fanout, 8)
         return t
 
-    def _plan(self, midx_paths: Sequence[str]) -> list[_Source]:
-        by_name = {ix.name: k for k, ix in enumerate(self.idx)}
+    def _plan(self, midx_paths: Sequence[str],
+              may_cover: Collection[str] | None) -> list[_Source]:
+        by_name: dict[str, int] = {}
+        for k, ix in enumerate(self.idx):
+            # A hidden pack and its rescued copy may share a name: the first wins.
+            by_name.setdefault(ix.name, k)
+        allowed = set(by_name if may_cover is None else may_cover)
         usable: list[MidxReader] = []
         for p in midx_paths:
             try:
@@ -77,7 +86,7 @@ class LiveSet:
                 continue
             self._midx.append(m)
             names = m.idx_names
-            if all(n in by_name for n in names) and m.count == sum(
+            if all(n in allowed and n in by_name for n in names) and m.count == sum(
                     self.idx[by_name[n]].count for n in names):
                 usable.append(m)
         usable.sort(key=lambda m: (-m.count, m.name))
@@ -89,8 +98,11 @@ class LiveSet:
             covered |= set(m.idx_names)
             to_idx = np.array([by_name[n] for n in m.idx_names], dtype=np.int64)
             sources.append(_Source(IdTable(m.ids, m.fanout, m.bits), -1, m, to_idx))
-        lone = sorted((k for k, ix in enumerate(self.idx) if ix.name not in covered),
-                      key=lambda k: -self.idx[k].count)
+        # Biggest first, but in the caller's order where it says so (the rescue
+        # looks in visible packs before hidden ones).
+        lone = [k for k, ix in enumerate(self.idx) if ix.name not in covered]
+        if may_cover is None:
+            lone.sort(key=lambda k: -self.idx[k].count)
         sources += [_Source(self._table(k), k) for k in lone]
         return sources
 

@@ -81,12 +81,18 @@ def hide(pack_dir: str, doomed: str, pack_paths: list[str]) -> None:
 
 
 def finish_hide(pack_dir: str, doomed: str) -> int:
-    """Move the .pack (and companions) of every idx already in `doomed` that a
-    killed gc left behind. Only those: a .pack without idx may also be a
-    concurrent save's, between its two renames."""
+    """Move the .pack (and companions) that a gc killed between its two renames
+    left behind: its idx is in `doomed` and the pack is not. Only those: a pack
+    of the same name that is whole in objects/pack (its idx there too) is a
+    copy the rescue wrote (a name is the content's hash), and stays."""
     moved = 0
     for idx in glob.glob(os.path.join(glob.escape(doomed), "*.idx")):
-        base = os.path.join(pack_dir, os.path.basename(idx)[: -len(".idx")])
+        stem = os.path.basename(idx)[: -len(".idx")]
+        if os.path.exists(os.path.join(doomed, stem + ".pack")):
+            continue
+        base = os.path.join(pack_dir, stem)
+        if os.path.exists(base + ".idx"):
+            continue
         for ext in (".pack", *_COMPANIONS):
             moved += _move(base + ext, doomed)
     if moved:
@@ -124,8 +130,9 @@ def rescue(objects_dir: str, tips: list[bytes], doomed_idx: list[str], *,
     pack_dir = os.path.join(objects_dir, "pack")
     visible = sorted(glob.glob(os.path.join(glob.escape(pack_dir), "*.idx")))
     midx = sorted(glob.glob(os.path.join(glob.escape(pack_dir), "*.midx")))
-    # Visible first: an object also in a visible pack is found there, not rescued.
-    live = LiveSet(visible + doomed_idx, midx)
+    # Visible first: an object also in a visible pack is found there, not rescued
+    # (and a midx a killed gc left, naming hidden packs, is not used).
+    live = LiveSet(visible + doomed_idx, midx, {os.path.basename(p) for p in visible})
     walker = Walker(objects_dir, live, stop=stop, on_objects=on_objects)
     try:
         walker.walk(tips)
