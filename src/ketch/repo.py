@@ -275,7 +275,15 @@ class LocalRepository(WritableRepository):
             hit = self.index.find(oid)
             if hit is not None:
                 name, offset = hit
-                got = self._pack(name).read_at(offset, resolve_base=self._read_base)
+                try:
+                    pack = self._pack(name)
+                except FileNotFoundError:
+                    # gc moved the pack away after our index listed it: its live
+                    # objects are in new packs by then.
+                    if attempt or not self.index.refresh():
+                        raise
+                    continue
+                got = pack.read_at(offset, resolve_base=self._read_base)
                 self._mapped += len(got[1])
                 if self._mapped >= self._REMAP_BYTES:
                     self._mapped = 0

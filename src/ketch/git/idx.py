@@ -159,6 +159,10 @@ class PackIndex:
         i = self._pos(oid)
         return None if i < 0 else self._offset_at(i)
 
+    def offset_at(self, i: int) -> int:
+        """The pack offset of the ``i``-th entry in id order."""
+        return self._offset_at(i)
+
     def _offset_at(self, i: int) -> int:
         off = int(self._offsets[i])
         if off & 0x80000000:
@@ -178,6 +182,21 @@ class PackIndex:
     def crc_at(self, i: int) -> int:
         (crc,) = struct.unpack_from(">I", self._map, self._crc_off + 4 * i)
         return int(crc)
+
+    def offsets(self) -> npt.NDArray[np.uint64]:
+        """Every entry's pack offset, in id order (vectorised: gc reads millions)."""
+        small = self._offsets.astype(np.uint64)
+        big = (small & 0x80000000) != 0
+        if big.any():
+            n_big = (self.count and int((small[big] & 0x7FFFFFFF).max()) + 1) or 0
+            table = np.frombuffer(self._map, dtype=">u8", count=n_big, offset=self._big_off)
+            small[big] = table[(small[big] & 0x7FFFFFFF).astype(np.int64)]
+        return small
+
+    def crcs(self) -> npt.NDArray[np.uint32]:
+        """Every entry's CRC32, in id order."""
+        return np.frombuffer(self._map, dtype=">u4", count=self.count,
+                             offset=self._crc_off).astype(np.uint32)
 
     def iter_entries(self) -> Iterator[tuple[bytes, int, int]]:
         """(oid, crc32, offset) in id order."""

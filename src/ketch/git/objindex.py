@@ -267,9 +267,19 @@ class ObjectIndex:
 
     def maintain(self) -> None:
         """bup's housekeeping after writing packs: merge small idx files into a
-        midx, bring the bloom filter up to date, and start using both."""
-        auto_midx(self.pack_dir)
-        update_bloom(self.pack_dir)
+        midx, bring the bloom filter up to date, and start using both.
+
+        A gc may move an idx away between the listing and its opening: that
+        pass is dropped (what it wrote is consistent, or ignored as stale) and
+        tried once more; housekeeping left undone is the next save's."""
+        for attempt in (0, 1):
+            try:
+                auto_midx(self.pack_dir)
+                update_bloom(self.pack_dir)
+                break
+            except FileNotFoundError:
+                if attempt:
+                    break
         self.refresh()
 
     # -- lifetime ---------------------------------------------------------

@@ -67,6 +67,10 @@ class PackWriter(EncodingWriter):
     `exists(oid)` tells whether the repository already has an object; such objects
     (and objects already written in this session) are never written again.
     `on_pack(idx_path)` runs after each pack is durable and visible.
+    `tmp_dir` is where packs are written until then (default: objects/; gc
+    writes into a directory of its own, so that it can clear what a killed gc
+    left without touching a concurrent save's pack). It must be on the same
+    filesystem as objects/pack.
     """
 
     def __init__(
@@ -81,8 +85,10 @@ class PackWriter(EncodingWriter):
         on_pack: Callable[[str], None] | None = None,
         threads: int | None = None,
         fsync: bool = True,
+        tmp_dir: str | None = None,
     ) -> None:
         self.objects_dir = objects_dir
+        self.tmp_dir = tmp_dir or objects_dir
         self.pack_dir = os.path.join(objects_dir, "pack")
         self.level = level
         self.max_pack_size = max_pack_size
@@ -139,7 +145,7 @@ class PackWriter(EncodingWriter):
 
     def _open(self) -> None:
         os.makedirs(self.pack_dir, exist_ok=True)
-        self._tmpdir = tempfile.mkdtemp(prefix="pack-tmp-", dir=self.objects_dir)
+        self._tmpdir = tempfile.mkdtemp(prefix="pack-tmp-", dir=self.tmp_dir)
         self._file = open(os.path.join(self._tmpdir, "pack"), "w+b", buffering=1 << 20)  # noqa: SIM115
         self._file.write(b"PACK" + struct.pack(">II", 2, 0))
         self._offset = 12

@@ -16,9 +16,10 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ketch.errors import KetchError, RefConflict
+from ketch.git import reflog
 from ketch.git.config import GitConfig
 from ketch.git.durable import fsync_dir
 from ketch.git.objects import tz_offset
@@ -28,6 +29,9 @@ ZERO_HEX = b"0" * 40
 DEFAULT_IDENT = b"ketch <ketch@localhost>"
 # git gives up on symref chains longer than this (SYMREF_MAXDEPTH).
 MAX_SYMREF_DEPTH = 5
+# How long a writer waits for another's ref lock before giving up (git waits
+# 1 s for packed-refs): gc holds a ref's lock while it rewrites its reflog.
+LOCK_WAIT = 1.0
 
 _BAD_CHARS = re.compile(rb"[\[ ~^:?*\\\x00-\x1f\x7f]|\.\.|//|@\{")
 _PSEUDO_REF = re.compile(rb"[A-Z][A-Z_]*\Z")
@@ -239,7 +243,7 @@ class Refs:
                     "an existing ref is in the way of its directory"
                 ) from e
             try:
-                fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+                fd = self._open_lock(lock)
             except FileExistsError as e:
                 raise RefConflict(
                     f"cannot lock ref {name.decode(errors='replace')}: "
@@ -250,6 +254,19 @@ class Refs:
                 continue
             return fd, lock
         raise RefConflict(f"cannot lock ref {name.decode(errors='replace')}: directory vanished")
+
+    @staticmethod
+    def _open_lock(lock: bytes) -> int:
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                return os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            except FileExistsError:
+                if reflog.remove_if_stale(lock):
+                    continue  # left by a gc killed while it expired this reflog
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     def _check_df_conflict(self, name: bytes) -> None:
         """git refuses refs/heads/a when refs/heads/a/b exists, and vice versa."""
@@ -328,6 +345,35 @@ class Refs:
         line += (b"\t" + msg if msg else b"") + b"\n"
         for n in names:
             self._append_reflog(n, line)
+
+    def expire_reflog(self, name: bytes, gone: Callable[[bytes], bool],
+                      hook: Callable[[], None] | None = None) -> int:
+        """Drop the lines of ``name``'s reflog whose old or new id is ``gone``, under
+        the ref's lock (see ketch.git.reflog); returns how many went. ``hook``
+        runs while the lock is held (the crash tests kill there)."""
+        path = self._path(name)
+        lock = path + b".lock"
+        deadline = time.monotonic() + LOCK_WAIT
+        while (fd := reflog.take_expiry_lock(lock)) is None:
+            if time.monotonic() >= deadline:
+                raise RefConflict(f"cannot lock ref {_shown(name)} to expire its reflog: "
+                                  f"{_shown(lock)} exists")
+            time.sleep(0.01)
+        try:
+            log = self._path(b"logs/" + name)
+            try:
+                with open(log, "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                return 0
+            kept, dropped = reflog.filter_reflog(data, gone)
+            if dropped:
+                reflog.replace_log(log, kept)
+            if hook is not None:
+                hook()
+            return dropped
+        finally:
+            reflog.release_expiry_lock(lock, fd)
 
     # -- updates --------------------------------------------------------------
 

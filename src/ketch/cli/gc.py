@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+
+from ketch.cli.common import open_repo, repo_option
+from ketch.cli.termprogress import TermProgress, show_progress
+from ketch.errors import EXIT_WARNINGS
+from ketch.interrupt import reported_as
+from ketch.lifecycle.gc import DEFAULT_WAIT, GcRun
+from ketch.text import plural
+
+
+class _GcMeter:
+    """gc's steps on the terminal: a count of objects while marking and
+    rescuing, bytes with % and ETA while rewriting."""
+
+    def __init__(self) -> None:
+        from ketch.cli.meter import StatusLine
+
+        self._status = StatusLine()
+        self._meter: TermProgress | None = None
+        self._label = ""
+        self._objects = 0
+        self._last = 0.0
+        self.warnings: list[str] = []
+
+    def _end_meter(self) -> None:
+        if self._meter is not None:
+            self._meter.finish()
+            self._meter = None
+
+    def phase(self, label: str, total_bytes: int | None = None) -> None:
+        self._end_meter()
+        self._label, self._objects = label, 0
+        if total_bytes is not None:
+            self._status.close()
+            self._meter = TermProgress(label)
+            self._meter.start(total_bytes)
+        else:
+            self._status.show(f"{label}…")
+
+    def start(self, total_bytes: int | None, total_files: int | None = None) -> None:
+        pass
+
+    def advance(self, nbytes: int = 0, nfiles: int = 0) -> None:
+        if self._meter is not None:
+            self._meter.advance(nbytes, nfiles)
+            return
+        self._objects += nfiles
+        now = time.monotonic()
+        if now - self._last >= 0.2:
+            self._last = now
+            self._status.show(f"{self._label}: {plural(self._objects, 'object', grouped=True)}")
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+    def finish(self) -> None:
+        self._end_meter()
+        self._status.close()
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def summary(report: dict[str, Any]) -> str:
+    """The report (GcReport.as_dict) in a few lines."""
+    before, after = report["bytes_before"], report["bytes_after"]
+    reclaimed = report["bytes_reclaimed"]
+    would = "would reclaim" if report["dry_run"] else "reclaimed"
+    share = 100.0 * reclaimed / before if before else 0.0
+    lines = [
+        f"{_size(before)} before, {_size(after)} after: {would} {_size(reclaimed)} "
+        f"({share:.1f}%) in {report['seconds']:.1f} s",
+        f"{plural(report['objects_live'], 'object', grouped=True)} live, "
+        f"{plural(report['objects_dropped'], 'object', grouped=True)} dropped; "
+        f"{plural(report['packs_rewritten'], 'pack', grouped=True)} rewritten, "
+        f"{plural(report['packs_deleted'], 'pack', grouped=True)} deleted "
+        f"of {report['packs_before']}",
+    ]
+    if report["objects_rescued"]:
+        lines.append(f"{plural(report['objects_rescued'], 'object', grouped=True)} rescued "
+                     "(saves reused them while gc ran)")
+    if report["recovered_packs"]:
+        lines.append("finished an interrupted gc: "
+                     f"{plural(report['recovered_packs'], 'pack')} deleted")
+    head = "gc (dry run): " if report["dry_run"] else "gc: "
+    return "\n".join(head + line if i == 0 else "    " + line for i, line in enumerate(lines))
+
+
+@click.command("gc")
+@repo_option
+@click.option("--threshold", default=10.0, show_default=True, metavar="PCT",
+              help="rewrite the packs where garbage is more than PCT percent of the bytes")
+@click.option("--dry-run", is_flag=True, help="mark and report what would be reclaimed; "
+              "change nothing")
+@click.option("--wait", "wait", default=DEFAULT_WAIT, show_default=True, metavar="SECONDS",
+              help="how long to wait for saves that started before gc")
+@click.option("-q", "--quiet", is_flag=True, help="no progress and no summary")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON on stdout")
+@click.pass_context
+@reported_as("interrupted (nothing is lost: the next gc finishes the job)")
+def command(ctx: click.Context, /, repo_dir: str | None, threshold: float, dry_run: bool,
+            wait: float, quiet: bool, as_json: bool) -> int:
+    """Delete what no branch or tag reaches, and give the space back.
+
+    Saves may run meanwhile: see "How gc stays safe" in the README. Quiet
+    unless on a terminal (cron mails nothing), except for warnings.
+    """
+    meter = _GcMeter() if show_progress() and not quiet else None
+    job = GcRun(threshold=threshold, dry_run=dry_run, wait=wait, progress=meter)
+    report = open_repo(ctx, repo_dir).writable().collect_garbage(job)
+    for warning in report["warnings"]:
+        click.echo(f"ketch: warning: {warning}", err=True)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    elif not quiet and (meter is not None or dry_run):
+        click.echo(summary(report), err=True)
+    return EXIT_WARNINGS if report["warnings"] else 0
