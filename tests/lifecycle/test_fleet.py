@@ -24,6 +24,7 @@ from ketch.lifecycle.serverconfig import (
 )
 from ketch.repo import LocalRepository, init_repository
 from ketch.save import SaveOptions, save
+from tests.conftest import RunKetch
 from tests.gitutil import git
 
 DAY = 86400
@@ -248,3 +249,38 @@ def test_run_as_root_the_owner_gets_back_what_was_written(fleet: Path) -> None:
         assert head is not None and not gobj.decode_commit(repo.read(head)[1]).parents
     assert {p.stat().st_uid for p in web1.rglob("*")} == {nobody.pw_uid}
     assert (fleet / "db1" / "objects").stat().st_uid == 0  # root's repositories stay root's
+
+
+def test_the_commands_the_nightly_job_runs(fleet: Path, tmp_path: Path,
+                                           run_ketch: RunKetch) -> None:
+    """`ketch prune --all ROOT` then `ketch gc --all ROOT`, the config from
+    $KETCH_SERVER_CONFIG as the installed job passes it."""
+    cfg = _config(tmp_path, """
+        [retention]
+        keep-last = 2
+        [machine.db1]
+        keep-last = 1
+        [gc]
+        threshold = 0
+        """)
+    env = {"KETCH_SERVER_CONFIG": str(cfg)}
+    before = {n: _bytes(fleet / n) for n in ("web1", "db1", "archive")}
+    got = run_ketch("prune", "--all", fleet, env=env, check=True)
+    assert "db1      1 branch: 1 save kept, 4 removed" in got.stdout.decode()
+    assert [_saves(fleet / n) for n in ("web1", "db1", "archive")] == [2, 1, 2]
+    got = run_ketch("gc", "--all", fleet, "--json", env=env, check=True)
+    report = json.loads(got.stdout)
+    assert [m["machine"] for m in report["machines"]] == ["archive", "db1", "web1"]
+    assert report["totals"]["bytes_reclaimed"] > 0
+    for name in ("web1", "db1", "archive"):
+        assert _bytes(fleet / name) < before[name]
+        git(fleet / name, "fsck", "--strict")
+    # keep options belong to the server config there; a ROOT is not a branch
+    bad = run_ketch("prune", "--all", fleet, "--keep-last", "3", env=env)
+    assert bad.returncode == 2 and b"no keep options" in bad.stderr
+    bad = run_ketch("gc", "--all", fleet, "-d", fleet / "web1", env=env)
+    assert bad.returncode == 2 and b"not both" in bad.stderr
+
+
+def _bytes(repo: Path) -> int:
+    return sum(f.stat().st_size for f in (repo / "objects").rglob("*") if f.is_file())

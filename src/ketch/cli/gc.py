@@ -1,16 +1,24 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
 import click
 
 from ketch.cli.common import open_repo, repo_option
+from ketch.cli.fleetout import render_fleet
 from ketch.cli.termprogress import TermProgress, show_progress
-from ketch.errors import EXIT_WARNINGS
+from ketch.errors import EXIT_WARNINGS, UsageError
 from ketch.interrupt import reported_as
+from ketch.lifecycle.fleet import gc_all
 from ketch.lifecycle.gc import DEFAULT_WAIT, GcRun
+from ketch.lifecycle.serverconfig import (
+    DEFAULT_THRESHOLD,
+    default_server_config_path,
+    load_server_config,
+)
 from ketch.text import plural
 
 
@@ -95,8 +103,11 @@ def summary(report: dict[str, Any]) -> str:
 
 @click.command("gc")
 @repo_option
-@click.option("--threshold", default=10.0, show_default=True, metavar="PCT",
-              help="rewrite the packs where garbage is more than PCT percent of the bytes")
+@click.option("--all", "root", metavar="ROOT", default=None,
+              help="every repository under ROOT (the backup server's nightly job)")
+@click.option("--threshold", type=float, default=None, metavar="PCT",
+              help="rewrite the packs where garbage is more than PCT percent of the bytes "
+                   "[default: 10, or the server config's with --all]")
 @click.option("--dry-run", is_flag=True, help="mark and report what would be reclaimed; "
               "change nothing")
 @click.option("--wait", "wait", default=DEFAULT_WAIT, show_default=True, metavar="SECONDS",
@@ -105,15 +116,25 @@ def summary(report: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON on stdout")
 @click.pass_context
 @reported_as("interrupted (nothing is lost: the next gc finishes the job)")
-def command(ctx: click.Context, /, repo_dir: str | None, threshold: float, dry_run: bool,
-            wait: float, quiet: bool, as_json: bool) -> int:
+def command(ctx: click.Context, /, repo_dir: str | None, root: str | None,
+            threshold: float | None, dry_run: bool, wait: float, quiet: bool,
+            as_json: bool) -> int:
     """Delete what no branch or tag reaches, and give the space back.
 
     Saves may run meanwhile: see "How gc stays safe" in the README. Quiet
     unless on a terminal (cron mails nothing), except for warnings.
     """
     meter = _GcMeter() if show_progress() and not quiet else None
-    job = GcRun(threshold=threshold, dry_run=dry_run, wait=wait, progress=meter)
+    if root is not None:
+        if repo_dir is not None:
+            raise UsageError("give -d/-r or --all ROOT, not both")
+        if threshold is None:
+            threshold = load_server_config().gc_threshold if os.path.exists(
+                default_server_config_path()) else DEFAULT_THRESHOLD
+        return render_fleet(gc_all(root, threshold=threshold, dry_run=dry_run,
+                                   progress=meter), as_json)
+    job = GcRun(threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+                dry_run=dry_run, wait=wait, progress=meter)
     report = open_repo(ctx, repo_dir).writable().collect_garbage(job)
     for warning in report["warnings"]:
         click.echo(f"ketch: warning: {warning}", err=True)

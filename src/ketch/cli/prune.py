@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
 import click
 
 from ketch.cli.common import open_repo, repo_option
+from ketch.cli.fleetout import render_fleet
 from ketch.errors import UsageError
 from ketch.interrupt import reported_as
+from ketch.lifecycle.fleet import prune_all
 from ketch.lifecycle.policy import KeepPolicy, parse_duration
 from ketch.lifecycle.prune import PruneReport, prune
+from ketch.lifecycle.serverconfig import load_server_config
 from ketch.repo import Repository
 from ketch.text import plural
 from ketch.vfs import SAVE_NAME_FORMAT
@@ -84,7 +88,7 @@ def prune_repository(repo: Repository, names: list[str] | None, policy: KeepPoli
 @click.option("--dry-run", is_flag=True,
               help="change nothing; list every save with keep (and why) or remove")
 @click.option("--json", "as_json", is_flag=True, help="print the decisions and summary as JSON")
-@click.argument("names", nargs=-1, metavar="[NAME...]")
+@click.argument("names", nargs=-1, metavar="[NAME... | --all [ROOT]]")
 @click.pass_context
 @reported_as("interrupted (the branches pruned so far stay so; the others are as they were)")
 def command(ctx: click.Context, /, repo_dir: str | None, all_branches: bool, within: str | None,
@@ -98,10 +102,22 @@ def command(ctx: click.Context, /, repo_dir: str | None, all_branches: bool, wit
     older than D before the newest one. A save any option keeps is kept. The
     kept saves stay as they were (tree, date, message); `ketch gc` frees the
     space of the others.
+
+    On the backup server, `--all ROOT` prunes every repository under ROOT, each
+    with its machine's policy from /etc/ketch/server.toml ($KETCH_SERVER_CONFIG).
     """
+    if all_branches and len(names) == 1 and repo_dir is None and (
+            "/" in names[0] or os.path.isdir(names[0])):
+        # The backup server's nightly job: each machine's policy from server.toml.
+        if within is not None or any(counts.values()):
+            raise UsageError("prune --all ROOT takes each machine's policy from the server "
+                             "config; no keep options")
+        return render_fleet(prune_all(names[0], load_server_config(), dry_run=dry_run),
+                            as_json)
     policy = _policy(counts, within)
     if all_branches and names:
-        raise UsageError("give branch NAMEs or --all, not both")
+        raise UsageError("give branch NAMEs or --all (or --all ROOT on the backup server), "
+                         "not both")
     if not all_branches and not names:
         raise UsageError("give the branches to prune (NAME...), or --all for every branch")
     return prune_repository(open_repo(ctx, repo_dir), None if all_branches else list(names),

@@ -16,7 +16,7 @@ from typing import Any
 from ketch.errors import KetchError
 from ketch.jobs.model import Retention
 from ketch.lifecycle.fleet import prune_counts
-from ketch.lifecycle.gc import job as gc_job
+from ketch.lifecycle.gc import GcRun
 from ketch.lifecycle.prune import prune
 from ketch.lifecycle.serverconfig import DEFAULT_THRESHOLD, policy_of
 from ketch.progress import Progress
@@ -83,8 +83,7 @@ def apply_retention(repo: Repository, policies: list[tuple[str, str, Retention |
         done.warnings.extend(f"retention {kind} {name}: {w}" for w in got.warnings)
     if any(b.removed for b in done.branches):
         try:
-            done.gc = writable.collect_garbage(gc_job({"threshold": DEFAULT_THRESHOLD,
-                                                       "dry_run": False}))
+            done.gc = writable.collect_garbage(GcRun(threshold=DEFAULT_THRESHOLD))
             # e.g. saves that still held their leases when gc stopped waiting
             done.warnings.extend(f"gc: {w}" for w in done.gc.get("warnings", []))
         except AppendOnlyRepository:

@@ -37,7 +37,7 @@ from ketch.lifecycle.gcreport import GcProgress, GcReport, NullGcProgress, objec
 from ketch.lifecycle.gcwalk import Walker
 from ketch.lifecycle.liveset import LiveSet
 from ketch.lifecycle.rescue import GcDir, delete_doomed, finish_hide, hide, rescue
-from ketch.lifecycle.sweep import PackUsage, copy_entries, usage
+from ketch.lifecycle.sweep import PackUsage, copy_entries, holds_garbage_trees, usage
 from ketch.repo import LocalRepository
 from ketch.text import plural
 
@@ -226,8 +226,8 @@ class _Gc:
             usages = usage(live)
             report.packs_before = len(usages)
             report.objects_live = live.marked + len(walker.loose)
-            doomed = [u for u in usages
-                      if not u.kept and u.garbage_bytes > 0 and u.share > threshold]
+            doomed = [u for u in usages if not u.kept and u.garbage_bytes > 0
+                      and (u.share > threshold or holds_garbage_trees(live, u))]
             report.objects_dropped = sum(u.objects - u.live_objects for u in doomed)
             report.packs_deleted = len(doomed)
             if dry_run:

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ketch.errors import CorruptObject
+from ketch.git import objects as gobj
 from ketch.git.entry import FULL_TYPES
 from ketch.git.pack import PackWriter
 from ketch.git.packread import PackFile, ResolveBase
@@ -87,6 +88,28 @@ def usage(live: LiveSet) -> list[PackUsage]:
                              os.path.getsize(live.paths[k]), garbage,
                              os.path.exists(pack[: -len(".pack")] + ".keep")))
     return out
+
+
+def holds_garbage_trees(live: LiveSet, u: PackUsage) -> bool:
+    """Whether pack `u` holds a garbage object that is not a blob (a tree, a
+    commit, a tag; a delta counts, as its type is its base's).
+
+    Such a pack is rewritten whatever its garbage share: then every tree left in
+    the repository has all it reaches, so a save that finds a tree already
+    stored (its index remembers a file's chunk tree) may count on all of it.
+    Garbage blobs alone may stay, below the threshold: a blob reaches nothing."""
+    if u.live_objects == u.objects:
+        return False
+    offs = live.idx[u.k].offsets()[~live.marks[u.k]]
+    fd = os.open(u.pack_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for off in np.sort(offs).tolist():
+            head = os.pread(fd, 1, int(off))
+            if not head or (head[0] >> 4) & 7 != gobj.BLOB:
+                return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def copy_entries(live: LiveSet, k: int, positions: npt.NDArray[np.int64], writer: PackWriter,

@@ -418,9 +418,9 @@ class Server:
             raise Refused("append-only: gc is the server's job")
         if self.suspended is not None:
             raise KetchError("cannot gc during receive-objects-v2")
-        from ketch.lifecycle.gc import job
+        from ketch.lifecycle.gc import GcRun
 
-        gc_job = job(options)
+        gc_job = GcRun.from_options(options)
         repo = self._repo()
         self._vfs = None
         # The session's lease stands for its client's saves, which are over when
