@@ -18,7 +18,7 @@ import pytest
 from ketch.errors import KetchError
 from ketch.git import objects as gobj
 from ketch.jobs.retention import SERVER_OWNS_IT
-from ketch.lifecycle.gc import job
+from ketch.lifecycle.gc import GcRun
 from ketch.remote.location import open_location
 from ketch.remote.protocol import Conn
 from ketch.remote.server import Server, ServerOptions
@@ -68,7 +68,7 @@ def test_gc_over_ssh_reclaims_with_a_normal_key(sshd: SshServer, run_ketch: RunK
     before = sum(_packs(repo).values())
     _use(m, monkeypatch)
     with open_location(m.url(repo)) as remote:
-        report = remote.writable().collect_garbage(job({"threshold": 10.0, "dry_run": False}))
+        report = remote.writable().collect_garbage(GcRun.from_options({"threshold": 10.0, "dry_run": False}))
         # The same connection goes on working, with the server's new packs.
         assert remote.read_ref(b"refs/heads/t") is not None
     assert report["bytes_reclaimed"] >= 2_900_000, report
@@ -91,7 +91,7 @@ def test_gc_over_ssh_is_refused_for_an_append_only_key(sshd: SshServer, run_ketc
     m = _append_only(sshd, "gc_append_only", repo)
     _use(m, monkeypatch)
     with open_location(m.url(repo)) as remote, pytest.raises(AppendOnlyRepository) as e:
-        remote.writable().collect_garbage(job({"threshold": 0.0, "dry_run": False}))
+        remote.writable().collect_garbage(GcRun.from_options({"threshold": 0.0, "dry_run": False}))
     assert str(e.value) == "server: append-only: gc is the server's job"
     # What a user of any client sees: one error line, and the session goes on.
     proc = subprocess.run([*sshd.ssh_argv(m.key), sshd.host, "ketch server"], timeout=60,
@@ -178,11 +178,11 @@ def test_client_bounds_the_gc_reply(sshd: SshServer, tmp_path: Path, reply: byte
     remote = open_location(m.url(tmp_path))
     try:
         if message is None:
-            got = remote.writable().collect_garbage(job({"threshold": 10.0, "dry_run": False}))
+            got = remote.writable().collect_garbage(GcRun.from_options({"threshold": 10.0, "dry_run": False}))
             assert got == {"bytes_reclaimed": 7}
         else:
             with pytest.raises(KetchError, match=message):
-                remote.writable().collect_garbage(job({"threshold": 10.0,
+                remote.writable().collect_garbage(GcRun.from_options({"threshold": 10.0,
                                                        "dry_run": False}))
     finally:
         remote.client.abandon()
