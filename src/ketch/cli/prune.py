@@ -116,8 +116,8 @@ def command(ctx: click.Context, /, repo_dir: str | None, all_branches: bool, wit
                             as_json)
     policy = _policy(counts, within)
     if all_branches and names:
-        raise UsageError("give branch NAMEs or --all (or --all ROOT on the backup server), "
-                         "not both")
+        raise UsageError("give branch NAMEs or --all, not both (on the backup server, "
+                         "--all ROOT: every repository under ROOT)")
     if not all_branches and not names:
         raise UsageError("give the branches to prune (NAME...), or --all for every branch")
     return prune_repository(open_repo(ctx, repo_dir), None if all_branches else list(names),

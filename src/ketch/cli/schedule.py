@@ -4,13 +4,13 @@ with `--server`, the backup server's nightly prune + gc of every repository."""
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import click
 
-from ketch.errors import EXIT_FAILED, EXIT_OK, EXIT_WARNINGS, KetchError, UsageError
+from ketch.cli.scheduleout import print_schedule, show_status
+from ketch.errors import KetchError, UsageError
 from ketch.jobs.model import DEFAULT_CONFIG, Schedule
 
 
@@ -26,6 +26,18 @@ def _schedule_of(config: str) -> Schedule:
     from ketch.jobs.config import load_config
 
     return load_config(config).schedule
+
+
+def _job(config: str | None, server: bool, root: str | None) -> tuple[str, Schedule, Any]:
+    """(config path, schedule, the server's job or None)."""
+    if root is not None and not server:
+        raise UsageError("ROOT is for --server (the backup server's repositories)")
+    if server:
+        from ketch.jobs.serverjob import server_job
+
+        return server_job(config, root)
+    config = os.path.abspath(config or _default_config())
+    return config, _schedule_of(config), None
 
 
 def _where(server: bool, cron_file: str | None) -> dict[str, Any]:
@@ -56,35 +68,6 @@ def _dirs(f: Any) -> Any:
                              "with --server, /etc/cron.d/ketch-retention)")(f)
 
 
-def _print(info: Any, *, as_json: bool = False, server: bool = False) -> None:
-    if as_json:
-        click.echo(json.dumps(info.as_dict(), indent=2))
-        return
-    if info.kind is None:
-        flag = " --server" if server else ""
-        click.echo(f"schedule: not installed (`ketch schedule install{flag}` installs it)")
-    else:
-        state = "complete" if info.units_present else "incomplete"
-        click.echo(f"schedule: {info.kind} ({state}{', will not run here' if info.problem else ''})")
-    for f in info.files:
-        click.echo(f"  {f}")
-    if info.next_run is not None:
-        delay = f" + up to {info.randomized_delay} at random" if info.delay_seconds else ""
-        click.echo(f"next run: {info.next_run:%a %Y-%m-%d %H:%M %Z}{delay}")
-    if info.systemctl:
-        click.echo(info.systemctl)
-    for note in info.notes:
-        click.echo(f"note: {note}")
-
-
-def _status(info: Any) -> int:
-    """show's exit status: 2 when the installed entry will not fire or is not the
-    config's, 1 when nothing is installed although the config enables it."""
-    if info.problem or info.up_to_date is False or (info.kind and not info.units_present):
-        return EXIT_FAILED
-    return EXIT_WARNINGS if info.kind is None and info.enabled else EXIT_OK
-
-
 @click.group("schedule")
 def command() -> None:
     """Run the backup every night: a systemd timer (cron where there is no systemd)."""
@@ -106,17 +89,8 @@ def install_cmd(config: str | None, server: bool, root: str | None, use_cron: bo
     server config's root when not given)."""
     from ketch.jobs.schedule import install
 
-    if root is not None and not server:
-        raise UsageError("ROOT is for --server (the backup server's repositories)")
+    config, sched, job = _job(config, server, root)
     where = _where(server, cron_file)
-    job = None
-    if server:
-        from ketch.jobs.serverjob import server_job
-
-        config, sched, job = server_job(config, root)
-    else:
-        config = os.path.abspath(config or _default_config())
-        sched = _schedule_of(config)
     info = install(config, sched, systemd_dir=systemd_dir, **where, server=job,
                    use_systemd=False if use_cron else None)
     if info.problem:
@@ -125,7 +99,7 @@ def install_cmd(config: str | None, server: bool, root: str | None, use_cron: bo
         for f in info.files:
             click.echo(f"wrote {f}, but it will not run")
         raise KetchError(info.problem)
-    _print(info, server=server)
+    print_schedule(info, server=server)
 
 
 @command.command("remove")
@@ -156,18 +130,9 @@ def show_cmd(config: str | None, server: bool, root: str | None, systemd_dir: st
     not run here or differs from the config."""
     from ketch.jobs.schedule import show
 
-    if root is not None and not server:
-        raise UsageError("ROOT is for --server (the backup server's repositories)")
-    job = None
-    if server:
-        from ketch.jobs.serverjob import server_job
-
-        config, sched, job = server_job(config, root)
-    else:
-        config = os.path.abspath(config or _default_config())
-        sched = _schedule_of(config)
+    config, sched, job = _job(config, server, root)
     info = show(config, sched, systemd_dir=systemd_dir, **_where(server, cron_file), server=job)
-    _print(info, as_json=as_json, server=server)
+    print_schedule(info, as_json=as_json, server=server)
     if info.problem and not as_json:
         click.echo(f"ketch: error: {info.problem}", err=True)
-    return _status(info)
+    return show_status(info)
