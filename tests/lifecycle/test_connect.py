@@ -4,12 +4,14 @@ commit that reaches a missing object, however deep."""
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from ketch.errors import KetchError
 from ketch.git import objects as gobj
+from ketch.lease import held_leases
 from ketch.lifecycle.connect import missing_objects
 from ketch.remote.location import open_location
 from ketch.repo import LocalRepository, WritableRepository, init_repository
@@ -135,3 +137,25 @@ def test_the_server_accepts_a_racing_save_whose_objects_gc_is_retiring(tmp_path:
         assert remote.read_ref(BRANCH) == c
     finally:
         remote.close()
+
+
+def test_the_server_holds_a_lease_for_its_writing_client(tmp_path: Path) -> None:
+    """A remote save takes no lease of its own: its server session holds one, from
+    its first look at the idx files until the connection ends."""
+    path = tmp_path / "served"
+    init_repository(str(path))
+    remote = open_location(f":{path}", kind="remote").writable()
+    try:
+        assert remote.read_ref(BRANCH) is None
+        assert held_leases(str(path)) == []  # reading only: gc need not wait
+        c = _save(remote, {"a": b"1"}, set(), None)
+        assert remote.has_many([c]) == [True]
+        assert len(held_leases(str(path))) == 1
+        remote.update_ref(BRANCH, c, None)
+        assert len(held_leases(str(path))) == 1
+    finally:
+        remote.close()
+    deadline = time.monotonic() + 30
+    while held_leases(str(path)) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the server process ends after the client
+    assert held_leases(str(path)) == []

@@ -1,7 +1,8 @@
 """gc while saves run: saves that began before gc hid its packs may have
 deduplicated against what it hid, and must lose nothing (the leases, then the
 rescue). 20 rounds; in each, one save re-adds exactly the content the round's
-prune just made garbage."""
+prune just made garbage. The saves run on the repository's machine, and over
+ssh through `ketch server` (which holds the lease for its client)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,18 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import SRC_DIR, RunKetch
 from tests.lifecycle.gcsetup import DAY, T0, check_restores, corpus, fsck, prune, saved_repo
+from tests.remote.conftest import sshd  # noqa: F401 - the ssh variant's server
+from tests.remote.test_remote import Machine
 
 ROUNDS = 20
 
 
-def _start(*args: object) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=str(SRC_DIR))
+def _start(*args: object, extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=str(SRC_DIR), **(extra or {}))
     env.pop("KETCH_TEST_CRASH", None)
     return subprocess.Popen([sys.executable, "-m", "ketch", *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -32,9 +37,16 @@ def _done(p: subprocess.Popen[bytes], what: str) -> bytes:
     return out
 
 
-def test_saves_during_gc_lose_nothing(run_ketch: RunKetch, tmp_path: Path) -> None:
+@pytest.mark.parametrize("via", ["local", "ssh"])
+def test_saves_during_gc_lose_nothing(run_ketch: RunKetch, tmp_path: Path, via: str,
+                                      request: pytest.FixtureRequest) -> None:
     rng = random.Random(11)
     repo = saved_repo(run_ketch, tmp_path, [0, 1, 2, 3])
+    where: tuple[object, ...] = ("-d", repo)
+    env: dict[str, str] = {}
+    if via == "ssh":
+        m = Machine.new(request.getfixturevalue("sshd"), "gc-race")
+        where, env = ("-r", m.url(repo)), m.env
     on_m = [0, 1, 2, 3]
     revived: list[int] = []
     waited = rescued = 0
@@ -48,10 +60,10 @@ def test_saves_during_gc_lose_nothing(run_ketch: RunKetch, tmp_path: Path) -> No
         corpus(tmp_path / f"old{r}", gone)
         gc_args = ("gc", "-d", repo, "--threshold", "0", "--wait", "300", "--json")
         save_args = [
-            ("save", "-q", "-d", repo, "-n", "m", "--strip", "--date", T0 + new_day * DAY,
+            ("save", "-q", *where, "-n", "m", "--strip", "--date", T0 + new_day * DAY,
              tmp_path / f"new{r}"),
             # Back from the dead: exactly the content gc is about to drop.
-            ("save", "-q", "-d", repo, "-n", f"re{r}", "--strip", "--date", T0 + gone * DAY,
+            ("save", "-q", *where, "-n", f"re{r}", "--strip", "--date", T0 + gone * DAY,
              tmp_path / f"old{r}"),
         ]
         # Either may start first: the saves' dedup lookups land before, during or
@@ -59,9 +71,9 @@ def test_saves_during_gc_lose_nothing(run_ketch: RunKetch, tmp_path: Path) -> No
         if rng.random() < 0.5:
             gc = _start(*gc_args)
             time.sleep(rng.uniform(0.0, 0.4))
-            saves = [_start(*a) for a in save_args]
+            saves = [_start(*a, extra=env) for a in save_args]
         else:
-            saves = [_start(*a) for a in save_args]
+            saves = [_start(*a, extra=env) for a in save_args]
             time.sleep(rng.uniform(0.0, 0.4))
             gc = _start(*gc_args)
         for s in saves:
