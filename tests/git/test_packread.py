@@ -479,3 +479,22 @@ def test_shared_packfile_across_threads(history_repo: Path) -> None:
             results = list(ex.map(pf.read, work))
         for oid, got in zip(work, results, strict=True):
             assert got == expected[oid]
+
+
+def test_close_while_a_slice_of_the_map_is_alive(tmp_path: Path) -> None:
+    """A save that raced gc died with 'internal error: BufferError: cannot close
+    exported pointers exist': a pack closed while a read's slice of its map was
+    still referenced. Closing must not fail; the map goes when the slice does."""
+    from ketch.git.pack import PackWriter
+
+    objects = tmp_path / "objects"
+    w = PackWriter(str(objects))
+    oid = w.write(gobj.BLOB, b"still viewed\n")
+    [idx] = w.close()
+    p = PackFile(idx[: -len(".idx")] + ".pack")
+    view = p._read(12, 8)
+    p.close()
+    assert bytes(view)[:1]  # the slice still reads
+    del view
+    with PackFile(idx[: -len(".idx")] + ".pack") as again:
+        assert again.read(oid) == (gobj.BLOB, b"still viewed\n")

@@ -151,8 +151,13 @@ class PackFile:
 
     def close(self) -> None:
         self._cache.clear()
-        self._view.release()
-        self._map.close()
+        try:
+            self._view.release()
+            self._map.close()
+        except BufferError:
+            # A slice of the map is still alive (a read's frame kept by an
+            # exception in flight): the map closes when the slice is collected.
+            pass
         if self._owns_index:
             self.index.close()
 
