@@ -106,14 +106,30 @@ def fsck(repo: Path) -> None:
     assert "error" not in out and "missing" not in out and "broken" not in out, out
 
 
+def ketch_here(*args: object) -> bytes:
+    """Run the CLI in this process, its stdout (a subprocess costs ~0.5 s of
+    imports, and the concurrency tests check restores dozens of times)."""
+    from click.testing import CliRunner
+
+    from ketch.cli.main import cli
+
+    r = CliRunner().invoke(cli, [os.fsdecode(a) if isinstance(a, (bytes, os.PathLike))
+                                 else str(a) for a in args], standalone_mode=False)
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    code = r.return_value if isinstance(r.return_value, int) else r.exit_code
+    assert code == 0, (args, code, r.stderr_bytes.decode(errors="replace"))
+    return r.stdout_bytes
+
+
 def saves(run_ketch: RunKetch, repo: Path, branch: str = "m") -> list[tuple[str, int]]:
     """(save name, day) of every save on the branch, oldest first."""
     import json
 
-    p = run_ketch("ls", "-d", repo, "--json", branch, check=True)
+    listing = ketch_here("ls", "-d", repo, "--json", branch)
     out = []
     with LocalRepository(str(repo)) as r:
-        for row in json.loads(p.stdout):
+        for row in json.loads(listing):
             if row["type"] == "save":
                 raw = r.read_typed(bytes.fromhex(row["commit"]), gobj.COMMIT)
                 out.append((row["name"], commit_day(raw)))
@@ -137,7 +153,7 @@ def check_restores(run_ketch: RunKetch, repo: Path, tmp: Path, days: list[int],
         want = tree_of(want_dir)
         out = tmp / f"out-{name}"
         shutil.rmtree(out, ignore_errors=True)
-        run_ketch("restore", "-q", "-d", repo, "-C", out, f"{branch}/{name}/", check=True)
+        ketch_here("restore", "-q", "-d", repo, "-C", out, f"{branch}/{name}/")
         assert tree_of(out) == want, f"ketch restore of {name} differs"
         if bup is not None:
             bout = tmp / f"bup-{name}"
