@@ -24,6 +24,13 @@ from ketch.git.config import GitConfig
 from ketch.git.durable import fsync_dir
 from ketch.git.objects import tz_offset
 
+# Callers import the name rules from here too (they were born in this module).
+from ketch.git.refnames import BadRefName as BadRefName
+from ketch.git.refnames import branch_name_problem as branch_name_problem
+from ketch.git.refnames import check_ref_name as check_ref_name
+from ketch.git.refnames import ref_name_problem, shown_name
+from ketch.git.refnames import validate_branch_name as validate_branch_name
+
 ZERO_ID = b"\0" * 20
 ZERO_HEX = b"0" * 40
 DEFAULT_IDENT = b"ketch <ketch@localhost>"
@@ -33,15 +40,9 @@ MAX_SYMREF_DEPTH = 5
 # 1 s for packed-refs): gc holds a ref's lock while it rewrites its reflog.
 LOCK_WAIT = 1.0
 
-_BAD_CHARS = re.compile(rb"[\[ ~^:?*\\\x00-\x1f\x7f]|\.\.|//|@\{")
-_PSEUDO_REF = re.compile(rb"[A-Z][A-Z_]*\Z")
 _HEX40 = re.compile(rb"[0-9a-f]{40}\Z")
 _TRUE = frozenset(("true", "yes", "on", "1", ""))
 _LOGGED_PREFIXES = (b"refs/heads/", b"refs/remotes/", b"refs/notes/")
-
-
-class BadRefName(KetchError):
-    """A branch or ref name is not acceptable to git and bup."""
 
 
 class BadRefValue(KetchError):
@@ -52,68 +53,6 @@ class CorruptRef(KetchError):
     """A ref file or packed-refs line could not be parsed."""
 
 
-def _shown(name: bytes) -> str:
-    """A name for a message: text, its odd bytes as \\xNN (never Python's b'...')."""
-    return name.decode("utf-8", "backslashreplace")
-
-
-def _name_problem(name: bytes) -> str | None:
-    """Why ``name`` is not a valid branch name, or None (bup's valid_save_name)."""
-    if not name:
-        return "it is empty"
-    if name == b"@":
-        return "it is '@'"
-    if name.startswith(b"/") or name.endswith(b"/"):
-        return "it starts or ends with '/'"
-    if name.endswith(b"."):
-        return "it ends with '.'"
-    m = _BAD_CHARS.search(name)
-    if m:
-        return f"it contains '{_shown(m.group())}'"[:80]
-    for part in name.split(b"/"):
-        if part.startswith(b"."):
-            return "a component starts with '.'"
-        if part.endswith(b".lock"):
-            return "a component ends with '.lock'"
-    return None
-
-
-def branch_name_problem(name: bytes) -> str | None:
-    """Why ``name`` cannot be a ketch branch, or None: the one rule for save,
-    split and the config's set and dump names.
-
-    A valid git ref component: ls and restore read NAME/DATE/PATH, so the first
-    component is the whole branch name (`a/b` would read as branch `a`, save
-    `b`; `etc/foo` cannot exist beside `etc`). `latest` and dates only name
-    saves inside a branch, so they do not clash."""
-    if b"/" in name:
-        return "it contains '/' (a branch name is one path component, as in NAME/latest/PATH)"
-    if name.startswith(b"."):
-        return "it starts with '.'"
-    return _name_problem(name)
-
-
-def validate_branch_name(name: bytes) -> None:
-    """Raise BadRefName unless ``name`` is usable as a branch (see branch_name_problem)."""
-    problem = branch_name_problem(name)
-    if problem:
-        raise BadRefName(f"invalid branch name '{_shown(name)}': {problem}")
-
-
-def check_ref_name(name: bytes, allow_pseudo: bool = False) -> None:
-    """Raise BadRefName unless ``name`` is a full ref name (``refs/...``).
-
-    With ``allow_pseudo``, all-caps top-level names such as HEAD pass too.
-    """
-    if allow_pseudo and _PSEUDO_REF.match(name):
-        return
-    if not name.startswith(b"refs/"):
-        raise BadRefName(f"invalid ref name '{_shown(name)}': it does not start with 'refs/'")
-    problem = _name_problem(name[5:])
-    if problem:
-        raise BadRefName(f"invalid ref name '{_shown(name)}': {problem}")
-
-
 def _parse_packed(text: bytes) -> dict[bytes, bytes]:
     refs: dict[bytes, bytes] = {}
     for line in text.splitlines():
@@ -121,7 +60,7 @@ def _parse_packed(text: bytes) -> dict[bytes, bytes]:
             continue  # header, or the peeled target of the tag line above
         hexid, sp, name = line.partition(b" ")
         if not sp or not _HEX40.match(hexid):
-            raise CorruptRef(f"packed-refs: unparseable line: {_shown(line[:100])}")
+            raise CorruptRef(f"packed-refs: unparseable line: {shown_name(line[:100])}")
         refs[name] = bytes.fromhex(hexid.decode())
     return refs
 
@@ -189,7 +128,7 @@ class Refs:
             if target is None:
                 return oid
             name = target
-        raise CorruptRef(f"symref chain from {_shown(name)} is too long (a loop?)")
+        raise CorruptRef(f"symref chain from {shown_name(name)} is too long (a loop?)")
 
     def read_symref(self, name: bytes) -> bytes | None:
         """The ref name that symref ``name`` points to, or None if it is not a symref."""
@@ -206,7 +145,7 @@ class Refs:
             rel = os.path.relpath(dirpath, self._dir)
             for fn in filenames:
                 name = os.path.join(rel, fn)
-                if fn.endswith(b".lock") or _name_problem(name[5:]):
+                if fn.endswith(b".lock") or ref_name_problem(name[5:]):
                     continue  # git's own lock files and stray junk are not refs
                 yield name
 
@@ -356,8 +295,8 @@ class Refs:
         deadline = time.monotonic() + LOCK_WAIT
         while (fd := reflog.take_expiry_lock(lock)) is None:
             if time.monotonic() >= deadline:
-                raise RefConflict(f"cannot lock ref {_shown(name)} to expire its reflog: "
-                                  f"{_shown(lock)} exists")
+                raise RefConflict(f"cannot lock ref {shown_name(name)} to expire its reflog: "
+                                  f"{shown_name(lock)} exists")
             time.sleep(0.01)
         try:
             log = self._path(b"logs/" + name)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
-from ketch.errors import ObjectNotFound
+from ketch.errors import KetchError, ObjectNotFound
 from ketch.git import objects as gobj
-from ketch.repo import Repository
+from ketch.repo import LocalRepository, Repository
 
 _TREE = 0o040000
 _GITLINK = 0o160000
@@ -83,7 +83,8 @@ class _Walk:
         self.flush()
 
 
-def _history(repo: Repository, head: bytes) -> set[bytes]:
+def history(repo: Repository, head: bytes) -> set[bytes]:
+    """Every commit `head` reaches, itself included."""
     seen = {head}
     todo = [head]
     while todo:
@@ -110,7 +111,7 @@ def _new_commits(repo: Repository, new: bytes, old: bytes | None) -> Iterator[by
         if cur in seen or cur == old:
             continue
         if known is None and old is not None and cur != new:
-            known = _history(repo, old)  # only when the new one is not a child of old
+            known = history(repo, old)  # only when the new one is not a child of old
         if known is not None and cur in known:
             continue
         seen.add(cur)
@@ -154,3 +155,21 @@ def missing_objects(repo: Repository, new: bytes, old: bytes | None,
         if len(walk.missing) >= MAX_REPORTED:
             break
     return walk.missing[:MAX_REPORTED]
+
+
+def descends(repo: Repository, new: bytes, old: bytes) -> bool:
+    """Is `old` an ancestor of (or equal to) `new`? (what an append-only key may do)"""
+    return old in history(repo, new)
+
+
+def check_complete(repo: LocalRepository, oid: bytes, old: bytes | None) -> None:
+    """Never point a ref at a commit that reaches a missing object (a cut
+    connection, or a save that counted on an object gc has collected). What
+    packs gc is retiring hold counts: gc copies it back before it deletes."""
+    if not repo.stored_many([oid])[0]:
+        raise KetchError(f"update-ref: object {oid.hex()} is not in the repository")
+    lost = missing_objects(repo, oid, old, repo.stored_many)
+    if lost:
+        more = " and more" if len(lost) >= MAX_REPORTED else ""
+        raise KetchError(f"update-ref: commit {oid.hex()} refers to missing objects "
+                         f"({lost[0].hex()}{more}); save again")

@@ -18,6 +18,7 @@ from typing import Any
 
 from ketch.errors import KetchError, RefConflict, RefNotFound
 from ketch.git import objects as gobj
+from ketch.git.refnames import shown_name
 from ketch.interrupt import held, stop_signals
 from ketch.lifecycle.policy import Decision, KeepPolicy, decide
 from ketch.progress import NullProgress, Progress
@@ -28,10 +29,6 @@ HEADS = b"refs/heads/"
 # A branch that keeps moving under prune (a save every few milliseconds) is
 # given up on after this many tries, with an error, rather than looped on.
 ATTEMPTS = 10
-
-
-def _shown(name: bytes) -> str:
-    return name.decode("utf-8", "backslashreplace")
 
 
 @dataclass
@@ -165,14 +162,14 @@ def _prune_branch(repo: WritableRepository, name: bytes, policy: KeepPolicy, *,
     for attempt in range(1, ATTEMPTS + 1):
         head = repo.read_ref(ref)
         if head is None:
-            raise _LeftAlone(f"branch {_shown(name)} was deleted while prune ran")
+            raise _LeftAlone(f"branch {shown_name(name)} was deleted while prune ran")
         kind, _ = repo.read(head)
         if kind != gobj.COMMIT:
-            raise _LeftAlone(f"branch {_shown(name)} points at a "
+            raise _LeftAlone(f"branch {shown_name(name)} points at a "
                              f"{gobj.TYPE_NAMES[kind].decode()}, not a save: left alone")
         chain = _first_parent_chain(repo, head, progress)
         decisions = decide([(oid, t) for oid, t, _ in chain], policy)
-        result = BranchResult(_shown(name), decisions, head, head, attempts=attempt)
+        result = BranchResult(shown_name(name), decisions, head, head, attempts=attempt)
         keep = [d.keep for d in decisions]
         if dry_run or all(keep):
             return result
@@ -188,7 +185,7 @@ def _prune_branch(repo: WritableRepository, name: bytes, policy: KeepPolicy, *,
             return result
         except RefConflict:
             continue  # a save landed: decide again from the new head
-    raise RefConflict(f"branch {_shown(name)} kept moving while prune ran; gave up after "
+    raise RefConflict(f"branch {shown_name(name)} kept moving while prune ran; gave up after "
                       f"{ATTEMPTS} attempts (nothing of it was removed)")
 
 
@@ -209,9 +206,9 @@ def prune(repo: WritableRepository, names: list[str] | None, policy: KeepPolicy,
         todo = [n.encode("utf-8", "surrogateescape") for n in names]
         unknown = [n for n in todo if n not in existing]
         if unknown:
-            have = ", ".join(_shown(n) for n in existing) or "none"
+            have = ", ".join(shown_name(n) for n in existing) or "none"
             raise RefNotFound(f"no such {'branch' if len(unknown) == 1 else 'branches'}: "
-                              f"{', '.join(_shown(n) for n in unknown)} (branches: {have})")
+                              f"{', '.join(shown_name(n) for n in unknown)} (branches: {have})")
     with stop_signals():
         for name in dict.fromkeys(todo):
             try:

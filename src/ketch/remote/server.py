@@ -32,7 +32,7 @@ from ketch.git import entry
 from ketch.git import objects as gobj
 from ketch.git.pack import PackWriter
 from ketch.git.refs import check_ref_name
-from ketch.lifecycle.connect import MAX_REPORTED, missing_objects
+from ketch.lifecycle.connect import check_complete, descends
 from ketch.remote.protocol import (
     GC_KEEPALIVE_LINE,
     SUSPEND,
@@ -322,44 +322,14 @@ class Server:
             raise KetchError("update-ref: bad object id") from None
         if len(new) != 20 or new == bytes(20):
             raise Refused("deleting refs over the wire is not allowed")
-        self._check_complete(repo, new, old)
-        if self.opts.append_only and old is not None and not self._descends(repo, new, old):
+        check_complete(repo, new, old)
+        if self.opts.append_only and old is not None and not descends(repo, new, old):
             raise Refused(f"append-only: {name.decode(errors='replace')} may only move forward")
         try:
             repo.update_ref(name, new, old, message=b"ketch server: update-ref")
         except RefConflict as e:
             raise RefConflict(f"conflict: {e}") from None
         self.conn.ok()
-
-    @staticmethod
-    def _check_complete(repo: LocalRepository, oid: bytes, old: bytes | None) -> None:
-        """Never point a ref at a commit that reaches a missing object (a cut
-        connection, or a save that counted on an object gc has collected)."""
-        if not repo.stored_many([oid])[0]:
-            raise KetchError(f"update-ref: object {oid.hex()} is not in the repository")
-        lost = missing_objects(repo, oid, old, repo.stored_many)
-        if lost:
-            more = " and more" if len(lost) >= MAX_REPORTED else ""
-            raise KetchError(f"update-ref: commit {oid.hex()} refers to missing objects "
-                             f"({lost[0].hex()}{more}); save again")
-
-    @staticmethod
-    def _descends(repo: LocalRepository, new: bytes, old: bytes) -> bool:
-        """Is `old` an ancestor of (or equal to) `new`?"""
-        seen = {new}
-        todo = [new]
-        while todo:
-            cur = todo.pop()
-            if cur == old:
-                return True
-            t, data = repo.read(cur)
-            if t != gobj.COMMIT:
-                continue
-            for p in gobj.decode_commit(data).parents:
-                if p not in seen:
-                    seen.add(p)
-                    todo.append(p)
-        return False
 
     def refs(self, arg: bytes) -> None:
         words = arg.split()
