@@ -21,9 +21,10 @@ set -euo pipefail
 # passwd (useradd): tests/remote/test_setup_client.py makes throwaway backup users.
 # restic, borgbackup: the benchmark's lifecycle phase (bench/ketchbench/lifecycle.py)
 #   runs them beside ketch and bup: retention and space reclaimed, same data.
+# par2: recovery data for packs (ketch fsck -g / --repair), in bup's layout.
 PACKAGES="bup git python3-venv acl attr time e2fsprogs python3-pyxattr python3-pylibacl openssh-server systemd openssl tzdata"
 PACKAGES+=" mariadb-server mariadb-client postgresql postgresql-client sqlite3 cron util-linux passwd"
-PACKAGES+=" restic borgbackup"
+PACKAGES+=" restic borgbackup par2"
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
     echo "install-deps: not a Debian system; install the equivalents of: $PACKAGES" >&2
