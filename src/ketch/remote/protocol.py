@@ -193,5 +193,13 @@ class Conn:
             raise ProtocolError(f"unexpected line from {self.peer}: {line[:80]!r}")
 
 
+def shown(data: bytes, limit: int = 100) -> str:
+    """A peer's bytes as one line of text for a message: at most `limit`
+    bytes, what is not printable UTF-8 as \\xNN escapes."""
+    text = data[:limit].decode(errors="backslashreplace")
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text) + (
+        "…" if len(data) > limit else "")
+
+
 def u32(n: int) -> bytes:
     return _U32.pack(n)

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import subprocess
 import threading
 import zlib
@@ -39,6 +40,7 @@ from ketch.remote.protocol import (
     Conn,
     ConnectionLost,
     ProtocolError,
+    shown,
     u32,
 )
 from ketch.repo import LocalRepository, default_repo_path, init_repository
@@ -46,6 +48,7 @@ from ketch.stream import iter_blob_data
 from ketch.vfs import VFS
 
 ZERO_HEX = b"0" * 40
+_IDX_NAME = re.compile(r"pack-[0-9a-f]{40}\.idx")
 
 
 class Refused(KetchError):
@@ -109,8 +112,9 @@ class Server:
                 if name == b"quit":
                     return
                 handler = self.commands.get(name)
-                if handler is None:
-                    self.conn.error(f"unknown server command: {line[:100]!r}")
+                if handler is None or b"\0" in arg:  # no path or ref holds a NUL
+                    what = "unknown server command" if handler is None else "NUL byte in the command"
+                    self.conn.error(f"{what}: {shown(line)}")
                     continue
                 try:
                     handler(arg)
@@ -203,8 +207,8 @@ class Server:
     def send_index(self, arg: bytes) -> None:
         repo = self._writing()
         name = os.fsdecode(arg)
-        if "/" in name or not name.endswith(".idx") or name.startswith("."):
-            raise Refused(f"bad index name: {name!r}")
+        if not _IDX_NAME.fullmatch(name):
+            raise Refused(f"bad index name: {shown(arg)}")
         with open(os.path.join(repo.pack_dir, name), "rb") as f:
             data = f.read()
         self.conn.write(u32(len(data)))
@@ -380,7 +384,7 @@ class Server:
         line = self.conn.readline()
         try:
             options = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             options = None
         if not isinstance(options, dict):  # the line is read: the session stays in step
             raise KetchError("gc: expected one line of JSON options (an object)")
