@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -34,6 +35,7 @@ from ketch.remote.protocol import (
     ConnectionLost,
     ProtocolError,
     RemoteError,
+    shown,
     u32,
 )
 from ketch.remote.session import Client, interrupted
@@ -43,6 +45,12 @@ from ketch.repo import AppendOnlyRepository, GcJob, WritableRepository
 _TYPE_BY_NAME = {name: num for num, name in gobj.TYPE_NAMES.items()}
 _BATCH = 256  # objects per cat-batch request when reading ahead
 _MAX_GC_REPORT = 1 << 20  # a gc report is a few hundred bytes: more is not one
+_IDX_NAME = re.compile(rb"pack-[0-9a-f]{40}\.idx")
+_HEX40 = re.compile(rb"[0-9a-f]{40}")
+_CAT_REPLY = re.compile(rb"([0-9a-f]{40}) ([a-z]+) ([0-9]{1,12})\n")
+# The server refuses bigger objects (ketch.remote.server._MAX_OBJECT): a reply
+# announcing more is not waited for.
+_MAX_OBJECT = 1 << 31
 
 
 def default_cache_root() -> str:
@@ -97,7 +105,7 @@ class RemoteRepository(WritableRepository):
         self._drain()
         os.makedirs(self.cache_dir, exist_ok=True)
         self.conn.write(b"list-indexes\n")
-        listed = [line.split(b" ")[0].decode() for line in self.client.lines()]
+        listed = [self._index_name(line.split(b" ")[0]) for line in self.client.lines()]
         self.client.check_ok()
         cached = {n for n in os.listdir(self.cache_dir) if n.endswith(".idx")}
         for stale in cached - set(listed):
@@ -109,9 +117,15 @@ class RemoteRepository(WritableRepository):
         index.maintain()
         return index
 
+    def _index_name(self, raw: bytes) -> str:
+        """A name the server gave for one of its idx files, checked: it becomes a
+        file name in the cache."""
+        if not _IDX_NAME.fullmatch(raw):
+            raise ProtocolError(f"{self.spec}: bad index name from the server: {shown(raw)}")
+        return raw.decode()
+
     def fetch_index(self, name: str) -> None:
-        if "/" in name or not name.endswith(".idx"):
-            raise KetchError(f"server sent a bad index name: {name!r}")
+        name = self._index_name(os.fsencode(name))
         path = os.path.join(self.cache_dir, name)
         if os.path.exists(path):
             return
@@ -209,13 +223,12 @@ class RemoteRepository(WritableRepository):
             if line == b"missing\n":
                 out.append(None)
                 continue
-            try:
-                hexid, tname, size = line.split()
-                t = _TYPE_BY_NAME[tname]
-                oid = bytes.fromhex(hexid.decode())
-            except (ValueError, KeyError):
-                raise KetchError(f"{self.spec}: bad cat-batch reply {line[:80]!r}") from None
-            out.append((t, self.client.read(int(size)), oid))
+            m = _CAT_REPLY.fullmatch(line)
+            if m is None or m[2] not in _TYPE_BY_NAME or int(m[3]) > _MAX_OBJECT:
+                # Read no further: a size sent by the server is not a size to wait for.
+                raise ProtocolError(f"{self.spec}: bad cat-batch reply: {shown(line)}")
+            oid, t = bytes.fromhex(m[1].decode()), _TYPE_BY_NAME[m[2]]
+            out.append((t, self.client.read(int(m[3])), oid))
         self.client.check_ok()
         return out
 
@@ -250,7 +263,12 @@ class RemoteRepository(WritableRepository):
         self.conn.write(b"read-ref " + name + b"\n")
         line = self.client.conn.readline().strip()
         self.client.check_ok()
-        return bytes.fromhex(line.decode()) if line else None
+        return self._oid(line) if line else None
+
+    def _oid(self, hexid: bytes) -> bytes:
+        if not _HEX40.fullmatch(hexid):
+            raise ProtocolError(f"{self.spec}: bad object id from the server: {shown(hexid)}")
+        return bytes.fromhex(hexid.decode())
 
     def iter_refs(self, prefix: bytes = b"refs/") -> Iterator[tuple[bytes, bytes]]:
         self._drain()
@@ -259,7 +277,7 @@ class RemoteRepository(WritableRepository):
         for line in self.client.lines():
             hexid, _, name = line.partition(b" ")
             if name.startswith(prefix):
-                refs.append((name, bytes.fromhex(hexid.decode())))
+                refs.append((name, self._oid(hexid)))
         self.client.check_ok()
         return iter(sorted(refs))
 

@@ -190,7 +190,7 @@ class Conn:
                 return
             if line.startswith(b"error "):
                 raise RemoteError(line[6:].decode(errors="replace"))
-            raise ProtocolError(f"unexpected line from {self.peer}: {line[:80]!r}")
+            raise ProtocolError(f"unexpected line from {self.peer}: {shown(line, 80)}")
 
 
 def shown(data: bytes, limit: int = 100) -> str:

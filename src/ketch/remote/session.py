@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 
 from ketch.errors import KetchError, NotARepository
-from ketch.remote.protocol import Conn, ConnectionLost, RemoteError
+from ketch.remote.protocol import Conn, ConnectionLost, ProtocolError, RemoteError, shown
 from ketch.remote.spec import RemoteSpec
 
 
@@ -141,11 +141,16 @@ class Client:
     def _help(self) -> set[bytes]:
         self.conn.write(b"help\n")
         try:
+            try:
+                self.conn.flush()
+            except ConnectionLost:
+                pass  # a peer that spoke and exited at once: what it said is in the pipe
             head = self.conn.readline()
             if not head:
                 raise ConnectionLost("")
             if head != b"Commands:\n":
-                raise KetchError(f"{self.spec}: not a bup/ketch server (got {head[:60]!r})")
+                raise ProtocolError(f"{self.spec}: not a bup/ketch server "
+                                    f"(it said: {shown(head.rstrip(), 60)})")
             names = {line.strip() for line in self.conn.lines_until_blank()}
         except ConnectionLost as e:
             raise self._lost(e) from None
