@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ketch.errors import KetchError, UsageError
+from ketch.git.refnames import check_ref_name
 from ketch.offsite.store import NotFound, ObjectStore
 
 FORMAT = "ketch-mirror"
@@ -46,6 +47,7 @@ _PACK_RX = re.compile(r"pack-[0-9a-f]{40}\.pack\Z")
 _HEX40 = re.compile(r"[0-9a-f]{40}\Z")
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _REPO_RX = re.compile(r"[A-Za-z0-9._+@=-][A-Za-z0-9._+@=~ -]*\Z")
+_MAX_SIZE = 1 << 50  # 1 PiB: no pack or idx is bigger
 
 
 class ManifestError(KetchError):
@@ -149,7 +151,9 @@ class Manifest:
                     packs=[_pack_entry(p) for p in doc["packs"]])
         except ManifestError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError, UsageError) as e:
+        except RecursionError:
+            raise ManifestError(f"{where}: malformed manifest (nested too deeply)") from None
+        except (ValueError, KeyError, TypeError, AttributeError, UsageError, OverflowError) as e:
             raise ManifestError(f"{where}: malformed manifest ({type(e).__name__}: {e})"
                                 ) from None
         m.check(where)
@@ -158,11 +162,10 @@ class Manifest:
     def check(self, where: str) -> None:
         """Names a pull may write to disk must be harmless: no '..', no odd refs."""
         for name, hexid in self.refs.items():
-            if (not name.startswith("refs/") or ".." in name or "//" in name
-                    or name.endswith("/") or "\\" in name or not _HEX40.match(hexid)):
+            if not _good_ref(name) or not _HEX40.match(hexid):
                 raise ManifestError(f"{where}: bad ref in manifest: {name!r} -> {hexid!r}")
         head = self.head
-        if not (_HEX40.match(head) or (head.startswith("ref: refs/") and ".." not in head)):
+        if not (_HEX40.match(head) or (head.startswith("ref: ") and _good_ref(head[5:]))):
             raise ManifestError(f"{where}: bad HEAD in manifest: {head!r}")
         for p in self.packs:
             if not _PACK_RX.match(p.pack.name) or p.idx.name != p.stem + ".idx":
@@ -172,8 +175,25 @@ class Manifest:
                     raise ManifestError(f"{where}: bad size or sha256 for {f.name}")
 
 
+def _good_ref(name: str) -> bool:
+    """git's rules for a ref name (a pull makes it a file under refs/)."""
+    try:
+        check_ref_name(name.encode("utf-8", "surrogateescape"))
+    except KetchError:
+        return False
+    return True
+
+
+def _size(value: object) -> int:
+    # A JSON number that is not a plain integer (1.5, 1e400, true) is no size; nor
+    # is one beyond any disk.
+    if type(value) is not int or not 0 <= value < _MAX_SIZE:
+        raise ValueError(f"bad size {str(value)[:40]}")
+    return value
+
+
 def _file_entry(d: dict[str, Any]) -> FileEntry:
-    return FileEntry(str(d["name"]), int(d["size"]), str(d["sha256"]))
+    return FileEntry(str(d["name"]), _size(d["size"]), str(d["sha256"]))
 
 
 def _pack_entry(d: dict[str, Any]) -> PackEntry:
