@@ -95,6 +95,12 @@ class TamperedError(StoreError):
     """Encrypted data failed authentication: altered, truncated or misplaced."""
 
 
+def _good_entry(e: object) -> bool:
+    """[plaintext size, plaintext sha256, ciphertext sha256], as _record writes it."""
+    return (isinstance(e, list) and len(e) == 3 and type(e[0]) is int and e[0] >= 0
+            and all(isinstance(h, str) and len(h) == 64 for h in e[1:]))
+
+
 def _subkey(master: bytes, label: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=_SALT, info=label).derive(master)
 
@@ -164,6 +170,8 @@ class EncryptedStore(ObjectStore):
                                 f"this key's is {self.key_id.hex()})")
         if seg != self.segment_size:
             raise StoreError(f"{name}: segment size {seg}, expected {self.segment_size}")
+        if raw[:HEADER_SIZE] != self._header(size):  # the reserved bytes: not authenticated
+            raise TamperedError(f"{name}: header altered")
         return int(size)
 
     def _ad(self, name: str, index: int, last: bool) -> bytes:
@@ -221,7 +229,16 @@ class EncryptedStore(ObjectStore):
         self._encrypt_stream(name, hashlib.sha256(data).digest(), read, out.append)
         return b"".join(out)
 
-    def _decrypt_whole(self, name: str, blob: bytes) -> bytes:
+    def _decrypt_whole(self, name: str, blob: bytes, shown: str | None = None) -> bytes:
+        """`name` is what the object is bound to, `shown` what messages call it."""
+        try:
+            return self._decrypt(name, blob)
+        except StoreError as e:
+            if shown is None:
+                raise
+            raise type(e)(str(e).replace(name, shown, 1)) from None
+
+    def _decrypt(self, name: str, blob: bytes) -> bytes:
         size = self._check_header(name, blob)
         body = memoryview(blob)[HEADER_SIZE:]
         step = self.segment_size + OVERHEAD
@@ -376,13 +393,18 @@ class EncryptedStore(ObjectStore):
         st = self.inner.stat(INDEX_KEY)
         if st is None:
             return {}, None
-        raw = self._decrypt_whole(_INDEX_NAME, self.inner.get(INDEX_KEY))
+        raw = self._decrypt_whole(_INDEX_NAME, self.inner.get(INDEX_KEY), INDEX_KEY)
         try:
             doc = json.loads(raw)
             keys = doc["keys"]
             if doc.get("v") != 1 or not isinstance(keys, dict):
                 raise ValueError("unknown layout")
-        except (ValueError, KeyError, TypeError) as e:
+            for k, e in keys.items():
+                if not _good_entry(e):
+                    raise ValueError(f"bad entry for {k[:100]}")
+        except RecursionError:
+            raise StoreError(f"{INDEX_KEY}: unreadable index (nested too deeply)") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise StoreError(f"{INDEX_KEY}: unreadable index ({e})") from None
         return keys, st.checksum
 
