@@ -284,7 +284,12 @@ class EncryptedStore(ObjectStore):
             if not blob:
                 raise TamperedError(f"{key}: truncated after its header")
         elif not blob:
-            return b""  # start is past the end, as a file read would say
+            # Past the end, as a file read would say; unless the header says the
+            # object is longer: then it was cut short.
+            size = self._check_header(key, self.inner.get(hidden, 0, HEADER_SIZE))
+            if start < size:
+                raise TamperedError(f"{key}: truncated ({size} bytes, read from {start})")
+            return b""
         # Fewer bytes than asked for: the object ends within them, so the
         # final segment must be marked last.  Else it may or may not be (an
         # object that fills its last segment exactly ends where we stopped).

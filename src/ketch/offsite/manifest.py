@@ -154,7 +154,8 @@ class Manifest:
         except RecursionError:
             raise ManifestError(f"{where}: malformed manifest (nested too deeply)") from None
         except (ValueError, KeyError, TypeError, AttributeError, UsageError, OverflowError) as e:
-            raise ManifestError(f"{where}: malformed manifest ({type(e).__name__}: {e})"
+            said = " ".join(str(e).split())[:200]  # one line, whatever the store held
+            raise ManifestError(f"{where}: malformed manifest ({type(e).__name__}: {said})"
                                 ) from None
         m.check(where)
         return m

@@ -87,7 +87,11 @@ class DirStore(ObjectStore):
         try:
             with open(self._path(key), "rb") as f:
                 f.seek(start)
-                return f.read(-1 if end is None else max(end - start, 0))
+                if end is None:
+                    return f.read()
+                # read(n) allocates n bytes first: a range past the end (a size
+                # from a manifest) must not become a huge allocation.
+                return f.read(max(min(end, os.fstat(f.fileno()).st_size) - start, 0))
         except FileNotFoundError:
             raise NotFound(f"{key}: not in {self.root}") from None
 
