@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from ketch.errors import KetchError
 from ketch.offsite.manifest import ManifestError, parse_manifest
 from ketch.offsite.pull import pull
 from ketch.offsite.push import push

@@ -69,7 +69,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ketch.offsite.keyfile import KEY_SIZE, KeyFileError
-from ketch.offsite.store import Advance, NotFound, ObjectStore, Stat, StoreError
+from ketch.offsite.store import (
+    Advance,
+    NotFound,
+    ObjectStore,
+    StaleObject,
+    Stat,
+    StoreError,
+)
 
 SEGMENT_SIZE = 64 << 10
 VERSION = 1
@@ -306,8 +313,20 @@ class EncryptedStore(ObjectStore):
             if first != 0:
                 self._check_header(key, self.inner.get(hidden, 0, HEADER_SIZE))
             raise
+        if start == 0 and end is None:
+            self._check_current(key, plain)
         base = first * seg
         return plain[start - base: None if end is None else end - base]
+
+    def _check_current(self, key: str, plain: bytes) -> None:
+        """A whole value must be the copy the name index records: the format binds
+        a ciphertext to its name, not to a version, so an older manifest put back
+        under its name would authenticate."""
+        entry = self._view().get(key)
+        if entry is None or str(entry[1]) == hashlib.sha256(plain).hexdigest():
+            return
+        raise StaleObject(f"{key}: not the copy the encrypted store's index records (an older "
+                          "one put back, or a push cut short: push again)")
 
     def _not_found(self, key: str) -> NoReturn:
         """Raise NotFound, or WrongKeyError if the index says the key is wrong."""

@@ -48,7 +48,7 @@ from ketch.offsite.manifest import (
     pack_prefix,
     read_manifest,
 )
-from ketch.offsite.store import ObjectStore, StoreError
+from ketch.offsite.store import ObjectStore, StaleObject, StoreError
 from ketch.progress import NullProgress, Progress
 
 _LOOSE_LEVEL = 6  # fixed, so the loose-object pack is the same bytes every time
@@ -256,8 +256,18 @@ class _Plan:
     known: dict[str, FileEntry] = field(default_factory=dict)  # verified already in store
 
 
+def _last_manifest(store: ObjectStore, name: str) -> Manifest | None:
+    """The manifest a push builds on. One the store does not vouch for (an older
+    copy put back, or the last push cut off before its index) is not trusted:
+    the push checks what is stored itself and publishes over it."""
+    try:
+        return read_manifest(store, name)
+    except StaleObject:
+        return None
+
+
 def _plan(snap: _Snapshot, store: ObjectStore, report: RepoPushReport) -> _Plan:
-    old = read_manifest(store, snap.name)
+    old = _last_manifest(store, snap.name)
     existing = dict(store.list(pack_prefix(snap.name)))
     plan = _Plan(snap, report, old, existing)
     previous = {f.name: f for p in (old.packs if old else []) for f in p.files()}
@@ -326,7 +336,7 @@ def _new_manifest(plan: _Plan, done: dict[str, FileEntry]) -> Manifest:
 
 def _publish(plan: _Plan, store: ObjectStore, new: Manifest) -> None:
     key = manifest_key(plan.snap.name)
-    current = read_manifest(store, plan.snap.name)
+    current = _last_manifest(store, plan.snap.name)
     was = plan.old.generation if plan.old else None
     now = current.generation if current else None
     if was != now:
@@ -335,6 +345,7 @@ def _publish(plan: _Plan, store: ObjectStore, new: Manifest) -> None:
     store.flush()  # what a store batches (an encrypted store's name index) goes out now
     data = new.to_json()
     store.put(key, data)
+    store.flush()  # the index that vouches for the new manifest, at once
     if store.get(key) != data:
         raise UploadNotVerified(f"{key}: the manifest read back differs from what was written")
 

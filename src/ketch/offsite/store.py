@@ -27,6 +27,11 @@ class NotFound(StoreError):
     """No such key."""
 
 
+class StaleObject(StoreError):
+    """The store holds another copy of a key than the one its own records name
+    (an older one put back, or a writer cut off between the two)."""
+
+
 class TransientError(StoreError):
     """A failure that may well go away: connection trouble, throttling, a 5xx.
 
