@@ -253,3 +253,22 @@ def test_reading_in_place_refuses_a_bad_manifest(mirror: dict[str, Any],
     lines = res.stderr.decode().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ketch: error: "), lines
     assert "bad size or sha256" in lines[0], lines
+
+
+@pytest.mark.parametrize("config", [
+    "[core]\n\tpager = touch /tmp/ketch-pwned\n", "[core] fsmonitor = touch /tmp/ketch-pwned\n",
+    "[include]\n\tpath = /etc/gitconfig\n", "[alias]\n\tlog = !touch /tmp/ketch-pwned\n",
+    "[core\n",
+])
+def test_pull_refuses_a_config_that_could_run_programs(mirror: dict[str, Any], tmp_path: Path,
+                                                       config: str) -> None:
+    """The manifest's config becomes the pulled repository's: a key git would run a
+    program for (the next `git log` there, on a terminal) is refused."""
+    upload(mirror, _set("config", config))
+    dest = tmp_path / "dest"
+    report = pull(mirror["store"], [REPO], str(dest))
+    assert report.exit_code == 2
+    [failed] = report.failed
+    assert failed.error is not None and failed.error.startswith(f"{REPO}/manifest.json: the "
+                                                                "config "), failed.error
+    assert not (dest / REPO).exists()

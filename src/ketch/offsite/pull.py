@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO
@@ -23,8 +25,10 @@ from ketch.git.durable import AtomicFile
 from ketch.git.refs import Refs
 from ketch.offsite.manifest import (
     FileEntry,
+    ManifestError,
     list_repositories,
     load_manifest,
+    manifest_key,
     no_repositories,
     pack_key,
 )
@@ -101,6 +105,35 @@ def download(store: ObjectStore, key: str, out: BinaryIO, entry: FileEntry,
         raise CorruptObject(f"{key}: sha256 {h.hexdigest()} does not match the manifest")
 
 
+# What a pulled repository's config may set: what ketch, bup and git write in a
+# backup repository. Other keys (core.pager, core.fsmonitor, include.path,
+# alias.*...) can make a later git command there run a program of the
+# manifest's choosing.
+_CONFIG_SECTIONS = ("pack.", "bup.", "ketch.", "gc.", "repack.", "index.", "extensions.")
+_CORE_KEYS = frozenset(f"core.{k}" for k in (
+    "repositoryformatversion", "filemode", "bare", "logallrefupdates", "compression",
+    "loosecompression", "bigfilethreshold", "ignorecase", "precomposeunicode", "symlinks",
+    "sharedrepository", "packedgitlimit", "packedgitwindowsize", "deltabasecachelimit"))
+
+
+def check_config(text: str, where: str) -> None:
+    """Refuse a manifest's config that sets a key outside the list above, as git
+    itself reads the text (includes not followed: include.path is refused)."""
+    with tempfile.NamedTemporaryFile("w", prefix="ketch-pull-config.") as f:
+        f.write(text)
+        f.flush()
+        res = subprocess.run(["git", "config", "--file", f.name, "--no-includes", "--list",
+                              "--name-only", "-z"], capture_output=True)
+    if res.returncode:
+        raise ManifestError(f"{where}: the config is not one git reads")
+    for raw in res.stdout.split(b"\0"):
+        name = raw.decode(errors="replace")
+        if name and name.lower() not in _CORE_KEYS and not name.lower().startswith(
+                _CONFIG_SECTIONS):
+            raise ManifestError(f"{where}: the config sets {name[:80]}, which a pull does not "
+                                "write (it could run a program)")
+
+
 def pull(store: ObjectStore, names: list[str] | None, dest_dir: str, *,
          progress: Progress | None = None) -> PullReport:
     """Rebuild the named repositories (None: every one in the store) under dest_dir."""
@@ -134,6 +167,7 @@ def pull(store: ObjectStore, names: list[str] | None, dest_dir: str, *,
 
 def _pull_one(store: ObjectStore, name: str, rep: RepoPullReport, progress: Progress) -> None:
     m = load_manifest(store, name)
+    check_config(m.config, manifest_key(name))
     target = rep.path
     marker = os.path.join(target, MARKER)
     if os.path.exists(target) and not os.path.exists(marker) and os.listdir(target):
