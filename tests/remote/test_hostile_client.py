@@ -8,11 +8,16 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunKetch
+from ketch.errors import KetchError, ObjectNotFound
+from ketch.remote.client import RemoteRepository
+from ketch.remote.spec import parse_remote
+from tests.conftest import RunKetch, _subprocess_env
+from tests.gitutil import git
 
 PEER = Path(__file__).with_name("hostile_peer.py")
 
@@ -20,8 +25,6 @@ PEER = Path(__file__).with_name("hostile_peer.py")
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository with one save, for the hostile server to serve (read only)."""
-    from tests.conftest import _subprocess_env
-
     base = tmp_path_factory.mktemp("hostile-client")
     tree = base / "tree"
     tree.mkdir()
@@ -72,15 +75,45 @@ def test_echo_hello_as_the_remote_command(run_ketch: RunKetch, tmp_path: Path) -
                      "(it said: hello host -- ketch server)"], lines
 
 
-@pytest.mark.parametrize("which", range(6))
-def test_index_names_that_would_escape_the_cache(run_ketch: RunKetch, tmp_path: Path,
-                                                 served: Path, which: int) -> None:
+def test_an_index_name_that_would_escape_the_cache(run_ketch: RunKetch, tmp_path: Path,
+                                                   served: Path) -> None:
     tree = tmp_path / "tree"
     tree.mkdir()
     (tree / "f").write_bytes(b"new data\n")
-    line = against(run_ketch, tmp_path, f"index-name:{which}", "save", "-r", f"host:{served}",
+    line = against(run_ketch, tmp_path, "index-name:0", "save", "-r", f"host:{served}",
                    "-n", "x", "-q", str(tree))
-    assert "bad index name" in line, line
+    assert line == (f"ketch: error: host:{served}: bad index name from the server: "
+                    "../../../escaped.idx"), line
+
+
+@pytest.fixture
+def peer(monkeypatch: pytest.MonkeyPatch,
+         tmp_path: Path) -> Iterator[Callable[[str, Path], RemoteRepository]]:
+    """In-process clients (no CLI start-up) of the hostile peer process."""
+    monkeypatch.setenv("PYTHONPATH", _subprocess_env(None)["PYTHONPATH"])
+    opened: list[RemoteRepository] = []
+
+    def connect(mode: str, repo: Path) -> RemoteRepository:
+        monkeypatch.setenv("KETCH_RSH", shlex.join([sys.executable, str(PEER), mode]))
+        r = RemoteRepository(parse_remote(f"host:{repo}"), cache_root=str(tmp_path / "cache"))
+        opened.append(r)
+        return r
+
+    yield connect
+    for r in opened:
+        r.client.abandon()
+    assert not Path("/tmp/escaped.idx").exists()
+    assert all(p.is_relative_to(tmp_path / "cache") for p in tmp_path.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("which", range(1, 6))
+def test_index_names_that_would_escape_the_cache(peer: Callable[[str, Path], RemoteRepository],
+                                                 served: Path, which: int) -> None:
+    repo = peer(f"index-name:{which}", served)
+    with pytest.raises(KetchError) as e:
+        repo.writer()
+    assert str(e.value).startswith(f"host:{served}: bad index name from the server: "), e.value
+    assert "b'" not in str(e.value) and "\0" not in str(e.value)
 
 
 def test_an_index_announced_bigger_than_sent(run_ketch: RunKetch, tmp_path: Path,
@@ -94,9 +127,15 @@ def test_an_index_announced_bigger_than_sent(run_ketch: RunKetch, tmp_path: Path
     assert not list((tmp_path / "cache").rglob("*.idx*"))  # no half index left
 
 
+def test_an_object_that_does_not_match_its_id(run_ketch: RunKetch, tmp_path: Path,
+                                              served: Path) -> None:
+    line = against(run_ketch, tmp_path, "cat:wrong-content", "ls", "-r", f"host:{served}",
+                   "host/latest/")
+    assert line.endswith(f" from host:{served} does not match its id"), line
+
+
 @pytest.mark.parametrize(("how", "says"), [
     ("wrong-content", "does not match its id"),
-    ("other-object", "does not match its id"),
     ("wrong-id", "does not match its id"),
     ("non-numeric", "bad cat-batch reply"),
     ("negative", "bad cat-batch reply"),
@@ -106,10 +145,15 @@ def test_an_index_announced_bigger_than_sent(run_ketch: RunKetch, tmp_path: Path
     ("binary-line", "bad cat-batch reply"),
     ("truncated", "lost"),
 ])
-def test_malformed_cat_batch_replies(run_ketch: RunKetch, tmp_path: Path, served: Path,
-                                     how: str, says: str) -> None:
-    line = against(run_ketch, tmp_path, f"cat:{how}", "ls", "-r", f"host:{served}", "host/latest/")
-    assert says in line, line
+def test_malformed_cat_batch_replies(peer: Callable[[str, Path], RemoteRepository],
+                                     served: Path, how: str, says: str) -> None:
+    head = git(served, "rev-parse", "refs/heads/host").strip().decode()
+    repo = peer(f"cat:{how}", served)
+    with pytest.raises(KetchError) as e:
+        repo.read(bytes.fromhex(head))
+    msg = str(e.value)
+    assert says in msg and "b'" not in msg, msg
+    assert not isinstance(e.value, ObjectNotFound)
 
 
 def test_refs_that_are_not_hex(run_ketch: RunKetch, tmp_path: Path, served: Path) -> None:
