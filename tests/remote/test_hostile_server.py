@@ -264,18 +264,21 @@ MALFORMED = [
     b"update-ref refs/heads/x\nnot hex\n\n", b"update-ref refs/heads/x\n\xff\xfe\n\n",
     b"update-ref refs/heads/x\x00y\n" + b"1" * 40 + b"\n\n",
     b"gc\n" + b"[" * 60000 + b"\n", b"gc\n\xff\n",
-    b"set-dir \x00\n", b"init-dir " + b"/tmp/x\x00\n", b"set-dir /nonexistent\n",
+    b"set-dir \x00\n", b"init-dir NEW\x00\n", b"set-dir /nonexistent\n",
 ]
 
 
-def test_malformed_requests_are_refused_and_the_session_goes_on(repo: Path) -> None:
+def test_malformed_requests_are_refused_and_the_session_goes_on(repo: Path,
+                                                                tmp_path: Path) -> None:
     before = state(repo)
-    rc, stdout, err = serve(repo, b"".join(MALFORMED) + b"read-ref refs/heads/host\nquit\n")
+    new = str(tmp_path / "new").encode()
+    rc, stdout, err = serve(repo, b"".join(MALFORMED).replace(b"NEW", new)
+                            + b"read-ref refs/heads/host\nquit\n")
     assert rc == 0, err
     assert stdout.count(b"\nerror ") == len(MALFORMED), stdout
     assert stdout.endswith(b"\n" + head(repo) + b"\n\nok\n"), stdout
     assert b"root:" not in stdout and b"b'" not in stdout
-    assert not Path("/tmp/x").exists()
+    assert not (tmp_path / "new").exists()
     assert state(repo) == before
     fsck_clean(repo)
 
