@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tracemalloc
 import sys
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any

@@ -30,6 +30,7 @@ from ketch.git.packenc import EncodingWriter, PackEncoder
 from ketch.git.refs import check_ref_name
 from ketch.remote.protocol import (
     GC_KEEPALIVE_LINE,
+    IDX_NAME,
     SUSPEND,
     Conn,
     ConnectionLost,
@@ -45,7 +46,6 @@ from ketch.repo import AppendOnlyRepository, GcJob, WritableRepository
 _TYPE_BY_NAME = {name: num for num, name in gobj.TYPE_NAMES.items()}
 _BATCH = 256  # objects per cat-batch request when reading ahead
 _MAX_GC_REPORT = 1 << 20  # a gc report is a few hundred bytes: more is not one
-_IDX_NAME = re.compile(rb"pack-[0-9a-f]{40}\.idx")
 _HEX40 = re.compile(rb"[0-9a-f]{40}")
 _CAT_REPLY = re.compile(rb"([0-9a-f]{40}) ([a-z]+) ([0-9]{1,12})\n")
 # The server refuses bigger objects (ketch.remote.server._MAX_OBJECT): a reply
@@ -120,7 +120,7 @@ class RemoteRepository(WritableRepository):
     def _index_name(self, raw: bytes) -> str:
         """A name the server gave for one of its idx files, checked: it becomes a
         file name in the cache."""
-        if not _IDX_NAME.fullmatch(raw):
+        if not IDX_NAME.fullmatch(raw):
             raise ProtocolError(f"{self.spec}: bad index name from the server: {shown(raw)}")
         return raw.decode()
 

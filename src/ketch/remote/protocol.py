@@ -21,6 +21,9 @@ SUSPEND = 0xFFFFFFFF
 # the length of a big gc may be dropped by a firewall); the client skips it.
 GC_KEEPALIVE_LINE = b".\n"
 _U32 = struct.Struct("!I")
+# The only idx names either side accepts: they become file names in a pack
+# directory or the client's cache.
+IDX_NAME = re.compile(rb"pack-[0-9a-f]{40}\.idx")
 
 
 class ProtocolError(KetchError):

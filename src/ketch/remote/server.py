@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import subprocess
 import threading
 import zlib
@@ -36,6 +35,7 @@ from ketch.git.refs import check_ref_name
 from ketch.lifecycle.connect import check_complete, descends
 from ketch.remote.protocol import (
     GC_KEEPALIVE_LINE,
+    IDX_NAME,
     SUSPEND,
     Conn,
     ConnectionLost,
@@ -48,7 +48,6 @@ from ketch.stream import iter_blob_data
 from ketch.vfs import VFS
 
 ZERO_HEX = b"0" * 40
-_IDX_NAME = re.compile(r"pack-[0-9a-f]{40}\.idx")
 
 
 class Refused(KetchError):
@@ -207,7 +206,7 @@ class Server:
     def send_index(self, arg: bytes) -> None:
         repo = self._writing()
         name = os.fsdecode(arg)
-        if not _IDX_NAME.fullmatch(name):
+        if not IDX_NAME.fullmatch(arg):
             raise Refused(f"bad index name: {shown(arg)}")
         with open(os.path.join(repo.pack_dir, name), "rb") as f:
             data = f.read()
