@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from ketch.offsite.encrypt import INDEX_KEY, EncryptedStore
 from ketch.offsite.store import DirStore, StoreError
 
-FUZZ = settings(max_examples=80, deadline=None,
+FUZZ = settings(max_examples=50, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow,
                                        HealthCheck.function_scoped_fixture])
 KEY = bytes(range(32))
