@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ketch.git.bloom import BLOOM_NAME, BloomReader, write_bloom
+from ketch.git.bloom import BloomReader, write_bloom
 from ketch.git.idx import PackIndex
 from ketch.git.midx import IdTable, MidxReader, write_midx
 from ketch.git.objects import BLOB
