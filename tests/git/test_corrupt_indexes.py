@@ -42,34 +42,43 @@ from ketch.git.midx import MidxReader, write_midx
 Mangle = Callable[[bytes], bytes]
 
 
-def _run(capfd: pytest.CaptureFixture[str], *argv: str | os.PathLike[str]) -> tuple[int, str]:
-    """(exit code, stderr); stdout is kept in ``_run.out``."""
-    capfd.readouterr()
+def _main(*argv: str | os.PathLike[str]) -> int:
+    """`ketch ARGV` in-process; its exit code."""
     old = signal.getsignal(signal.SIGTERM)
     try:
         main([os.fspath(a) for a in argv])
-        code = 0
+        return 0
     except SystemExit as e:
-        code = int(e.code or 0)
+        return int(e.code or 0)
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+class Ran:
+    out = ""
+
+
+def _run(capfd: pytest.CaptureFixture[str], *argv: str | os.PathLike[str]) -> tuple[int, str]:
+    """(exit code, stderr); stdout is kept in ``Ran.out``."""
+    capfd.readouterr()
+    code = _main(*argv)
     got = capfd.readouterr()
-    _run.out = got.out  # type: ignore[attr-defined]
+    Ran.out = got.out
     return code, got.err
 
 
 class Base:
-    def __init__(self, root: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    def __init__(self, root: Path) -> None:
         self.src = root / "src"
         self.src.mkdir()
         r = random.Random(3)
         (self.src / "big").write_bytes(r.randbytes(400_000))
         (self.src / "small").write_bytes(b"hello\n")
         self.repo = root / "repo"
-        assert _run(capfd, "init", "-d", self.repo)[0] == 0
-        assert _run(capfd, "save", "-d", self.repo, "-n", "s", self.src)[0] == 0
+        assert _main("init", "-d", self.repo) == 0
+        assert _main("save", "-d", self.repo, "-n", "s", self.src) == 0
         (self.src / "more").write_bytes(r.randbytes(100_000))
-        assert _run(capfd, "save", "-d", self.repo, "-n", "s", self.src)[0] == 0
+        assert _main("save", "-d", self.repo, "-n", "s", self.src) == 0
         self.pack_dir = self.repo / "objects" / "pack"
         self.idx = sorted(self.pack_dir.glob("*.idx"))
         assert len(self.idx) == 2
@@ -81,12 +90,7 @@ class Base:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Base:
-    # capfd is function-scoped; the module fixture only needs exit codes.
-    class _Null:
-        def readouterr(self) -> object:
-            return type("R", (), {"err": "", "out": ""})()
-
-    return Base(tmp_path_factory.mktemp("corrupt"), _Null())  # type: ignore[arg-type]
+    return Base(tmp_path_factory.mktemp("corrupt"))
 
 
 def _git_fsck(repo: Path) -> None:
@@ -107,8 +111,11 @@ def _field(at: int, value: int, width: int = 4) -> Mangle:
 
 
 def _flip(at: int) -> Mangle:
-    return lambda b: b[:at] + bytes([b[at] ^ 0xFF]) + b[at + 1:] if at >= 0 else \
-        b[:at] + bytes([b[at] ^ 0xFF]) + (b[at + 1:] if at != -1 else b"")
+    """Every bit of the byte at ``at`` (negative: from the end) inverted."""
+    def mangle(b: bytes) -> bytes:
+        i = at % len(b)
+        return b[:i] + bytes([b[i] ^ 0xFF]) + b[i + 1:]
+    return mangle
 
 
 def _cut(n: int) -> Mangle:
@@ -209,7 +216,7 @@ def _intact_after_repair(capfd: pytest.CaptureFixture[str], base: Base, repo: Pa
 def _saves(capfd: pytest.CaptureFixture[str], repo: Path) -> list[str]:
     code, err = _run(capfd, "ls", "-d", repo, "s")
     assert code == 0, err
-    return [s for s in _run.out.split() if s != "latest"]  # type: ignore[attr-defined]
+    return [s for s in Ran.out.split() if s != "latest"]
 
 
 @pytest.mark.parametrize("case", IDX_FATAL)
@@ -259,9 +266,9 @@ def _accelerator_case(base: Base, tmp_path: Path, capfd: pytest.CaptureFixture[s
     repo = _damaged(base, tmp_path, which, mangle)
     code, err = _run(capfd, "ls", "-d", repo, f"s/latest{base.src}")
     assert code == 0, err
-    assert _run.out.split() == ["big", "more", "small"]  # type: ignore[attr-defined]
+    assert Ran.out.split() == ["big", "more", "small"]
     code, err = _run(capfd, "cat-file", "-d", repo, f"s/latest{base.src}/small")
-    assert (code, _run.out) == (0, "hello\n"), err  # type: ignore[attr-defined]
+    assert (code, Ran.out) == (0, "hello\n"), err
     assert _restored_ok(capfd, base, repo, tmp_path / "out")
     (base.src / "new").write_bytes(b"new\n")
     try:

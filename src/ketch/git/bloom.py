@@ -316,7 +316,9 @@ def _holds_a_sample(bloom: BloomReader, pack_dir: str) -> bool:
     """Whether a spread of ids from each idx the filter names tests present:
     a filter with bits cleared (damage the header cannot show) would make
     every save write those objects again, so it is rebuilt instead."""
-    for name in bloom.idx_names:
+    present = {os.path.basename(p) for p in glob.glob(f"{glob.escape(pack_dir)}/*.idx")}
+    # Only names of idx files here: the list is the file's, damaged or not.
+    for name in present.intersection(bloom.idx_names):
         try:
             ix = PackIndex(os.path.join(pack_dir, name))
         except (FileNotFoundError, CorruptObject):

@@ -250,14 +250,18 @@ class MidxReader:
         counting them, every which entry naming a listed idx. Reads the whole
         file, so only housekeeping asks (a damaged table the header cannot
         show would otherwise stay in use for good)."""
-        if self.count == 0:
-            return True
-        if bool((self.ids[1:] < self.ids[:-1]).any()):
-            return False
-        counts = np.bincount(top_bits(self.ids, self.bits), minlength=1 << self.bits)
-        if not np.array_equal(np.cumsum(counts), self.fanout.astype(np.int64)):
-            return False
-        return int(self.which_table.max()) < len(self.idx_names)
+        counts = np.zeros(1 << self.bits, dtype=np.int64)
+        names = len(self.idx_names)
+        # In chunks, so that checking a big midx costs little memory.
+        for a in range(0, self.count, _MERGE_CHUNK):
+            ids = self.ids[max(0, a - 1) : a + _MERGE_CHUNK]
+            if bool((ids[1:] < ids[:-1]).any()):
+                return False
+            counts += np.bincount(top_bits(self.ids[a : a + _MERGE_CHUNK], self.bits),
+                                  minlength=1 << self.bits)
+            if int(self.which_table[a : a + _MERGE_CHUNK].max()) >= names:
+                return False
+        return np.array_equal(np.cumsum(counts), self.fanout.astype(np.int64))
 
     def missing_idx(self) -> list[str]:
         """Names of the idx files this midx covers that are absent beside it."""
