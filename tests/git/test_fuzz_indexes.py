@@ -28,7 +28,7 @@ from ketch.git.pack import PackWriter
 from ketch.git.packread import PackFile
 from tests.fuzzutil import bounded_allocation, fuzz_settings, mutated, only_ketch_errors
 
-FUZZ = fuzz_settings(40)
+FUZZ = fuzz_settings(20)
 
 
 def _make_packs(objects: Path) -> list[bytes]:

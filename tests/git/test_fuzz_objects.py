@@ -76,7 +76,7 @@ VALID_COMMIT = commits.commit_bytes(bytes(range(20)), bytes(20), 1_700_000_000,
                                     commits.argv_message("ketch save", ["ketch", "save", "/"]))
 
 
-@fuzz_settings(150)
+@fuzz_settings(100)
 @given(mutated(VALID_TREE) | st.binary(max_size=80))
 @example(b"100644 name\0short")
 @example(b"10x644 name\0" + bytes(20))
@@ -86,7 +86,7 @@ def test_damaged_trees(data: bytes) -> None:
         only_ketch_errors(lambda: list(gobj.decode_tree(data)))
 
 
-@fuzz_settings(150)
+@fuzz_settings(100)
 @given(mutated(VALID_COMMIT) | st.binary(max_size=80))
 @example(b"tree \xff\n\n")
 @example(b"tree 0011\n\n")
