@@ -178,6 +178,7 @@ BLOOM_CASES: dict[str, Mangle] = {
     "huge bits": _field(8, 60, 2),
     "bad k": _field(10, 9, 2),
     "huge entry count": _field(12, 0xFFFFFFFF),
+    "names an idx that is not there": lambda b: b[:-3] + b"zzz",
     # Every bit clear: the filter says nothing is stored.
     "table zeroed": lambda b: b[:16] + bytes(1 << b[9]) + b[16 + (1 << b[9]):],
 }
@@ -258,6 +259,17 @@ def test_idx_tables_pointing_nowhere_fail_the_reads_that_meet_them(
     capfd.readouterr()
     for ix in base.idx:
         shutil.copy(ix, repo / "objects" / "pack" / ix.name)
+    _intact_after_repair(capfd, base, repo, base.idx[0], tmp_path)
+
+
+def test_idx_checksum_is_fsck_business(base: Base, tmp_path: Path,
+                                       capfd: pytest.CaptureFixture[str]) -> None:
+    """The idx's own SHA-1 (the last 20 bytes) is checked by fsck, as git
+    does, not by every command: the tables are intact, so everything reads."""
+    repo = _damaged(base, tmp_path, base.idx[0], _flip(-1))
+    code, err = _run(capfd, "cat-file", "-d", repo, f"s/latest{base.src}/small")
+    assert (code, Ran.out) == (0, "hello\n"), err
+    assert _restored_ok(capfd, base, repo, tmp_path / "out")
     _intact_after_repair(capfd, base, repo, base.idx[0], tmp_path)
 
 

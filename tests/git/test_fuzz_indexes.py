@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ketch.git.bloom import BloomReader, write_bloom
+from ketch.git.bloom import BloomReader, update_bloom, write_bloom
 from ketch.git.idx import PackIndex
 from ketch.git.midx import IdTable, MidxReader, write_midx
 from ketch.git.objects import BLOB
@@ -156,3 +156,17 @@ def test_damaged_midx(valid: Valid, data: st.DataObject) -> None:
 @given(data=st.data())
 def test_damaged_bloom(valid: Valid, data: st.DataObject) -> None:
     _check(valid, valid.bloom, data.draw(mutated(valid.bytes[valid.bloom])))
+
+
+def test_bloom_naming_the_pack_directory_itself(valid: Valid, tmp_path: Path) -> None:
+    """Found by the fuzzer: an empty name in the list made housekeeping open
+    the pack directory as an idx (IsADirectoryError). With nothing new to add
+    the file is left as bup leaves it, and not trusted (it names no idx here)."""
+    pack_dir = tmp_path / "pack"
+    shutil.copytree(valid.pack_dir, pack_dir)
+    bloom = pack_dir / os.path.basename(valid.bloom)
+    bloom.write_bytes(valid.bytes[valid.bloom] + b"\0\0../x")
+    update_bloom(pack_dir)
+    with ObjectIndex(pack_dir) as oi:
+        assert not oi.using_bloom
+        assert all(oi.find(oid) for oid in valid.ids)
