@@ -9,6 +9,12 @@
 - ``bup(repo, *args, input=None, check=True)``: runs ``bup -d REPO ARGS``.
   Skips when bup is missing, except in CI (``CI=true``) where it fails.
 - ``repo_dir``: a fresh repository made by ``ketch init -d``.
+
+Under CI (``CI=true``) a skipped test fails: CI installs every tool the tests
+use (scripts/install-deps.sh) and runs as root, so a skip there is a missing
+tool or a machine-dependent test, never something to pass silently. The one
+exception carries ``@pytest.mark.allowed_skip("why")`` (systemd as PID 1,
+which a container cannot give).
 """
 
 from __future__ import annotations
@@ -32,6 +38,25 @@ RunBup = Callable[..., RunResult]
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "allowed_skip(reason): this test may skip under CI=true (why it must)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    rep: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if not (rep.skipped and in_ci()) or hasattr(rep, "wasxfail"):
+        return
+    if item.get_closest_marker("allowed_skip") is not None:
+        return
+    reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+    rep.outcome = "failed"
+    rep.longrepr = (f"skipped under CI=true, where every tool is installed and tests run as "
+                    f"root: {reason}")
 
 
 @pytest.fixture(autouse=True, scope="session")

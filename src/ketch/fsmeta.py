@@ -351,6 +351,8 @@ def apply_to_path(
         os.utime(path, ns=(meta.atime, meta.mtime), follow_symlinks=False)
     except OSError as e:
         _warn(warn, f"{os.fsdecode(path)}: cannot set times: {e.strerror}")
+    except OverflowError:  # recorded, but beyond what this system's time_t holds
+        _warn(warn, f"{os.fsdecode(path)}: cannot set times: out of range here")
     if meta.linux_attr and stat.S_IFMT(mode) in (stat.S_IFREG, stat.S_IFDIR):
         _set_linux_attr(path, meta.linux_attr, warn)
 

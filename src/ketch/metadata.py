@@ -40,6 +40,7 @@ TAG_COMMON_V3 = 10
 TAG_POSIX1E_ACL_V2 = 11
 
 _NS = 10**9
+_U32 = 1 << 32
 
 class MetadataError(KetchError, OSError):
     """A path could not be examined or created.
@@ -138,14 +139,42 @@ def _load_common(m: Metadata, data: bytes, version: int) -> None:
     m.group, p = read_bvec(data, p)
     m.rdev, p = rd_id(data, p)
     times = []
+    times_ns = []
     for _ in range(3):
         sec, p = read_vint(data, p)
         ns, p = read_vuint(data, p)
         times.append(sec * _NS + ns)
+        times_ns.append(ns)
     m.atime, m.mtime, m.ctime = times
     if version == 3:
         size, p = read_vint(data, p)
         m.size = size if size >= 0 else None
+    _check_common(m, times_ns)
+
+
+def _check_common(m: Metadata, times_ns: list[int]) -> None:
+    # Values no stat() can return: applying them would fail deep inside chmod
+    # or chown with an OverflowError rather than as damaged metadata.
+    assert m.mode is not None
+    if not 0 <= m.mode < _U32:
+        raise CorruptMetadata(f"metadata with an impossible mode {m.mode}")
+    for what, v in (("uid", m.uid), ("gid", m.gid)):
+        if not 0 <= v < _U32:
+            raise CorruptMetadata(f"metadata with an impossible {what} {v}")
+    if not 0 <= m.rdev < 1 << 64:
+        raise CorruptMetadata(f"metadata with an impossible device number {m.rdev}")
+    if not all(0 <= ns < _NS for ns in times_ns):
+        raise CorruptMetadata("metadata with a nanosecond field of a second or more")
+    _no_nul("user name", m.user)
+    _no_nul("group name", m.group)
+
+
+def _no_nul(what: str, value: bytes) -> bytes:
+    # No name or path on Linux holds a NUL; the calls that take one refuse it
+    # with a ValueError.
+    if b"\0" in value:
+        raise CorruptMetadata(f"metadata with a NUL byte in a {what}")
+    return value
 
 
 def _load_acl(data: bytes, version: int) -> tuple[bytes, bytes, bytes, bytes] | None:
@@ -172,7 +201,7 @@ def _load_xattrs(data: bytes) -> list[tuple[bytes, bytes]]:
     for _ in range(count):
         name, p = read_bvec(data, p)
         value, p = read_bvec(data, p)
-        result.append((name, value))
+        result.append((_no_nul("xattr name", name), value))
     return result
 
 
@@ -180,12 +209,12 @@ def _apply_record(m: Metadata, tag: int, data: bytes) -> None:
     if tag == TAG_COMMON_V3:
         _load_common(m, data, 3)
     elif tag == TAG_SYMLINK_TARGET:
-        m.symlink_target = data
+        m.symlink_target = _no_nul("symlink target", data)
         # As bup: records without a size (v1/v2) get it from the target.
         if m.size is None:
             m.size = len(data)
     elif tag == TAG_HARDLINK_TARGET:
-        m.hardlink_target = data
+        m.hardlink_target = _no_nul("hardlink target", data)
     elif tag == TAG_POSIX1E_ACL_V2:
         m.posix1e_acl = _load_acl(data, 2)
     elif tag == TAG_LINUX_ATTR:

@@ -272,7 +272,9 @@ class LocalRepository(WritableRepository):
 
     def _read_packed(self, oid: bytes) -> tuple[int, bytes] | None:
         for attempt in (0, 1):
-            hit = self.index.find(oid)
+            # A miss asks the idx files themselves: a damaged midx or bloom
+            # must not hide what is stored.
+            hit = self.index.find(oid) or self.index.find_direct(oid)
             if hit is not None:
                 name, offset = hit
                 try:

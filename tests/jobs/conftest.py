@@ -14,7 +14,7 @@ under names of their own.
   --pid --mount-proc``), whose process table holds no cron daemon, or one
   process named ``cron`` (a copy of ``sleep``) with ``cron_running=True``:
   whether a cron daemon runs is then the test's to decide, whatever runs on
-  the machine.
+  the machine. Its PID 1 is never systemd either.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ def postgres_server() -> Iterator[postgres.PostgresServer]:
 
 
 class InNamespace(Protocol):
-    def __call__(self, *args: Any, cron_running: bool = False) -> RunResult: ...
+    def __call__(self, *args: Any, cron_running: bool = False,
+                 code: str | None = None) -> RunResult: ...
 
 
 @pytest.fixture
@@ -98,12 +99,14 @@ def in_pid_namespace(tmp_path_factory: pytest.TempPathFactory) -> InNamespace:
     start_cron = ('"$FAKE_CRON" 600 & while ! grep -qx cron /proc/$!/comm; do sleep 0.01; '
                   "done; ")
 
-    def run(*args: Any, cron_running: bool = False) -> RunResult:
+    def run(*args: Any, cron_running: bool = False, code: str | None = None) -> RunResult:
+        """``ketch ARGS`` in the namespace; with ``code``, ``python -c CODE ARGS``."""
         assert unshare is not None
         script = (start_cron if cron_running else "") + 'exec "$@"'
+        prog = ["-c", code] if code is not None else ["-m", "ketch"]
         cmd = [unshare, "--pid", "--fork", "--mount-proc", "/bin/sh", "-c", script, "sh",
-               sys.executable, "-m", "ketch", *(os.fspath(a) if isinstance(a, Path) else str(a)
-                                               for a in args)]
+               sys.executable, *prog, *(os.fspath(a) if isinstance(a, Path) else str(a)
+                                        for a in args)]
         return subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, timeout=120,
                               env=_subprocess_env({"FAKE_CRON": str(fake)}), check=False)
 

@@ -15,7 +15,6 @@ import pytest
 
 from ketch.jobs.config import load_config
 from ketch.jobs.configinit import DEFAULT_REPOSITORY
-from ketch.jobs.firing import running_cron
 from ketch.jobs.model import Schedule
 from ketch.jobs.schedule import install
 from ketch.repo import init_repository
@@ -161,17 +160,17 @@ def test_check_writes_into_the_repository(run_ketch: RunKetch, tmp_path: Path) -
             "Read-only file system\n") in proc.stdout.decode()
 
 
-@pytest.mark.skipif(bool(running_cron()), reason="a cron daemon is running on this machine")
-def test_check_fails_an_installed_schedule_that_will_not_fire(run_ketch: RunKetch,
-                                                              tmp_path: Path) -> None:
+def test_check_fails_an_installed_schedule_that_will_not_fire(
+        tmp_path: Path, in_pid_namespace: InNamespace) -> None:
+    # No cron daemon in a PID namespace of its own, whatever runs on the machine.
     repo = tmp_path / "repo"
     init_repository(str(repo))
     cfg = _config(tmp_path, repo)
     cron = tmp_path / "cron.d" / "ketch"
     install(str(cfg), Schedule(), cron_path=str(cron), systemd_dir=str(tmp_path / "sd"),
             use_systemd=False)
-    proc = run_ketch("config", "check", "-c", cfg, "--cron-file", cron,
-                     "--systemd-dir", tmp_path / "sd")
+    proc = in_pid_namespace("config", "check", "-c", cfg, "--cron-file", cron,
+                            "--systemd-dir", tmp_path / "sd")
     assert proc.returncode == 2
     [line] = [ln for ln in proc.stdout.decode().splitlines() if ln.startswith("✗")]
     assert line.startswith(f"✗ schedule (cron: {cron}): ")

@@ -266,15 +266,19 @@ def test_killed_cli_push_resumes(s3_mirror: Mirror, big_src: tuple[Path, Path],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     up: list[str] = []
+    # The push runs in short steps and is stopped while we look, so however
+    # slowly this process is scheduled it cannot finish between two looks:
+    # ~50 MB in 26 files is far more than one step uploads.
     while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+        proc.send_signal(signal.SIGSTOP)
         up = [k for k, _ in s3_mirror.store.list("big/objects/pack/")]
         if len(up) >= 2:
             proc.send_signal(signal.SIGKILL)
             break
-        time.sleep(0.005)
+        proc.send_signal(signal.SIGCONT)
     proc.wait()
-    if proc.returncode == 0:
-        pytest.skip("the push finished before it could be killed")
+    assert proc.returncode == -signal.SIGKILL, f"the push ended on its own ({proc.returncode})"
     assert read_manifest(s3_mirror.store, "big") is None
     r = push([str(repo)], s3_mirror.store).repos[0]
     assert r.error is None and r.manifest_written

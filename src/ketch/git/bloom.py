@@ -278,6 +278,9 @@ def update_bloom(
             old = BloomReader(out)
         except CorruptObject:
             old = None
+        if old is not None and not _holds_a_sample(old, path):
+            old.close()
+            old = None
     try:
         known = set(old.idx_names) if old is not None else set()
         add: list[str] = []
@@ -303,6 +306,30 @@ def update_bloom(
     add += rest
     entries = _write_new(out, add, add_count + rest_count, k)
     return BloomUpdate("created", out, [os.path.basename(p) for p in add], entries)
+
+
+# Ids per named idx checked before a filter is trusted to be added to.
+_SAMPLE = 256
+
+
+def _holds_a_sample(bloom: BloomReader, pack_dir: str) -> bool:
+    """Whether a spread of ids from each idx the filter names tests present:
+    a filter with bits cleared (damage the header cannot show) would make
+    every save write those objects again, so it is rebuilt instead."""
+    present = {os.path.basename(p) for p in glob.glob(f"{glob.escape(pack_dir)}/*.idx")}
+    # Only names of idx files here: the list is the file's, damaged or not.
+    for name in present.intersection(bloom.idx_names):
+        try:
+            ix = PackIndex(os.path.join(pack_dir, name))
+        except (FileNotFoundError, CorruptObject):
+            continue  # gone or unreadable: the entry count decides
+        try:
+            step = max(1, ix.count // _SAMPLE)
+            if not bool(bloom.maybe_contains_many(ix.ids[::step]).all()):
+                return False
+        finally:
+            ix.close()
+    return True
 
 
 def _can_add(old: BloomReader, rest_count: int, add_count: int, k: int | None) -> bool:

@@ -123,8 +123,17 @@ class PackIndex:
         self._crc_off = self._ids_off + 20 * n
         self._ofs_off = self._crc_off + 4 * n
         self._big_off = self._ofs_off + 4 * n
-        if size < self._big_off + 40:
-            raise CorruptObject(f"{self.path}: idx file truncated")
+        try:
+            if size < self._big_off + 40:
+                raise CorruptObject(f"{self.path}: idx file truncated")
+            # Lookups trust the fan-out as bounds into the id table.
+            if bool((np.diff(self.fanout.astype(np.int64)) < 0).any()):
+                raise CorruptObject(f"{self.path}: idx fan-out not monotonic")
+        except CorruptObject:
+            self.close()
+            raise
+        # 64-bit offsets fill what lies between the small offsets and the trailer.
+        self._n_big = (size - 40 - self._big_off) // 8
         self.ids: npt.NDArray[np.bytes_] = np.frombuffer(
             self._map, dtype="S20", count=n, offset=self._ids_off
         )
@@ -138,7 +147,8 @@ class PackIndex:
 
     def close(self) -> None:
         # numpy views pin the buffer; drop them before closing the map.
-        del self.ids, self._offsets, self.fanout
+        for attr in ("ids", "_offsets", "fanout"):
+            self.__dict__.pop(attr, None)
         try:
             self._map.close()
         except BufferError:
@@ -167,6 +177,8 @@ class PackIndex:
         off = int(self._offsets[i])
         if off & 0x80000000:
             j = off & 0x7FFFFFFF
+            if j >= self._n_big:
+                raise CorruptObject(f"{self.path}: idx entry {i} names a missing 64-bit offset")
             (off,) = struct.unpack_from(">Q", self._map, self._big_off + 8 * j)
         return off
 
@@ -189,6 +201,8 @@ class PackIndex:
         big = (small & 0x80000000) != 0
         if big.any():
             n_big = (self.count and int((small[big] & 0x7FFFFFFF).max()) + 1) or 0
+            if n_big > self._n_big:
+                raise CorruptObject(f"{self.path}: idx names a missing 64-bit offset")
             table = np.frombuffer(self._map, dtype=">u8", count=n_big, offset=self._big_off)
             small[big] = table[(small[big] & 0x7FFFFFFF).astype(np.int64)]
         return small

@@ -245,6 +245,24 @@ class MidxReader:
         except BufferError:
             pass  # a caller still holds a view; the map closes when it is collected
 
+    def is_sound(self) -> bool:
+        """Whether the tables agree with each other: ids sorted, the fan-out
+        counting them, every which entry naming a listed idx. Reads the whole
+        file, so only housekeeping asks (a damaged table the header cannot
+        show would otherwise stay in use for good)."""
+        counts = np.zeros(1 << self.bits, dtype=np.int64)
+        names = len(self.idx_names)
+        # In chunks, so that checking a big midx costs little memory.
+        for a in range(0, self.count, _MERGE_CHUNK):
+            ids = self.ids[max(0, a - 1) : a + _MERGE_CHUNK]
+            if bool((ids[1:] < ids[:-1]).any()):
+                return False
+            counts += np.bincount(top_bits(self.ids[a : a + _MERGE_CHUNK], self.bits),
+                                  minlength=1 << self.bits)
+            if int(self.which_table[a : a + _MERGE_CHUNK].max()) >= names:
+                return False
+        return np.array_equal(np.cumsum(counts), self.fanout.astype(np.int64))
+
     def missing_idx(self) -> list[str]:
         """Names of the idx files this midx covers that are absent beside it."""
         d = os.path.dirname(self.path)
@@ -314,13 +332,24 @@ class MidxAutoResult:
 def _open_midx_input(path: str, rm_broken: bool, removed: list[str] | None) -> MidxReader | None:
     """Open a midx to merge, or None (as bup skips) if it is unusable.
 
-    With ``rm_broken`` a midx naming missing idx files is deleted, as bup's
-    auto and force modes do.
+    With ``rm_broken`` a midx naming missing idx files, or one that cannot be
+    read, is deleted, as bup's auto and force modes do.
     """
     try:
         m = MidxReader(path)
-    except (CorruptObject, FileNotFoundError):
-        return None  # unreadable, or removed by a concurrent cleanup
+    except FileNotFoundError:
+        return None  # removed by a concurrent cleanup
+    except CorruptObject:
+        m = None
+    if m is not None and rm_broken and not m.is_sound():
+        m.close()
+        m = None
+    if m is None:
+        # Damaged: only ever a cache of the idx files (written by rename, so
+        # never one in flight), it is regenerated rather than kept.
+        if rm_broken:
+            _unlink(path, removed)
+        return None
     if m.missing_idx():
         m.close()
         if rm_broken:

@@ -6,6 +6,8 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
+from ketch.errors import CorruptObject
+
 # Pack type numbers double as our object-type codes.
 COMMIT = 1
 TREE = 2
@@ -36,6 +38,12 @@ def object_id(type_num: int, data: bytes | memoryview) -> bytes:
     return h.digest()
 
 
+class MalformedObject(CorruptObject, ValueError):
+    """A tree or commit whose bytes do not parse.
+
+    Also a ValueError, which is what callers caught before it existed."""
+
+
 class TreeEntry(NamedTuple):
     mode: int
     name: bytes
@@ -58,13 +66,18 @@ def decode_tree(data: bytes) -> Iterator[TreeEntry]:
     pos = 0
     n = len(data)
     while pos < n:
-        sp = data.index(b" ", pos)
-        nul = data.index(b"\0", sp)
-        mode = int(data[pos:sp], 8)
+        sp = data.find(b" ", pos)
+        nul = data.find(b"\0", sp + 1) if sp >= 0 else -1
+        if nul < 0:
+            raise MalformedObject("truncated tree entry")
+        try:
+            mode = int(data[pos:sp], 8)
+        except ValueError:
+            raise MalformedObject("tree entry with a bad mode") from None
         name = data[sp + 1 : nul]
         oid = data[nul + 1 : nul + 21]
         if len(oid) != 20:
-            raise ValueError("truncated tree entry")
+            raise MalformedObject("truncated tree entry")
         yield TreeEntry(mode, name, oid)
         pos = nul + 21
 
@@ -107,8 +120,24 @@ def encode_commit(
 
 
 def _split_ident(value: bytes) -> tuple[bytes, int, bytes]:
-    ident, when, tz = value.rsplit(b" ", 2)
-    return ident, int(when), tz
+    parts = value.rsplit(b" ", 2)
+    if len(parts) != 3:
+        raise MalformedObject("commit with a bad author or committer line")
+    ident, when, tz = parts
+    try:
+        return ident, int(when), tz
+    except ValueError:
+        raise MalformedObject("commit with a bad timestamp") from None
+
+
+def _hex_id(value: bytes) -> bytes:
+    try:
+        oid = bytes.fromhex(value.decode("ascii"))
+    except ValueError:  # UnicodeDecodeError included
+        raise MalformedObject("commit with a bad object id") from None
+    if len(oid) != 20:
+        raise MalformedObject("commit with a bad object id")
+    return oid
 
 
 def decode_commit(data: bytes) -> Commit:
@@ -119,15 +148,15 @@ def decode_commit(data: bytes) -> Commit:
     for line in head.split(b"\n"):
         key, _, value = line.partition(b" ")
         if key == b"tree":
-            tree = bytes.fromhex(value.decode())
+            tree = _hex_id(value)
         elif key == b"parent":
-            parents.append(bytes.fromhex(value.decode()))
+            parents.append(_hex_id(value))
         elif key == b"author":
             author = _split_ident(value)
         elif key == b"committer":
             committer = _split_ident(value)
     if len(tree) != 20:
-        raise ValueError("commit has no tree")
+        raise MalformedObject("commit has no tree")
     return Commit(tree, parents, *author, *committer, message)
 
 

@@ -253,6 +253,16 @@ class ObjectIndex:
                 return name, off
         return None
 
+    def find_direct(self, oid: bytes) -> tuple[str, int] | None:
+        """``find`` asking every idx file itself, past the midx and bloom files:
+        for a read that missed, so that a damaged accelerator (ids flipped in a
+        midx, bits cleared in the bloom) cannot hide a stored object."""
+        for name, ix in self._idx.items():
+            off = ix.find_offset(oid)
+            if off is not None:
+                return name, off
+        return None
+
     def find_prefix(self, hexprefix: str) -> list[bytes]:
         """Every id starting with a hex prefix (for abbreviated ids)."""
         lo = bytes.fromhex(hexprefix.ljust(40, "0"))
