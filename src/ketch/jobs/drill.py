@@ -22,6 +22,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 
 from ketch.errors import EXIT_FAILED, KetchError
 from ketch.jobs.drilldumps import drill_dump
@@ -62,11 +63,11 @@ def run_drill(cfg: Config, *, sample: int | None = None,
     try:
         vfs = VFS(repo)
         for s in cfg.sets:
-            report.items.append(_one(DrillItem("set", s.name), progress_for, lambda item, p: (
-                drill_set(vfs, item, n, scratch, p, rng))))
+            report.items.append(_one(DrillItem("set", s.name), progress_for,
+                                     partial(drill_set, vfs, sample=n, scratch=scratch, rng=rng)))
         for d in cfg.dumps:
-            report.items.append(_one(DrillItem("dump", d.name), progress_for, lambda item, p, d=d: (
-                drill_dump(vfs, d, item, scratch, p))))
+            report.items.append(_one(DrillItem("dump", d.name), progress_for,
+                                     partial(drill_dump, vfs, d, scratch=scratch)))
         report.seconds = time.monotonic() - t0
         if store:
             try:

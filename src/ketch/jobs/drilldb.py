@@ -89,6 +89,17 @@ class ThrowawayServer:
             self.proc.kill()
             self.proc.wait()
 
+    def missing(self) -> str | None:
+        """The program that is not installed, or None."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def tables(self) -> dict[str, int]:
+        """"DB.TABLE" (PostgreSQL: "DB.SCHEMA.TABLE") -> exact row count."""
+        raise NotImplementedError
+
     def client(self, db: str | None = None) -> list[str]:
         raise NotImplementedError
 

@@ -99,8 +99,8 @@ def _sqlite(stream: _Stream, scratch: str, check: Check) -> None:
                 pass
 
 
-def drill_dump(vfs: VFS, spec: DumpSpec, item: DrillItem, scratch: str,
-               progress: Progress) -> None:
+def drill_dump(vfs: VFS, spec: DumpSpec, item: DrillItem, progress: Progress, *,
+               scratch: str) -> None:
     try:
         saves = vfs.saves(spec.name.encode())
     except KetchError:

@@ -20,7 +20,6 @@ import os
 import random
 import shutil
 import stat
-from collections.abc import Callable
 
 from ketch.errors import KetchError
 from ketch.git import objects as gobj
@@ -28,10 +27,6 @@ from ketch.jobs.drillreport import Check, DrillItem
 from ketch.progress import Progress
 from ketch.restore import RestoreError, RestoreVerifyError, restore
 from ketch.vfs import VFS, Item, show_path
-
-# A sampled file counts as "large" (and one is always included) when it is a
-# chunk tree, i.e. bigger than one chunk.
-Choose = Callable[[int], int]
 
 
 def _sample(vfs: VFS, save: Item, n: int, rng: random.Random) -> list[tuple[bytes, Item]]:
@@ -118,7 +113,9 @@ def _check_file(vfs: VFS, spec: bytes, rel: bytes, item: Item, scratch: str) -> 
             check.method = "object ids"
             verify_ids(vfs, item.oid or b"")
     except RestoreVerifyError as e:
-        check.error = "; ".join(e.result.errors[:3]) or str(e)
+        # The scratch directory's name means nothing to the reader.
+        check.error = ("; ".join(e.result.errors[:3]) or str(e)).replace(
+            os.path.join(out, ""), "")
     except (KetchError, OSError) as e:
         check.error = str(e) if isinstance(e, KetchError) else f"{e.strerror or e}"
     finally:
@@ -127,7 +124,7 @@ def _check_file(vfs: VFS, spec: bytes, rel: bytes, item: Item, scratch: str) -> 
     return check
 
 
-def drill_set(vfs: VFS, item: DrillItem, sample: int, scratch: str, progress: Progress,
+def drill_set(vfs: VFS, item: DrillItem, progress: Progress, *, sample: int, scratch: str,
               rng: random.Random) -> None:
     """Fill `item` with the checks of a sample of the branch's latest save."""
     branch = item.name.encode()
