@@ -49,6 +49,11 @@ _HINTS: dict[str, dict[str, tuple[str, str]]] = {
         "randomized_delay": ('"30m"', "random delay, so servers don't all start at once"),
         "enabled": ("false", "`ketch schedule install` then installs no timer"),
     },
+    "drill": {
+        "schedule": ('"Sun 04:00"', "when `ketch drill` runs: [DAY[,DAY...]] HH:MM; no day: daily"),
+        "sample": ("100", "files of each set's latest save restored and checked"),
+        "enabled": ("false", "`ketch schedule install` then installs no drill"),
+    },
     "notify": {
         "ping_url": ('"https://hc-ping.com/YOUR-UUID"', "GET URL/start, URL on success, URL/fail"),
         "on_success": ("true", "email on success too (pings always report success)"),
@@ -178,7 +183,8 @@ def render_config(cfg: Config, *, comments: bool = True) -> str:
     out.append(f"repository = {toml_str(cfg.repository)}")
     # The tables are written below: TOML puts a table's keys after its header.
     _emit(out, cfg, "top", comments,
-          skip=("repository", "sets", "dumps", "schedule", "notify", "source", "retention"))
+          skip=("repository", "sets", "dumps", "schedule", "notify", "source", "retention",
+                "drill"))
     if cfg.retention is not None or comments:
         out.append("")
         note(_RETENTION_NOTE)
@@ -209,6 +215,11 @@ def render_config(cfg: Config, *, comments: bool = True) -> str:
     note("When `ketch schedule install` runs it: daily.")
     out.append("[schedule]")
     _emit(out, cfg.schedule, "schedule", comments, always=("time", "randomized_delay"))
+    out.append("")
+    note("The restore drill (`ketch drill`): restores a sample of every set and loads\n"
+         "every dump into a throwaway server; a failure notifies as a run does.")
+    out.append("[drill]")
+    _emit(out, cfg.drill, "drill", comments, always=("schedule", "sample"))
     if comments or cfg.notify != Notify():
         out.append("")
         note("Who hears about failures (and, with on_success, about every run).")
