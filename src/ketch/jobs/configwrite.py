@@ -167,6 +167,15 @@ def _retention(out: list[str], header: str, table: Retention | None) -> None:
         out.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
 
 
+def _drill(out: list[str], cfg: Config, comments: bool) -> None:
+    out.append("")
+    if comments:
+        out += ["# The restore drill (`ketch drill`): restores a sample of every set and loads",
+                "# every dump into a throwaway server; a failure notifies as a run does."]
+    out.append("[drill]")
+    _emit(out, cfg.drill, "drill", comments, always=("schedule", "sample"))
+
+
 def render_config(cfg: Config, *, comments: bool = True) -> str:
     """TOML that `parse_config` reads back to a Config equal to `cfg` (but `source`)."""
     out: list[str] = []
@@ -215,11 +224,7 @@ def render_config(cfg: Config, *, comments: bool = True) -> str:
     note("When `ketch schedule install` runs it: daily.")
     out.append("[schedule]")
     _emit(out, cfg.schedule, "schedule", comments, always=("time", "randomized_delay"))
-    out.append("")
-    note("The restore drill (`ketch drill`): restores a sample of every set and loads\n"
-         "every dump into a throwaway server; a failure notifies as a run does.")
-    out.append("[drill]")
-    _emit(out, cfg.drill, "drill", comments, always=("schedule", "sample"))
+    _drill(out, cfg, comments)
     if comments or cfg.notify != Notify():
         out.append("")
         note("Who hears about failures (and, with on_success, about every run).")
