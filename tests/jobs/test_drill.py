@@ -6,6 +6,7 @@ binaries. Notifications go to a real local HTTP server."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import random
@@ -237,12 +238,15 @@ def test_corrupted_blob_fails_names_the_file_and_pings_fail(
                          capture_output=True, check=True, text=True).stdout.strip()
     _damage_blob(repo, oid)
     pings.paths.clear()
-    proc = run_ketch("drill", "--config", config)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    proc = run_ketch("drill", "--config", config, env={"TMPDIR": str(scratch)})
     out = proc.stdout.decode()
     assert proc.returncode == 2, out + proc.stderr.decode()
     assert f"FAILED {victim}:" in out
     assert "set files" in out and "FAILED" in out.splitlines()[0]
     assert pings.paths == ["/check/fail"]
+    assert list(scratch.iterdir()) == []  # what was restored is gone
     stored = read_reports(LocalRepository(str(repo)))[0]
     assert stored["status"] == "FAILED"
     [bad] = [c for c in _check(stored, "set", "files")["checks"] if not c["ok"]]
@@ -296,3 +300,41 @@ def test_schedule_install_writes_the_drill_entry(tmp_path: Path) -> None:
     removed = remove(systemd_dir=str(sdir), cron_path=str(cron), run_systemctl=False)
     assert str(sdir / "ketch-drill.timer") in removed.files
     assert list(sdir.iterdir()) == []
+
+
+class _InterruptMidLoad:
+    """The terminal's progress, with the user pressing Ctrl-C while the MariaDB
+    dump streams into the drill's throwaway server."""
+
+    def start(self, total_bytes: int | None, total_files: int | None = None) -> None:
+        pass
+
+    def advance(self, nbytes: int = 0, nfiles: int = 0) -> None:
+        if nbytes:
+            raise KeyboardInterrupt
+
+    def warn(self, message: str) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def test_ctrl_c_removes_the_scratch_directory_and_stops_the_server(
+        machine: Machine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    cfg = dataclasses.replace(machine.cfg, sets=[], dumps=[
+        d for d in machine.cfg.dumps if d.name == "mysql"])
+    with pytest.raises(KeyboardInterrupt):
+        run_drill(cfg, progress_for=lambda label: _InterruptMidLoad(), notify=False)
+    assert list(tmp_path.iterdir()) == []
+    servers = [p for p in Path("/proc").iterdir() if p.name.isdigit()
+               and str(tmp_path).encode() in _cmdline(p)]
+    assert servers == []
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
