@@ -32,8 +32,7 @@ def _drill_of(config: str, server: bool) -> str | None:
     """The restore drill's schedule, installed beside the nightly run."""
     from ketch.jobs.config import load_config
 
-    drill = None if server else load_config(config).drill
-    return drill.schedule if drill is not None and drill.enabled else None
+    return None if server else load_config(config).drill.scheduled
 
 
 def _job(config: str | None, server: bool, root: str | None) -> tuple[str, Schedule, Any]:

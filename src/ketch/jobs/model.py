@@ -93,6 +93,11 @@ class Drill:
     sample: int = 100  # files restored per set
     enabled: bool = True  # whether `ketch schedule install` installs the drill
 
+    @property
+    def scheduled(self) -> str | None:
+        """The schedule `ketch schedule install` writes for the drill, or None."""
+        return self.schedule if self.enabled else None
+
 
 @dataclass
 class EmailSettings:
