@@ -20,6 +20,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -55,10 +56,12 @@ def _tail(path: str, n: int = 3) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-n:])
 
 
-class ThrowawayServer:
+class ThrowawayServer(ABC):
     """One server process; `load` streams a dump into its client, `tables` counts."""
 
     what = "database"
+    # The client's option for one statement, and its column separator.
+    statement_flag, separator = "-e", "\t"
     proc: subprocess.Popen[bytes] | None = None
 
     def __init__(self, workdir: str) -> None:
@@ -89,32 +92,31 @@ class ThrowawayServer:
             self.proc.kill()
             self.proc.wait()
 
+    @abstractmethod
     def missing(self) -> str | None:
         """The program that is not installed, or None."""
-        raise NotImplementedError
 
-    def start(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def start(self) -> None: ...
 
+    @abstractmethod
     def tables(self) -> dict[str, int]:
         """"DB.TABLE" (PostgreSQL: "DB.SCHEMA.TABLE") -> exact row count."""
-        raise NotImplementedError
 
-    def client(self, db: str | None = None) -> list[str]:
-        raise NotImplementedError
+    @abstractmethod
+    def client(self, db: str | None = None) -> list[str]: ...
 
     def env(self) -> dict[str, str] | None:
         return None
 
     def query(self, sql: str, db: str | None = None) -> list[list[str]]:
-        proc = subprocess.run([*self.client(db), "-e" if self.what == "MariaDB" else "-c", sql],
+        proc = subprocess.run([*self.client(db), self.statement_flag, sql],
                               stdin=subprocess.DEVNULL, capture_output=True, env=self.env(),
                               timeout=600)
         if proc.returncode != 0:
             raise DrillDbError(f"sanity query failed: "
                                f"{proc.stderr.decode(errors='replace').strip()[-300:]}")
-        sep = "\t" if self.what == "MariaDB" else "|"
-        return [line.split(sep) for line in proc.stdout.decode(errors="replace").splitlines()]
+        return [line.split(self.separator) for line in proc.stdout.decode(errors="replace").splitlines()]
 
     def load(self, blocks: Iterable[bytes], *, db: str | None = None) -> list[str]:
         """Stream a dump into the server's client; the client's error lines."""
@@ -223,6 +225,7 @@ def _pg_bin() -> str | None:
 
 class Postgres(ThrowawayServer):
     what = "PostgreSQL"
+    statement_flag, separator = "-c", "|"
     SUPERUSER = "postgres"
     own = False  # the work directory is ours to remove
 
