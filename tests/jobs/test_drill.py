@@ -157,12 +157,19 @@ def machine(tmp_path_factory: pytest.TempPathFactory, mariadb_server: MariaDBSer
     return Machine(root, config, cfg, data)
 
 
+def _set_only_config(machine: Machine, path: Path, repo: Path) -> Path:
+    """The machine's config without its dumps (their servers would only add time)."""
+    whole = machine.config.read_text().replace(str(machine.root / "repo"), str(repo))
+    path.write_text(whole[:whole.index("[[dump]]")] + whole[whole.index("[notify]"):])
+    return path
+
+
 def _check(report: dict[str, Any], kind: str, name: str) -> dict[str, Any]:
     [item] = [i for i in report["items"] if (i["kind"], i["name"]) == (kind, name)]
     return item
 
 
-def test_clean_drill_passes_and_is_stored(machine: Machine, pings: Pings,
+def test_clean_drill_passes_and_is_stored(machine: Machine, pings: Pings, tmp_path: Path,
                                           run_ketch: RunKetch) -> None:
     pings.paths.clear()
     report = run_drill(machine.cfg)
@@ -193,7 +200,8 @@ def test_clean_drill_passes_and_is_stored(machine: Machine, pings: Pings,
     repo = LocalRepository(str(machine.root / "repo"))
     stored = read_reports(repo)
     assert stored[0]["status"] == "OK" and report.stored == repo.read_ref(DRILL_REF).hex()
-    proc = run_ketch("drill", "-q", "--sample", "3", "--config", machine.config)
+    config = _set_only_config(machine, tmp_path / "ketch.toml", machine.root / "repo")
+    proc = run_ketch("drill", "-q", "--sample", "3", "--config", config)
     assert proc.returncode == 0 and proc.stdout == b"", proc.stderr
     again = read_reports(repo)
     assert len(again) == 2 and again[1] == stored[0] and again[0]["sample"] == 3
@@ -228,10 +236,7 @@ def test_corrupted_blob_fails_names_the_file_and_pings_fail(
         machine: Machine, pings: Pings, tmp_path: Path, run_ketch: RunKetch) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(machine.root / "repo", repo)
-    config = tmp_path / "ketch.toml"
-    # The set alone (the dumps' servers would only add time), and the same [notify].
-    whole = machine.config.read_text().replace(str(machine.root / "repo"), str(repo))
-    config.write_text(whole[:whole.index("[[dump]]")] + whole[whole.index("[notify]"):])
+    config = _set_only_config(machine, tmp_path / "ketch.toml", repo)
     victim = f"{machine.data}/sub/f7.txt"
     oid = subprocess.run(["git", "--git-dir", str(repo), "rev-parse",
                           f"refs/heads/files:{victim.lstrip('/')}"],
