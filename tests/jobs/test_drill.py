@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from ketch.jobs.runner import run_jobs
 from ketch.jobs.schedule import install, remove, show
 from ketch.repo import LocalRepository, init_repository
 from ketch.vfs import ROOT, VFS
-from tests.conftest import RunKetch
+from tests.conftest import RunKetch, _subprocess_env, in_ci
 from tests.services.mariadb import MariaDBServer
 from tests.services.postgres import PostgresServer
 
@@ -343,3 +344,33 @@ def _cmdline(proc: Path) -> bytes:
         return (proc / "cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def test_no_server_binary_is_a_warning_and_the_bytes_are_still_checked(
+        machine: Machine, tmp_path: Path) -> None:
+    """A machine without mariadbd (here: /usr/sbin hidden by an empty directory
+    in a private mount namespace): the dump is not loaded, which the drill says."""
+    unshare = shutil.which("unshare")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    hide = f"mount --bind {empty} /usr/sbin && "
+    probe = subprocess.run([unshare or "unshare", "--mount", "sh", "-c", hide + "true"],
+                           capture_output=True) if unshare else None
+    if probe is None or probe.returncode != 0:
+        why = probe.stderr.decode().strip() if probe else "unshare is not installed"
+        if in_ci():
+            pytest.fail(f"cannot make a mount namespace ({why}); CI requires it")
+        pytest.skip(f"cannot make a mount namespace: {why} (needs root)")
+    whole = machine.config.read_text()
+    mysql = whole[whole.index("[[dump]]"):whole.index("[[dump]]", whole.index("[[dump]]") + 1)]
+    config = tmp_path / "ketch.toml"
+    config.write_text(whole[:whole.index("[[set]]")] + mysql)
+    assert unshare is not None
+    proc = subprocess.run([unshare, "--mount", "sh", "-c", hide + 'exec "$@"', "sh",
+                           sys.executable, "-m", "ketch", "drill", "--config", str(config)],
+                          capture_output=True, env=_subprocess_env(None), timeout=120)
+    out = proc.stdout.decode()
+    assert proc.returncode == 1, out + proc.stderr.decode()
+    assert ("warning: skipped loading: no MariaDB server binary on this machine (mariadbd)"
+            in out)
+    assert "drillshop.sql: checksum, " in out  # its bytes and object ids were checked
