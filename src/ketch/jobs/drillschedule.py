@@ -42,10 +42,13 @@ def drill_argv(ketch_argv: list[str], config_path: str) -> list[str]:
     return [*ketch_argv, "drill", "-q", "--config", config_path]
 
 
-def render_drill_systemd(config_path: str, schedule: str, ketch_argv: list[str], marker: str,
-                         quote: Callable[[str], str]) -> dict[str, str]:
-    """{ketch-drill.service, ketch-drill.timer}; `quote` is the nightly unit's
-    ExecStart= quoting (passed in: it lives in ketch.jobs.schedule)."""
+def render_drill_systemd(config_path: str, schedule: str | None, ketch_argv: list[str],
+                         marker: str, quote: Callable[[str], str]) -> dict[str, str]:
+    """{ketch-drill.service, ketch-drill.timer}, or {} for no drill (None);
+    `quote` is the nightly unit's ExecStart= quoting (passed in: it lives in
+    ketch.jobs.schedule)."""
+    if schedule is None:
+        return {}
     exec_start = " ".join(quote(a) for a in drill_argv(ketch_argv, config_path))
     service = f"""{marker}
 # config: {config_path}

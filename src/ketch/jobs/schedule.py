@@ -300,12 +300,6 @@ PATH={CRON_ENV_PATH}
 """ + (render_drill_cron_line(config_path, drill, ketch_argv) if drill else "")
 
 
-def _drill_units(config_path: str, argv: list[str], drill: str | None) -> dict[str, str]:
-    if not drill:
-        return {}
-    return render_drill_systemd(config_path, drill, argv, MARKER, _systemd_quote)
-
-
 def systemd_running() -> bool:
     return systemd_is_init()
 
@@ -393,7 +387,7 @@ def install(config_path: str, sched: Schedule, *, ketch_argv: list[str] | None =
             raise UsageError(f"systemd is not running here (not PID 1, or no "
                              f"{SYSTEMD_RUNNING_FLAG}): use a cron entry instead (--cron)")
         units = render_systemd(config_path, sched, argv, unit=unit, server=server)
-        units.update(_drill_units(config_path, argv, drill))
+        units.update(render_drill_systemd(config_path, drill, argv, MARKER, _systemd_quote))
         for name, text in units.items():
             _write(Path(systemd_dir, name), text)
         if removed := _remove_cron(cron_path):
@@ -406,9 +400,8 @@ def install(config_path: str, sched: Schedule, *, ketch_argv: list[str] | None =
             notes.append("systemctl not run: the timer is written but not enabled")
     else:
         _write(Path(cron_path), render_cron(config_path, sched, argv, server=server, drill=drill))
-        removed = _remove_systemd(systemd_dir, unit, run_systemctl)
-        if drill or unit == UNIT:
-            removed += _remove_systemd(systemd_dir, DRILL_UNIT, run_systemctl)
+        removed = _remove_systemd(systemd_dir, unit, run_systemctl) + (
+            _remove_systemd(systemd_dir, DRILL_UNIT, run_systemctl) if unit == UNIT else [])
         if removed:
             notes.append(f"removed the systemd units {', '.join(removed)}")
     info = show(config_path, sched, ketch_argv=argv, systemd_dir=systemd_dir,
@@ -421,9 +414,8 @@ def install(config_path: str, sched: Schedule, *, ketch_argv: list[str] | None =
 def remove(*, systemd_dir: str = SYSTEMD_DIR, cron_path: str = CRON_PATH,
            run_systemctl: bool = True, unit: str = UNIT) -> ScheduleInfo:
     """Disable and delete the timer and/or the cron file; `files` lists what went."""
-    removed = _remove_systemd(systemd_dir, unit, run_systemctl) + _remove_cron(cron_path)
-    if unit == UNIT:  # the restore drill goes with the nightly run
-        removed += _remove_systemd(systemd_dir, DRILL_UNIT, run_systemctl)
+    removed = _remove_systemd(systemd_dir, unit, run_systemctl) + _remove_cron(cron_path) + (
+        _remove_systemd(systemd_dir, DRILL_UNIT, run_systemctl) if unit == UNIT else [])
     kind = ("systemd" if any(f.endswith(".timer") for f in removed)
             else "cron" if removed else None)
     return ScheduleInfo(kind=kind, files=removed,
@@ -471,7 +463,7 @@ def show(config_path: str | None, sched: Schedule, *, ketch_argv: list[str] | No
             info.notes.append("only part of the systemd units exist: run install again")
         if config_path:
             rendered = render_systemd(config_path, sched, argv, unit=unit, server=server)
-            rendered.update(_drill_units(config_path, argv, drill))
+            rendered.update(render_drill_systemd(config_path, drill, argv, MARKER, _systemd_quote))
             expected = {Path(systemd_dir, n): t for n, t in rendered.items()}
         info.files += [str(p) for p in _unit_paths(systemd_dir, DRILL_UNIT) if p.exists()]
         if cron.exists():
