@@ -113,6 +113,9 @@ def drill_dump(vfs: VFS, spec: DumpSpec, item: DrillItem, progress: Progress, *,
     # Roles first: the databases' dumps name them as owners.
     files.sort(key=lambda f: (f.name != b"globals.sql", f.name))
     progress.start(sum(vfs.size(f) for f in files), len(files))
+    if spec.type == "mongodb":
+        item.notes.append("MongoDB archives are checked (size, object ids, SHA-256), "
+                          "not restored: ketch starts no throwaway MongoDB server")
     server: ThrowawayServer | None = None
     if spec.type in ("mysql", "postgresql"):
         server = MariaDB(scratch) if spec.type == "mysql" else Postgres(scratch)
