@@ -303,6 +303,12 @@ def test_schedule_install_writes_the_drill_entry(tmp_path: Path) -> None:
                  cron_path=str(cron), systemd_dir=str(sdir), run_systemctl=False,
                  drill="Sat 05:15")
     assert shown.up_to_date
+    # `[drill] enabled = false` later: installing again takes the drill's units away.
+    install(str(config), load_config(str(config)).schedule, ketch_argv=argv, cron_path=str(cron),
+            systemd_dir=str(sdir), use_systemd=True, run_systemctl=False, drill=None)
+    assert sorted(p.name for p in sdir.iterdir()) == ["ketch-backup.service", "ketch-backup.timer"]
+    install(str(config), load_config(str(config)).schedule, ketch_argv=argv, cron_path=str(cron),
+            systemd_dir=str(sdir), use_systemd=True, run_systemctl=False, drill="Sat 05:15")
     removed = remove(systemd_dir=str(sdir), cron_path=str(cron), run_systemctl=False)
     assert str(sdir / "ketch-drill.timer") in removed.files
     assert list(sdir.iterdir()) == []

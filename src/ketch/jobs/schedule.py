@@ -11,10 +11,8 @@ On a backup server (a `ServerJob`: `schedule install --server ROOT`) the job is
 retention instead: `ketch prune --all ROOT`, then `ketch gc --all ROOT`
 (skipped when prune failed), with the server config in $KETCH_SERVER_CONFIG,
 at the server config's `[schedule] time`, without a random delay, and as the
-user who owns ROOT.
-
-Beside the nightly run, the restore drill (`ketch drill`, at `[drill] schedule`,
-weekly by default): its own systemd units, or a second line in the cron file.
+user who owns ROOT. Beside the nightly run: the restore drill (`ketch drill`, at
+`[drill] schedule`), its own systemd units, or a second line in the cron file.
 """
 
 from __future__ import annotations
@@ -388,6 +386,8 @@ def install(config_path: str, sched: Schedule, *, ketch_argv: list[str] | None =
                              f"{SYSTEMD_RUNNING_FLAG}): use a cron entry instead (--cron)")
         units = render_systemd(config_path, sched, argv, unit=unit, server=server)
         units.update(render_drill_systemd(config_path, drill, argv, MARKER, _systemd_quote))
+        if not drill and unit == UNIT:  # `[drill] enabled = false` since the last install
+            _remove_systemd(systemd_dir, DRILL_UNIT, run_systemctl)
         for name, text in units.items():
             _write(Path(systemd_dir, name), text)
         if removed := _remove_cron(cron_path):
