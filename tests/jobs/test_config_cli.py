@@ -189,11 +189,12 @@ def test_check_of_the_schedule_with_a_cron_daemon(tmp_path: Path,
     assert "! schedule: not installed (`ketch schedule install`)\n" in proc.stdout.decode()
 
     install(str(cfg), load_config(str(cfg)).schedule, cron_path=str(cron),
-            systemd_dir=str(sd), use_systemd=False)
+            systemd_dir=str(sd), use_systemd=False, drill=load_config(str(cfg)).drill.scheduled)
     proc = in_pid_namespace("config", "check", "-c", cfg, *where, cron_running=True)
     out = proc.stdout.decode()
     assert proc.returncode == 0, out
     assert f"✓ schedule (cron: {cron}): daily at 22:00, up to 30m later; next run " in out
+    assert "; restore drill Sun 04:00\n" in out
 
     cfg.write_text(cfg.read_text() + '[schedule]\ntime = "23:15"\n')
     proc = in_pid_namespace("config", "check", "-c", cfg, *where, cron_running=True)

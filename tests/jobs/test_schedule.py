@@ -379,8 +379,10 @@ def test_cli_install_show_remove(tmp_path: Path, config: str, run_ketch: RunKetc
                             cron_running=True)
     assert proc.returncode == 0, proc.stderr
     assert b"schedule: cron" in proc.stdout and b"next run: " in proc.stdout
-    [(fields, user, _)] = _cron_jobs(cron.read_text())
+    [(fields, user, _), (drill_fields, _, drill)] = _cron_jobs(cron.read_text())
     assert fields[:2] == ["5", "4"] and user == "root"
+    # The restore drill, weekly by default ([drill] schedule = "Sun 04:00").
+    assert drill_fields == ["0", "4", "*", "*", "0"] and " drill -q --config " in drill
     proc = in_pid_namespace("schedule", "show", "--json", "-c", config, *where,
                             cron_running=True)
     shown = json.loads(proc.stdout)

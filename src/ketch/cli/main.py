@@ -23,6 +23,7 @@ COMMANDS = {
     "init": "init", "index": "index", "save": "save", "ls": "ls", "restore": "restore",
     "cat-file": "cat_file", "split": "split", "join": "join", "server": "server", "run": "run",
     "mirror": "mirror", "prune": "prune", "gc": "gc",
+    "drill": "drill",
     "schedule": "schedule",
     "config": "config",
     "completion": "completion",

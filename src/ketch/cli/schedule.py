@@ -28,6 +28,13 @@ def _schedule_of(config: str) -> Schedule:
     return load_config(config).schedule
 
 
+def _drill_of(config: str, server: bool) -> str | None:
+    """The restore drill's schedule, installed beside the nightly run."""
+    from ketch.jobs.config import load_config
+
+    return None if server else load_config(config).drill.scheduled
+
+
 def _job(config: str | None, server: bool, root: str | None) -> tuple[str, Schedule, Any]:
     """(config path, schedule, the server's job or None)."""
     if root is not None and not server:
@@ -82,7 +89,8 @@ def command() -> None:
 @_dirs
 def install_cmd(config: str | None, server: bool, root: str | None, use_cron: bool,
                 systemd_dir: str, cron_file: str | None) -> None:
-    """Install (or update) the nightly `ketch run` of the config's [schedule].
+    """Install (or update) the nightly `ketch run` of the config's [schedule],
+    and the restore drill (`ketch drill`) at its [drill] schedule.
 
     With --server: on the backup server, `ketch prune --all ROOT` then `ketch gc
     --all ROOT` nightly at the server config's [schedule] time (ROOT: the
@@ -92,7 +100,7 @@ def install_cmd(config: str | None, server: bool, root: str | None, use_cron: bo
     config, sched, job = _job(config, server, root)
     where = _where(server, cron_file)
     info = install(config, sched, systemd_dir=systemd_dir, **where, server=job,
-                   use_systemd=False if use_cron else None)
+                   use_systemd=False if use_cron else None, drill=_drill_of(config, server))
     if info.problem:
         # Written anyway, so that starting the daemon is all that is left to do;
         # but no "next run" that will never come.
@@ -131,7 +139,8 @@ def show_cmd(config: str | None, server: bool, root: str | None, systemd_dir: st
     from ketch.jobs.schedule import show
 
     config, sched, job = _job(config, server, root)
-    info = show(config, sched, systemd_dir=systemd_dir, **_where(server, cron_file), server=job)
+    info = show(config, sched, systemd_dir=systemd_dir, **_where(server, cron_file), server=job,
+                drill=_drill_of(config, server))
     print_schedule(info, as_json=as_json, server=server)
     if info.problem and not as_json:
         click.echo(f"ketch: error: {info.problem}", err=True)

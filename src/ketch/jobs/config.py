@@ -36,6 +36,7 @@ from ketch.jobs.model import (
     DUMP_TYPES,
     BackupSet,
     Config,
+    Drill,
     DumpSpec,
     EmailSettings,
     Notify,
@@ -79,7 +80,7 @@ _STR, _TEXT, _INT, _NUM, _BOOL, _STRS, _ABS, _ABSS, _ENV, _TABLE, _TABLES, _RET 
 
 _TOP = {"repository": _STR, "log_file": _ABS, "lock_file": _ABS, "compress": _INT,
         "retention": _RET, "set": _TABLES, "dump": _TABLES, "schedule": _TABLE,
-        "notify": _TABLE}
+        "notify": _TABLE, "drill": _TABLE}
 _SET = {"name": _STR, "paths": _ABSS, "exclude": _STRS, "exclude_from": _ABSS,
         "exclude_rx": _STRS, "exclude_if_present": _STRS, "one_file_system": _BOOL,
         "retention": _RET}
@@ -90,6 +91,7 @@ _DUMP = {"name": _STR, "type": _STR, "databases": _STRS, "host": _STR, "port": _
 # A [retention] table's keys (the `ketch prune` options'), for the reference.
 RETENTION_SCHEMA = {key: _STR if key == "keep-within" else _INT for key in RETENTION_KEYS}
 _SCHEDULE = {"time": _STR, "randomized_delay": _STR, "enabled": _BOOL}
+_DRILL = {"schedule": _STR, "sample": _INT, "enabled": _BOOL}
 _NOTIFY = {"ping_url": _STR, "on_success": _BOOL, "email": _TABLE, "timeout": _NUM}
 _EMAIL = {"smtp_host": _STR, "to": _STRS, "from": _STR, "smtp_port": _INT, "starttls": _BOOL,
           "ssl": _BOOL, "username": _STR, "password_file": _ABS}
@@ -307,6 +309,21 @@ def _build_schedule(ld: _Loader, raw: dict[str, Any]) -> Schedule:
     return Schedule(**v)
 
 
+def _build_drill(ld: _Loader, raw: dict[str, Any]) -> Drill:
+    from ketch.jobs.drillschedule import parse_drill_schedule
+
+    v = ld.table(raw, _DRILL, ("drill",))
+    if "schedule" in v:
+        try:
+            parse_drill_schedule(v["schedule"])
+        except UsageError:
+            ld.error(("drill", "schedule"), f"expected [DAY[,DAY...]] HH:MM (e.g. \"Sun 04:00\"; "
+                                            f"no day: daily), got {v['schedule']!r}")
+    if "sample" in v and v["sample"] < 1:
+        ld.error(("drill", "sample"), f"expected a number of files, at least 1, got {v['sample']}")
+    return Drill(**v)
+
+
 def _build_notify(ld: _Loader, raw: dict[str, Any]) -> Notify:
     v = ld.table(raw, _NOTIFY, ("notify",))
     url = v.get("ping_url")
@@ -362,9 +379,10 @@ def _build(ld: _Loader, data: dict[str, Any]) -> Config:
                 built[section].append(item)
     schedule = _build_schedule(ld, top.pop("schedule", {}))
     notify = _build_notify(ld, top.pop("notify", {}))
+    drill = _build_drill(ld, top.pop("drill", {}))
     top.setdefault("repository", "")  # missing: an issue already; the Config is dropped
     return Config(**top, sets=built["set"], dumps=built["dump"], schedule=schedule,
-                  notify=notify)
+                  notify=notify, drill=drill)
 
 
 def parse_config(text: str, source: str) -> Config:

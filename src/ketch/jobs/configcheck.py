@@ -227,7 +227,7 @@ def _check_schedule(cfg: Config, cron_path: str, systemd_dir: str) -> CheckResul
     sched = cfg.schedule
     try:
         info = show(os.path.abspath(cfg.source), sched, cron_path=cron_path,
-                    systemd_dir=systemd_dir)
+                    systemd_dir=systemd_dir, drill=cfg.drill.scheduled)
     except (KetchError, OSError) as e:
         return _fail("schedule", _one_line(e))
     if info.kind is None:
@@ -242,7 +242,9 @@ def _check_schedule(cfg: Config, cron_path: str, systemd_dir: str) -> CheckResul
     if not info.up_to_date:
         return _fail(what, "; ".join(info.notes) or "differs from the config")
     when = f"next run {info.next_run:%Y-%m-%d %H:%M}" if info.next_run else "installed"
-    return _ok(what, f"daily at {sched.time}, up to {sched.randomized_delay} later; {when}")
+    drill = f"; restore drill {cfg.drill.schedule}" if cfg.drill.enabled else ""
+    return _ok(what, f"daily at {sched.time}, up to {sched.randomized_delay} later; {when}"
+               + drill)
 
 
 def check_config(cfg: Config, *, progress: Callable[[str], None] | None = None,

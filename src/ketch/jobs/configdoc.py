@@ -16,6 +16,7 @@ from ketch.jobs.model import (
     DUMP_TYPES,
     BackupSet,
     Config,
+    Drill,
     DumpSpec,
     EmailSettings,
     Notify,
@@ -35,6 +36,7 @@ MEANINGS: dict[str, dict[str, str]] = {
         "dump": "the database dumps, as [[dump]] tables (below)",
         "schedule": "when `ketch schedule install` runs `ketch run` (below)",
         "notify": "who hears about failures (below)",
+        "drill": "the restore drill, `ketch drill` (below)",
     },
     "set": {
         "name": "the branch each run adds a save to (ketch ls NAME)",
@@ -94,6 +96,9 @@ _SECTIONS: list[tuple[str, str, dict[str, str], type, str]] = [
     ("retention", "[retention]", schema.RETENTION_SCHEMA, Config,
      "Saves `ketch run` keeps: the newest, and each one a key keeps."),
     ("schedule", "[schedule]", schema._SCHEDULE, ScheduleModel, "When it runs: daily."),
+    ("drill", "[drill]", schema._DRILL, Drill,
+     "The restore drill (`ketch drill`): a sample of each set restored and compared, each "
+     "dump loaded into a throwaway server; weekly, beside the nightly run."),
     ("notify", "[notify]", schema._NOTIFY, Notify, "Who hears about a run."),
     ("email", "[notify.email]", schema._EMAIL, EmailSettings,
      "Mail on failures and warnings (every run with on_success = true)."),

@@ -49,6 +49,11 @@ _HINTS: dict[str, dict[str, tuple[str, str]]] = {
         "randomized_delay": ('"30m"', "random delay, so servers don't all start at once"),
         "enabled": ("false", "`ketch schedule install` then installs no timer"),
     },
+    "drill": {
+        "schedule": ('"Sun 04:00"', "when `ketch drill` runs: [DAY[,DAY...]] HH:MM; no day: daily"),
+        "sample": ("100", "files of each set's latest save restored and checked"),
+        "enabled": ("false", "`ketch schedule install` then installs no drill"),
+    },
     "notify": {
         "ping_url": ('"https://hc-ping.com/YOUR-UUID"', "GET URL/start, URL on success, URL/fail"),
         "on_success": ("true", "email on success too (pings always report success)"),
@@ -162,6 +167,15 @@ def _retention(out: list[str], header: str, table: Retention | None) -> None:
         out.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
 
 
+def _drill(out: list[str], cfg: Config, comments: bool) -> None:
+    out.append("")
+    if comments:
+        out += ["# The restore drill (`ketch drill`): restores a sample of every set and loads",
+                "# every dump into a throwaway server; a failure notifies as a run does."]
+    out.append("[drill]")
+    _emit(out, cfg.drill, "drill", comments, always=("schedule", "sample"))
+
+
 def render_config(cfg: Config, *, comments: bool = True) -> str:
     """TOML that `parse_config` reads back to a Config equal to `cfg` (but `source`)."""
     out: list[str] = []
@@ -178,7 +192,8 @@ def render_config(cfg: Config, *, comments: bool = True) -> str:
     out.append(f"repository = {toml_str(cfg.repository)}")
     # The tables are written below: TOML puts a table's keys after its header.
     _emit(out, cfg, "top", comments,
-          skip=("repository", "sets", "dumps", "schedule", "notify", "source", "retention"))
+          skip=("repository", "sets", "dumps", "schedule", "notify", "source", "retention",
+                "drill"))
     if cfg.retention is not None or comments:
         out.append("")
         note(_RETENTION_NOTE)
@@ -209,6 +224,7 @@ def render_config(cfg: Config, *, comments: bool = True) -> str:
     note("When `ketch schedule install` runs it: daily.")
     out.append("[schedule]")
     _emit(out, cfg.schedule, "schedule", comments, always=("time", "randomized_delay"))
+    _drill(out, cfg, comments)
     if comments or cfg.notify != Notify():
         out.append("")
         note("Who hears about failures (and, with on_success, about every run).")

@@ -10,6 +10,7 @@ produces it; dumps, runner, schedule and notify consume it).
                 [dump.retention]
     [schedule]  time = "22:00", randomized_delay = "30m"
     [notify]    ping_url, on_success, [notify.email] ...
+    [drill]     schedule = "Sun 04:00", sample = 100, enabled
 """
 
 from __future__ import annotations
@@ -85,6 +86,20 @@ class Schedule:
 
 
 @dataclass
+class Drill:
+    """`ketch drill`: restore a sample of each set's latest save, load each dump."""
+
+    schedule: str = "Sun 04:00"  # [DAY[,DAY...]] HH:MM, local time; no day: daily
+    sample: int = 100  # files restored per set
+    enabled: bool = True  # whether `ketch schedule install` installs the drill
+
+    @property
+    def scheduled(self) -> str | None:
+        """The schedule `ketch schedule install` writes for the drill, or None."""
+        return self.schedule if self.enabled else None
+
+
+@dataclass
 class EmailSettings:
     smtp_host: str
     to: list[str]
@@ -112,6 +127,7 @@ class Config:
     dumps: list[DumpSpec] = field(default_factory=list)
     schedule: Schedule = field(default_factory=Schedule)
     notify: Notify = field(default_factory=Notify)
+    drill: Drill = field(default_factory=Drill)
     log_file: str | None = None
     lock_file: str | None = None  # default: next to the config's repository cache
     compress: int = 1

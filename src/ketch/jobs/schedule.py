@@ -11,7 +11,8 @@ On a backup server (a `ServerJob`: `schedule install --server ROOT`) the job is
 retention instead: `ketch prune --all ROOT`, then `ketch gc --all ROOT`
 (skipped when prune failed), with the server config in $KETCH_SERVER_CONFIG,
 at the server config's `[schedule] time`, without a random delay, and as the
-user who owns ROOT.
+user who owns ROOT. Beside the nightly run: the restore drill (`ketch drill`, at
+`[drill] schedule`), its own systemd units, or a second line in the cron file.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from ketch.errors import KetchError, UsageError
+from ketch.jobs.drillschedule import DRILL_UNIT, render_drill_cron_line, render_drill_systemd
 from ketch.jobs.firing import SYSTEMD_RUNNING_FLAG, systemd_is_init, why_it_will_not_fire
 from ketch.jobs.model import Schedule
 from ketch.jobs.serverjob import USER_RX, ServerJob
@@ -272,7 +274,7 @@ PATH={CRON_ENV_PATH}
 
 
 def render_cron(config_path: str, sched: Schedule, ketch_argv: list[str], *,
-                server: ServerJob | None = None) -> str:
+                server: ServerJob | None = None, drill: str | None = None) -> str:
     """An /etc/cron.d file (with the user field) running the backup as root (with
     `server`: the backup server's prune and gc of its ROOT)."""
     if server is not None:
@@ -293,7 +295,7 @@ def render_cron(config_path: str, sched: Schedule, ketch_argv: list[str], *,
 SHELL=/bin/sh
 PATH={CRON_ENV_PATH}
 {minute} {hour} * * * root {command} >/dev/null
-"""
+""" + (render_drill_cron_line(config_path, drill, ketch_argv) if drill else "")
 
 
 def systemd_running() -> bool:
@@ -356,10 +358,11 @@ def install(config_path: str, sched: Schedule, *, ketch_argv: list[str] | None =
             systemd_dir: str = SYSTEMD_DIR, cron_path: str = CRON_PATH,
             use_systemd: bool | None = None, run_systemctl: bool = True,
             unit: str = UNIT, proc_dir: str = "/proc",
-            server: ServerJob | None = None) -> ScheduleInfo:
+            server: ServerJob | None = None, drill: str | None = None) -> ScheduleInfo:
     """Write the timer (and enable it) or the cron file; replaces the other kind
     if it was installed before. `run_systemctl=False` only writes the files.
     `server`: the backup server's retention job instead of `ketch run`.
+    `drill`: the `[drill] schedule` of a restore drill installed beside the run.
 
     The files are written even where they will not fire (so that starting the
     daemon later is all it takes); the returned `problem` then says why."""
@@ -382,22 +385,28 @@ def install(config_path: str, sched: Schedule, *, ketch_argv: list[str] | None =
             raise UsageError(f"systemd is not running here (not PID 1, or no "
                              f"{SYSTEMD_RUNNING_FLAG}): use a cron entry instead (--cron)")
         units = render_systemd(config_path, sched, argv, unit=unit, server=server)
+        units.update(render_drill_systemd(config_path, drill, argv, MARKER, _systemd_quote))
+        if not drill and unit == UNIT:  # `[drill] enabled = false` since the last install
+            _remove_systemd(systemd_dir, DRILL_UNIT, run_systemctl)
         for name, text in units.items():
             _write(Path(systemd_dir, name), text)
         if removed := _remove_cron(cron_path):
             notes.append(f"removed the cron entry {removed[0]}")
         if run_systemctl:
             _systemctl("daemon-reload")
-            _systemctl("enable", "--now", f"{unit}.timer")
+            _systemctl("enable", "--now", f"{unit}.timer",
+                       *([f"{DRILL_UNIT}.timer"] if drill else []))
         else:
             notes.append("systemctl not run: the timer is written but not enabled")
     else:
-        _write(Path(cron_path), render_cron(config_path, sched, argv, server=server))
-        if removed := _remove_systemd(systemd_dir, unit, run_systemctl):
+        _write(Path(cron_path), render_cron(config_path, sched, argv, server=server, drill=drill))
+        removed = _remove_systemd(systemd_dir, unit, run_systemctl) + (
+            _remove_systemd(systemd_dir, DRILL_UNIT, run_systemctl) if unit == UNIT else [])
+        if removed:
             notes.append(f"removed the systemd units {', '.join(removed)}")
     info = show(config_path, sched, ketch_argv=argv, systemd_dir=systemd_dir,
                 cron_path=cron_path, run_systemctl=run_systemctl, unit=unit, proc_dir=proc_dir,
-                server=server)
+                server=server, drill=drill)
     info.notes[:0] = notes
     return info
 
@@ -405,7 +414,8 @@ def install(config_path: str, sched: Schedule, *, ketch_argv: list[str] | None =
 def remove(*, systemd_dir: str = SYSTEMD_DIR, cron_path: str = CRON_PATH,
            run_systemctl: bool = True, unit: str = UNIT) -> ScheduleInfo:
     """Disable and delete the timer and/or the cron file; `files` lists what went."""
-    removed = _remove_systemd(systemd_dir, unit, run_systemctl) + _remove_cron(cron_path)
+    removed = _remove_systemd(systemd_dir, unit, run_systemctl) + _remove_cron(cron_path) + (
+        _remove_systemd(systemd_dir, DRILL_UNIT, run_systemctl) if unit == UNIT else [])
     kind = ("systemd" if any(f.endswith(".timer") for f in removed)
             else "cron" if removed else None)
     return ScheduleInfo(kind=kind, files=removed,
@@ -433,10 +443,10 @@ def show(config_path: str | None, sched: Schedule, *, ketch_argv: list[str] | No
          systemd_dir: str = SYSTEMD_DIR, cron_path: str = CRON_PATH,
          run_systemctl: bool = True, unit: str = UNIT,
          now: datetime | None = None, proc_dir: str = "/proc",
-         server: ServerJob | None = None) -> ScheduleInfo:
+         server: ServerJob | None = None, drill: str | None = None) -> ScheduleInfo:
     """What is installed, whether it matches the config, whether it will fire
     here, and when it runs next (from the installed entry, not the config).
-    `server`: the backup server's retention job, as `install` takes it."""
+    `server` and `drill`: as `install` takes them."""
     again = "ketch schedule install" + (" --server" if server is not None else "")
     units = _unit_paths(systemd_dir, unit)
     cron = Path(cron_path)
@@ -453,7 +463,9 @@ def show(config_path: str | None, sched: Schedule, *, ketch_argv: list[str] | No
             info.notes.append("only part of the systemd units exist: run install again")
         if config_path:
             rendered = render_systemd(config_path, sched, argv, unit=unit, server=server)
+            rendered.update(render_drill_systemd(config_path, drill, argv, MARKER, _systemd_quote))
             expected = {Path(systemd_dir, n): t for n, t in rendered.items()}
+        info.files += [str(p) for p in _unit_paths(systemd_dir, DRILL_UNIT) if p.exists()]
         if cron.exists():
             info.files.append(cron_path)
             info.notes.append(f"{cron_path} exists too: the backup may run twice")
@@ -461,7 +473,7 @@ def show(config_path: str | None, sched: Schedule, *, ketch_argv: list[str] | No
         info.kind, info.files, info.units_present = "cron", [cron_path], True
         info.installed_time = _installed_time(cron, "cron")
         if config_path:
-            expected = {cron: render_cron(config_path, sched, argv, server=server)}
+            expected = {cron: render_cron(config_path, sched, argv, server=server, drill=drill)}
     if expected:
         info.up_to_date = sched.enabled and all(
             p.exists() and p.read_text(encoding="utf-8") == t for p, t in expected.items())

@@ -315,7 +315,7 @@ class Server:
         name = arg.strip()
         new_hex = self.conn.readline().strip()
         old_hex = self.conn.readline().strip()
-        if not name.startswith((b"refs/heads/", b"refs/tags/")):
+        if not name.startswith((b"refs/heads/", b"refs/tags/", b"refs/ketch/")):
             raise Refused(f"{name.decode(errors='replace')}: only branches and tags may be set")
         check_ref_name(name)
         try:
