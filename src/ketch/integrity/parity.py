@@ -42,6 +42,7 @@ class ParityError(KetchError):
     """par2 is missing, failed, or the parity files are not usable."""
 
 
+NOT_INSTALLED = "par2 is not installed (apt-get install par2)"
 # bup's `fsck -g` settings: one recovery file of 200 blocks.
 CREATE_ARGS = ("-n1", "-c200")
 _INDEX = ".par2"
@@ -93,7 +94,7 @@ def has_parity(pack_path: str) -> bool:
 
 def _need_par2() -> None:
     if not available():
-        raise ParityError("par2 is not installed (apt-get install par2)")
+        raise ParityError(NOT_INSTALLED)
 
 
 def _last_line(*outputs: bytes) -> str:

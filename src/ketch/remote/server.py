@@ -12,7 +12,7 @@ Differences from `bup server`, all invisible to a bup client:
 - `--restrict-to DIR` confines every path to DIR and `--append-only` refuses to
   delete or rewind refs (bup has neither);
 - `gc` (ketch's own command) collects the repository's garbage where its packs
-  are, for a key that is not append-only.
+  are, for a key that is not append-only; `par2` has parity made for new packs.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class Server:
             b"receive-objects-v2": self.receive_objects, b"read-ref": self.read_ref,
             b"update-ref": self.update_ref, b"join": self.join, b"cat": self.join,
             b"cat-batch": self.cat_batch, b"refs": self.refs, b"rev-list": self.rev_list,
-            b"resolve": self.resolve, b"gc": self.gc,
+            b"resolve": self.resolve, b"gc": self.gc, b"par2": self.par2,
         }
 
     # -- the loop -------------------------------------------------------------
@@ -418,6 +418,15 @@ class Server:
         if failure:
             raise failure[0]
         self.conn.write(json.dumps(outcome[0], sort_keys=True, default=str).encode() + b"\n")
+        self.conn.ok()
+
+    def par2(self, _: bytes) -> None:
+        """Parity for each pack this session writes (a client's `save --par2`)."""
+        from ketch.integrity import parity
+
+        if not parity.available():
+            raise KetchError(parity.NOT_INSTALLED)
+        self._repo().make_parity(parity.generate)
         self.conn.ok()
 
     # -- objects out ----------------------------------------------------------
