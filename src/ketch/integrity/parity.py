@@ -9,11 +9,10 @@ which makes `pack-SHA.par2` (the index: file ids and hashes) and
 `pack-SHA.vol000+200.par2` (200 recovery blocks, about 10% of the pack and its
 idx), then moves them beside the pack, the index last; `verify` and `repair`
 run `par2 verify|repair -- pack-SHA`. ketch runs the same commands, so bup's
-parity and ketch's are the same bytes, and each reads the other's. Two
-differences, neither in the files: `-q` instead of `-qq`, so that a failure
-can say why (par2's last line), and no `-t1`: par2 uses every core (its output
-does not depend on the thread count), which matters since par2 creates parity
-at only about 4 MB/s per core.
+parity and ketch's are the same bytes, and each reads the other's. One
+difference, not in the files: `-q` instead of `-qq`, so that a failure can say
+why (par2's last line). `-t1` stays: par2's threads spin while they wait, and
+on a busy machine two threads made parity 6 times slower than one.
 
 Why a temp directory: par2 interrupted by Ctrl-C leaves empty or partial files
 (Parchive/par2cmdline#84). Nothing appears beside the pack until par2 is done
@@ -113,13 +112,13 @@ def _timeout(base: str) -> float:
 
 def _par2(action: str, args: list[str], base: str, *,
           cwd: str | None = None) -> tuple[int, str]:
-    """Run `par2 ACTION -q ARGS`: its exit code and last line of output.
+    """Run `par2 ACTION -q -t1 ARGS`: its exit code and last line of output.
     ParityError when it cannot run or takes far longer than it should."""
     _need_par2()
     limit = _timeout(base)
     name = os.path.basename(base) + ".pack"
     try:
-        proc = subprocess.run(["par2", action, "-q", *args], cwd=cwd,
+        proc = subprocess.run(["par2", action, "-q", "-t1", *args], cwd=cwd,
                               stdin=subprocess.DEVNULL, capture_output=True, timeout=limit)
     except subprocess.TimeoutExpired:
         raise ParityError(f"{name}: par2 {action} gave no answer in {limit:.0f} s") from None
