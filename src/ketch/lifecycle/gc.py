@@ -139,6 +139,7 @@ class _Gc:
         self.gcdir.clear_tmp()
         clear_stale_expiry(os.fsencode(self.repo.path))
         finish_hide(self.repo.pack_dir, self.gcdir.doomed)
+        drop_orphan_parity(self.repo.pack_dir)
         doomed = self.gcdir.doomed_idx()
         if not doomed:
             return True

@@ -76,6 +76,7 @@ def hide(pack_dir: str, doomed: str, pack_paths: list[str]) -> None:
         _move(pack, doomed)
         for ext in _COMPANIONS:
             _move(base + ext, doomed)
+        crashpoint.reach("hide-parity")
         for par2 in glob.glob(glob.escape(base) + "*.par2"):  # its parity (bup's fsck -g)
             _move(par2, doomed)
     fsync_dir(doomed)
