@@ -20,6 +20,7 @@ from ketch.offsite.manifest import Manifest, ManifestError, manifest_key, pack_k
 from ketch.offsite.pull import pull
 from ketch.offsite.push import push
 from ketch.offsite.s3 import S3Store
+from ketch.offsite.store import DirStore
 from ketch.offsite.verify import verify
 from ketch.repo import LocalRepository
 from ketch.save import SaveOptions, save
@@ -112,3 +113,20 @@ def test_manifest_without_parity_loads(store: S3Store, repo: Path) -> None:
         doc["packs"][0]["parity"] = [{"name": bad, "size": 1, "sha256": "0" * 64}]
         with pytest.raises(ManifestError, match="bad parity file name"):
             Manifest.from_json(json.dumps(doc).encode(), "hostile")
+
+
+def test_push_sends_a_pack_and_its_parity_before_its_idx(repo: Path, tmp_path: Path) -> None:
+    """A reader of the bare bucket that finds an idx can count on its pack."""
+    sent: list[str] = []
+
+    class Logged(DirStore):
+        def put_file(self, key: str, path: str, **kw: Any) -> None:
+            sent.append(key.rsplit("/", 1)[1])
+            super().put_file(key, path, **kw)
+
+    parity.generate(packs(repo)[1])
+    push([str(repo)], Logged(str(tmp_path / "bucket")))
+    for pack in packs(repo):
+        names = [os.path.basename(p) for p in (pack, *parity.parity_files(pack))]
+        idx = os.path.basename(pack)[: -len(".pack")] + ".idx"
+        assert all(sent.index(n) < sent.index(idx) for n in names), sent
