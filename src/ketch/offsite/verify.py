@@ -15,19 +15,16 @@ and hashed against its id.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import random
 import tempfile
 import time
-import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ketch.errors import EXIT_FAILED, EXIT_OK, EXIT_WARNINGS, CorruptObject, KetchError
-from ketch.git.idx import PackIndex
-from ketch.git.packread import PackFile
+from ketch.integrity.packcheck import check_pack
 from ketch.offsite.manifest import (
     PackEntry,
     list_repositories,
@@ -186,58 +183,9 @@ def _read_pack(store: ObjectStore, rep: RepoVerifyReport, p: PackEntry, tmp: str
     rep.packs_read += 1
     key = pack_key(rep.name, p.pack.name)
     try:
-        rep.objects_checked += check_pack(paths[0], paths[1], p.stem[len("pack-"):])
-    except CorruptObject as e:
-        return f"{key}: {e}"
+        got = check_pack(paths[0], paths[1], p.stem[len("pack-"):], read_data=True)
     finally:
         for path in paths:
             os.unlink(path)
-    return None
-
-
-def _sha1_of(path: str, end: int) -> bytes:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        left = end
-        while left:
-            block = f.read(min(left, 1 << 20))
-            if not block:
-                break
-            h.update(block)
-            left -= len(block)
-    return h.digest()
-
-
-def check_pack(pack_path: str, idx_path: str, name_hex: str) -> int:
-    """Check a pack and its idx end to end; the number of objects, or CorruptObject."""
-    idx_size = os.path.getsize(idx_path)
-    with open(idx_path, "rb") as f:
-        f.seek(idx_size - 20)
-        if f.read(20) != _sha1_of(idx_path, idx_size - 20):
-            raise CorruptObject("the idx does not match its own SHA-1")
-    size = os.path.getsize(pack_path)
-    trailer = _sha1_of(pack_path, size - 20)
-    with open(pack_path, "rb") as f:
-        f.seek(size - 20)
-        if f.read(20) != trailer:
-            raise CorruptObject("the pack does not match its trailing SHA-1")
-    if trailer.hex() != name_hex:
-        raise CorruptObject(f"the pack's SHA-1 is {trailer.hex()}, not the one in its name")
-    ix = PackIndex(idx_path)
-    try:
-        with PackFile(pack_path, ix, resolve_base=_no_external_base) as pack, \
-                open(pack_path, "rb") as f:
-            entries = sorted((off, crc, oid) for oid, crc, off in ix.iter_entries())
-            for i, (off, crc, oid) in enumerate(entries):
-                end = entries[i + 1][0] if i + 1 < len(entries) else size - 20
-                f.seek(off)
-                if zlib.crc32(f.read(end - off)) != crc:
-                    raise CorruptObject(f"entry {oid.hex()} at {off} fails its CRC32")
-            return sum(1 for _ in pack.iter_objects(verify=True))
-    finally:
-        ix.close()
-
-
-def _no_external_base(oid: bytes) -> tuple[int, bytes]:
-    # A repository's packs are self-contained (thin packs only travel over the wire).
-    raise CorruptObject(f"a delta names base {oid.hex()}, which is not in the pack")
+    rep.objects_checked += got.objects_read
+    return None if got.ok else f"{key}: {got.summary()}"
