@@ -189,3 +189,32 @@ def _read_pack(store: ObjectStore, rep: RepoVerifyReport, p: PackEntry, tmp: str
             os.unlink(path)
     rep.objects_checked += got.objects_read
     return None if got.ok else f"{key}: {got.summary()}"
+
+
+def fsck_report(store: ObjectStore, name: str, options: dict[str, Any], *,
+                where: str) -> dict[str, Any]:
+    """`ketch fsck -r s3://...`: this check of one repository, in fsck's report
+    shape (integrity.fsck.FsckReport.as_dict)."""
+    if options.get("generate") or options.get("repair"):
+        raise KetchError("an S3 mirror is read-only: run fsck -g or --repair where the "
+                         "repository is, then push it again")
+    percent = 0.0 if options.get("quick") else float(options.get("read_data") or 0.0)
+    got = verify(store, [name], read_data_percent=percent)
+    r = got.repos[0]
+    problems: list[dict[str, Any]] = []
+    if r.error is not None:
+        problems.append({"severity": "damaged", "what": "repository", "message": r.error})
+    problems += [{"severity": "damaged", "what": "missing", "file": k,
+                  "message": f"{k}: missing"} for k in r.missing]
+    problems += [{"severity": "damaged", "what": "pack", "message": c} for c in r.corrupted]
+    problems += [{"severity": "warning", "what": "extra", "file": k,
+                  "message": f"{k}: no manifest names it (an interrupted push?)"}
+                 for k in r.extra]
+    code = got.exit_code
+    return {"repository": where, "quick": bool(options.get("quick")),
+            "read_data_percent": percent, "packs": r.files_checked // 2,
+            "packs_read": r.packs_read, "objects": r.objects_checked,
+            "objects_read": r.objects_checked, "objects_reachable": 0, "refs": 0,
+            "bytes_read": r.bytes_read, "seconds": round(got.seconds, 3),
+            "problems": problems, "repairs": [], "parity_generated": 0,
+            "exit_code": code, "ok": code == EXIT_OK}
