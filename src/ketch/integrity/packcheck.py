@@ -21,6 +21,7 @@ import os
 import struct
 import zlib
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +32,9 @@ from ketch.git.idx import PackIndex
 from ketch.git.objects import header
 from ketch.git.packread import PackFile
 
-_WINDOW = 8 << 20
+_WINDOW = 4 << 20
+_THREADS = 2
+_IN_FLIGHT = 3  # windows read ahead of the checking threads (bounds memory)
 _HASH_BLOCK = 1 << 20
 
 ResolveBase = Callable[[bytes], tuple[int, bytes]]
@@ -201,6 +204,8 @@ def _read_through(rep: PackCheck, pack_path: str, size: int, offs: np.ndarray,
     h = hashlib.sha1()
     deltas: list[tuple[int, bytes]] = []
     fd = os.open(pack_path, os.O_RDONLY)
+    pending: list[Future[_Found]] = []
+    pool = ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="ketch-packcheck")
     try:
         pos = 0
         i = 0
@@ -215,14 +220,17 @@ def _read_through(rep: PackCheck, pack_path: str, size: int, offs: np.ndarray,
                 on_bytes(len(buf))
             if len(buf) < stop - pos:
                 break  # shrank while we read: the rest is cut off below
-            view = memoryview(buf)
-            for k in range(i, j):
-                off = off_list[k]
-                _entry(rep, view[off - pos : end_list[k] - pos], off,
-                       raw_ids[20 * k : 20 * k + 20], crc_list[k], read_data, deltas)
-            view.release()
+            # Inflating and hashing release the GIL: windows are checked in
+            # worker threads while this one reads and hashes the next.
+            while len(pending) >= _IN_FLIGHT:
+                _merge(rep, pending.pop(0).result(), deltas)
+            pending.append(pool.submit(_window, buf, pos, off_list[i:j], end_list[i:j],
+                                       raw_ids[20 * i : 20 * j], crc_list[i:j], read_data))
             pos = stop
             i = j
+        for f in pending:
+            _merge(rep, f.result(), deltas)
+        pending.clear()
         for k in range(i, n):
             rep.damaged.append(Damage(off_list[k], raw_ids[20 * k : 20 * k + 20],
                                       "is cut off by the end of the pack"))
@@ -232,11 +240,36 @@ def _read_through(rep: PackCheck, pack_path: str, size: int, offs: np.ndarray,
             rep.bytes_read += len(tail)
         trailer = os.pread(fd, 20, data_end) if size >= 32 else b""
     finally:
+        for f in pending:
+            f.cancel()
+        pool.shutdown()
         os.close(fd)
     if size >= 32 and h.digest() != trailer:
         rep.problems.append(f"{rep.name}: its content does not match its trailing SHA-1")
     if deltas:
         _check_deltas(rep, pack_path, ix, deltas, resolve_base)
+
+
+_Found = tuple[list[Damage], list[tuple[int, bytes]], int]
+
+
+def _window(buf: bytes, pos: int, offs: list[int], ends: list[int], ids: bytes,
+            crcs: list[int], read_data: bool) -> _Found:
+    """Check the entries of one window: (damaged, deltas, objects read)."""
+    acc = PackCheck("")
+    deltas: list[tuple[int, bytes]] = []
+    view = memoryview(buf)
+    for k, off in enumerate(offs):
+        _entry(acc, view[off - pos : ends[k] - pos], off, ids[20 * k : 20 * k + 20], crcs[k],
+               read_data, deltas)
+    view.release()
+    return acc.damaged, deltas, acc.objects_read
+
+
+def _merge(rep: PackCheck, found: _Found, deltas: list[tuple[int, bytes]]) -> None:
+    rep.damaged += found[0]
+    deltas += found[1]
+    rep.objects_read += found[2]
 
 
 def _entry(rep: PackCheck, raw: memoryview, off: int, oid: bytes, crc: int, read_data: bool,
@@ -264,11 +297,10 @@ def _object_problem(raw: memoryview, oid: bytes) -> str | None:
         return "delta" if type_num in (codec.OFS_DELTA, codec.REF_DELTA) else (
             f"has invalid type {type_num}")
     try:
-        d = zlib.decompressobj()
-        data = d.decompress(raw[p:], size + 1)
+        data = zlib.decompress(raw[p:], bufsize=max(size, 1))
     except zlib.error as e:
         return f"does not inflate ({e})"
-    if len(data) != size or not d.eof:
+    if len(data) != size:
         return f"inflates to {len(data)} bytes, its header says {size}"
     h = hashlib.sha1(header(type_num, size))
     h.update(data)
