@@ -22,8 +22,11 @@ from ketch.git.packread import PackFile
 from ketch.lifecycle.liveset import LiveSet, ids_to_bytes
 
 _READ_BATCH = 512
-_BLOB_BATCH = 1 << 16
-_REMAP_BYTES = 32 << 20
+_BLOB_BATCH = 1 << 14
+# Mapped pages count towards RSS once touched, and the kernel maps 64 KiB
+# around each fault however small the object: each read counts that much.
+_REMAP_BYTES = 4 << 20
+_FAULT_AROUND = 64 << 10
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -71,7 +74,7 @@ class Reach:
 
     def _read_at(self, k: int, pos: int) -> tuple[int, bytes]:
         got = self._pack(k).read_at(self.live.idx[k].offset_at(pos))
-        self._mapped += len(got[1])
+        self._mapped += len(got[1]) + _FAULT_AROUND
         if self._mapped >= _REMAP_BYTES:
             self._mapped = 0
             self.close()
