@@ -19,6 +19,7 @@ import bisect
 import hashlib
 import os
 import struct
+import types
 import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,6 +32,16 @@ from ketch.git import entry as codec
 from ketch.git.idx import PackIndex
 from ketch.git.objects import header
 from ketch.git.packread import PackFile
+
+# ISA-L inflates about twice as fast as zlib (same streams, same results).
+_inflater: types.ModuleType
+try:
+    from isal import isal_zlib
+
+    _inflater = isal_zlib
+except ImportError:  # pragma: no cover - isal is a dependency; a wheel may be missing
+    _inflater = zlib
+_INFLATE_ERRORS: tuple[type[BaseException], ...] = (zlib.error, _inflater.error)
 
 _WINDOW = 4 << 20
 _THREADS = 2
@@ -297,8 +308,8 @@ def _object_problem(raw: memoryview, oid: bytes) -> str | None:
         return "delta" if type_num in (codec.OFS_DELTA, codec.REF_DELTA) else (
             f"has invalid type {type_num}")
     try:
-        data = zlib.decompress(raw[p:], bufsize=max(size, 1))
-    except zlib.error as e:
+        data = _inflater.decompress(raw[p:], bufsize=max(size, 1))
+    except _INFLATE_ERRORS as e:
         return f"does not inflate ({e})"
     if len(data) != size:
         return f"inflates to {len(data)} bytes, its header says {size}"
