@@ -73,6 +73,15 @@ class GcJob(Protocol):
     def run(self, repo: LocalRepository) -> dict[str, Any]: ...
 
 
+class FsckJob(Protocol):
+    """An integrity check (`ketch fsck`), run where the repository is, as GcJob:
+    `run` on a local one; a remote one sends `options` to its server."""
+
+    options: dict[str, Any]
+
+    def run(self, repo: LocalRepository) -> dict[str, Any]: ...
+
+
 class Repository(ABC):
     """Objects by id, and refs, read: what every backend offers.
 
@@ -111,6 +120,10 @@ class Repository(ABC):
         repository that is not reached over a network (`save --json` then
         reports no traffic at all, rather than a misleading zero)."""
         return None
+
+    def check_integrity(self, job: FsckJob) -> dict[str, Any]:
+        """Run `job` where the repository's files are; its report."""
+        raise KetchError("this repository cannot be checked from here")
 
     def writable(self) -> WritableRepository:
         """This repository, to write to; raises ReadOnlyRepository when it only reads."""
@@ -426,6 +439,9 @@ class LocalRepository(WritableRepository):
                 self._lease = None
 
     def collect_garbage(self, job: GcJob) -> dict[str, Any]:
+        return job.run(self)
+
+    def check_integrity(self, job: FsckJob) -> dict[str, Any]:
         return job.run(self)
 
     # -- refs ---------------------------------------------------------------------

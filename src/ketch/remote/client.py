@@ -38,11 +38,13 @@ from ketch.remote.protocol import (
 )
 from ketch.remote.session import Client, interrupted
 from ketch.remote.spec import RemoteSpec
-from ketch.repo import AppendOnlyRepository, GcJob, WritableRepository
+from ketch.repo import AppendOnlyRepository, FsckJob, GcJob, WritableRepository
 
 _TYPE_BY_NAME = {name: num for num, name in gobj.TYPE_NAMES.items()}
 _BATCH = 256  # objects per cat-batch request when reading ahead
 _MAX_GC_REPORT = 1 << 20  # a gc report is a few hundred bytes: more is not one
+# An fsck report has a line per damaged object: a badly damaged repository's is long.
+_MAX_FSCK_REPORT = 256 << 20
 
 
 def default_cache_root() -> str:
@@ -317,26 +319,41 @@ class RemoteRepository(WritableRepository):
             self._objindex = None
         return report
 
-    def _gc_reply(self) -> dict[str, Any]:
+    def check_integrity(self, job: FsckJob) -> dict[str, Any]:
+        """Send `fsck` with the job's options: the server reads its packs and
+        answers with its report (no object crosses the connection)."""
+        self.client.require(b"fsck")
+        self._drain()
+        self.conn.write(b"fsck\n" + json.dumps(job.options, sort_keys=True).encode() + b"\n")
+        try:
+            return self._gc_reply("fsck", _MAX_FSCK_REPORT)
+        except ConnectionLost as e:
+            raise self.client._lost(e) from None
+        except RemoteError as e:
+            if str(e).startswith("append-only:"):
+                raise AppendOnlyRepository(f"server: {e}") from None
+            raise KetchError(f"server: {e}") from None
+
+    def _gc_reply(self, what: str = "gc", limit: int = _MAX_GC_REPORT) -> dict[str, Any]:
         conn = self.conn
         while True:
-            line = conn.readline(limit=_MAX_GC_REPORT)
+            line = conn.readline(limit=limit)
             if not line:
-                raise ConnectionLost(f"connection to {self.spec} lost during gc")
+                raise ConnectionLost(f"connection to {self.spec} lost during {what}")
             if line == GC_KEEPALIVE_LINE:
                 continue
             if line.startswith(b"error "):
                 raise RemoteError(line[6:].rstrip(b"\n").decode(errors="replace"))
             if line == b"\n":  # an `error` reply follows its blank line
                 conn.check_ok()
-                raise ProtocolError(f"{self.spec}: gc: ok without a report")
+                raise ProtocolError(f"{self.spec}: {what}: ok without a report")
             break
         try:
             report = json.loads(line)
         except ValueError:
             report = None
         if not isinstance(report, dict):
-            raise ProtocolError(f"{self.spec}: gc: the report is not a JSON object")
+            raise ProtocolError(f"{self.spec}: {what}: the report is not a JSON object")
         self.client.check_ok()
         return report
 
