@@ -12,12 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from ketch.errors import KetchError
 from ketch.integrity import parity
 from ketch.integrity.protect import protect_new_packs
 from ketch.jobs.config import parse_config
 from ketch.jobs.configcheck import check_config
 from ketch.jobs.model import BackupSet, Config
 from ketch.jobs.runner import run_jobs
+from ketch.lifecycle.gc import GcRun, collect
+from ketch.remote.location import open_location
 from ketch.repo import LocalRepository, init_repository
 from ketch.save import SaveOptions, save
 from tests.conftest import SRC_DIR, RunKetch
@@ -84,22 +87,25 @@ def test_save_par2_without_par2_warns_once(run_ketch: RunKetch, tmp_path: Path) 
     assert not any(parity.parity_files(pack) for pack in packs(repo))
 
 
-def test_save_par2_through_a_server(run_ketch: RunKetch, tmp_path: Path) -> None:
-    """The server makes the parity (`par2`, a command of ketch's server)."""
+def test_save_par2_through_a_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server (a real `ketch server` process) makes the parity, asked with
+    its `par2` command; one without par2 refuses before anything is sent."""
     repo = tmp_path / "repo"
-    run_ketch("init", "-d", repo, check=True)
+    init_repository(str(repo))
     _small_packs(repo)
     write_data(tmp_path / "data", size=400_000)
-    run_ketch("save", "--par2", "-q", "-r", f":{repo}", "-n", "m", tmp_path / "data", check=True)
+    warnings: list[str] = []
+    with open_location(f":{repo}", kind="remote") as remote:
+        protect_new_packs(remote.writable(), warnings.append)
+        save(remote.writable(), SaveOptions(name="m", paths=[str(tmp_path / "data")]))
+    assert warnings == []
+    assert len(packs(repo)) >= 3
     _all_protected(repo)
-    # A server without par2 says so before anything is sent.
-    write_data(tmp_path / "more", seed=2, size=400_000)
-    p = run_ketch("save", "--par2", "-q", "-r", f":{repo}", "-n", "n", tmp_path / "more",
-                  env={"PATH": str(tmp_path / "nothing")})
-    assert p.returncode == 2
-    assert p.stderr.decode() == "ketch: error: server: par2 is not installed (apt-get install par2)\n"
-    with LocalRepository(str(repo)) as r:
-        assert r.read_ref(b"refs/heads/n") is None
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))  # the server's
+    with open_location(f":{repo}", kind="remote") as remote, \
+            pytest.raises(KetchError) as e:
+        protect_new_packs(remote.writable(), warnings.append)
+    assert str(e.value) == "server: par2 is not installed (apt-get install par2)"
 
 
 def test_run_with_par2_in_the_config(tmp_path: Path) -> None:
@@ -159,9 +165,10 @@ def test_gc_par2(run_ketch: RunKetch, repo: Path) -> None:
     fsck(repo)
 
 
-def test_gc_deletes_the_parity_of_deleted_packs(run_ketch: RunKetch, repo: Path) -> None:
+def test_gc_deletes_the_parity_of_deleted_packs(repo: Path) -> None:
     before = set(packs(repo))
-    run_ketch("gc", "-d", repo, check=True)
+    with LocalRepository(str(repo)) as r:
+        assert collect(r).exit_code == 0
     gone = before - set(packs(repo))
     assert gone
     assert not [p for pack in gone for p in parity.parity_files(pack)]
@@ -171,7 +178,7 @@ def test_gc_deletes_the_parity_of_deleted_packs(run_ketch: RunKetch, repo: Path)
     assert os.listdir(repo / "ketch-gc" / "doomed") == []
 
 
-def test_gc_killed_between_a_pack_and_its_parity(run_ketch: RunKetch, repo: Path) -> None:
+def test_gc_killed_between_a_pack_and_its_parity(repo: Path) -> None:
     """SIGKILL after a pack was hidden but before its parity followed: the
     next gc deletes the parity left behind."""
     env = {**os.environ, "PYTHONPATH": str(SRC_DIR), "KETCH_TEST_CRASH": "hide-parity"}
@@ -180,14 +187,17 @@ def test_gc_killed_between_a_pack_and_its_parity(run_ketch: RunKetch, repo: Path
     assert p.returncode == -9, p.stderr
     assert _no_orphans(repo)  # the kill left one
     fsck(repo)
-    run_ketch("gc", "-d", repo, check=True)
+    with LocalRepository(str(repo)) as r:
+        collect(r)
     assert _no_orphans(repo) == []
     fsck(repo)
 
 
-def test_gc_par2_through_a_server(run_ketch: RunKetch, repo: Path) -> None:
+def test_gc_par2_through_a_server(repo: Path) -> None:
     before = set(packs(repo))
-    run_ketch("gc", "--par2", "-r", f":{repo}", check=True)
+    with open_location(f":{repo}", kind="remote") as remote:
+        report = remote.writable().collect_garbage(GcRun(par2=True))
+    assert report["warnings"] == []
     assert set(packs(repo)) - before
     _all_protected(repo)
     assert _no_orphans(repo) == []
