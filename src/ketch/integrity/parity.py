@@ -151,12 +151,21 @@ def _fsync(path: str) -> None:
 def generate(pack_path: str) -> None:
     """Make the pack's parity files beside it (replacing any it has), durably."""
     base = _base(pack_path)
-    parent, stem = os.path.split(base)
-    parent = parent or "."
     _need_par2()
     for ext in (".pack", ".idx"):
         if not os.path.isfile(base + ext):
             raise ParityError(f"{base + ext}: no such file")
+    try:
+        _generate(base)
+    except OSError as e:  # a full disk, a read-only pack directory
+        where = f"{e.filename}: " if e.filename else ""
+        raise ParityError(f"{os.path.basename(base)}.pack: cannot write its parity: "
+                          f"{where}{e.strerror or e}") from None
+
+
+def _generate(base: str) -> None:
+    parent, stem = os.path.split(base)
+    parent = parent or "."
     _clear_stale(parent, stem)
     tmp = tempfile.mkdtemp(prefix=stem + _TMP_INFIX, dir=parent)
     try:
