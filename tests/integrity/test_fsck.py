@@ -82,6 +82,7 @@ def test_clean_repository_exit_0_and_git_agrees(repo: Path, run_ketch: RunKetch)
     quick = run_ketch("fsck", "-d", repo, "--quick", "--json")
     report = json.loads(quick.stdout)
     assert quick.returncode == 0 and report["ok"] and report["quick"] and report["refs"] == 1
+    assert _fsck(repo, read_data=50)["packs_read"] == 1  # half of the 2 packs, at random
 
 
 def test_flipped_byte_names_file_pack_and_offset(repo: Path, run_ketch: RunKetch) -> None:
