@@ -224,8 +224,10 @@ def _pack_problems(rep: FsckReport, c: PackCheck) -> None:
     first = c.damaged[0]
     offsets = ", ".join(f"{d.offset}" for d in c.damaged[:5]) + (
         ", …" if len(c.damaged) > 5 else "")
+    why = first.what if all(d.what == first.what for d in c.damaged) else (
+        f"the first {first.what}")
     msg = (f"{c.name}: {plural(len(c.damaged), 'damaged entry', 'damaged entries')} "
-           f"at offset {offsets} ({first.what})")
+           f"at offset {offsets} ({why})")
     rep.problems.append(_damaged("pack", msg, pack=c.name,
                                  offsets=[d.offset for d in c.damaged]))
 
