@@ -192,6 +192,13 @@ class WritableRepository(Repository):
     def maintain(self) -> None:  # noqa: B027 - a backend that keeps itself tidy
         """Housekeeping after a snapshot (bup merges small idx files)."""
 
+    def make_parity(self, generate: Callable[[str], None]) -> None:
+        """Protect every pack written from now on with recovery data (`save
+        --par2`): a local repository calls `generate(pack_path)` for each pack in
+        `maintain`, once the pack is durable and the branch has moved (what
+        `generate` raises is the caller's); a server makes its own when asked."""
+        raise KetchError("this repository cannot store parity files")
+
     def writing(self) -> AbstractContextManager[object]:
         """Held by a save from its first existence check until its branch has
         moved: gc waits for it before deleting what the save may have counted on.
@@ -251,6 +258,8 @@ class LocalRepository(WritableRepository):
         self._has_loose = self._any_loose()
         self._lease: Lease | None = None
         self._retiring: ObjectIndex | None = None
+        self._parity: Callable[[str], None] | None = None
+        self._unprotected: list[str] = []  # packs written since, awaiting parity
 
     def _any_loose(self) -> bool:
         try:
@@ -401,10 +410,19 @@ class LocalRepository(WritableRepository):
 
     def _on_pack(self, idx_path: str) -> None:
         self.index.add_idx(idx_path)
+        if self._parity is not None:
+            self._unprotected.append(idx_path[: -len(".idx")] + ".pack")
 
     def maintain(self) -> None:
-        """bup's after-save housekeeping: merge small idx files, refresh the bloom."""
+        """bup's after-save housekeeping: merge small idx files, refresh the bloom;
+        and parity for the new packs, when asked (par2 takes a while: not while a
+        pack is being closed, when a stop signal waits)."""
         self.index.maintain()
+        while self._unprotected and self._parity is not None:
+            self._parity(self._unprotected.pop(0))
+
+    def make_parity(self, generate: Callable[[str], None]) -> None:
+        self._parity = generate
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[object]:

@@ -1,6 +1,6 @@
 """`ketch mirror verify`: check a mirror against its manifests.
 
-Always: every pack and idx a manifest names is in the store with the size the
+Always: every pack, idx and parity file a manifest names is in the store with the size the
 manifest records, and with its sha256 where the store reports one (S3 records
 it with each upload); files under a repository's pack directory that no
 manifest names are reported as extra (a push interrupted before its manifest,

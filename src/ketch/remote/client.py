@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -283,12 +283,25 @@ class RemoteRepository(WritableRepository):
         except ConnectionLost as e:
             raise self.client._lost(e) from None
 
+    def make_parity(self, generate: Callable[[str], None]) -> None:
+        """The server makes parity for the packs it writes from now on, with its
+        own par2 (`generate` is for packs written here)."""
+        self.client.require(b"par2")
+        self._drain()
+        self.conn.write(b"par2\n")
+        try:
+            self.conn.check_ok()
+        except RemoteError as e:
+            raise KetchError(f"server: {e}") from None
+
     # -- garbage collection, run by the server -----------------------------------------
 
     def collect_garbage(self, job: GcJob) -> dict[str, Any]:
         """Send `gc` with the job's options; the server runs it on its repository
         (saying `.` now and then while it works) and answers with its report."""
         self.client.require(b"gc")
+        if job.options.get("par2"):
+            self.client.require(b"par2")  # an older server would ignore the option
         self._drain()
         self.conn.write(b"gc\n" + json.dumps(job.options, sort_keys=True).encode() + b"\n")
         try:

@@ -13,7 +13,7 @@ Differences from `bup server`, all invisible to a bup client:
   delete or rewind refs (bup has neither);
 - `gc` and `fsck` (ketch's own commands, remote/serverjobs.py) collect the
   repository's garbage (a key that is not append-only) and check it where its
-  packs are.
+  packs are; `par2` has parity made for the packs the session writes.
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ class Server(ServerJobs):
             b"update-ref": self.update_ref, b"join": self.join, b"cat": self.join,
             b"cat-batch": self.cat_batch, b"refs": self.refs, b"rev-list": self.rev_list,
             b"resolve": self.resolve, b"gc": self.gc, b"fsck": self.fsck,
+            b"par2": self.par2,
         }
 
     # -- the loop -------------------------------------------------------------
@@ -366,6 +367,15 @@ class Server(ServerJobs):
         self.conn.write(b"\n")
         if out.returncode:
             raise KetchError(f"git rev-list returned error {out.returncode}")
+        self.conn.ok()
+
+    def par2(self, _: bytes) -> None:
+        """Parity for each pack this session writes (a client's `save --par2`)."""
+        from ketch.integrity import parity
+
+        if not parity.available():
+            raise KetchError(parity.NOT_INSTALLED)
+        self._repo().make_parity(parity.generate)
         self.conn.ok()
 
     # -- objects out ----------------------------------------------------------
