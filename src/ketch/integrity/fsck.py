@@ -129,6 +129,9 @@ def check_repository(repo: LocalRepository, *, quick: bool = False, read_data: f
     rng = rng or random.SystemRandom()
     t0 = time.monotonic()
     rep = FsckReport(repo.path, quick=quick, read_data_percent=read_data)
+    # Refs first: a save writes its packs before it moves its branch, so the
+    # packs listed next hold everything these refs reach, even if saves run.
+    refs = sorted(repo.iter_refs())
     stems = _pack_stems(repo.pack_dir)
     rep.packs = len(stems)
     want = 0 if read_data <= 0 else min(len(stems), max(1, math.ceil(len(stems) * read_data / 100)))
@@ -146,7 +149,7 @@ def check_repository(repo: LocalRepository, *, quick: bool = False, read_data: f
         rep.objects_read += c.objects_read
         rep.bytes_read += c.bytes_read
         rep.packs_read += c.objects_read > 0
-    _graph(repo, rep, checks, quick, repair, progress)
+    _graph(repo, rep, refs, checks, quick, repair, progress)
     progress.finish()
     rep.seconds = time.monotonic() - t0
     return rep
@@ -221,14 +224,17 @@ def _pack_problems(rep: FsckReport, c: PackCheck) -> None:
     first = c.damaged[0]
     offsets = ", ".join(f"{d.offset}" for d in c.damaged[:5]) + (
         ", …" if len(c.damaged) > 5 else "")
+    why = first.what if all(d.what == first.what for d in c.damaged) else (
+        f"the first {first.what}")
     msg = (f"{c.name}: {plural(len(c.damaged), 'damaged entry', 'damaged entries')} "
-           f"at offset {offsets} ({first.what})")
+           f"at offset {offsets} ({why})")
     rep.problems.append(_damaged("pack", msg, pack=c.name,
                                  offsets=[d.offset for d in c.damaged]))
 
 
-def _graph(repo: LocalRepository, rep: FsckReport, checks: dict[str, PackCheck], quick: bool,
-           repair: bool, progress: GcProgress) -> None:
+def _graph(repo: LocalRepository, rep: FsckReport, refs: list[tuple[bytes, bytes]],
+           checks: dict[str, PackCheck], quick: bool, repair: bool,
+           progress: GcProgress) -> None:
     usable = [s for s, c in sorted(checks.items()) if os.path.exists(s + ".idx")
               and not any(p.startswith(os.path.basename(s) + ".idx is") for p in c.problems)]
     idx: dict[str, PackIndex] = {}
@@ -254,7 +260,7 @@ def _graph(repo: LocalRepository, rep: FsckReport, checks: dict[str, PackCheck],
             if os.path.basename(m) not in bad_midx]
     live = LiveSet([s + ".idx" for s in usable if os.path.basename(s) + ".idx" in idx], midx)
     try:
-        _walk(repo, rep, checks, live, quick, progress)
+        _walk(repo, rep, refs, checks, live, quick, progress)
     finally:
         live.close()
     for cp in caches:
@@ -276,8 +282,9 @@ def check_caches_again(repo: LocalRepository, quick: bool) -> list[CacheProblem]
             ix.close()
 
 
-def _walk(repo: LocalRepository, rep: FsckReport, checks: dict[str, PackCheck], live: LiveSet,
-          quick: bool, progress: GcProgress) -> None:
+def _walk(repo: LocalRepository, rep: FsckReport, refs: list[tuple[bytes, bytes]],
+          checks: dict[str, PackCheck], live: LiveSet, quick: bool,
+          progress: GcProgress) -> None:
     by_idx = {os.path.basename(s) + ".idx": c for s, c in checks.items()}
     bad = []
     notes: list[dict[bytes, str]] = []
@@ -301,7 +308,6 @@ def _walk(repo: LocalRepository, rep: FsckReport, checks: dict[str, PackCheck], 
         oid = bytes(live.idx[k].ids[p]).ljust(20, b"\0")
         return notes[k].get(oid, f"damaged ({c.name})")
 
-    refs = sorted(repo.iter_refs())
     rep.refs = len(refs)
     if quick:
         for c in checks.values():
