@@ -180,3 +180,18 @@ def test_flip_in_parity_itself_still_verifies(repo: Path) -> None:
     pack = the_pack(repo)
     flip(parity.parity_files(pack)[1])
     assert parity.verify(pack) is True
+
+
+def test_cannot_write_is_one_line(repo: Path) -> None:
+    """A parity file that cannot be put in place (here a directory is in the way;
+    a full disk is the same error) is a ParityError, and no set that could
+    pass for whole is left."""
+    pack = the_pack(repo)
+    for p in parity.parity_files(pack):
+        os.unlink(p)
+    os.mkdir(pack[: -len(".pack")] + ".par2")
+    with pytest.raises(parity.ParityError, match=r"^pack-[0-9a-f]{40}\.pack: cannot write its "
+                       r"parity: .*: Is a directory$"):
+        parity.generate(pack)
+    assert not parity.has_parity(pack)
+    assert _tmp_dirs(os.path.dirname(pack)) == []

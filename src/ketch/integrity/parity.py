@@ -29,6 +29,7 @@ import contextlib
 import glob
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -78,10 +79,12 @@ def parity_files(pack_path: str) -> list[str]:
 
 
 def _nonempty(path: str) -> bool:
+    """A regular file with something in it."""
     try:
-        return os.stat(path).st_size > 0
+        st = os.stat(path)
     except OSError:
         return False
+    return stat.S_ISREG(st.st_mode) and st.st_size > 0
 
 
 def has_parity(pack_path: str) -> bool:
