@@ -8,6 +8,7 @@
     .venv/bin/python bench/bench.py --phase remote --scale 0.1
     .venv/bin/python bench/bench.py --phase mirror --scale 0.1
     .venv/bin/python bench/bench.py --phase lifecycle --scale 0.1
+    .venv/bin/python bench/bench.py --phase fsck --scale 0.1
 
 Each phase is a function ``(Context) -> list[Row]``, in its own module of
 bench/ketchbench/ (what they share: common.py), listed in PHASES:
@@ -58,6 +59,11 @@ bench/ketchbench/ (what they share: common.py), listed in PHASES:
   its repository. Targets: ketch's gc within 10% of its fresh repository,
   prune + gc ≤ 0.5× bup's time and ≤ restic's, peak RSS ≤ 150 MB. How each
   tool ran (policy mapping, encryption) goes to the results.
+- ``fsck``: a repository of DATA per tool (saved untimed), then ketch's ``fsck
+  --read-data``, ``fsck`` and ``fsck --quick`` beside ``cat`` of its packs (warm,
+  and cold when root may drop the page cache), ``bup fsck``, ``restic check
+  --read-data`` and ``borg check --verify-data`` (ketchbench/fsckphase.py).
+  Targets: ``--read-data`` ≥ 0.8× cat's MB/s, peak RSS ≤ 150 MB, ``--quick`` ≤ 2 s.
 
 Every command runs under ``/usr/bin/time`` for its own peak RSS. The page cache
 is warm: DATA is read once before timing (and again after the day's changes),
@@ -96,6 +102,7 @@ from ketchbench.common import (
     log,
 )
 from ketchbench.cycle import phase_cycle
+from ketchbench.fsckphase import FSCK, phase_fsck
 from ketchbench.lifecycle import LIFECYCLE, phase_lifecycle, summary_table
 from ketchbench.mirror import MIRROR, phase_mirror
 from ketchbench.peers import PEER_NAMES
@@ -118,6 +125,7 @@ PHASES: dict[str, Phase] = {
     REMOTE: phase_remote,
     MIRROR: phase_mirror,
     LIFECYCLE: phase_lifecycle,
+    FSCK: phase_fsck,
 }
 
 

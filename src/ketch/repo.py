@@ -73,6 +73,15 @@ class GcJob(Protocol):
     def run(self, repo: LocalRepository) -> dict[str, Any]: ...
 
 
+class FsckJob(Protocol):
+    """An integrity check (`ketch fsck`), run where the repository is, as GcJob:
+    `run` on a local one; a remote one sends `options` to its server."""
+
+    options: dict[str, Any]
+
+    def run(self, repo: LocalRepository) -> dict[str, Any]: ...
+
+
 class Repository(ABC):
     """Objects by id, and refs, read: what every backend offers.
 
@@ -111,6 +120,10 @@ class Repository(ABC):
         repository that is not reached over a network (`save --json` then
         reports no traffic at all, rather than a misleading zero)."""
         return None
+
+    def check_integrity(self, job: FsckJob) -> dict[str, Any]:
+        """Run `job` where the repository's files are; its report."""
+        raise KetchError("this repository cannot be checked from here")
 
     def writable(self) -> WritableRepository:
         """This repository, to write to; raises ReadOnlyRepository when it only reads."""
@@ -179,6 +192,13 @@ class WritableRepository(Repository):
     def maintain(self) -> None:  # noqa: B027 - a backend that keeps itself tidy
         """Housekeeping after a snapshot (bup merges small idx files)."""
 
+    def make_parity(self, generate: Callable[[str], None]) -> None:
+        """Protect every pack written from now on with recovery data (`save
+        --par2`): a local repository calls `generate(pack_path)` for each pack in
+        `maintain`, once the pack is durable and the branch has moved (what
+        `generate` raises is the caller's); a server makes its own when asked."""
+        raise KetchError("this repository cannot store parity files")
+
     def writing(self) -> AbstractContextManager[object]:
         """Held by a save from its first existence check until its branch has
         moved: gc waits for it before deleting what the save may have counted on.
@@ -238,6 +258,8 @@ class LocalRepository(WritableRepository):
         self._has_loose = self._any_loose()
         self._lease: Lease | None = None
         self._retiring: ObjectIndex | None = None
+        self._parity: Callable[[str], None] | None = None
+        self._unprotected: list[str] = []  # packs written since, awaiting parity
 
     def _any_loose(self) -> bool:
         try:
@@ -390,10 +412,19 @@ class LocalRepository(WritableRepository):
 
     def _on_pack(self, idx_path: str) -> None:
         self.index.add_idx(idx_path)
+        if self._parity is not None:
+            self._unprotected.append(idx_path[: -len(".idx")] + ".pack")
 
     def maintain(self) -> None:
-        """bup's after-save housekeeping: merge small idx files, refresh the bloom."""
+        """bup's after-save housekeeping: merge small idx files, refresh the bloom;
+        and parity for the new packs, when asked (par2 takes a while: not while a
+        pack is being closed, when a stop signal waits)."""
         self.index.maintain()
+        while self._unprotected and self._parity is not None:
+            self._parity(self._unprotected.pop(0))
+
+    def make_parity(self, generate: Callable[[str], None]) -> None:
+        self._parity = generate
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[object]:
@@ -410,6 +441,9 @@ class LocalRepository(WritableRepository):
                 self._lease = None
 
     def collect_garbage(self, job: GcJob) -> dict[str, Any]:
+        return job.run(self)
+
+    def check_integrity(self, job: FsckJob) -> dict[str, Any]:
         return job.run(self)
 
     # -- refs ---------------------------------------------------------------------

@@ -112,12 +112,13 @@ def summary(report: dict[str, Any]) -> str:
               "change nothing")
 @click.option("--wait", "wait", default=DEFAULT_WAIT, show_default=True, metavar="SECONDS",
               help="how long to wait for saves that started before gc")
+@click.option("--par2", is_flag=True, help="make recovery data (par2) for the packs gc writes")
 @click.option("-q", "--quiet", is_flag=True, help="no progress and no summary")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON on stdout")
 @click.pass_context
 @reported_as("interrupted (nothing is lost: the next gc finishes the job)")
 def command(ctx: click.Context, /, repo_dir: str | None, root: str | None,
-            threshold: float | None, dry_run: bool, wait: float, quiet: bool,
+            threshold: float | None, dry_run: bool, wait: float, par2: bool, quiet: bool,
             as_json: bool) -> int:
     """Delete what no branch or tag reaches, and give the space back.
 
@@ -132,9 +133,9 @@ def command(ctx: click.Context, /, repo_dir: str | None, root: str | None,
             threshold = load_server_config().gc_threshold if os.path.exists(
                 default_server_config_path()) else DEFAULT_THRESHOLD
         return render_fleet(gc_all(root, threshold=threshold, dry_run=dry_run,
-                                   progress=meter), as_json)
+                                   progress=meter, par2=par2), as_json)
     job = GcRun(threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
-                dry_run=dry_run, wait=wait, progress=meter)
+                dry_run=dry_run, wait=wait, progress=meter, par2=par2)
     report = open_repo(ctx, repo_dir).writable().collect_garbage(job)
     for warning in report["warnings"]:
         click.echo(f"ketch: warning: {warning}", err=True)

@@ -15,6 +15,7 @@ from ketch.cli.termprogress import TermProgress, show_progress
 from ketch.errors import UsageError
 from ketch.excludes import ExcludeRules
 from ketch.index import Index
+from ketch.integrity.protect import protect_new_packs
 from ketch.interrupt import reported_as
 from ketch.progress import NullProgress, Progress
 from ketch.save import SaveOptions, save
@@ -64,6 +65,7 @@ def _graft(value: str) -> tuple[str, str]:
 @exclude_options
 @click.option("--compress", "level", type=click.IntRange(0, 9), default=1, show_default=True)
 @click.option("--no-index", is_flag=True, help="read every file (ignore the index)")
+@click.option("--par2", is_flag=True, help="make recovery data (par2) for each new pack")
 @click.option("-q", "--quiet", is_flag=True, help="no progress")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON on stdout")
 @click.argument("paths", nargs=-1, required=True)
@@ -71,7 +73,7 @@ def _graft(value: str) -> tuple[str, str]:
 @reported_as("interrupted (what was written so far is kept: the next save reuses it)")
 def command(ctx: click.Context, /, repo_dir: str | None, name: str, date: str | None,
             strip: bool, strip_path: str | None, graft: tuple[str, ...], level: int,
-            no_index: bool, quiet: bool, as_json: bool, paths: tuple[str, ...],
+            no_index: bool, par2: bool, quiet: bool, as_json: bool, paths: tuple[str, ...],
             **kw: Any) -> int:
     """Save PATHS (exactly these, recursively) as a new save on branch NAME."""
     opts = SaveOptions(name=name, paths=list(paths), strip=strip, strip_path=strip_path,
@@ -79,6 +81,9 @@ def command(ctx: click.Context, /, repo_dir: str | None, name: str, date: str | 
                        date=parse_date(date) if date else None, level=level,
                        argv=["ketch", *sys.argv[1:]])
     repo = open_repo(ctx, repo_dir).writable()
+    late: list[str] = []  # warnings after the save's meter has ended (parity)
+    if par2:
+        protect_new_packs(repo, late.append)
     meter = show_progress() and not quiet
     progress: Progress = NullProgress()
     if no_index:
@@ -93,9 +98,9 @@ def command(ctx: click.Context, /, repo_dir: str | None, name: str, date: str | 
                     (p, opts.rules.merged(index.rules_for(os.fsencode(os.path.abspath(p)))))
                     for p in paths])
             res = save(repo, opts, index=index, progress=progress)
-    if not isinstance(progress, TermProgress):
-        for w in res.warnings:
-            click.echo(f"ketch: warning: {w}", err=True)
+    for w in late if isinstance(progress, TermProgress) else res.warnings + late:
+        click.echo(f"ketch: warning: {w}", err=True)
+    res.warnings += late
     if as_json:
         summary = res.as_dict()
         traffic = repo.traffic()

@@ -79,7 +79,7 @@ _STR, _TEXT, _INT, _NUM, _BOOL, _STRS, _ABS, _ABSS, _ENV, _TABLE, _TABLES, _RET 
     "tables", "retention")
 
 _TOP = {"repository": _STR, "log_file": _ABS, "lock_file": _ABS, "compress": _INT,
-        "retention": _RET, "set": _TABLES, "dump": _TABLES, "schedule": _TABLE,
+        "par2": _BOOL, "retention": _RET, "set": _TABLES, "dump": _TABLES, "schedule": _TABLE,
         "notify": _TABLE, "drill": _TABLE}
 _SET = {"name": _STR, "paths": _ABSS, "exclude": _STRS, "exclude_from": _ABSS,
         "exclude_rx": _STRS, "exclude_if_present": _STRS, "one_file_system": _BOOL,

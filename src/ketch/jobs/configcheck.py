@@ -89,6 +89,24 @@ def _check_repository(location: str) -> CheckResult:
     return _ok(what, f"{detail}, writable")
 
 
+def _check_par2(location: str) -> CheckResult:
+    """`par2 = true`: par2 where the packs are written (asking a server for real)."""
+    from ketch.integrity import parity
+    from ketch.remote.location import open_location
+
+    what = "par2"
+    if not is_remote(location):
+        if parity.available():
+            return _ok(what, "installed: each new pack gets parity")
+        return _fail(what, parity.NOT_INSTALLED)
+    try:
+        with open_location(location) as repo:
+            repo.writable().make_parity(lambda _pack: None)
+    except (KetchError, OSError) as e:
+        return _fail(what, _one_line(e))
+    return _ok(what, "the server makes parity for each new pack")
+
+
 def _cannot_write(location: str) -> str | None:
     """Why a save could not write into the local repository, trying it for real
     where a save writes (packs, then refs): permissions, a read-only mount, ACLs."""
@@ -256,6 +274,8 @@ def check_config(cfg: Config, *, progress: Callable[[str], None] | None = None,
     say = progress or (lambda _: None)
     say(f"repository {cfg.repository}")
     out = [_check_repository(cfg.repository)]
+    if cfg.par2:
+        out.append(_check_par2(cfg.repository))
     if not cfg.sets and not cfg.dumps:
         out.append(_warn("backups", "nothing to back up: no [[set]] or [[dump]]"))
     for s in cfg.sets:

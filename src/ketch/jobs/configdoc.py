@@ -37,6 +37,9 @@ MEANINGS: dict[str, dict[str, str]] = {
         "schedule": "when `ketch schedule install` runs `ketch run` (below)",
         "notify": "who hears about failures (below)",
         "drill": "the restore drill, `ketch drill` (below)",
+        "par2": "make par2 recovery data (bup's fsck -g layout) for every pack the run's "
+                "saves and gc write, so that `ketch fsck --repair` can mend a damaged one; "
+                "about 10% more space. Over ssh the server makes it (par2 installed there)",
     },
     "set": {
         "name": "the branch each run adds a save to (ketch ls NAME)",

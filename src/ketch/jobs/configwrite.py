@@ -25,6 +25,7 @@ _HINTS: dict[str, dict[str, tuple[str, str]]] = {
         "log_file": ('"/var/log/ketch/ketch.log"', "each run's report is appended here"),
         "lock_file": ('"/run/lock/ketch.lock"', "stops two runs from overlapping"),
         "compress": ("1", "zlib level of new objects: 0 (fastest) to 9 (smallest)"),
+        "par2": ("true", "par2 recovery data for each new pack (about 10% more space)"),
     },
     "set": {
         "paths": ('["/etc"]', "absolute paths, saved together"),

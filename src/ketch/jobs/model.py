@@ -131,6 +131,7 @@ class Config:
     log_file: str | None = None
     lock_file: str | None = None  # default: next to the config's repository cache
     compress: int = 1
+    par2: bool = False  # parity files for each new pack (save --par2), and gc's
     retention: Retention | None = None  # [retention]: every set's and dump's, unless its own
     source: str = ""  # the file this was loaded from
 

@@ -53,9 +53,11 @@ def _why(e: KetchError | OSError) -> str:
 
 def apply_retention(repo: Repository, policies: list[tuple[str, str, Retention | None]],
                     saved: set[tuple[str, str]],
-                    progress_for: Callable[[str], Progress]) -> RetentionDone:
+                    progress_for: Callable[[str], Progress], *,
+                    par2: bool = False) -> RetentionDone:
     """Prune the branch of each (kind, name, table) in `policies` whose item is in
-    `saved` (saved by this run), then gc if that removed a save."""
+    `saved` (saved by this run), then gc if that removed a save (`par2`: with
+    parity for the packs it writes)."""
     done = RetentionDone()
     if not policies:
         return done
@@ -83,7 +85,7 @@ def apply_retention(repo: Repository, policies: list[tuple[str, str, Retention |
         done.warnings.extend(f"retention {kind} {name}: {w}" for w in got.warnings)
     if any(b.removed for b in done.branches):
         try:
-            done.gc = writable.collect_garbage(GcRun(threshold=DEFAULT_THRESHOLD))
+            done.gc = writable.collect_garbage(GcRun(threshold=DEFAULT_THRESHOLD, par2=par2))
             # e.g. saves that still held their leases when gc stopped waiting
             done.warnings.extend(f"gc: {w}" for w in done.gc.get("warnings", []))
         except AppendOnlyRepository:

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from ketch.errors import EXIT_FAILED, EXIT_OK, EXIT_WARNINGS, KetchError, UsageError
 from ketch.excludes import ExcludeRules
 from ketch.index import Index
+from ketch.integrity.protect import protect_new_packs
 from ketch.jobs.model import BackupSet, Config, DumpSpec
 from ketch.jobs.retention import RetentionReport, apply_retention
 from ketch.progress import NullProgress, Progress
@@ -254,6 +255,11 @@ def _run_items(cfg: Config, report: RunReport, sets: list[BackupSet], dumps: lis
         report.errors.append(f"repository {cfg.repository}: {e}")
         return
     try:
+        if cfg.par2:
+            try:
+                protect_new_packs(repo.writable(), report.warnings.append)
+            except KetchError as e:
+                report.warnings.append(f"par2: the new packs will have no parity: {e}")
         for s in sets:
             running.append(f"set {s.name}")
             report.items.append(_one("set", s.name, progress_for,
@@ -267,7 +273,8 @@ def _run_items(cfg: Config, report: RunReport, sets: list[BackupSet], dumps: lis
         policies = [("set", s.name, cfg.retention_of(s)) for s in sets] + \
                    [("dump", d.name, cfg.retention_of(d)) for d in dumps]
         running.append("retention")
-        done = apply_retention(repo, [p for p in policies if p[2]], saved, progress_for)
+        done = apply_retention(repo, [p for p in policies if p[2]], saved, progress_for,
+                               par2=cfg.par2)
         report.retention, report.gc = done.branches, done.gc
         report.warnings.extend(done.warnings)
         report.notes.extend(done.notes)

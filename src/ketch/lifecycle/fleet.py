@@ -176,13 +176,13 @@ def prune_all(root: str, config: ServerConfig, *, dry_run: bool = False,
 
 
 def gc_all(root: str, *, threshold: float, dry_run: bool = False,
-           progress: GcProgress | None = None) -> FleetReport:
+           progress: GcProgress | None = None, par2: bool = False) -> FleetReport:
     """Collect the garbage of every repository under `root`."""
     report = FleetReport("gc", root, dry_run, totals={"bytes_before": 0, "bytes_after": 0,
                                                       "bytes_reclaimed": 0})
 
     def one(name: str, repo: LocalRepository) -> MachineResult:
-        got = collect(repo, threshold=threshold, dry_run=dry_run, progress=progress)
+        got = collect(repo, threshold=threshold, dry_run=dry_run, progress=progress, par2=par2)
         d = got.as_dict()
         for key in report.totals:
             report.totals[key] += int(d.get(key, 0))

@@ -31,12 +31,20 @@ from ketch.git.bloom import update_bloom
 from ketch.git.midx import auto_midx
 from ketch.git.pack import DEFAULT_LEVEL, DEFAULT_MAX_PACK_SIZE, PackWriter
 from ketch.git.reflog import clear_stale_expiry, reflog_names
+from ketch.integrity import parity
 from ketch.lease import held_leases, wait_for
 from ketch.lifecycle import crashpoint
 from ketch.lifecycle.gcreport import GcProgress, GcReport, NullGcProgress, objects_bytes
 from ketch.lifecycle.gcwalk import Walker
 from ketch.lifecycle.liveset import LiveSet
-from ketch.lifecycle.rescue import GcDir, delete_doomed, finish_hide, hide, rescue
+from ketch.lifecycle.rescue import (
+    GcDir,
+    delete_doomed,
+    drop_orphan_parity,
+    finish_hide,
+    hide,
+    rescue,
+)
 from ketch.lifecycle.sweep import PackUsage, copy_entries, holds_garbage_trees, usage
 from ketch.repo import LocalRepository
 from ketch.text import plural
@@ -80,10 +88,13 @@ def _listing(pack_dir: str, ext: str) -> list[str]:
 
 
 class _Gc:
-    def __init__(self, repo: LocalRepository, progress: GcProgress, wait: float) -> None:
+    def __init__(self, repo: LocalRepository, progress: GcProgress, wait: float,
+                 par2: bool = False) -> None:
         self.repo = repo
         self.progress = progress
         self.wait = wait
+        self.par2 = par2
+        self.fresh: list[str] = []  # idx paths of the packs written, for their parity
         self.gcdir = GcDir(repo.path)
         self.report = GcReport()
         self.max_pack_size = (repo.config.get_int("pack", "packSizeLimit")
@@ -93,8 +104,22 @@ class _Gc:
         # No deduplication against the repository: the packs being swept still
         # hold every object that is copied out of them.
         w = PackWriter(self.repo.objects_dir, level=DEFAULT_LEVEL,
-                       max_pack_size=self.max_pack_size, tmp_dir=self.gcdir.tmp)
+                       max_pack_size=self.max_pack_size, tmp_dir=self.gcdir.tmp,
+                       on_pack=self.fresh.append)
         return w
+
+    def protect(self) -> None:
+        """Parity for the packs written since (`--par2`), before the packs they
+        replace go: the objects they hold are never without recovery data."""
+        fresh, self.fresh[:] = list(self.fresh), []
+        if not self.par2 or not fresh:
+            return
+        self.progress.phase(f"Making parity for {plural(len(fresh), 'pack')}")
+        for idx in fresh:
+            try:
+                parity.generate(idx[: -len(".idx")] + ".pack")
+            except parity.ParityError as e:
+                self.report.warnings.append(str(e))
 
     def _on_objects(self, n: int) -> None:
         self.progress.advance(nfiles=n)
@@ -114,6 +139,7 @@ class _Gc:
         self.gcdir.clear_tmp()
         clear_stale_expiry(os.fsencode(self.repo.path))
         finish_hide(self.repo.pack_dir, self.gcdir.doomed)
+        drop_orphan_parity(self.repo.pack_dir)
         doomed = self.gcdir.doomed_idx()
         if not doomed:
             return True
@@ -151,8 +177,10 @@ class _Gc:
                             stop=stop, new_writer=self.new_writer,
                             on_objects=self._on_objects)
         self.report.objects_rescued += rescued
+        self.protect()
         crashpoint.reach("rescued")
         delete_doomed(self.gcdir.doomed)
+        drop_orphan_parity(self.repo.pack_dir)
         return True
 
     # -- one gc --------------------------------------------------------------
@@ -207,6 +235,7 @@ class _Gc:
             w.abort()
             raise
         self.report.packs_written = len(written)
+        self.protect()
         return written
 
     def run(self, threshold: float, dry_run: bool) -> GcReport:
@@ -258,16 +287,20 @@ class _Gc:
 
 
 def collect(repo: LocalRepository, *, threshold: float = 10.0, dry_run: bool = False,
-            progress: GcProgress | None = None, wait: float = DEFAULT_WAIT) -> GcReport:
+            progress: GcProgress | None = None, wait: float = DEFAULT_WAIT,
+            par2: bool = False) -> GcReport:
     """Delete the objects no ref reaches, from the packs where they are more than
     `threshold` percent of the bytes. `wait`: how long to wait for saves that
-    began before gc hid the old packs (after that they stay hidden, exit 1)."""
+    began before gc hid the old packs (after that they stay hidden, exit 1).
+    `par2`: make parity for the packs gc writes (a pack par2 fails on: a warning)."""
     if not 0.0 <= threshold <= 100.0:
         raise UsageError(f"--threshold must be a percentage from 0 to 100, got {threshold:g}")
     if wait < 0:
         raise UsageError(f"--wait must be 0 or more seconds, got {wait:g}")
+    if par2 and not dry_run and not parity.available():
+        raise parity.ParityError(parity.NOT_INSTALLED)
     started = time.monotonic()
-    gc = _Gc(repo, progress or NullGcProgress(), wait)
+    gc = _Gc(repo, progress or NullGcProgress(), wait, par2)
     with _gc_lock(gc.gcdir, repo.path, create=not dry_run):
         report = gc.run(threshold, dry_run)
     report.seconds = time.monotonic() - started
@@ -280,9 +313,10 @@ class GcRun:
     locally here, or rebuilt from `options` by the server of a remote one."""
 
     def __init__(self, *, threshold: float = 10.0, dry_run: bool = False,
-                 wait: float = DEFAULT_WAIT, progress: GcProgress | None = None) -> None:
+                 wait: float = DEFAULT_WAIT, progress: GcProgress | None = None,
+                 par2: bool = False) -> None:
         self.options: dict[str, Any] = {"threshold": threshold, "dry_run": dry_run,
-                                        "wait": wait}
+                                        "wait": wait, "par2": par2}
         self.progress = progress
 
     @classmethod
@@ -292,12 +326,13 @@ class GcRun:
         try:
             return cls(threshold=float(options.get("threshold", 10.0)),
                        dry_run=bool(options.get("dry_run", False)),
-                       wait=float(options.get("wait", DEFAULT_WAIT)), progress=progress)
+                       wait=float(options.get("wait", DEFAULT_WAIT)), progress=progress,
+                       par2=bool(options.get("par2", False)))
         except (TypeError, ValueError):
             raise UsageError("bad gc options") from None
 
     def run(self, repo: LocalRepository) -> dict[str, Any]:
         report = collect(repo, threshold=self.options["threshold"],
                          dry_run=self.options["dry_run"], wait=self.options["wait"],
-                         progress=self.progress)
+                         progress=self.progress, par2=self.options["par2"])
         return report.as_dict()

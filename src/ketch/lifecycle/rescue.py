@@ -76,6 +76,9 @@ def hide(pack_dir: str, doomed: str, pack_paths: list[str]) -> None:
         _move(pack, doomed)
         for ext in _COMPANIONS:
             _move(base + ext, doomed)
+        crashpoint.reach("hide-parity")
+        for par2 in glob.glob(glob.escape(base) + "*.par2"):  # its parity (bup's fsck -g)
+            _move(par2, doomed)
     fsync_dir(doomed)
     fsync_dir(pack_dir)
 
@@ -117,6 +120,22 @@ def delete_doomed(doomed: str) -> int:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(p)
     fsync_dir(doomed)
+    return n
+
+
+def drop_orphan_parity(pack_dir: str) -> int:
+    """Delete the par2 files of packs that are gone: left by a gc killed between
+    moving a pack and its parity, or made by an `fsck -g` that finished after gc
+    hid the pack. Returns how many went."""
+    n = 0
+    for p in glob.glob(os.path.join(glob.escape(pack_dir), "pack-*.par2")):
+        base = os.path.join(pack_dir, os.path.basename(p).split(".", 1)[0])
+        if not os.path.exists(base + ".pack") and not os.path.exists(base + ".idx"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+                n += 1
+    if n:
+        fsync_dir(pack_dir)
     return n
 
 

@@ -5,6 +5,7 @@ Layout under the store's root (an S3 bucket and prefix, or a directory)::
     REPO/manifest.json                         this module's JSON, replaced whole
     REPO/objects/pack/pack-<sha1>.pack         the repository's packs, byte for byte
     REPO/objects/pack/pack-<sha1>.idx          their idx files (v2)
+    REPO/objects/pack/pack-<sha1>[.vol*].par2  their parity, where they have it
 
 Packs and idx files are immutable: the name is the pack's own SHA-1, so a key
 that exists with the right size and checksum never needs uploading again. The
@@ -20,7 +21,15 @@ Manifest (JSON object, format version 1)::
      "refs": {"refs/heads/host": "<40 hex>", ...},
      "config": "<text of REPO/config>",
      "packs": [{"name": "pack-<sha1>.pack", "size": N, "sha256": "<hex>", "mtime": T,
-                "idx": {"name": "pack-<sha1>.idx", "size": N, "sha256": "<hex>"}}, ...]}
+                "idx": {"name": "pack-<sha1>.idx", "size": N, "sha256": "<hex>"},
+                "parity": [{"name": "pack-<sha1>.vol000+200.par2", "size": N,
+                            "sha256": "<hex>"}, {"name": "pack-<sha1>.par2", ...}]},
+               ...]}
+
+`parity` (bup's `fsck -g` files, see ketch.integrity.parity) is optional and
+left out for a pack without parity, so a manifest of a repository without
+parity is what it was before parity existed, and a reader that does not know
+the key (an older ketch) reads the packs as before.
 
 `generation` counts pushes that changed the manifest; a push refuses to write
 when the generation moved under it (another push of the same repository).
@@ -44,6 +53,7 @@ MANIFEST_NAME = "manifest.json"
 PACK_DIR = "objects/pack"
 
 _PACK_RX = re.compile(r"pack-[0-9a-f]{40}\.pack\Z")
+_PARITY_SUFFIX_RX = re.compile(r"(\.vol[0-9]{1,6}\+[0-9]{1,6})?\.par2\Z")
 _HEX40 = re.compile(r"[0-9a-f]{40}\Z")
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _REPO_RX = re.compile(r"[A-Za-z0-9._+@=-][A-Za-z0-9._+@=~ -]*\Z")
@@ -88,13 +98,21 @@ class PackEntry:
     pack: FileEntry
     idx: FileEntry
     mtime: int = 0  # ns, of the local pack: readers search packs in time order
+    parity: tuple[FileEntry, ...] = ()  # in parity_order
 
     @property
     def stem(self) -> str:
         return self.pack.name[: -len(".pack")]
 
-    def files(self) -> tuple[FileEntry, FileEntry]:
-        return self.pack, self.idx
+    def files(self) -> tuple[FileEntry, ...]:
+        """The pack, its idx, then its parity: the order a pull writes them in."""
+        return self.pack, self.idx, *self.parity
+
+
+def parity_order(entries: list[FileEntry]) -> tuple[FileEntry, ...]:
+    """Recovery files first, the par2 index last, as `par2 create`'s set is made
+    complete (a pull cut short leaves a set without its index: incomplete)."""
+    return tuple(sorted(entries, key=lambda f: (".vol" not in f.name, f.name)))
 
 
 @dataclass
@@ -128,7 +146,8 @@ class Manifest:
             "generation": self.generation, "time": self.time, "head": self.head,
             "refs": dict(sorted(self.refs.items())), "config": self.config,
             "packs": [
-                {**p.pack.as_dict(), "mtime": p.mtime, "idx": p.idx.as_dict()}
+                {**p.pack.as_dict(), "mtime": p.mtime, "idx": p.idx.as_dict(),
+                 **({"parity": [f.as_dict() for f in p.parity]} if p.parity else {})}
                 for p in sorted(self.packs, key=lambda p: p.pack.name)
             ],
         }
@@ -171,6 +190,11 @@ class Manifest:
         for p in self.packs:
             if not _PACK_RX.match(p.pack.name) or p.idx.name != p.stem + ".idx":
                 raise ManifestError(f"{where}: bad pack name in manifest: {p.pack.name!r}")
+            for f in p.parity:
+                if not (f.name.startswith(p.stem + ".")
+                        and _PARITY_SUFFIX_RX.fullmatch(f.name[len(p.stem):])):
+                    raise ManifestError(f"{where}: bad parity file name in manifest: "
+                                        f"{f.name!r}")
             for f in p.files():
                 if f.size < 0 or not _HEX64.match(f.sha256):
                     raise ManifestError(f"{where}: bad size or sha256 for {f.name}")
@@ -198,7 +222,11 @@ def _file_entry(d: dict[str, Any]) -> FileEntry:
 
 
 def _pack_entry(d: dict[str, Any]) -> PackEntry:
-    return PackEntry(_file_entry(d), _file_entry(d["idx"]), int(d.get("mtime", 0)))
+    parity = d.get("parity", [])
+    if not isinstance(parity, list):
+        raise TypeError("parity is not a list")
+    return PackEntry(_file_entry(d), _file_entry(d["idx"]), int(d.get("mtime", 0)),
+                     parity_order([_file_entry(f) for f in parity]))
 
 
 def now_iso() -> str:

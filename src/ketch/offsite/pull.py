@@ -181,7 +181,7 @@ def _pull_one(store: ObjectStore, name: str, rep: RepoPullReport, progress: Prog
             af.file.write(text.encode())
     pack_dir = os.path.join(target, "objects", "pack")
     for p in m.packs:
-        for entry in p.files():  # the pack, then its idx
+        for entry in p.files():  # the pack, then its idx, then its parity
             path = os.path.join(pack_dir, entry.name)
             if os.path.exists(path) and os.path.getsize(path) == entry.size:
                 rep.skipped_files += 1  # renamed into place only once it matched

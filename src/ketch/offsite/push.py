@@ -5,7 +5,8 @@ Per repository, in this order:
 1. A consistent snapshot: refs, HEAD and config are read first, then the packs
    are listed. A save writes its packs (pack, then idx) before it moves a ref,
    so every object a ref read first points at is in a pack listed after.
-2. Packs and idx files the store lacks are uploaded and verified (`stat` size,
+2. Packs and idx files the store lacks (and the parity files of a pack that has
+   a complete set: ketch.integrity.parity) are uploaded and verified (`stat` size,
    and the sha256 where the store reports one). They are immutable and named by
    the pack's SHA-1, so one already in the previous manifest, or left complete
    by an interrupted push, is never sent again; a big file cut off mid-upload
@@ -37,6 +38,7 @@ from ketch.git.idx import write_idx_v2
 from ketch.git.loose import iter_loose_ids, read_loose
 from ketch.git.pack import encode_entry
 from ketch.git.refs import Refs
+from ketch.integrity import parity
 from ketch.offsite.manifest import (
     FileEntry,
     Manifest,
@@ -46,6 +48,7 @@ from ketch.offsite.manifest import (
     now_iso,
     pack_key,
     pack_prefix,
+    parity_order,
     read_manifest,
 )
 from ketch.offsite.store import ObjectStore, StaleObject, StoreError
@@ -200,7 +203,10 @@ def snapshot(path: str, tmpdir: str) -> _Snapshot:
     for n in sorted(names):
         # A pack without its idx is still being written and nothing refers to it yet.
         if n.startswith("pack-") and n.endswith(".pack") and n[:-5] + ".idx" in names:
-            for fn in (n, n[:-5] + ".idx"):
+            pack = os.path.join(pack_dir, n)
+            # Parity only as a complete set (a generate may be under way).
+            par = parity.parity_files(pack) if parity.has_parity(pack) else []
+            for fn in (n, n[:-5] + ".idx", *(os.path.basename(p) for p in par)):
                 st = os.stat(os.path.join(pack_dir, fn))
                 files[fn] = _LocalFile(os.path.join(pack_dir, fn), st.st_size, st.st_mtime_ns)
     snap = _Snapshot(name, path, head, refs, config, files)
@@ -299,11 +305,11 @@ def _upload(plan: _Plan, store: ObjectStore, storage_class: str | None,
     snap, rep = plan.snap, plan.report
     done = dict(plan.known)
     # Packs before their idx: a reader of the bare bucket (no manifest) that finds
-    # an idx can count on its pack.
-    for fn in sorted(plan.upload, key=lambda n: (n[:-5], n.endswith(".idx"))):
+    # an idx can count on its pack. Parity is read as rarely as a pack's bytes.
+    for fn in sorted(plan.upload, key=lambda n: (n.split(".", 1)[0], n.endswith(".idx"))):
         lf = snap.files[fn]
         key = pack_key(snap.name, fn)
-        cls = storage_class if fn.endswith(".pack") else None
+        cls = storage_class if fn.endswith((".pack", ".par2")) else None
         try:
             sha = lf.digest()
             store.put_file(key, lf.path, sha256=sha, storage_class=cls,
@@ -327,7 +333,12 @@ def _upload(plan: _Plan, store: ObjectStore, storage_class: str | None,
 
 def _new_manifest(plan: _Plan, done: dict[str, FileEntry]) -> Manifest:
     snap = plan.snap
-    packs = [PackEntry(done[fn], done[fn[:-5] + ".idx"], snap.files[fn].mtime)
+    parities: dict[str, list[FileEntry]] = {}
+    for fn in done:
+        if fn.endswith(".par2"):
+            parities.setdefault(fn.split(".", 1)[0], []).append(done[fn])
+    packs = [PackEntry(done[fn], done[fn[:-5] + ".idx"], snap.files[fn].mtime,
+                       parity_order(parities.get(fn[:-5], [])))
              for fn in sorted(done) if fn.endswith(".pack")]
     gen = plan.old.generation if plan.old else 0
     return Manifest(repository=snap.name, generation=gen + 1, time=now_iso(), head=snap.head,

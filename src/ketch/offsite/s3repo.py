@@ -29,6 +29,7 @@ import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from cachetools import LRUCache
 
@@ -46,7 +47,7 @@ from ketch.offsite.manifest import (
 )
 from ketch.offsite.s3index import WHOLE_IDX, RemoteIdx, write_cache
 from ketch.offsite.store import NotFound, ObjectStore
-from ketch.repo import Repository
+from ketch.repo import FsckJob, Repository
 
 _DISK_TYPES = frozenset((gobj.COMMIT, gobj.TREE, gobj.TAG))
 _GUESS = 8 << 10  # read this far past the last wanted entry's start
@@ -194,6 +195,12 @@ class StoreRepository(Repository):
     def traffic(self) -> tuple[int, int]:
         """(bytes sent, bytes received) so far, as RemoteRepository counts them."""
         return 0, self.bytes_received
+
+    def check_integrity(self, job: FsckJob) -> dict[str, Any]:
+        """`mirror verify`'s check of this repository, as an fsck report."""
+        from ketch.offsite.verify import fsck_report
+
+        return fsck_report(self.store, self.name, job.options, where=self.where)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -1,6 +1,6 @@
 """`ketch mirror verify`: check a mirror against its manifests.
 
-Always: every pack and idx a manifest names is in the store with the size the
+Always: every pack, idx and parity file a manifest names is in the store with the size the
 manifest records, and with its sha256 where the store reports one (S3 records
 it with each upload); files under a repository's pack directory that no
 manifest names are reported as extra (a push interrupted before its manifest,
@@ -15,19 +15,16 @@ and hashed against its id.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import random
 import tempfile
 import time
-import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ketch.errors import EXIT_FAILED, EXIT_OK, EXIT_WARNINGS, CorruptObject, KetchError
-from ketch.git.idx import PackIndex
-from ketch.git.packread import PackFile
+from ketch.integrity.packcheck import check_pack
 from ketch.offsite.manifest import (
     PackEntry,
     list_repositories,
@@ -186,58 +183,38 @@ def _read_pack(store: ObjectStore, rep: RepoVerifyReport, p: PackEntry, tmp: str
     rep.packs_read += 1
     key = pack_key(rep.name, p.pack.name)
     try:
-        rep.objects_checked += check_pack(paths[0], paths[1], p.stem[len("pack-"):])
-    except CorruptObject as e:
-        return f"{key}: {e}"
+        got = check_pack(paths[0], paths[1], p.stem[len("pack-"):], read_data=True)
     finally:
         for path in paths:
             os.unlink(path)
-    return None
+    rep.objects_checked += got.objects_read
+    return None if got.ok else f"{key}: {got.summary()}"
 
 
-def _sha1_of(path: str, end: int) -> bytes:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        left = end
-        while left:
-            block = f.read(min(left, 1 << 20))
-            if not block:
-                break
-            h.update(block)
-            left -= len(block)
-    return h.digest()
-
-
-def check_pack(pack_path: str, idx_path: str, name_hex: str) -> int:
-    """Check a pack and its idx end to end; the number of objects, or CorruptObject."""
-    idx_size = os.path.getsize(idx_path)
-    with open(idx_path, "rb") as f:
-        f.seek(idx_size - 20)
-        if f.read(20) != _sha1_of(idx_path, idx_size - 20):
-            raise CorruptObject("the idx does not match its own SHA-1")
-    size = os.path.getsize(pack_path)
-    trailer = _sha1_of(pack_path, size - 20)
-    with open(pack_path, "rb") as f:
-        f.seek(size - 20)
-        if f.read(20) != trailer:
-            raise CorruptObject("the pack does not match its trailing SHA-1")
-    if trailer.hex() != name_hex:
-        raise CorruptObject(f"the pack's SHA-1 is {trailer.hex()}, not the one in its name")
-    ix = PackIndex(idx_path)
-    try:
-        with PackFile(pack_path, ix, resolve_base=_no_external_base) as pack, \
-                open(pack_path, "rb") as f:
-            entries = sorted((off, crc, oid) for oid, crc, off in ix.iter_entries())
-            for i, (off, crc, oid) in enumerate(entries):
-                end = entries[i + 1][0] if i + 1 < len(entries) else size - 20
-                f.seek(off)
-                if zlib.crc32(f.read(end - off)) != crc:
-                    raise CorruptObject(f"entry {oid.hex()} at {off} fails its CRC32")
-            return sum(1 for _ in pack.iter_objects(verify=True))
-    finally:
-        ix.close()
-
-
-def _no_external_base(oid: bytes) -> tuple[int, bytes]:
-    # A repository's packs are self-contained (thin packs only travel over the wire).
-    raise CorruptObject(f"a delta names base {oid.hex()}, which is not in the pack")
+def fsck_report(store: ObjectStore, name: str, options: dict[str, Any], *,
+                where: str) -> dict[str, Any]:
+    """`ketch fsck -r s3://...`: this check of one repository, in fsck's report
+    shape (integrity.fsck.FsckReport.as_dict)."""
+    if options.get("generate") or options.get("repair"):
+        raise KetchError("an S3 mirror is read-only: run fsck -g or --repair where the "
+                         "repository is, then push it again")
+    percent = 0.0 if options.get("quick") else float(options.get("read_data") or 0.0)
+    got = verify(store, [name], read_data_percent=percent)
+    r = got.repos[0]
+    problems: list[dict[str, Any]] = []
+    if r.error is not None:
+        problems.append({"severity": "damaged", "what": "repository", "message": r.error})
+    problems += [{"severity": "damaged", "what": "missing", "file": k,
+                  "message": f"{k}: missing"} for k in r.missing]
+    problems += [{"severity": "damaged", "what": "pack", "message": c} for c in r.corrupted]
+    problems += [{"severity": "warning", "what": "extra", "file": k,
+                  "message": f"{k}: no manifest names it (an interrupted push?)"}
+                 for k in r.extra]
+    code = got.exit_code
+    return {"repository": where, "quick": bool(options.get("quick")),
+            "read_data_percent": percent, "packs": r.files_checked // 2,
+            "packs_read": r.packs_read, "objects": r.objects_checked,
+            "objects_read": r.objects_checked, "objects_reachable": 0, "refs": 0,
+            "bytes_read": r.bytes_read, "seconds": round(got.seconds, 3),
+            "problems": problems, "repairs": [], "parity_generated": 0,
+            "exit_code": code, "ok": code == EXIT_OK}

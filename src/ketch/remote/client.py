@@ -16,7 +16,7 @@ import json
 import os
 import re
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,7 +41,7 @@ from ketch.remote.protocol import (
 )
 from ketch.remote.session import Client, interrupted
 from ketch.remote.spec import RemoteSpec
-from ketch.repo import AppendOnlyRepository, GcJob, WritableRepository
+from ketch.repo import AppendOnlyRepository, FsckJob, GcJob, WritableRepository
 
 _TYPE_BY_NAME = {name: num for num, name in gobj.TYPE_NAMES.items()}
 _BATCH = 256  # objects per cat-batch request when reading ahead
@@ -51,6 +51,8 @@ _CAT_REPLY = re.compile(rb"([0-9a-f]{40}) ([a-z]+) ([0-9]{1,12})\n")
 # The server refuses bigger objects (ketch.remote.server._MAX_OBJECT): a reply
 # announcing more is not waited for.
 _MAX_OBJECT = 1 << 31
+# An fsck report has a line per damaged object: a badly damaged repository's is long.
+_MAX_FSCK_REPORT = 256 << 20
 
 
 def default_cache_root() -> str:
@@ -299,12 +301,25 @@ class RemoteRepository(WritableRepository):
         except ConnectionLost as e:
             raise self.client._lost(e) from None
 
+    def make_parity(self, generate: Callable[[str], None]) -> None:
+        """The server makes parity for the packs it writes from now on, with its
+        own par2 (`generate` is for packs written here)."""
+        self.client.require(b"par2")
+        self._drain()
+        self.conn.write(b"par2\n")
+        try:
+            self.conn.check_ok()
+        except RemoteError as e:
+            raise KetchError(f"server: {e}") from None
+
     # -- garbage collection, run by the server -----------------------------------------
 
     def collect_garbage(self, job: GcJob) -> dict[str, Any]:
         """Send `gc` with the job's options; the server runs it on its repository
         (saying `.` now and then while it works) and answers with its report."""
         self.client.require(b"gc")
+        if job.options.get("par2"):
+            self.client.require(b"par2")  # an older server would ignore the option
         self._drain()
         self.conn.write(b"gc\n" + json.dumps(job.options, sort_keys=True).encode() + b"\n")
         try:
@@ -322,26 +337,41 @@ class RemoteRepository(WritableRepository):
             self._objindex = None
         return report
 
-    def _gc_reply(self) -> dict[str, Any]:
+    def check_integrity(self, job: FsckJob) -> dict[str, Any]:
+        """Send `fsck` with the job's options: the server reads its packs and
+        answers with its report (no object crosses the connection)."""
+        self.client.require(b"fsck")
+        self._drain()
+        self.conn.write(b"fsck\n" + json.dumps(job.options, sort_keys=True).encode() + b"\n")
+        try:
+            return self._gc_reply("fsck", _MAX_FSCK_REPORT)
+        except ConnectionLost as e:
+            raise self.client._lost(e) from None
+        except RemoteError as e:
+            if str(e).startswith("append-only:"):
+                raise AppendOnlyRepository(f"server: {e}") from None
+            raise KetchError(f"server: {e}") from None
+
+    def _gc_reply(self, what: str = "gc", limit: int = _MAX_GC_REPORT) -> dict[str, Any]:
         conn = self.conn
         while True:
-            line = conn.readline(limit=_MAX_GC_REPORT)
+            line = conn.readline(limit=limit)
             if not line:
-                raise ConnectionLost(f"connection to {self.spec} lost during gc")
+                raise ConnectionLost(f"connection to {self.spec} lost during {what}")
             if line == GC_KEEPALIVE_LINE:
                 continue
             if line.startswith(b"error "):
                 raise RemoteError(line[6:].rstrip(b"\n").decode(errors="replace"))
             if line == b"\n":  # an `error` reply follows its blank line
                 conn.check_ok()
-                raise ProtocolError(f"{self.spec}: gc: ok without a report")
+                raise ProtocolError(f"{self.spec}: {what}: ok without a report")
             break
         try:
             report = json.loads(line)
         except ValueError:
             report = None
         if not isinstance(report, dict):
-            raise ProtocolError(f"{self.spec}: gc: the report is not a JSON object")
+            raise ProtocolError(f"{self.spec}: {what}: the report is not a JSON object")
         self.client.check_ok()
         return report
 

@@ -11,18 +11,17 @@ Differences from `bup server`, all invisible to a bup client:
   not send them again; the half frame is dropped;
 - `--restrict-to DIR` confines every path to DIR and `--append-only` refuses to
   delete or rewind refs (bup has neither);
-- `gc` (ketch's own command) collects the repository's garbage where its packs
-  are, for a key that is not append-only.
+- `gc` and `fsck` (ketch's own commands, remote/serverjobs.py) collect the
+  repository's garbage (a key that is not append-only) and check it where its
+  packs are; `par2` has parity made for the packs the session writes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import subprocess
-import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +33,6 @@ from ketch.git.pack import PackWriter
 from ketch.git.refs import check_ref_name
 from ketch.lifecycle.connect import check_complete, descends
 from ketch.remote.protocol import (
-    GC_KEEPALIVE_LINE,
     IDX_NAME,
     SUSPEND,
     Conn,
@@ -43,6 +41,7 @@ from ketch.remote.protocol import (
     shown,
     u32,
 )
+from ketch.remote.serverjobs import Refused, ServerJobs
 from ketch.repo import LocalRepository, default_repo_path, init_repository
 from ketch.stream import iter_blob_data
 from ketch.vfs import VFS
@@ -50,8 +49,6 @@ from ketch.vfs import VFS
 ZERO_HEX = b"0" * 40
 
 
-class Refused(KetchError):
-    """A confined client asked for something its key does not allow."""
 
 
 @dataclass
@@ -74,7 +71,7 @@ def decode_entry(encoded: bytes) -> tuple[int, bytes]:
         raise ProtocolError(f"object refused: {e}") from None
 
 
-class Server:
+class Server(ServerJobs):
     def __init__(self, conn: Conn, opts: ServerOptions) -> None:
         self.conn = conn
         self.opts = opts
@@ -93,7 +90,8 @@ class Server:
             b"receive-objects-v2": self.receive_objects, b"read-ref": self.read_ref,
             b"update-ref": self.update_ref, b"join": self.join, b"cat": self.join,
             b"cat-batch": self.cat_batch, b"refs": self.refs, b"rev-list": self.rev_list,
-            b"resolve": self.resolve, b"gc": self.gc,
+            b"resolve": self.resolve, b"gc": self.gc, b"fsck": self.fsck,
+            b"par2": self.par2,
         }
 
     # -- the loop -------------------------------------------------------------
@@ -374,53 +372,13 @@ class Server:
             raise KetchError(f"git rev-list returned error {out.returncode}")
         self.conn.ok()
 
-    # -- garbage collection ---------------------------------------------------
+    def par2(self, _: bytes) -> None:
+        """Parity for each pack this session writes (a client's `save --par2`)."""
+        from ketch.integrity import parity
 
-    GC_KEEPALIVE = 30.0  # seconds between keepalive lines while gc runs
-
-    def gc(self, _: bytes) -> None:
-        """`gc` + one line of JSON options -> keepalive lines, one line of JSON report, ok."""
-        line = self.conn.readline()
-        try:
-            options = json.loads(line)
-        except (ValueError, RecursionError):
-            options = None
-        if not isinstance(options, dict):  # the line is read: the session stays in step
-            raise KetchError("gc: expected one line of JSON options (an object)")
-        if self.opts.append_only:
-            raise Refused("append-only: gc is the server's job")
-        if self.suspended is not None:
-            raise KetchError("cannot gc during receive-objects-v2")
-        from ketch.lifecycle.gc import GcRun
-
-        gc_job = GcRun.from_options(options)
-        repo = self._repo()
-        self._vfs = None
-        # The session's lease stands for its client's saves, which are over when
-        # it asks for gc (and which re-read the idx files afterwards): held, gc
-        # would wait for itself.
-        self._lease.close()
-        self._leased = False
-        outcome: list[dict[str, object]] = []
-        failure: list[BaseException] = []
-
-        def work() -> None:
-            try:
-                outcome.append(repo.collect_garbage(gc_job))
-            except BaseException as e:  # noqa: B036 - handed to the serving thread
-                failure.append(e)
-
-        # Not a daemon: a client that goes away does not cut a gc short.
-        worker = threading.Thread(target=work, name="ketch-server-gc")
-        worker.start()
-        while worker.is_alive():
-            worker.join(self.GC_KEEPALIVE)
-            if worker.is_alive():
-                self.conn.write(GC_KEEPALIVE_LINE)
-                self.conn.flush()
-        if failure:
-            raise failure[0]
-        self.conn.write(json.dumps(outcome[0], sort_keys=True, default=str).encode() + b"\n")
+        if not parity.available():
+            raise KetchError(parity.NOT_INSTALLED)
+        self._repo().make_parity(parity.generate)
         self.conn.ok()
 
     # -- objects out ----------------------------------------------------------
