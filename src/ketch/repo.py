@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -23,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ketch.errors import KetchError, NotARepository, ObjectNotFound, RefConflict, RefNotFound
+from ketch.errors import KetchError, NotARepository, ObjectNotFound, RefNotFound
 from ketch.git import objects as gobj
 from ketch.git.config import GitConfig
 from ketch.git.loose import iter_loose_ids, loose_exists, read_loose
@@ -458,39 +456,6 @@ class LocalRepository(WritableRepository):
         self, name: bytes, new: bytes, old: bytes | None, message: bytes = b""
     ) -> None:
         self.refs.update(name, new, old, message=message)
-
-
-def advance_branch(
-    repo: WritableRepository,
-    refname: bytes,
-    commit: bytes,
-    old: bytes | None,
-    rebuild: Callable[[bytes | None], bytes],
-    *,
-    message: bytes = b"",
-    attempts: int = 20,
-) -> bytes:
-    """Move `refname` from `old` to `commit`. When another writer moved it first
-    (two saves into one branch at once), the commit is rebuilt on top of the new
-    head with `rebuild(parent) -> commit bytes` and the swap retried, so neither
-    save is lost. Returns the commit the branch now points at."""
-    for attempt in range(attempts):
-        try:
-            repo.update_ref(refname, commit, old, message)
-            return commit
-        except RefConflict:
-            # Writers that collided once collide again unless they spread out.
-            time.sleep(random.uniform(0, min(2.0, 0.01 * 2 ** attempt)))
-            old = repo.read_ref(refname)
-            w = repo.writer()
-            try:
-                commit = w.write(gobj.COMMIT, rebuild(old))
-            except BaseException:
-                w.abort()
-                raise
-            w.close()
-    raise RefConflict(f"{refname.decode(errors='replace')} kept moving under this save; "
-                      f"gave up after {attempts} attempts")
 
 
 def default_repo_path(explicit: str | None) -> str:

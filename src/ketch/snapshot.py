@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import errno
 import os
+import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ketch.commits import commit_bytes
-from ketch.errors import KetchError
+from ketch.errors import KetchError, RefConflict
 from ketch.git import objects as gobj
 from ketch.git.pack import DEFAULT_LEVEL
 from ketch.git.refs import validate_branch_name
 from ketch.interrupt import held
 from ketch.progress import NullProgress, Progress
-from ketch.repo import ObjectWriter, Repository, WritableRepository, advance_branch
+from ketch.repo import ObjectWriter, Repository, WritableRepository
 
 
 def save_index_path(repo: Repository) -> str:
@@ -94,3 +96,36 @@ def write_snapshot(
             result.ref = refname
         repo.maintain()
         return result
+
+
+def advance_branch(
+    repo: WritableRepository,
+    refname: bytes,
+    commit: bytes,
+    old: bytes | None,
+    rebuild: Callable[[bytes | None], bytes],
+    *,
+    message: bytes = b"",
+    attempts: int = 20,
+) -> bytes:
+    """Move `refname` from `old` to `commit`. When another writer moved it first
+    (two saves into one branch at once), the commit is rebuilt on top of the new
+    head with `rebuild(parent) -> commit bytes` and the swap retried, so neither
+    save is lost. Returns the commit the branch now points at."""
+    for attempt in range(attempts):
+        try:
+            repo.update_ref(refname, commit, old, message)
+            return commit
+        except RefConflict:
+            # Writers that collided once collide again unless they spread out.
+            time.sleep(random.uniform(0, min(2.0, 0.01 * 2 ** attempt)))
+            old = repo.read_ref(refname)
+            w = repo.writer()
+            try:
+                commit = w.write(gobj.COMMIT, rebuild(old))
+            except BaseException:
+                w.abort()
+                raise
+            w.close()
+    raise RefConflict(f"{refname.decode(errors='replace')} kept moving under this save; "
+                      f"gave up after {attempts} attempts")
