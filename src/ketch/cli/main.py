@@ -22,8 +22,7 @@ from ketch.errors import EXIT_FAILED, KetchError
 COMMANDS = {
     "init": "init", "index": "index", "save": "save", "ls": "ls", "restore": "restore",
     "cat-file": "cat_file", "split": "split", "join": "join", "server": "server", "run": "run",
-    "mirror": "mirror", "prune": "prune", "gc": "gc", "fsck": "fsck",
-    "drill": "drill",
+    "mirror": "mirror", "prune": "prune", "gc": "gc", "fsck": "fsck", "drill": "drill",
     "schedule": "schedule",
     "config": "config",
     "completion": "completion",

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ketch.errors import KetchError
+from ketch.jobs import sqlsplit
 
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 30.0
@@ -119,7 +120,19 @@ class ThrowawayServer(ABC):
         return [line.split(self.separator) for line in proc.stdout.decode(errors="replace").splitlines()]
 
     def load(self, blocks: Iterable[bytes], *, db: str | None = None) -> list[str]:
-        """Stream a dump into the server's client; the client's error lines."""
+        """Stream a dump into the server's client(s); the clients' error lines."""
+        errors: list[str] = []
+        for code, errlog in self._clients_load(blocks, db):
+            with open(errlog, "rb") as f:
+                found = [line.strip() for line in f.read().decode(errors="replace").splitlines()
+                         if "ERROR" in line]
+            if code != 0 and not found:
+                found = [f"the client exited with status {code}: {_tail(errlog)}"]
+            errors += found
+        return errors
+
+    def _clients_load(self, blocks: Iterable[bytes], db: str | None) -> list[tuple[int, str]]:
+        """(exit status, stderr file) of each client that loaded the dump: one here."""
         errlog = os.path.join(self.workdir, "client.err")
         with open(errlog, "wb") as err:
             proc = subprocess.Popen(self.client(db), stdin=subprocess.PIPE,
@@ -135,13 +148,7 @@ class ThrowawayServer(ABC):
                 proc.kill()
                 proc.wait()
                 raise
-            code = proc.wait()
-        with open(errlog, "rb") as f:
-            errors = [line.strip() for line in f.read().decode(errors="replace").splitlines()
-                      if "ERROR" in line]
-        if code != 0 and not errors:
-            errors = [f"the client exited with status {code}: {_tail(errlog)}"]
-        return errors
+            return [(proc.wait(), errlog)]
 
 
 class MariaDB(ThrowawayServer):
@@ -187,6 +194,11 @@ class MariaDB(ThrowawayServer):
         return [self.mysql, "--no-defaults", f"--socket={self.socket}", "-uroot",
                 "--max-allowed-packet=1G", "--batch", "--skip-column-names", "--raw",
                 *([db] if db else [])]
+
+    def _clients_load(self, blocks: Iterable[bytes], db: str | None) -> list[tuple[int, str]]:
+        # One client is bound by its connection's one server thread: tables load
+        # in parallel (sqlsplit says how a dump is cut safely).
+        return sqlsplit.load(blocks, self.client(db), self.env(), self.workdir)
 
     def tables(self) -> dict[str, int]:
         skip = ",".join(f"'{s}'" for s in MYSQL_SKIP)
