@@ -101,6 +101,9 @@ def test_flipped_byte_names_file_pack_and_offset(repo: Path, run_ketch: RunKetch
     assert f"{pack.name} damaged at offset {entry})" in line
     assert "(and 1 other save)" in line  # both saves hold the file; named once
     assert sum("big.bin" in ln for ln in text.splitlines()) == 1
+    # One damage, one line for the pack: located, so not also "the trailer fails".
+    assert [ln for ln in text.splitlines() if "damaged:" in ln and "big.bin" not in ln] == [
+        f"  damaged: {pack.name}: 1 damaged entry at offset {entry} (fails its CRC32)"]
 
 
 def test_zeroed_block_and_truncation_and_missing_files(repo: Path) -> None:
