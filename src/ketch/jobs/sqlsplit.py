@@ -1,13 +1,14 @@
 """A mysqldump loaded by several clients at once: a drill's MariaDB load.
 
 One `mariadb` client loading a dump is bound by the server's one thread for
-that connection (~3.4 MB/s of SQL here); tables of a dump are independent, so
+that connection (~5 MB/s of SQL on the benchmark machine); tables of a dump are independent, so
 each table's section goes whole to one of several clients, and the server's
 threads run in parallel.
 
-mysqldump writes a comment line before each section, and a row never spans
-lines (newlines in values are written `\\n`), so a line starting with `-- `
-between statements is always one of these markers:
+mysqldump writes a comment line before each section, and no line of a
+statement starts with `-- ` (rows start with `(` or `INSERT`; a newline inside
+a value is written `\\n`), so a line starting with `-- ` is always a comment,
+and these comments are markers:
 
 - `-- Table structure for table` starts a table: structure, rows, triggers.
   Sections of one phase go to whichever client has the least queued.
@@ -15,6 +16,10 @@ between statements is always one of these markers:
   routines, the final view structure) is a barrier: every client finishes
   first, then that section runs alone, so a database exists before its tables
   load and views find the tables they name.
+
+Each client is fed from its own spool file (unlinked, in the scratch
+directory; at most SPOOL_LIMIT bytes ahead of the clients in all), so the
+splitter reads on to the next table while earlier ones still load.
 
 The text before the first marker (session settings: character set, foreign
 key and unique checks, SQL mode, time zone) is sent to every client first,
@@ -24,7 +29,6 @@ and the last `USE` seen to every client of a later phase.
 from __future__ import annotations
 
 import os
-import queue
 import re
 import subprocess
 import threading
@@ -34,7 +38,10 @@ TABLE = b"-- Table structure for table "
 _BARRIERS = (b"-- Current Database: ", b"-- Dumping events for database ",
              b"-- Dumping routines for database ", b"-- Final view structure for view ")
 _USE = re.compile(rb"^USE `[^`\n]*`;$", re.M)
-_QUEUED = 8  # blocks queued per client: a slow client holds back its own table only
+_BLOCK = 1 << 20
+# Spooled ahead of the clients, at most: what lets a later table start while an
+# earlier one still loads, in the scratch directory rather than in memory.
+SPOOL_LIMIT = 1 << 30
 
 
 def sections(blocks: Iterable[bytes]) -> Iterator[tuple[str, bytes]]:
@@ -62,32 +69,73 @@ def sections(blocks: Iterable[bytes]) -> Iterator[tuple[str, bytes]]:
         yield kind, rest
 
 
+class _Budget:
+    """Bytes spooled for the clients and not yet sent to them, across all."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self.cv = threading.Condition()
+
+    def take(self, n: int) -> None:
+        with self.cv:
+            # Waits only on clients whose sections are whole (the splitter is
+            # past them), so they drain without it.
+            while self.used and self.used + n > self.limit:
+                self.cv.wait()
+            self.used += n
+
+    def give(self, n: int) -> None:
+        with self.cv:
+            self.used -= n
+            self.cv.notify_all()
+
+
 class _Client:
-    def __init__(self, argv: list[str], env: dict[str, str] | None, errlog: str,
-                 first: bytes) -> None:
-        self.err = open(errlog, "wb")  # noqa: SIM115 - closed in finish()
+    """One client process, fed from a spool file in the scratch directory: the
+    splitter moves on to the next table while this one is still loading."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None, path: str,
+                 budget: _Budget, first: bytes) -> None:
+        self.errlog = path + ".err"
+        self.err = open(self.errlog, "wb")  # noqa: SIM115 - closed in finish()
         # Unbuffered: a statement left in a buffer would keep its table locked
         # while this client waits for more, and another client waits for it.
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      stderr=self.err, env=env, bufsize=0)
-        self.errlog = errlog
-        self.queued = 0
-        self.q: queue.Queue[bytes | None] = queue.Queue(_QUEUED)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.unlink(path)  # nothing to clean up, however the drill ends
+        self.budget = budget
+        self.written = self.sent = 0
+        self.closed = False
+        self.cv = threading.Condition()
         self.thread = threading.Thread(target=self._feed, daemon=True)
         self.thread.start()
         self.put(first)
+
+    @property
+    def queued(self) -> int:
+        return self.written - self.sent
+
+    def _next(self) -> bytes:
+        with self.cv:
+            while self.sent == self.written and not self.closed:
+                self.cv.wait()
+            n = min(_BLOCK, self.written - self.sent)
+            return os.pread(self.fd, n, self.sent) if n else b""
 
     def _feed(self) -> None:
         stdin = self.proc.stdin
         assert stdin is not None
         broken = False
-        while (block := self.q.get()) is not None:
+        while block := self._next():
             if not broken:
                 try:
                     stdin.write(block)
-                except (BrokenPipeError, OSError):
-                    broken = True  # its errors are in its log; the feeder still drains
-            self.queued -= len(block)
+                except OSError:
+                    broken = True  # its errors are in its log; the spool still drains
+            with self.cv:
+                self.sent += len(block)
+            self.budget.give(len(block))
         try:
             stdin.close()
         except OSError:
@@ -95,20 +143,32 @@ class _Client:
 
     def put(self, block: bytes) -> None:
         if block:
-            self.queued += len(block)
-            self.q.put(block)
+            self.budget.take(len(block))
+            with self.cv:
+                os.pwrite(self.fd, block, self.written)
+                self.written += len(block)
+                self.cv.notify()
+
+    def _close(self) -> None:
+        with self.cv:
+            self.closed = True
+            self.cv.notify()
 
     def finish(self) -> tuple[int, str]:
-        self.q.put(None)
+        self._close()
         self.thread.join()
         code = self.proc.wait()
         self.err.close()
+        os.close(self.fd)
         return code, self.errlog
 
     def kill(self) -> None:
         self.proc.kill()
+        self._close()
+        self.thread.join()
         self.proc.wait()
         self.err.close()
+        os.close(self.fd)
 
 
 def load(blocks: Iterable[bytes], argv: list[str], env: dict[str, str] | None,
@@ -122,11 +182,12 @@ def load(blocks: Iterable[bytes], argv: list[str], env: dict[str, str] | None,
     current: _Client | None = None
     alone = False  # the running section is a barrier's
     runs = 0
+    budget = _Budget(SPOOL_LIMIT)
 
     def spawn() -> _Client:
         nonlocal runs
         runs += 1
-        c = _Client(argv, env, os.path.join(workdir, f"client-{runs}.err"), head + use)
+        c = _Client(argv, env, os.path.join(workdir, f"client-{runs}"), budget, head + use)
         clients.append(c)
         return c
 
