@@ -16,15 +16,14 @@ import numpy as np
 import numpy.typing as npt
 
 from ketch.errors import CorruptObject, KetchError
-from ketch.git import objects as gobj
 from ketch.git.loose import loose_exists, read_loose
-from ketch.git.packread import PackFile
 from ketch.lifecycle.liveset import LiveSet, ids_to_bytes
+from ketch.lifecycle.walkread import Damaged, LiveReader, children
 
 _READ_BATCH = 512
 _BLOB_BATCH = 1 << 14
-# Mapped pages count towards RSS once touched, and the kernel maps 64 KiB
-# around each fault however small the object: each read counts that much.
+# fsck reads many small objects: the kernel maps 64 KiB around each fault,
+# so each read counts that much towards the remap.
 _REMAP_BYTES = 4 << 20
 _FAULT_AROUND = 64 << 10
 
@@ -40,55 +39,20 @@ class Trouble:
     where: str  # "missing", "pack-X.pack damaged at offset N", ...
 
 
-class Reach:
+class Reach(LiveReader):
     """The walk; `trouble` collects each bad object once."""
 
     def __init__(self, objects_dir: str, live: LiveSet, bad: list[BoolArray],
                  damage_note: Callable[[int, int], str],
                  on_objects: Callable[[int], None] | None = None) -> None:
-        self.objects_dir = objects_dir
-        self.live = live
+        super().__init__(objects_dir, live, remap_bytes=_REMAP_BYTES,
+                         fault_around=_FAULT_AROUND)
         self.bad = bad
         self.damage_note = damage_note  # (idx number, position) -> "pack-X damaged at..."
         self.on_objects = on_objects
         self.trouble: dict[bytes, Trouble] = {}
         self.loose: set[bytes] = set()
         self.found = 0
-        self._packs: dict[int, PackFile] = {}
-        self._mapped = 0
-
-    def close(self) -> None:
-        for p in self._packs.values():
-            p.close()
-        self._packs.clear()
-
-    # -- reading ---------------------------------------------------------------
-
-    def _pack(self, k: int) -> PackFile:
-        p = self._packs.get(k)
-        if p is None:
-            p = PackFile(self.live.pack_path(k), self.live.idx[k], resolve_base=self.read,
-                         cache_bytes=8 << 20)
-            self._packs[k] = p
-        return p
-
-    def _read_at(self, k: int, pos: int) -> tuple[int, bytes]:
-        got = self._pack(k).read_at(self.live.idx[k].offset_at(pos))
-        self._mapped += len(got[1]) + _FAULT_AROUND
-        if self._mapped >= _REMAP_BYTES:
-            self._mapped = 0
-            self.close()
-        return got
-
-    def read(self, oid: bytes) -> tuple[int, bytes]:
-        """Any stored object (delta bases outside their pack come here)."""
-        which, pos = self.live.locate(np.array([oid], dtype="S20"))
-        if which[0] >= 0:
-            return self._read_at(int(which[0]), int(pos[0]))
-        got = read_loose(self.objects_dir, oid)
-        if got is None:
-            raise CorruptObject(f"object {oid.hex()} not found")
-        return got
 
     def intact_copy(self, oid: bytes, k: int) -> tuple[int, int] | None:
         """Another idx's undamaged copy of `oid` (duplicates across packs)."""
@@ -151,42 +115,16 @@ class Reach:
                 kind = kinds[oid]
                 try:
                     if k >= 0:
-                        type_num, data = self._read_at(k, pos)
+                        type_num, data = self.read_at(k, pos)
                     else:
                         got = read_loose(self.objects_dir, oid)
                         assert got is not None
                         type_num, data = got
                     children(type_num, data, to_read, blobs)
+                except Damaged as e:
+                    self.trouble[oid] = Trouble(oid, kind, str(e))
                 except CorruptObject as e:
                     self.trouble[oid] = Trouble(oid, kind, f"unreadable: {e}")
                 except KetchError as e:
                     self.trouble[oid] = Trouble(oid, kind, str(e))
 
-
-def children(type_num: int, data: bytes, to_read: list[tuple[bytes, str]],
-             blobs: list[bytes]) -> None:
-    if type_num == gobj.TREE:
-        pos, n = 0, len(data)
-        find = data.find
-        while pos < n:
-            sp = find(b" ", pos)
-            nul = find(b"\0", sp)
-            if sp < 0 or nul < 0 or nul + 21 > n:
-                raise KetchError("damaged: a tree entry is cut short")
-            mode = data[pos:sp]
-            oid = data[nul + 1 : nul + 21]
-            if mode == b"40000":
-                to_read.append((oid, "tree"))
-            elif mode != b"160000":
-                blobs.append(oid)
-            pos = nul + 21
-    elif type_num in (gobj.COMMIT, gobj.TAG):
-        head = data.split(b"\n\n", 1)[0]
-        for line in head.split(b"\n"):
-            key, _, value = line.partition(b" ")
-            if key in (b"tree", b"parent", b"object"):
-                try:
-                    to_read.append((bytes.fromhex(value.decode()),
-                                    "tree" if key == b"tree" else "commit"))
-                except ValueError:
-                    raise KetchError("damaged: a bad object id in a commit") from None
