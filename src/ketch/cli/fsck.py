@@ -7,8 +7,7 @@ import click
 from ketch.cli.common import open_repo, repo_option
 from ketch.cli.fleetout import render_fleet
 from ketch.cli.fsckout import text
-from ketch.cli.gc import _GcMeter
-from ketch.cli.termprogress import show_progress
+from ketch.cli.termprogress import PhaseMeter, show_progress
 from ketch.errors import UsageError
 from ketch.integrity.fleetcheck import fsck_all
 from ketch.integrity.fsck import FsckRun
@@ -45,7 +44,7 @@ def command(ctx: click.Context, /, repo_dir: str | None, root: str | None, quick
     the first save and path that need it. Over ssh the server does the
     reading; on an S3 mirror it is `mirror verify`'s check.
     """
-    meter = _GcMeter() if show_progress() and not quiet else None
+    meter = PhaseMeter() if show_progress() and not quiet else None
     job = FsckRun(quick=quick, read_data=read_data, generate=generate, repair=repair,
                   progress=meter)
     if root is not None:

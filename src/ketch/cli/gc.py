@@ -2,14 +2,13 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Any
 
 import click
 
 from ketch.cli.common import open_repo, repo_option
 from ketch.cli.fleetout import render_fleet
-from ketch.cli.termprogress import TermProgress, show_progress
+from ketch.cli.termprogress import PhaseMeter, show_progress
 from ketch.errors import EXIT_WARNINGS, UsageError
 from ketch.interrupt import reported_as
 from ketch.lifecycle.fleet import gc_all
@@ -20,56 +19,6 @@ from ketch.lifecycle.serverconfig import (
     load_server_config,
 )
 from ketch.text import plural
-
-
-class _GcMeter:
-    """gc's steps on the terminal: a count of objects while marking and
-    rescuing, bytes with % and ETA while rewriting."""
-
-    def __init__(self) -> None:
-        from ketch.cli.meter import StatusLine
-
-        self._status = StatusLine()
-        self._meter: TermProgress | None = None
-        self._label = ""
-        self._objects = 0
-        self._last = 0.0
-        self.warnings: list[str] = []
-
-    def _end_meter(self) -> None:
-        if self._meter is not None:
-            self._meter.finish()
-            self._meter = None
-
-    def phase(self, label: str, total_bytes: int | None = None) -> None:
-        self._end_meter()
-        self._label, self._objects = label, 0
-        if total_bytes is not None:
-            self._status.close()
-            self._meter = TermProgress(label)
-            self._meter.start(total_bytes)
-        else:
-            self._status.show(f"{label}…")
-
-    def start(self, total_bytes: int | None, total_files: int | None = None) -> None:
-        pass
-
-    def advance(self, nbytes: int = 0, nfiles: int = 0) -> None:
-        if self._meter is not None:
-            self._meter.advance(nbytes, nfiles)
-            return
-        self._objects += nfiles
-        now = time.monotonic()
-        if now - self._last >= 0.2:
-            self._last = now
-            self._status.show(f"{self._label}: {plural(self._objects, 'object', grouped=True)}")
-
-    def warn(self, message: str) -> None:
-        self.warnings.append(message)
-
-    def finish(self) -> None:
-        self._end_meter()
-        self._status.close()
 
 
 def _size(n: int) -> str:
@@ -125,7 +74,7 @@ def command(ctx: click.Context, /, repo_dir: str | None, root: str | None,
     Saves may run meanwhile: see "How gc stays safe" in the README. Quiet
     unless on a terminal (cron mails nothing), except for warnings.
     """
-    meter = _GcMeter() if show_progress() and not quiet else None
+    meter = PhaseMeter() if show_progress() and not quiet else None
     if root is not None:
         if repo_dir is not None:
             raise UsageError("give -d/-r or --all ROOT, not both")

@@ -9,6 +9,8 @@ import time
 
 import click
 
+from ketch.text import plural
+
 
 def show_progress() -> bool:
     return sys.stderr.isatty() and not os.environ.get("KETCH_QUIET")
@@ -67,3 +69,53 @@ class TermProgress:
 
     def finish(self) -> None:
         self._meter.close(self.bytes, self.files)
+
+
+class PhaseMeter:
+    """A job's phases on the terminal (gc, fsck): a count of objects while marking and
+    rescuing, bytes with % and ETA while rewriting."""
+
+    def __init__(self) -> None:
+        from ketch.cli.meter import StatusLine
+
+        self._status = StatusLine()
+        self._meter: TermProgress | None = None
+        self._label = ""
+        self._objects = 0
+        self._last = 0.0
+        self.warnings: list[str] = []
+
+    def _end_meter(self) -> None:
+        if self._meter is not None:
+            self._meter.finish()
+            self._meter = None
+
+    def phase(self, label: str, total_bytes: int | None = None) -> None:
+        self._end_meter()
+        self._label, self._objects = label, 0
+        if total_bytes is not None:
+            self._status.close()
+            self._meter = TermProgress(label)
+            self._meter.start(total_bytes)
+        else:
+            self._status.show(f"{label}…")
+
+    def start(self, total_bytes: int | None, total_files: int | None = None) -> None:
+        pass
+
+    def advance(self, nbytes: int = 0, nfiles: int = 0) -> None:
+        if self._meter is not None:
+            self._meter.advance(nbytes, nfiles)
+            return
+        self._objects += nfiles
+        now = time.monotonic()
+        if now - self._last >= 0.2:
+            self._last = now
+            self._status.show(f"{self._label}: {plural(self._objects, 'object', grouped=True)}")
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+    def finish(self) -> None:
+        self._end_meter()
+        self._status.close()

@@ -4,7 +4,7 @@ each (its full report in --json); the exit status is the worst of them."""
 from __future__ import annotations
 
 from ketch.integrity.fsck import FsckRun
-from ketch.lifecycle.fleet import FleetReport, MachineResult, _each
+from ketch.lifecycle.fleet import FleetReport, MachineResult, each_repository
 from ketch.repo import LocalRepository
 from ketch.text import plural
 
@@ -23,4 +23,4 @@ def fsck_all(root: str, job: FsckRun) -> FleetReport:
             summary = f"{worst}: {plural(len(problems), 'problem')}; {problems[0]['message']}"
         return MachineResult(name, repo.path, "done", summary, int(got["exit_code"]), got)
 
-    return _each(root, report, one)
+    return each_repository(root, report, one)

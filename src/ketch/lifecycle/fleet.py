@@ -106,8 +106,11 @@ class FleetReport:
         return "\n".join(lines)
 
 
-def _each(root: str, report: FleetReport,
-          job: Callable[[str, LocalRepository], MachineResult | None]) -> FleetReport:
+def each_repository(root: str, report: FleetReport,
+                    job: Callable[[str, LocalRepository], MachineResult | None]
+                    ) -> FleetReport:
+    """Run `job` on every repository under `root` (prune, gc, fsck): one result
+    each in `report`, a repository that cannot be opened reported, not fatal."""
     t0 = time.monotonic()
     for path in find_repositories(root):
         name = os.path.basename(path)
@@ -172,7 +175,7 @@ def prune_all(root: str, config: ServerConfig, *, dry_run: bool = False,
         summary += "".join(f"; {problem}" for problem in [*got.errors, *got.warnings])
         return MachineResult(name, repo.path, "done", summary, got.exit_code, got.as_dict())
 
-    return _each(root, report, one)
+    return each_repository(root, report, one)
 
 
 def gc_all(root: str, *, threshold: float, dry_run: bool = False,
@@ -192,5 +195,5 @@ def gc_all(root: str, *, threshold: float, dry_run: bool = False,
         summary += "".join(f"; {w}" for w in got.warnings)
         return MachineResult(name, repo.path, "done", summary, got.exit_code, d)
 
-    return _each(root, report, one)
+    return each_repository(root, report, one)
 
