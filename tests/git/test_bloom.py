@@ -20,6 +20,7 @@ from ketch.git.bloom import (
     MAX_BLOOM_BITS,
     BloomReader,
     _addresses,
+    _write_new,
     bloom_params,
     update_bloom,
     write_bloom,
@@ -257,3 +258,16 @@ def test_empty_names_and_no_temp_files(tmp_path: Path) -> None:
     assert os.path.getsize(out) == 16 + 1024 + len(os.path.basename(p))
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
     assert update_bloom(tmp_path).action == "none"
+
+
+def test_an_idx_gone_mid_build_leaves_no_filter_and_says_so(repo: Path) -> None:
+    """gc may hide an idx between the listing and its opening: the build must end
+    with that FileNotFoundError (ObjectIndex.maintain retries on it), not with a
+    BufferError from closing the map under a live view, and leave no filter."""
+    pack_dir = repo / "objects" / "pack"
+    real = sorted(glob.glob(str(pack_dir / "*.idx")))
+    out = pack_dir / "bup.bloom"
+    out.unlink(missing_ok=True)
+    with pytest.raises(FileNotFoundError):
+        _write_new(str(out), [*real, str(pack_dir / ("pack-" + "0" * 40 + ".idx"))], 1000, None)
+    assert not out.exists()

@@ -218,20 +218,22 @@ def _fill(
     f = out.file
     f.flush()
     m = mmap.mmap(f.fileno(), _HEADER_LEN + (1 << bits), access=mmap.ACCESS_WRITE)
+    table = np.frombuffer(m, dtype=np.uint8, count=1 << bits, offset=_HEADER_LEN)
     try:
-        table = np.frombuffer(m, dtype=np.uint8, count=1 << bits, offset=_HEADER_LEN)
         for p in idx_paths:
-            ix = PackIndex(p)
+            ix = PackIndex(p)  # FileNotFoundError (gc hid it): the caller retries
             try:
                 _add_ids(table, ix.ids, bits, k)
                 entries += ix.count
             finally:
                 ix.close()
             names.append(os.path.basename(p))
-        del table
         struct.pack_into(">I", m, 12, entries)
         m.flush()
     finally:
+        # The view must go before the map closes, or closing raises BufferError
+        # over whatever ended the loop (an idx gc moved away mid-listing).
+        del table
         m.close()
     f.seek(_HEADER_LEN + (1 << bits))
     f.write(b"\0".join(os.fsencode(n) for n in names))
