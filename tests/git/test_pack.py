@@ -259,3 +259,20 @@ def test_a_held_section_on_another_thread_does_not_swallow_a_stop_signal() -> No
             t.join(10)
     assert raised, "the main thread was not interrupted"
     assert errors == [], errors
+
+
+def test_pack_over_several_hash_windows_and_writeback_stretches(bare: Path,
+                                                               tmp_path: Path) -> None:
+    """A 20 MB pack: its SHA-1 is read back in three windows, and writeback
+    is started while it is written; git agrees on every byte."""
+    r = random.Random(11)
+    datas = [r.randbytes(40_000) for _ in range(500)]
+    with PackWriter(str(bare / "objects")) as w:
+        for i in range(0, len(datas), 50):
+            w.write_many(gobj.BLOB, datas[i : i + 50])
+    [pack] = packs(bare)
+    assert pack.stat().st_size > 20_000_000
+    subprocess.run(["git", "index-pack", "-o", str(tmp_path / "git.idx"), str(pack)], check=True,
+                   capture_output=True)
+    assert (tmp_path / "git.idx").read_bytes() == pack.with_suffix(".idx").read_bytes()
+    git(bare, "fsck", "--strict", "--no-dangling")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import array
 import contextlib
 import hashlib
+import mmap
 import os
 import shutil
 import struct
@@ -22,7 +23,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
-from ketch.git.durable import fsync_dir
+from ketch.git.durable import fsync_dir, start_writeback
 from ketch.git.idx import write_idx_v2_flat
 from ketch.git.packenc import EncodingWriter, PackEncoder
 from ketch.git.packenc import encode_entry as encode_entry
@@ -32,6 +33,24 @@ from ketch.interrupt import held
 
 DEFAULT_MAX_PACK_SIZE = 1_000_000_000
 DEFAULT_LEVEL = 1
+# Written data is handed to the disk every this many bytes (sync_file_range,
+# as borg does), so the fsync at close waits for the last stretch only, not a
+# whole pack's worth of dirty pages (~1.2 s for 1 GB here).
+_WRITEBACK = 16 << 20
+_HASH_WINDOW = 8 << 20  # a multiple of mmap.ALLOCATIONGRANULARITY
+
+
+def _sha1_of(fd: int, size: int) -> bytes:
+    """SHA-1 of the first `size` bytes of the file, read back from the page
+    cache (its header, written last, comes first): hashed straight from a map
+    of one window at a time, which costs no copy (read() copies, and a new
+    buffer per block faults its pages in) and keeps RSS to a window."""
+    h = hashlib.sha1()
+    for off in range(0, size, _HASH_WINDOW):
+        with mmap.mmap(fd, min(_HASH_WINDOW, size - off), access=mmap.ACCESS_READ,
+                       offset=off) as m:
+            h.update(m)
+    return h.digest()
 
 
 class _Entries:
@@ -101,6 +120,7 @@ class PackWriter(EncodingWriter):
         self._file: BinaryIO | None = None
         self._entries = _Entries()
         self._offset = 0
+        self._kicked = 0  # offset up to which writeback has been started
         self.closed_idx: list[str] = []
         self.objects_written = 0
         self.bytes_written = 0
@@ -124,6 +144,8 @@ class PackWriter(EncodingWriter):
             self._offset = self._entries.extend(oids, meta, self._offset)
             self.objects_written += len(oids)
             self.bytes_written += total
+            if self._offset - self._kicked >= _WRITEBACK:
+                self._start_writeback()
             return
         pos = 0
         view = memoryview(blob)
@@ -142,6 +164,8 @@ class PackWriter(EncodingWriter):
         self.bytes_written += len(enc)
         if self._offset >= self.max_pack_size or len(self._entries) >= self.max_pack_objects:
             self._finish_pack()
+        elif self._offset - self._kicked >= _WRITEBACK:
+            self._start_writeback()
 
     def _open(self) -> None:
         os.makedirs(self.pack_dir, exist_ok=True)
@@ -149,7 +173,16 @@ class PackWriter(EncodingWriter):
         self._file = open(os.path.join(self._tmpdir, "pack"), "w+b", buffering=1 << 20)  # noqa: SIM115
         self._file.write(b"PACK" + struct.pack(">II", 2, 0))
         self._offset = 12
+        self._kicked = 0
         self._entries = _Entries()
+
+    def _start_writeback(self) -> None:
+        """Start writing what is in the page cache to disk, without waiting."""
+        assert self._file is not None
+        if self._fsync:
+            self._file.flush()
+            start_writeback(self._file.fileno(), self._kicked, self._offset - self._kicked)
+        self._kicked = self._offset
 
     # -- closing ------------------------------------------------------------
 
@@ -161,11 +194,7 @@ class PackWriter(EncodingWriter):
         f.seek(8)
         f.write(struct.pack(">I", len(self._entries)))
         f.flush()
-        f.seek(0)
-        h = hashlib.sha1()
-        while block := f.read(8 << 20):
-            h.update(block)
-        pack_sha = h.digest()
+        pack_sha = _sha1_of(f.fileno(), self._offset)
         f.seek(0, os.SEEK_END)
         f.write(pack_sha)
         f.flush()
