@@ -16,6 +16,10 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__SSE2__) || defined(_M_X64)
+#include <emmintrin.h>
+#define HAVE_SSE2 1
+#endif
 
 #define WINDOW 64
 #define EARLY (WINDOW - 1)
@@ -63,8 +67,78 @@ digest_bits(uint32_t w, uint32_t x)
     return bits;
 }
 
+#ifdef HAVE_SSE2
+/* The last lane of v in every lane. */
+static inline __m128i
+last_lane(__m128i v)
+{
+    v = _mm_shufflehi_epi16(v, 0xff);
+    return _mm_unpackhi_epi64(v, v);
+}
+
+/* Running sums of v's eight lanes. */
+static inline __m128i
+prefix_sum(__m128i v)
+{
+    v = _mm_add_epi16(v, _mm_slli_si128(v, 2));
+    v = _mm_add_epi16(v, _mm_slli_si128(v, 4));
+    return _mm_add_epi16(v, _mm_slli_si128(v, 8));
+}
+
+/* Eight positions at a time: W and X mod 2**16 (all the split test and the
+ * bits read) in eight uint16 lanes, from the per-position changes
+ * W(i) - W(i-1) = c - d and X(i) - X(i-1) = W(i) - 64*d.  Advances over
+ * positions [*pos, lim) up to the first group of eight that holds a split,
+ * which the caller's byte loop then finds; *w and *x follow.  Needs
+ * *pos >= p + 64 (a full window since the chunk start p). */
+static void
+scan_sse2(const uint8_t *b, Py_ssize_t *pos, Py_ssize_t lim, uint32_t *w, uint32_t *x)
+{
+    const __m128i zero = _mm_setzero_si128();
+    const __m128i mask = _mm_set1_epi16((short)SPLIT_MASK);
+    const __m128i want = _mm_set1_epi16((short)X_HIT);
+    __m128i W = _mm_set1_epi16((short)*w), X = _mm_set1_epi16((short)*x);
+    Py_ssize_t i = *pos;
+    while (i + 16 <= lim) {
+        __m128i c16 = _mm_loadu_si128((const __m128i *)(b + i));
+        __m128i d16 = _mm_loadu_si128((const __m128i *)(b + i - WINDOW));
+        __m128i c, d, Wl, Xl;
+        if (_mm_movemask_epi8(_mm_cmpeq_epi8(c16, zero)) == 0xffff
+            && _mm_movemask_epi8(_mm_cmpeq_epi16(W, zero)) == 0xffff) {
+            /* W == 0: the window is all zeros (W < 2**16), the initial state,
+             * which zeros keep and which never splits: disk images are full
+             * of such runs. */
+            i += 16;
+            continue;
+        }
+        c = _mm_unpacklo_epi8(c16, zero);
+        d = _mm_unpacklo_epi8(d16, zero);
+        Wl = _mm_add_epi16(prefix_sum(_mm_sub_epi16(c, d)), W);
+        Xl = _mm_add_epi16(prefix_sum(_mm_sub_epi16(Wl, _mm_slli_epi16(d, 6))), X);
+        if (_mm_movemask_epi8(_mm_cmpeq_epi16(_mm_and_si128(Xl, mask), want)))
+            break;
+        W = last_lane(Wl);
+        X = last_lane(Xl);
+        i += 8;
+        c = _mm_unpackhi_epi8(c16, zero);
+        d = _mm_unpackhi_epi8(d16, zero);
+        Wl = _mm_add_epi16(prefix_sum(_mm_sub_epi16(c, d)), W);
+        Xl = _mm_add_epi16(prefix_sum(_mm_sub_epi16(Wl, _mm_slli_epi16(d, 6))), X);
+        if (_mm_movemask_epi8(_mm_cmpeq_epi16(_mm_and_si128(Xl, mask), want)))
+            break;
+        W = last_lane(Wl);
+        X = last_lane(Xl);
+        i += 8;
+    }
+    *pos = i;
+    *w = (uint32_t)_mm_cvtsi128_si32(W) & 0xffffu;
+    *x = (uint32_t)_mm_cvtsi128_si32(X) & 0xffffu;
+}
+#endif
+
 /* First position i in [p, lim) after which a rollsum started fresh at p
- * splits, or -1; its bits go to *bits.  Reads nothing before p. */
+ * splits, or -1; its bits go to *bits.  Reads nothing before p.  Only the
+ * low 16 bits of w and x are kept exact: all the test and the bits read. */
 static Py_ssize_t
 find_hit(const uint8_t *b, Py_ssize_t p, Py_ssize_t lim, int *bits)
 {
@@ -78,6 +152,9 @@ find_hit(const uint8_t *b, Py_ssize_t p, Py_ssize_t lim, int *bits)
         if ((x & SPLIT_MASK) == X_HIT)
             goto hit;
     }
+#ifdef HAVE_SSE2
+    scan_sse2(b, &i, lim, &w, &x);
+#endif
     for (; i < lim; i++) {
         uint32_t d = b[i - WINDOW];
         w += (uint32_t)b[i] - d;
