@@ -136,43 +136,86 @@ scan_sse2(const uint8_t *b, Py_ssize_t *pos, Py_ssize_t lim, uint32_t *w, uint32
 }
 #endif
 
-/* First position i in [p, lim) after which a rollsum started fresh at p
- * splits, or -1; its bits go to *bits.  Reads nothing before p.  Only the
- * low 16 bits of w and x are kept exact: all the test and the bits read. */
+/* The scan of a rollsum started at p, from position i (>= p + 64: the
+ * window is full) on to lim, with *w and *x its state at i - 1: the first
+ * position that splits (state there in *w and *x) or -1.  Only the low 16
+ * bits of w and x are kept exact: all the test and the bits read. */
 static Py_ssize_t
-find_hit(const uint8_t *b, Py_ssize_t p, Py_ssize_t lim, int *bits)
+scan_on(const uint8_t *b, Py_ssize_t i, Py_ssize_t lim, uint32_t *wp, uint32_t *xp)
 {
-    uint32_t w = 0, x = 0;
-    Py_ssize_t i = p;
-    Py_ssize_t head = lim - p > WINDOW ? p + WINDOW : lim;
-    for (; i < head; i++) {
-        /* The byte leaving is the zero pre-fill. */
-        w += b[i];
-        x += w;
-        if ((x & SPLIT_MASK) == X_HIT)
-            goto hit;
-    }
+    uint32_t w, x;
 #ifdef HAVE_SSE2
-    scan_sse2(b, &i, lim, &w, &x);
+    scan_sse2(b, &i, lim, wp, xp);
 #endif
+    w = *wp;
+    x = *xp;
     for (; i < lim; i++) {
         uint32_t d = b[i - WINDOW];
         w += (uint32_t)b[i] - d;
         x += w - WINDOW * d;
         if ((x & SPLIT_MASK) == X_HIT)
-            goto hit;
+            break;
     }
-    return -1;
-hit:
-    *bits = digest_bits(w, x);
-    return i;
+    *wp = w;
+    *xp = x;
+    return i < lim ? i : -1;
 }
 
-/* Chunk b[start:n] as bup does one buffer (spec 1.5, steps 3a-3c), appending
+/* The bytes being chunked: byte i is block[i - r] from r on, and head[i]
+ * below head_len.  A feed's remainder (r bytes) and its new read block are
+ * chunked as one buffer without copying the block: head holds the remainder
+ * and the block's first 64 bytes or more, so that a scan from a chunk start
+ * in the remainder goes on into the block with a full window. */
+typedef struct {
+    const uint8_t *head;
+    Py_ssize_t head_len;
+    const uint8_t *block;
+    Py_ssize_t r;
+} Bytes;
+
+/* First position i in [p, lim) after which a rollsum started fresh at p
+ * splits, or -1; its bits go to *bits.  Reads nothing before p. */
+static Py_ssize_t
+find_hit(const Bytes *v, Py_ssize_t p, Py_ssize_t lim, int *bits)
+{
+    uint32_t w = 0, x = 0;
+    const uint8_t *b = v->block;
+    Py_ssize_t off = v->r; /* byte i is b[i - off] */
+    Py_ssize_t i, hit, end = lim, fresh;
+    if (p < v->r) {
+        b = v->head;
+        off = 0;
+        if (end > v->head_len)
+            end = v->head_len; /* >= p + 64 */
+    }
+    fresh = end - p > WINDOW ? p + WINDOW : end;
+    for (i = p; i < fresh; i++) {
+        /* The byte leaving is the zero pre-fill. */
+        w += b[i - off];
+        x += w;
+        if ((x & SPLIT_MASK) == X_HIT) {
+            *bits = digest_bits(w, x);
+            return i;
+        }
+    }
+    hit = scan_on(b, i - off, end - off, &w, &x);
+    if (hit >= 0)
+        hit += off;
+    else if (end < lim) {
+        hit = scan_on(v->block, end - v->r, lim - v->r, &w, &x);
+        if (hit >= 0)
+            hit += v->r;
+    }
+    if (hit >= 0)
+        *bits = digest_bits(w, x);
+    return hit;
+}
+
+/* Chunk v[start:n] as bup does one buffer (spec 1.5, steps 3a-3c), appending
  * (end, level) pairs; with `final`, the remainder too (step 4).  Returns the
  * offset where the unconsumed rest starts, or -1 when out of memory. */
 static Py_ssize_t
-split_range(const uint8_t *b, Py_ssize_t start, Py_ssize_t n, int fanbits, int final, Ends *o)
+split_range(const Bytes *v, Py_ssize_t start, Py_ssize_t n, int fanbits, int final, Ends *o)
 {
     Py_ssize_t p = start;
     Py_ssize_t known = -1; /* a boundary the last scan found beyond a 32 KiB cut */
@@ -181,14 +224,14 @@ split_range(const uint8_t *b, Py_ssize_t start, Py_ssize_t n, int fanbits, int f
         Py_ssize_t hit;
         int bits = 0;
         if (known >= p + EARLY) {
-            hit = find_hit(b, p, p + EARLY, &bits);
+            hit = find_hit(v, p, p + EARLY, &bits);
             if (hit < 0) {
                 hit = known;
                 bits = known_bits;
             }
         }
         else {
-            hit = find_hit(b, p, n, &bits);
+            hit = find_hit(v, p, n, &bits);
             if (hit < 0)
                 break;
         }
@@ -239,32 +282,59 @@ check_fanbits(int fanbits)
 }
 
 PyDoc_STRVAR(split_buffer_doc,
-"split_buffer(buf, fanbits, /) -> bytes\n--\n\n"
-"The chunks bup cuts from one buffer (spec 1.5, steps 3a-3c), as native int64\n"
-"(end, level) pairs; the unconsumed rest starts at the last end (0 if none).");
+"split_buffer(buf, fanbits, rest=b'', /) -> bytes\n--\n\n"
+"The chunks bup cuts from one buffer, rest + buf (spec 1.5, steps 3a-3c), as\n"
+"native int64 (end, level) pairs, ends counted from the start of rest; the\n"
+"unconsumed remainder starts at the last end (0 if none).  buf is not copied.");
+
+/* The block's bytes copied after the remainder: at least a window, so that
+ * scans go on into the block with full windows; more only costs copying. */
+#define HEAD_EXTRA 256
 
 static PyObject *
 split_buffer(PyObject *self, PyObject *args)
 {
-    Py_buffer view;
+    Py_buffer view, rest = {NULL, NULL};
     int fanbits;
     Ends o = {NULL, 0, 0};
-    Py_ssize_t rest;
-    if (!PyArg_ParseTuple(args, "y*i:split_buffer", &view, &fanbits))
+    Bytes v = {NULL, 0, NULL, 0};
+    uint8_t *head = NULL;
+    Py_ssize_t done;
+    if (!PyArg_ParseTuple(args, "y*i|y*:split_buffer", &view, &fanbits, &rest))
         return NULL;
-    if (check_fanbits(fanbits) < 0) {
-        PyBuffer_Release(&view);
-        return NULL;
+    if (check_fanbits(fanbits) < 0)
+        goto fail;
+    v.block = (const uint8_t *)view.buf;
+    if (rest.obj != NULL && rest.len > 0) {
+        Py_ssize_t extra = view.len < HEAD_EXTRA ? view.len : HEAD_EXTRA;
+        head = PyMem_Malloc((size_t)(rest.len + extra));
+        if (head == NULL) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        memcpy(head, rest.buf, (size_t)rest.len);
+        memcpy(head + rest.len, view.buf, (size_t)extra);
+        v.head = head;
+        v.head_len = rest.len + extra;
+        v.r = rest.len;
     }
     Py_BEGIN_ALLOW_THREADS
-    rest = split_range((const uint8_t *)view.buf, 0, view.len, fanbits, 0, &o);
+    done = split_range(&v, 0, v.r + view.len, fanbits, 0, &o);
     Py_END_ALLOW_THREADS
+    PyMem_Free(head);
     PyBuffer_Release(&view);
-    if (rest < 0) {
+    if (rest.obj != NULL)
+        PyBuffer_Release(&rest);
+    if (done < 0) {
         PyMem_RawFree(o.v);
         return PyErr_NoMemory();
     }
     return ends_result(&o);
+fail:
+    PyBuffer_Release(&view);
+    if (rest.obj != NULL)
+        PyBuffer_Release(&rest);
+    return NULL;
 }
 
 PyDoc_STRVAR(split_files_doc,
@@ -281,6 +351,7 @@ split_files(PyObject *self, PyObject *args)
     Ends o = {NULL, 0, 0};
     Py_ssize_t k, count, failed = 0;
     const int64_t *ends;
+    Bytes v = {NULL, 0, NULL, 0};
     if (!PyArg_ParseTuple(args, "y*y*i:split_files", &view, &ends_view, &fanbits))
         return NULL;
     if (check_fanbits(fanbits) < 0)
@@ -297,10 +368,11 @@ split_files(PyObject *self, PyObject *args)
             goto fail;
         }
     }
+    v.block = (const uint8_t *)view.buf;
     Py_BEGIN_ALLOW_THREADS
     for (k = 0; k < count && !failed; k++) {
         Py_ssize_t s = k ? (Py_ssize_t)ends[k - 1] : 0;
-        if (split_range((const uint8_t *)view.buf, s, (Py_ssize_t)ends[k], fanbits, 1, &o) < 0)
+        if (split_range(&v, s, (Py_ssize_t)ends[k], fanbits, 1, &o) < 0)
             failed = 1;
     }
     Py_END_ALLOW_THREADS

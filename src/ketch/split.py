@@ -115,10 +115,12 @@ class Splitter:
         if not block:
             # bup never appends an empty read, so it would not rescan here.
             return iter(())
-        buf = self._rest + bytes(block) if self._rest else block
-        if not isinstance(buf, bytes):
-            buf = bytes(buf)
-        chunks, self._rest = self._split_buffer(buf)
+        if not isinstance(block, bytes):
+            block = bytes(block)
+        if self._compiled:
+            chunks, self._rest = self._split_after(self._rest, block)
+        else:
+            chunks, self._rest = self._split_buffer(self._rest + block if self._rest else block)
         return iter(chunks)
 
     def finish(self) -> Iterator[Chunk]:
@@ -128,15 +130,33 @@ class Splitter:
             yield memoryview(rest), 0
 
     def _split_buffer(self, buf: bytes) -> tuple[list[Chunk], bytes]:
-        if not self._compiled:
-            return self._split_buffer_numpy(buf)
-        ends, levels = _pairs(_rollsum.split_buffer(buf, self._fanbits))
+        """(chunks, remainder) of one buffer scanned from its start (spec 1.5 step 3)."""
+        if self._compiled:
+            return self._split_after(b"", buf)
+        return self._split_buffer_numpy(buf)
+
+    def _split_after(self, rest: bytes, block: bytes) -> tuple[list[Chunk], bytes]:
+        """`_split_buffer(rest + block)` without that copy of the whole block (as
+        long as the scan): only chunks that straddle the two are joined."""
+        r = len(rest)
+        ends, levels = _pairs(_rollsum.split_buffer(block, self._fanbits, rest))
         if not ends:
-            return [], buf
-        mv = memoryview(buf)
-        starts = [0, *ends[:-1]]
-        out = [(mv[s:e], lv) for s, e, lv in zip(starts, ends, levels, strict=True)]
-        return out, buf[ends[-1] :]
+            return [], rest + block
+        out: list[Chunk] = []
+        s = k = 0
+        while k < len(ends) and s < r:
+            e = ends[k]
+            part = memoryview(rest)[s:e] if e <= r else memoryview(rest[s:] + block[: e - r])
+            out.append((part, levels[k]))
+            s = e
+            k += 1
+        if k < len(ends):
+            mv = memoryview(block)
+            tail = [e - r for e in ends[k:]] if r else ends
+            starts = [s - r, *tail[:-1]]
+            out += [(mv[a:b], lv) for a, b, lv in zip(starts, tail, levels[k:], strict=True)]
+        last = ends[-1]
+        return out, block[last - r :] if last >= r else rest[last:] + block
 
     def _split_buffer_numpy(self, buf: bytes) -> tuple[list[Chunk], bytes]:
         import numpy as np
