@@ -1,8 +1,9 @@
 /* bup 0.33's hashsplit driver (bup-format.md 1.2-1.5) compiled: chunk ends and levels.
  *
- * The numpy kernel (ketch.rollsum_np) is the fallback and the tests' oracle;
- * this one scans a byte at a time at a few cycles a byte, with the GIL
- * released, so a second thread can hash and compress meanwhile.
+ * The numpy kernel (ketch.rollsum, driven by ketch.split) is the fallback
+ * without a compiler and the tests' oracle.  This one runs with the GIL
+ * released, so another thread can hash and compress meanwhile; with SSE2
+ * (every x86-64) eight positions at a time, elsewhere a byte at a time.
  *
  * The rollsum is kept as the window sums W (plain) and X (weighted by age+1,
  * newest 1): s1 = 1984 + W and s2 = 124992 + X (mod 2**32), so only W and X
