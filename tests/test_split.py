@@ -672,6 +672,17 @@ def test_split_files_equals_one_splitter_per_file(files: list[bytes]) -> None:
         assert [(bytes(c), lv) for c, lv in chunks] == want
 
 
+def test_split_files_late_boundary_in_a_short_batch() -> None:
+    """A batch of at most 384 bytes still splits 63 or more bytes into a chunk
+    (the numpy kernel once kept such files whole, unlike bup)."""
+    from ketch.split import split_files
+
+    files = [bytes(100) + TINY_CHUNK + bytes(50), bytes(57) + TINY_CHUNK, b"abc"]
+    got = [[(bytes(c), lv) for c, lv in chunks] for chunks in split_files(files, 1)]
+    assert got == [list(ref_split([d], 1)) for d in files]
+    assert [len(c) for c, _ in got[0]] == [107, 50]
+
+
 def test_split_files_on_real_sizes() -> None:
     from ketch.split import split_files
 

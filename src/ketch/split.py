@@ -262,25 +262,29 @@ def _split_files_numpy(datas: list[bytes], buf: bytes, fanbits: int) -> list[lis
 
     from ketch.rollsum import BLOB_BITS, EARLY, SMALL, Kernel, early_bounded
 
+    if len(buf) <= SMALL:
+        # Too short for numpy to pay off, and without its candidates the walk
+        # below would miss boundaries 63 bytes or more into a chunk.
+        out_small: list[list[Chunk]] = []
+        for d in datas:
+            sp = Splitter(fanbits)
+            out_small.append([*sp.feed(d), *sp.finish()])
+        return out_small
     mv = memoryview(buf)
     starts = np.cumsum([0] + [len(d) for d in datas[:-1]], dtype=np.int64)
     # Fresh-state checks for the two kinds of chunk start that nearly all chunks
     # have (a file's start, right after a candidate), in bulk; the rare others
     # (after a 32 KiB cut or an early boundary) are scanned one by one.  A hit
     # found past the end of its file is ignored where it is used.
-    early_at: dict[int, tuple[int, int]] = {}
-    cand: list[int] = []
-    cand_bits: list[int] = []
-    if len(buf) > SMALL:
-        kernel = Kernel()
-        a = np.frombuffer(buf, np.uint8)
-        cand_arr, bits_arr = kernel.candidates(a)
-        cand = cand_arr.tolist()
-        cand_bits = bits_arr.tolist()
-        bulk = np.unique(np.concatenate([starts, cand_arr + 1]))
-        bulk = bulk[bulk < len(buf)]
-        offs, ebits = kernel.early(a, buf, bulk)
-        early_at = dict(zip(bulk.tolist(), zip(offs, ebits, strict=True), strict=True))
+    kernel = Kernel()
+    a = np.frombuffer(buf, np.uint8)
+    cand_arr, bits_arr = kernel.candidates(a)
+    cand: list[int] = cand_arr.tolist()
+    cand_bits: list[int] = bits_arr.tolist()
+    bulk = np.unique(np.concatenate([starts, cand_arr + 1]))
+    bulk = bulk[bulk < len(buf)]
+    offs, ebits = kernel.early(a, buf, bulk)
+    early_at = dict(zip(bulk.tolist(), zip(offs, ebits, strict=True), strict=True))
 
     def level(bits: int) -> int:
         return (bits - BLOB_BITS) // fanbits if fanbits else 0
