@@ -24,7 +24,7 @@ import ketch.split
 from ketch.split import BLOB_MAX, Splitter, split_chunks, split_files
 from tests.conftest import SRC_DIR
 from tests.kernelutil import require_compiled_kernel, use_kernel
-from tests.test_split import TINY_CHUNK, blocks_of, ref_split
+from tests.test_split import CRAFT_MID, TINY_CHUNK, blocks_of, ref_split
 
 # One piece of an input: what it is, a length, a seed.
 Piece = tuple[str, int, int]
@@ -145,6 +145,19 @@ def test_boundary_at_every_buffer_end(monkeypatch: pytest.MonkeyPatch) -> None:
         cuts.append(pos + (i % 3) - 1)
     blocks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
     assert chunked("c", blocks, 4, monkeypatch) == list(ref_split(blocks))
+
+
+@pytest.mark.parametrize("over", [1, 20, 43, 44, 45, 132])
+def test_remainder_never_scanned_from_its_start(over: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """craft.bin's trap (spec 1.5): no boundary in the first read, so 32 KiB is
+    cut without a rescan and the remainder's own fresh scan splits after 44
+    bytes on the next feed: in a chunk that straddles the remainder and the new
+    block, or (read longer than 32768 + 44) one inside the remainder."""
+    data = bytes(32704) + CRAFT_MID + bytes(33_000)
+    blocks = blocks_of(data, BLOB_MAX + over)
+    got = chunked("c", blocks, 4, monkeypatch)
+    assert got == list(ref_split(blocks))
+    assert [len(c) for c, _ in got][:2] == [BLOB_MAX, 44]
 
 
 def test_compiled_kernel_rejects_bad_arguments() -> None:

@@ -1,8 +1,9 @@
 /* bup 0.33's hashsplit driver (bup-format.md 1.2-1.5) compiled: chunk ends and levels.
  *
- * The numpy kernel (ketch.rollsum_np) is the fallback and the tests' oracle;
- * this one scans a byte at a time at a few cycles a byte, with the GIL
- * released, so a second thread can hash and compress meanwhile.
+ * The numpy kernel (ketch.rollsum, driven by ketch.split) is the fallback
+ * without a compiler and the tests' oracle.  This one runs with the GIL
+ * released, so another thread can hash and compress meanwhile; with SSE2
+ * (every x86-64) eight positions at a time, elsewhere a byte at a time.
  *
  * The rollsum is kept as the window sums W (plain) and X (weighted by age+1,
  * newest 1): s1 = 1984 + W and s2 = 124992 + X (mod 2**32), so only W and X
@@ -16,6 +17,10 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__SSE2__) || defined(_M_X64)
+#include <emmintrin.h>
+#define HAVE_SSE2 1
+#endif
 
 #define WINDOW 64
 #define EARLY (WINDOW - 1)
@@ -63,39 +68,155 @@ digest_bits(uint32_t w, uint32_t x)
     return bits;
 }
 
-/* First position i in [p, lim) after which a rollsum started fresh at p
- * splits, or -1; its bits go to *bits.  Reads nothing before p. */
-static Py_ssize_t
-find_hit(const uint8_t *b, Py_ssize_t p, Py_ssize_t lim, int *bits)
+#ifdef HAVE_SSE2
+/* The last lane of v in every lane. */
+static inline __m128i
+last_lane(__m128i v)
 {
-    uint32_t w = 0, x = 0;
-    Py_ssize_t i = p;
-    Py_ssize_t head = lim - p > WINDOW ? p + WINDOW : lim;
-    for (; i < head; i++) {
-        /* The byte leaving is the zero pre-fill. */
-        w += b[i];
-        x += w;
-        if ((x & SPLIT_MASK) == X_HIT)
-            goto hit;
+    v = _mm_shufflehi_epi16(v, 0xff);
+    return _mm_unpackhi_epi64(v, v);
+}
+
+/* Running sums of v's eight lanes. */
+static inline __m128i
+prefix_sum(__m128i v)
+{
+    v = _mm_add_epi16(v, _mm_slli_si128(v, 2));
+    v = _mm_add_epi16(v, _mm_slli_si128(v, 4));
+    return _mm_add_epi16(v, _mm_slli_si128(v, 8));
+}
+
+/* Eight positions at a time: W and X mod 2**16 (all the split test and the
+ * bits read) in eight uint16 lanes, from the per-position changes
+ * W(i) - W(i-1) = c - d and X(i) - X(i-1) = W(i) - 64*d.  Advances over
+ * positions [*pos, lim) up to the first group of eight that holds a split,
+ * which the caller's byte loop then finds; *w and *x follow.  Needs
+ * *pos >= p + 64 (a full window since the chunk start p). */
+static void
+scan_sse2(const uint8_t *b, Py_ssize_t *pos, Py_ssize_t lim, uint32_t *w, uint32_t *x)
+{
+    const __m128i zero = _mm_setzero_si128();
+    const __m128i mask = _mm_set1_epi16((short)SPLIT_MASK);
+    const __m128i want = _mm_set1_epi16((short)X_HIT);
+    __m128i W = _mm_set1_epi16((short)*w), X = _mm_set1_epi16((short)*x);
+    Py_ssize_t i = *pos;
+    while (i + 16 <= lim) {
+        __m128i c16 = _mm_loadu_si128((const __m128i *)(b + i));
+        __m128i d16 = _mm_loadu_si128((const __m128i *)(b + i - WINDOW));
+        __m128i c, d, Wl, Xl;
+        if (_mm_movemask_epi8(_mm_cmpeq_epi8(c16, zero)) == 0xffff
+            && _mm_movemask_epi8(_mm_cmpeq_epi16(W, zero)) == 0xffff) {
+            /* W == 0: the window is all zeros (W < 2**16), the initial state,
+             * which zeros keep and which never splits: disk images are full
+             * of such runs. */
+            i += 16;
+            continue;
+        }
+        c = _mm_unpacklo_epi8(c16, zero);
+        d = _mm_unpacklo_epi8(d16, zero);
+        Wl = _mm_add_epi16(prefix_sum(_mm_sub_epi16(c, d)), W);
+        Xl = _mm_add_epi16(prefix_sum(_mm_sub_epi16(Wl, _mm_slli_epi16(d, 6))), X);
+        if (_mm_movemask_epi8(_mm_cmpeq_epi16(_mm_and_si128(Xl, mask), want)))
+            break;
+        W = last_lane(Wl);
+        X = last_lane(Xl);
+        i += 8;
+        c = _mm_unpackhi_epi8(c16, zero);
+        d = _mm_unpackhi_epi8(d16, zero);
+        Wl = _mm_add_epi16(prefix_sum(_mm_sub_epi16(c, d)), W);
+        Xl = _mm_add_epi16(prefix_sum(_mm_sub_epi16(Wl, _mm_slli_epi16(d, 6))), X);
+        if (_mm_movemask_epi8(_mm_cmpeq_epi16(_mm_and_si128(Xl, mask), want)))
+            break;
+        W = last_lane(Wl);
+        X = last_lane(Xl);
+        i += 8;
     }
+    *pos = i;
+    *w = (uint32_t)_mm_cvtsi128_si32(W) & 0xffffu;
+    *x = (uint32_t)_mm_cvtsi128_si32(X) & 0xffffu;
+}
+#endif
+
+/* The scan of a rollsum started at p, from position i (>= p + 64: the
+ * window is full) on to lim, with *w and *x its state at i - 1: the first
+ * position that splits (state there in *w and *x) or -1.  Only the low 16
+ * bits of w and x are kept exact: all the test and the bits read. */
+static Py_ssize_t
+scan_on(const uint8_t *b, Py_ssize_t i, Py_ssize_t lim, uint32_t *wp, uint32_t *xp)
+{
+    uint32_t w, x;
+#ifdef HAVE_SSE2
+    scan_sse2(b, &i, lim, wp, xp);
+#endif
+    w = *wp;
+    x = *xp;
     for (; i < lim; i++) {
         uint32_t d = b[i - WINDOW];
         w += (uint32_t)b[i] - d;
         x += w - WINDOW * d;
         if ((x & SPLIT_MASK) == X_HIT)
-            goto hit;
+            break;
     }
-    return -1;
-hit:
-    *bits = digest_bits(w, x);
-    return i;
+    *wp = w;
+    *xp = x;
+    return i < lim ? i : -1;
 }
 
-/* Chunk b[start:n] as bup does one buffer (spec 1.5, steps 3a-3c), appending
+/* The bytes being chunked: byte i is block[i - r] from r on, and head[i]
+ * below head_len.  A feed's remainder (r bytes) and its new read block are
+ * chunked as one buffer without copying the block: head holds the remainder
+ * and the block's first 64 bytes or more, so that a scan from a chunk start
+ * in the remainder goes on into the block with a full window. */
+typedef struct {
+    const uint8_t *head;
+    Py_ssize_t head_len;
+    const uint8_t *block;
+    Py_ssize_t r;
+} Bytes;
+
+/* First position i in [p, lim) after which a rollsum started fresh at p
+ * splits, or -1; its bits go to *bits.  Reads nothing before p. */
+static Py_ssize_t
+find_hit(const Bytes *v, Py_ssize_t p, Py_ssize_t lim, int *bits)
+{
+    uint32_t w = 0, x = 0;
+    const uint8_t *b = v->block;
+    Py_ssize_t off = v->r; /* byte i is b[i - off] */
+    Py_ssize_t i, hit, end = lim, fresh;
+    if (p < v->r) {
+        b = v->head;
+        off = 0;
+        if (end > v->head_len)
+            end = v->head_len; /* >= p + 64 */
+    }
+    fresh = end - p > WINDOW ? p + WINDOW : end;
+    for (i = p; i < fresh; i++) {
+        /* The byte leaving is the zero pre-fill. */
+        w += b[i - off];
+        x += w;
+        if ((x & SPLIT_MASK) == X_HIT) {
+            *bits = digest_bits(w, x);
+            return i;
+        }
+    }
+    hit = scan_on(b, i - off, end - off, &w, &x);
+    if (hit >= 0)
+        hit += off;
+    else if (end < lim) {
+        hit = scan_on(v->block, end - v->r, lim - v->r, &w, &x);
+        if (hit >= 0)
+            hit += v->r;
+    }
+    if (hit >= 0)
+        *bits = digest_bits(w, x);
+    return hit;
+}
+
+/* Chunk v[start:n] as bup does one buffer (spec 1.5, steps 3a-3c), appending
  * (end, level) pairs; with `final`, the remainder too (step 4).  Returns the
  * offset where the unconsumed rest starts, or -1 when out of memory. */
 static Py_ssize_t
-split_range(const uint8_t *b, Py_ssize_t start, Py_ssize_t n, int fanbits, int final, Ends *o)
+split_range(const Bytes *v, Py_ssize_t start, Py_ssize_t n, int fanbits, int final, Ends *o)
 {
     Py_ssize_t p = start;
     Py_ssize_t known = -1; /* a boundary the last scan found beyond a 32 KiB cut */
@@ -104,14 +225,14 @@ split_range(const uint8_t *b, Py_ssize_t start, Py_ssize_t n, int fanbits, int f
         Py_ssize_t hit;
         int bits = 0;
         if (known >= p + EARLY) {
-            hit = find_hit(b, p, p + EARLY, &bits);
+            hit = find_hit(v, p, p + EARLY, &bits);
             if (hit < 0) {
                 hit = known;
                 bits = known_bits;
             }
         }
         else {
-            hit = find_hit(b, p, n, &bits);
+            hit = find_hit(v, p, n, &bits);
             if (hit < 0)
                 break;
         }
@@ -162,32 +283,59 @@ check_fanbits(int fanbits)
 }
 
 PyDoc_STRVAR(split_buffer_doc,
-"split_buffer(buf, fanbits, /) -> bytes\n--\n\n"
-"The chunks bup cuts from one buffer (spec 1.5, steps 3a-3c), as native int64\n"
-"(end, level) pairs; the unconsumed rest starts at the last end (0 if none).");
+"split_buffer(buf, fanbits, rest=b'', /) -> bytes\n--\n\n"
+"The chunks bup cuts from one buffer, rest + buf (spec 1.5, steps 3a-3c), as\n"
+"native int64 (end, level) pairs, ends counted from the start of rest; the\n"
+"unconsumed remainder starts at the last end (0 if none).  buf is not copied.");
+
+/* The block's bytes copied after the remainder: at least a window, so that
+ * scans go on into the block with full windows; more only costs copying. */
+#define HEAD_EXTRA 256
 
 static PyObject *
 split_buffer(PyObject *self, PyObject *args)
 {
-    Py_buffer view;
+    Py_buffer view, rest = {NULL, NULL};
     int fanbits;
     Ends o = {NULL, 0, 0};
-    Py_ssize_t rest;
-    if (!PyArg_ParseTuple(args, "y*i:split_buffer", &view, &fanbits))
+    Bytes v = {NULL, 0, NULL, 0};
+    uint8_t *head = NULL;
+    Py_ssize_t done;
+    if (!PyArg_ParseTuple(args, "y*i|y*:split_buffer", &view, &fanbits, &rest))
         return NULL;
-    if (check_fanbits(fanbits) < 0) {
-        PyBuffer_Release(&view);
-        return NULL;
+    if (check_fanbits(fanbits) < 0)
+        goto fail;
+    v.block = (const uint8_t *)view.buf;
+    if (rest.obj != NULL && rest.len > 0) {
+        Py_ssize_t extra = view.len < HEAD_EXTRA ? view.len : HEAD_EXTRA;
+        head = PyMem_Malloc((size_t)(rest.len + extra));
+        if (head == NULL) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        memcpy(head, rest.buf, (size_t)rest.len);
+        memcpy(head + rest.len, view.buf, (size_t)extra);
+        v.head = head;
+        v.head_len = rest.len + extra;
+        v.r = rest.len;
     }
     Py_BEGIN_ALLOW_THREADS
-    rest = split_range((const uint8_t *)view.buf, 0, view.len, fanbits, 0, &o);
+    done = split_range(&v, 0, v.r + view.len, fanbits, 0, &o);
     Py_END_ALLOW_THREADS
+    PyMem_Free(head);
     PyBuffer_Release(&view);
-    if (rest < 0) {
+    if (rest.obj != NULL)
+        PyBuffer_Release(&rest);
+    if (done < 0) {
         PyMem_RawFree(o.v);
         return PyErr_NoMemory();
     }
     return ends_result(&o);
+fail:
+    PyBuffer_Release(&view);
+    if (rest.obj != NULL)
+        PyBuffer_Release(&rest);
+    return NULL;
 }
 
 PyDoc_STRVAR(split_files_doc,
@@ -204,6 +352,7 @@ split_files(PyObject *self, PyObject *args)
     Ends o = {NULL, 0, 0};
     Py_ssize_t k, count, failed = 0;
     const int64_t *ends;
+    Bytes v = {NULL, 0, NULL, 0};
     if (!PyArg_ParseTuple(args, "y*y*i:split_files", &view, &ends_view, &fanbits))
         return NULL;
     if (check_fanbits(fanbits) < 0)
@@ -220,10 +369,11 @@ split_files(PyObject *self, PyObject *args)
             goto fail;
         }
     }
+    v.block = (const uint8_t *)view.buf;
     Py_BEGIN_ALLOW_THREADS
     for (k = 0; k < count && !failed; k++) {
         Py_ssize_t s = k ? (Py_ssize_t)ends[k - 1] : 0;
-        if (split_range((const uint8_t *)view.buf, s, (Py_ssize_t)ends[k], fanbits, 1, &o) < 0)
+        if (split_range(&v, s, (Py_ssize_t)ends[k], fanbits, 1, &o) < 0)
             failed = 1;
     }
     Py_END_ALLOW_THREADS

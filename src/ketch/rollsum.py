@@ -7,9 +7,13 @@ test is X(i) == 6079 (mod 8192).  `Kernel` evaluates X mod 256 at every
 position with uint8 window doubling, then checks the 1/256 survivors exactly:
 that gives the candidates of the rollsum run continuously from the buffer
 start.  A chunk started at p has a fresh rollsum, which only differs from the
-continuous one at p..p+62, so ketch.split's `Splitter._split_buffer` walks the candidates
-and checks those 63 positions separately for each chunk start (speculatively
-in bulk for starts right after a candidate, which is nearly all of them).
+continuous one at p..p+62, so ketch.split's `Splitter._split_buffer_numpy`
+walks the candidates and checks those 63 positions separately for each chunk
+start (speculatively in bulk for starts right after a candidate, which is
+nearly all of them).
+
+This is the fallback where the compiled kernel (ketch._rollsum) was not built,
+and the tests' oracle for it; ketch.split imports it only then.
 """
 
 from __future__ import annotations

@@ -115,10 +115,12 @@ class Splitter:
         if not block:
             # bup never appends an empty read, so it would not rescan here.
             return iter(())
-        buf = self._rest + bytes(block) if self._rest else block
-        if not isinstance(buf, bytes):
-            buf = bytes(buf)
-        chunks, self._rest = self._split_buffer(buf)
+        if not isinstance(block, bytes):
+            block = bytes(block)
+        if self._compiled:
+            chunks, self._rest = self._split_after(self._rest, block)
+        else:
+            chunks, self._rest = self._split_buffer(self._rest + block if self._rest else block)
         return iter(chunks)
 
     def finish(self) -> Iterator[Chunk]:
@@ -128,15 +130,33 @@ class Splitter:
             yield memoryview(rest), 0
 
     def _split_buffer(self, buf: bytes) -> tuple[list[Chunk], bytes]:
-        if not self._compiled:
-            return self._split_buffer_numpy(buf)
-        ends, levels = _pairs(_rollsum.split_buffer(buf, self._fanbits))
+        """(chunks, remainder) of one buffer scanned from its start (spec 1.5 step 3)."""
+        if self._compiled:
+            return self._split_after(b"", buf)
+        return self._split_buffer_numpy(buf)
+
+    def _split_after(self, rest: bytes, block: bytes) -> tuple[list[Chunk], bytes]:
+        """`_split_buffer(rest + block)` without that copy of the whole block (as
+        long as the scan): only chunks that straddle the two are joined."""
+        r = len(rest)
+        ends, levels = _pairs(_rollsum.split_buffer(block, self._fanbits, rest))
         if not ends:
-            return [], buf
-        mv = memoryview(buf)
-        starts = [0, *ends[:-1]]
-        out = [(mv[s:e], lv) for s, e, lv in zip(starts, ends, levels, strict=True)]
-        return out, buf[ends[-1] :]
+            return [], rest + block
+        out: list[Chunk] = []
+        s = k = 0
+        while k < len(ends) and s < r:
+            e = ends[k]
+            part = memoryview(rest)[s:e] if e <= r else memoryview(rest[s:] + block[: e - r])
+            out.append((part, levels[k]))
+            s = e
+            k += 1
+        if k < len(ends):
+            mv = memoryview(block)
+            tail = [e - r for e in ends[k:]] if r else ends
+            starts = [s - r, *tail[:-1]]
+            out += [(mv[a:b], lv) for a, b, lv in zip(starts, tail, levels[k:], strict=True)]
+        last = ends[-1]
+        return out, block[last - r :] if last >= r else rest[last:] + block
 
     def _split_buffer_numpy(self, buf: bytes) -> tuple[list[Chunk], bytes]:
         import numpy as np
@@ -242,25 +262,29 @@ def _split_files_numpy(datas: list[bytes], buf: bytes, fanbits: int) -> list[lis
 
     from ketch.rollsum import BLOB_BITS, EARLY, SMALL, Kernel, early_bounded
 
+    if len(buf) <= SMALL:
+        # Too short for numpy to pay off, and without its candidates the walk
+        # below would miss boundaries 63 bytes or more into a chunk.
+        out_small: list[list[Chunk]] = []
+        for d in datas:
+            sp = Splitter(fanbits)
+            out_small.append([*sp.feed(d), *sp.finish()])
+        return out_small
     mv = memoryview(buf)
     starts = np.cumsum([0] + [len(d) for d in datas[:-1]], dtype=np.int64)
     # Fresh-state checks for the two kinds of chunk start that nearly all chunks
     # have (a file's start, right after a candidate), in bulk; the rare others
     # (after a 32 KiB cut or an early boundary) are scanned one by one.  A hit
     # found past the end of its file is ignored where it is used.
-    early_at: dict[int, tuple[int, int]] = {}
-    cand: list[int] = []
-    cand_bits: list[int] = []
-    if len(buf) > SMALL:
-        kernel = Kernel()
-        a = np.frombuffer(buf, np.uint8)
-        cand_arr, bits_arr = kernel.candidates(a)
-        cand = cand_arr.tolist()
-        cand_bits = bits_arr.tolist()
-        bulk = np.unique(np.concatenate([starts, cand_arr + 1]))
-        bulk = bulk[bulk < len(buf)]
-        offs, ebits = kernel.early(a, buf, bulk)
-        early_at = dict(zip(bulk.tolist(), zip(offs, ebits, strict=True), strict=True))
+    kernel = Kernel()
+    a = np.frombuffer(buf, np.uint8)
+    cand_arr, bits_arr = kernel.candidates(a)
+    cand: list[int] = cand_arr.tolist()
+    cand_bits: list[int] = bits_arr.tolist()
+    bulk = np.unique(np.concatenate([starts, cand_arr + 1]))
+    bulk = bulk[bulk < len(buf)]
+    offs, ebits = kernel.early(a, buf, bulk)
+    early_at = dict(zip(bulk.tolist(), zip(offs, ebits, strict=True), strict=True))
 
     def level(bits: int) -> int:
         return (bits - BLOB_BITS) // fanbits if fanbits else 0
