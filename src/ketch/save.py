@@ -34,10 +34,11 @@ from ketch.git import objects as gobj
 from ketch.git.refs import validate_branch_name
 from ketch.index import Entry, Fingerprint, Index
 from ketch.interrupt import stop_signals
-from ketch.metadata import EMPTY_RECORD
+from ketch.metadata import EMPTY_RECORD, Metadata
 from ketch.progress import NullProgress, Progress
 from ketch.repo import ObjectWriter, Repository, WritableRepository
-from ketch.savepipe import BigFiles, Stored, changed_warning, open_for_save, store_file
+from ketch.savepipe import BigFiles, Stored, store_file
+from ketch.savesmall import read_small
 from ketch.snapshot import write_snapshot
 
 # Files below this size are read whole and chunked together with the rest of
@@ -98,7 +99,8 @@ class _DirBuild:
     known: dict[bytes, Entry]
     entries: list[gobj.TreeEntry] = field(default_factory=list)
     records: list[tuple[bytes, bytes]] = field(default_factory=list)
-    small: list[tuple[bytes, bytes, os.stat_result, bytes]] = field(default_factory=list)
+    small: list[tuple[bytes, bytes, os.stat_result, bytes, Metadata]] = field(
+        default_factory=list)
     small_bytes: int = 0
     unchanged: bool = True
     seen: int = 0
@@ -154,36 +156,6 @@ class _Saver:
     def store_bytes(self, data: bytes) -> tuple[int, bytes]:
         """Chunk a small in-memory stream (a .bupm): (mode, oid)."""
         return store_bytes(self.w, data)
-
-    def read_small(self, path: bytes, st: os.stat_result) -> bytes | None:
-        """A small file's whole content (it is chunked later, with its directory's)."""
-        try:
-            fd = open_for_save(path)
-        except OSError as e:
-            self.warn(f"{os.fsdecode(path)}: {e.strerror}; skipped")
-            return None
-        try:
-            # Ask for the known size (+1 to see EOF): a plain read(8 MiB) would
-            # allocate 8 MiB per file.
-            parts = []
-            want = st.st_size + 1
-            try:
-                while piece := os.read(fd, want):
-                    parts.append(piece)
-                    want = max(want - len(piece), 1 << 16)
-            finally:
-                os.close(fd)
-            data = b"".join(parts) if len(parts) != 1 else parts[0]
-        except OSError as e:
-            self.warn(f"{os.fsdecode(path)}: read error: {e.strerror}; skipped")
-            return None
-        self.progress.advance(len(data))
-        self.result.files_read += 1
-        self.result.bytes_read += len(data)
-        changed = changed_warning(path, st, len(data))
-        if changed is not None:
-            self.warn(changed)
-        return data
 
     def take_stored(self, path: bytes, name: bytes, st: os.stat_result,
                     stored: Stored) -> tuple[gobj.TreeEntry, bytes] | None:
@@ -245,15 +217,20 @@ class _Saver:
         return {} if e is None else {path: e}
 
     def finish_nondir(self, path: bytes, name: bytes, st: os.stat_result, gitmode: int,
-                      oid: bytes, size: int | None) -> tuple[gobj.TreeEntry, bytes] | None:
+                      oid: bytes, size: int | None, meta: Metadata | None = None
+                      ) -> tuple[gobj.TreeEntry, bytes] | None:
+        """`meta`: read with the file (a small one); else it is read now."""
         hl = None
         if st.st_nlink > 1:
             hl = self.hardlinks.setdefault((st.st_dev, st.st_ino), path)
-        try:
-            meta = from_path(path, st, hardlink_target=hl, warn=self.warn)
-        except OSError as e:
-            self.warn(f"{os.fsdecode(path)}: {e.strerror}; skipped")
-            return None
+        if meta is not None:
+            meta.hardlink_target = hl
+        else:
+            try:
+                meta = from_path(path, st, hardlink_target=hl, warn=self.warn)
+            except OSError as e:
+                self.warn(f"{os.fsdecode(path)}: {e.strerror}; skipped")
+                return None
         if size is not None:
             meta.size = size
         self.result.files += 1
@@ -261,18 +238,18 @@ class _Saver:
         chunked = gitmode == gobj.MODE_TREE
         return gobj.TreeEntry(gitmode, mangle(name, chunked), oid), meta.encode()
 
-    def store_small(self, pending: list[tuple[bytes, bytes, os.stat_result, bytes]],
+    def store_small(self, pending: list[tuple[bytes, bytes, os.stat_result, bytes, Metadata]],
                     entries: list[gobj.TreeEntry], records: list[tuple[bytes, bytes]]) -> None:
         """Chunk and store a directory's small files together (see split.split_files)."""
         if not pending:
             return
-        per_file = hs.split_files([d for _, _, _, d in pending])
+        per_file = hs.split_files([d for _, _, _, d, _ in pending])
         oids = self.w.write_many(gobj.BLOB, [c for chunks in per_file for c, _ in chunks])
         i = 0
-        for (path, name, st, data), chunks in zip(pending, per_file, strict=True):
+        for (path, name, st, data, meta), chunks in zip(pending, per_file, strict=True):
             gitmode, oid = chunks_object(self.w, chunks, oids[i : i + len(chunks)])
             i += len(chunks)
-            got = self.finish_nondir(path, name, st, gitmode, oid, len(data))
+            got = self.finish_nondir(path, name, st, gitmode, oid, len(data), meta)
             if got is not None:
                 entries.append(got[0])
                 records.append((name, got[1]))
@@ -406,9 +383,13 @@ class _Saver:
         d.unchanged = False
         reused = self.reuse(st, ent)
         if reused is None and stat.S_ISREG(st.st_mode) and st.st_size < _SMALL_FILE:
-            data = self.read_small(path, st)
-            if data is not None:
-                d.small.append((path, name, st, data))
+            got_small = read_small(path, st, self.warn)
+            if got_small is not None:
+                data, meta = got_small
+                self.progress.advance(len(data))
+                self.result.files_read += 1
+                self.result.bytes_read += len(data)
+                d.small.append((path, name, st, data, meta))
                 d.small_bytes += len(data)
                 if d.small_bytes >= _SMALL_BATCH:
                     self.store_small(d.small, d.entries, d.records)
