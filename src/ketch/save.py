@@ -19,8 +19,6 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from ketch import split as hs
@@ -37,7 +35,7 @@ from ketch.interrupt import stop_signals
 from ketch.metadata import EMPTY_RECORD, Metadata
 from ketch.progress import NullProgress, Progress
 from ketch.repo import ObjectWriter, Repository, WritableRepository
-from ketch.savepipe import BigFiles, Stored, store_file
+from ketch.savepipe import BigFiles, DirBuild, Later, Stored, store_file
 from ketch.savesmall import read_small
 from ketch.snapshot import write_snapshot
 
@@ -90,38 +88,6 @@ class SaveResult:
 
 
 # -- the walk ------------------------------------------------------------------------
-
-
-@dataclass
-class _DirBuild:
-    """One directory being saved."""
-
-    known: dict[bytes, Entry]
-    entries: list[gobj.TreeEntry] = field(default_factory=list)
-    records: list[tuple[bytes, bytes]] = field(default_factory=list)
-    small: list[tuple[bytes, bytes, os.stat_result, bytes, Metadata]] = field(
-        default_factory=list)
-    small_bytes: int = 0
-    unchanged: bool = True
-    seen: int = 0
-    # unchanged files taken from the index: (path, name, stat, index entry)
-    reused: list[tuple[bytes, bytes, os.stat_result, Entry]] = field(default_factory=list)
-    # big files being stored beside the walk, and subdirectories that hold some
-    later_files: list[tuple[bytes, bytes, os.stat_result, Future[Stored]]] = field(
-        default_factory=list)
-    later_dirs: list[tuple[bytes, _Later]] = field(default_factory=list)
-
-
-class _Later:
-    """A directory's tree id, known once the big files under it are stored."""
-
-    __slots__ = ("_finish",)
-
-    def __init__(self, finish: Callable[[], bytes | None]) -> None:
-        self._finish = finish
-
-    def result(self) -> bytes | None:
-        return self._finish()
 
 
 class _Saver:
@@ -258,8 +224,8 @@ class _Saver:
         pending.clear()
 
     def directory(self, path: bytes, st: os.stat_result, rules: ExcludeRules, dev: int,
-                  own: Entry | None = None) -> tuple[bytes | _Later | None, bool]:
-        """Save a real directory recursively: (tree id, or _Later while big files
+                  own: Entry | None = None) -> tuple[bytes | Later | None, bool]:
+        """Save a real directory recursively: (tree id, or Later while big files
         under it are being stored, or None if unreadable; whether the tree recorded
         in the index for it was reused unchanged)."""
         d = self.contents(path, rules, dev)
@@ -287,10 +253,10 @@ class _Saver:
             return tree
 
         if d.later_files or d.later_dirs:
-            return _Later(finish), False
+            return Later(finish), False
         return finish(), False
 
-    def resolve(self, d: _DirBuild) -> None:
+    def resolve(self, d: DirBuild) -> None:
         """Add the big files stored beside the walk, and the subdirectories that
         waited for some, to the directory's entries (tree order is by name, so the
         order they finish in does not matter)."""
@@ -306,7 +272,7 @@ class _Saver:
         d.later_dirs = []
         d.later_files = []
 
-    def verify_reused(self, d: _DirBuild) -> None:
+    def verify_reused(self, d: DirBuild) -> None:
         """Add the files taken from the index to the directory's entries, once their
         objects are known to be stored (one query for the directory); a file whose
         objects are gone is read again."""
@@ -327,7 +293,7 @@ class _Saver:
                 d.records.append((name, got[1]))
         d.reused = []
 
-    def contents(self, path: bytes, rules: ExcludeRules, dev: int) -> _DirBuild | None:
+    def contents(self, path: bytes, rules: ExcludeRules, dev: int) -> DirBuild | None:
         """A directory's tree entries and non-directory records, and whether all of
         it matched the index."""
         try:
@@ -337,7 +303,7 @@ class _Saver:
             return None
         if rules.has_marker(path):
             names = []
-        d = _DirBuild(known=self.index.children(path) if self.index is not None else {})
+        d = DirBuild(known=self.index.children(path) if self.index is not None else {})
         base = path + b"/" if not path.endswith(b"/") else path
         lstat = os.lstat
         known = d.known
@@ -367,7 +333,7 @@ class _Saver:
             elif not rules.one_file_system or cst.st_dev == dev:
                 sub, same = self.directory(child, cst, rules, dev, ent)
                 d.unchanged &= same
-                if isinstance(sub, _Later):
+                if isinstance(sub, Later):
                     d.later_dirs.append((name, sub))
                 elif sub is not None:
                     d.entries.append(gobj.TreeEntry(gobj.MODE_TREE, mangle(name, False), sub))
@@ -378,7 +344,7 @@ class _Saver:
             self.progress.advance(sum(st.st_size for _, _, st, _ in d.reused), len(d.reused))
         return d
 
-    def add_nondir(self, d: _DirBuild, path: bytes, name: bytes, st: os.stat_result,
+    def add_nondir(self, d: DirBuild, path: bytes, name: bytes, st: os.stat_result,
                    ent: Entry | None) -> None:
         d.unchanged = False
         reused = self.reuse(st, ent)
@@ -423,7 +389,7 @@ class _Saver:
         entries: list[gobj.TreeEntry] = []
         records: list[tuple[bytes, bytes]] = []
         taken: set[bytes] = set()
-        later = _DirBuild(known={})
+        later = DirBuild(known={})
         for name, child in sorted(node.children.items()):
             taken.add(name)
             if child.file_source is not None:
@@ -442,7 +408,7 @@ class _Saver:
                 st = os.lstat(child.source)
                 sub, _ = self.directory(child.source, st, self.rules(child.source), st.st_dev,
                                         self._known_one(child.source).get(child.source))
-                if isinstance(sub, _Later):
+                if isinstance(sub, Later):
                     later.later_dirs.append((name, sub))
                 elif sub is not None:
                     entries.append(gobj.TreeEntry(gobj.MODE_TREE, mangle(name, False), sub))
