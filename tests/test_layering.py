@@ -47,6 +47,8 @@ LAYERS: dict[str, int] = {
     "repo": 3,
     # 4: what is done with a repository.
     "save": 4,
+    "savepipe": 4,  # big files stored on a worker thread beside save's walk
+    "savesmall": 4,  # a small file's bytes and metadata in one visit
     "archive": 4,  # where each saved path goes in the archive (strip, graft)
     "snapshot": 4,  # write a tree, commit it, move the branch: save, split and dumps
     "stream": 4,  # split and join of a byte stream

@@ -48,10 +48,11 @@ def lookup(entries: Iterable[gobj.TreeEntry], name: bytes) -> tuple[gobj.TreeEnt
 def add_chunks(sink: BatchSink, tree: hs.ChunkTree, chunks: list[tuple[memoryview, int]],
                oids: list[bytes] | None = None) -> None:
     """Store chunks (unless `oids` says they are stored) and add them to a file's tree."""
+    if not chunks:
+        return
     if oids is None:
-        oids = sink.write_many(gobj.BLOB, [c for c, _ in chunks]) if chunks else []
-    for oid, (c, level) in zip(oids, chunks, strict=True):
-        tree.add(gobj.MODE_FILE, oid, len(c), level)
+        oids = sink.write_many(gobj.BLOB, [c for c, _ in chunks])
+    tree.add_many(gobj.MODE_FILE, oids, [len(c) for c, _ in chunks], [lv for _, lv in chunks])
 
 
 def chunks_object(sink: BatchSink, chunks: list[tuple[memoryview, int]],

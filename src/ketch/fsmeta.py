@@ -43,9 +43,9 @@ def _open_for_flags(path: bytes) -> int:
         return os.open(path, flags)
 
 
-def _get_linux_attr(path: bytes, warn: Warn | None) -> int | None:
+def _get_linux_attr(path: bytes, warn: Warn | None, open_fd: int | None = None) -> int | None:
     try:
-        fd = _open_for_flags(path)
+        fd = _open_for_flags(path) if open_fd is None else open_fd
     except OSError as e:
         _warn(warn, f"{os.fsdecode(path)}: cannot read Linux attrs: {e.strerror}")
         return None
@@ -57,7 +57,8 @@ def _get_linux_attr(path: bytes, warn: Warn | None) -> int | None:
             _warn(warn, f"{os.fsdecode(path)}: cannot read Linux attrs: {e.strerror}")
         return None
     finally:
-        os.close(fd)
+        if open_fd is None:
+            os.close(fd)
     # The kernel writes an int; the request number merely claims a long.
     flags: int = struct.unpack_from("=I", buf)[0]
     return flags or None
@@ -95,9 +96,9 @@ def _warn(warn: Warn | None, msg: str) -> None:
         warn(msg)
 
 
-def _read_xattrs(path: bytes, warn: Warn | None) -> list[tuple[bytes, bytes]]:
+def _read_xattrs(path: bytes, warn: Warn | None, fd: int | None = None) -> list[tuple[bytes, bytes]]:
     try:
-        names = os.listxattr(path, follow_symlinks=False)
+        names = os.listxattr(path, follow_symlinks=False) if fd is None else os.listxattr(fd)
     except OSError as e:
         if e.errno not in (errno.ENOTSUP, errno.ENOSYS):
             _warn(warn, f"{os.fsdecode(path)}: cannot list xattrs: {e.strerror}")
@@ -105,7 +106,8 @@ def _read_xattrs(path: bytes, warn: Warn | None) -> list[tuple[bytes, bytes]]:
     result = []
     for name in names:
         try:
-            value = os.getxattr(path, name, follow_symlinks=False)
+            value = (os.getxattr(path, name, follow_symlinks=False) if fd is None
+                     else os.getxattr(fd, name))
         except OSError as e:
             # ENODATA: removed since the listing.
             if e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
@@ -121,8 +123,12 @@ def from_path(
     *,
     hardlink_target: bytes | None = None,
     warn: Warn | None = None,
+    fd: int | None = None,
 ) -> Metadata:
     """What `bup save` records for `path` (bup's from_path, normalized=True).
+
+    `fd`: the file, open (a save reading it anyway): its attributes are read
+    through it, without looking the path up again.
 
     `size` is st_size for regular files (the caller may replace it with the
     byte count actually read), len(target) for symlinks, else None. Raises
@@ -158,11 +164,11 @@ def from_path(
             m.size = len(m.symlink_target)
         except OSError as e:
             _warn(warn, f"{os.fsdecode(path)}: readlink: {e.strerror}")
-    xattrs = _read_xattrs(path, warn)
+    xattrs = _read_xattrs(path, warn, fd)
     if fmt != stat.S_IFLNK and xattrs:
         m.posix1e_acl = acl_record(mode, dict(xattrs))
     if fmt in (stat.S_IFREG, stat.S_IFDIR):
-        m.linux_attr = _get_linux_attr(path, warn)
+        m.linux_attr = _get_linux_attr(path, warn, fd)
     if xattrs:
         m.linux_xattr = xattrs
     return m

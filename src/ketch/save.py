@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from ketch import split as hs
 from ketch.archive import Layout, Node, build_top
-from ketch.buptree import add_chunks, chunks_object, demangle, mangle, store_bytes, write_dir_tree
+from ketch.buptree import chunks_object, demangle, mangle, store_bytes, write_dir_tree
 from ketch.commits import argv_message
 from ketch.errors import EXIT_OK, EXIT_WARNINGS
 from ketch.excludes import ExcludeRules
@@ -32,12 +32,13 @@ from ketch.git import objects as gobj
 from ketch.git.refs import validate_branch_name
 from ketch.index import Entry, Fingerprint, Index
 from ketch.interrupt import stop_signals
-from ketch.metadata import EMPTY_RECORD
+from ketch.metadata import EMPTY_RECORD, Metadata
 from ketch.progress import NullProgress, Progress
 from ketch.repo import ObjectWriter, Repository, WritableRepository
+from ketch.savepipe import BigFiles, DirBuild, Later, Stored, store_file
+from ketch.savesmall import read_small
 from ketch.snapshot import write_snapshot
 
-_O_NOATIME = getattr(os, "O_NOATIME", 0)
 # Files below this size are read whole and chunked together with the rest of
 # their directory's small files, in batches of about _SMALL_BATCH bytes.
 _SMALL_FILE = 1 << 20
@@ -54,6 +55,9 @@ class SaveOptions:
     rules: ExcludeRules = field(default_factory=ExcludeRules)
     date: float | None = None
     level: int = 1
+    # False: big files are stored on the walking thread too, one after the
+    # other (the reference the pipeline's saves are held to, byte for byte).
+    pipeline: bool = True
     argv: list[str] = field(default_factory=lambda: ["ketch", "save"])
 
 
@@ -86,25 +90,12 @@ class SaveResult:
 # -- the walk ------------------------------------------------------------------------
 
 
-@dataclass
-class _DirBuild:
-    """One directory being saved."""
-
-    known: dict[bytes, Entry]
-    entries: list[gobj.TreeEntry] = field(default_factory=list)
-    records: list[tuple[bytes, bytes]] = field(default_factory=list)
-    small: list[tuple[bytes, bytes, os.stat_result, bytes]] = field(default_factory=list)
-    small_bytes: int = 0
-    unchanged: bool = True
-    seen: int = 0
-    # unchanged files taken from the index: (path, name, stat, index entry)
-    reused: list[tuple[bytes, bytes, os.stat_result, Entry]] = field(default_factory=list)
-
-
 class _Saver:
     def __init__(self, repo: Repository, w: ObjectWriter, index: Index | None,
-                 opts: SaveOptions, progress: Progress, result: SaveResult) -> None:
+                 opts: SaveOptions, progress: Progress, result: SaveResult,
+                 big: BigFiles | None = None) -> None:
         self.repo = repo
+        self.big = big
         self.w = w
         self.index = index
         self.opts = opts
@@ -132,72 +123,20 @@ class _Saver:
         """Chunk a small in-memory stream (a .bupm): (mode, oid)."""
         return store_bytes(self.w, data)
 
-    def _open(self, path: bytes) -> int | None:
-        try:
-            try:
-                return os.open(path, os.O_RDONLY | _O_NOATIME | os.O_NOFOLLOW)
-            except PermissionError:
-                return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as e:
-            self.warn(f"{os.fsdecode(path)}: {e.strerror}; skipped")
+    def take_stored(self, path: bytes, name: bytes, st: os.stat_result,
+                    stored: Stored) -> tuple[gobj.TreeEntry, bytes] | None:
+        """The entry and .bupm record of a big file once it is stored."""
+        if stored.ok:
+            self.result.files_read += 1
+            self.result.bytes_read += stored.size
+        for msg in stored.warnings:
+            self.warn(msg)
+        if not stored.ok:
             return None
-
-    def _check_unchanged(self, path: bytes, st: os.stat_result, size: int) -> None:
-        self.result.files_read += 1
-        self.result.bytes_read += size
-        try:
-            after = os.lstat(path)
-            if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
-                    st.st_size, st.st_mtime_ns, st.st_ctime_ns) or size != st.st_size:
-                self.warn(f"{os.fsdecode(path)}: changed while being saved")
-        except OSError:
-            self.warn(f"{os.fsdecode(path)}: removed while being saved")
-
-    def read_small(self, path: bytes, st: os.stat_result) -> bytes | None:
-        """A small file's whole content (it is chunked later, with its directory's)."""
-        fd = self._open(path)
-        if fd is None:
-            return None
-        try:
-            # Ask for the known size (+1 to see EOF): a plain read(8 MiB) would
-            # allocate 8 MiB per file.
-            parts = []
-            want = st.st_size + 1
-            try:
-                while piece := os.read(fd, want):
-                    parts.append(piece)
-                    want = max(want - len(piece), 1 << 16)
-            finally:
-                os.close(fd)
-            data = b"".join(parts) if len(parts) != 1 else parts[0]
-        except OSError as e:
-            self.warn(f"{os.fsdecode(path)}: read error: {e.strerror}; skipped")
-            return None
-        self.progress.advance(len(data))
-        self._check_unchanged(path, st, len(data))
-        return data
-
-    def store_file(self, path: bytes, st: os.stat_result) -> tuple[int, bytes, int] | None:
-        """Read and chunk a big regular file: (gitmode, oid, bytes read)."""
-        fd = self._open(path)
-        if fd is None:
-            return None
-        try:
-            with os.fdopen(fd, "rb", buffering=0) as f:
-                sp = hs.Splitter(4)
-                tree = hs.ChunkTree(self.w)
-                size = 0
-                for block in hs.read_blocks(f):
-                    size += len(block)
-                    self.progress.advance(len(block))
-                    add_chunks(self.w, tree, list(sp.feed(block)))
-                add_chunks(self.w, tree, list(sp.finish()))
-                mode, oid = hs.top_object(self.w, tree.top())
-        except OSError as e:
-            self.warn(f"{os.fsdecode(path)}: read error: {e.strerror}; skipped")
-            return None
-        self._check_unchanged(path, st, size)
-        return mode, oid, size
+        got = self.finish_nondir(path, name, st, stored.gitmode, stored.oid, stored.size)
+        if got is not None and self.index is not None:
+            self.index.record(path, st, stored.oid, stored.gitmode, got[1])
+        return got
 
     # -- entries -----------------------------------------------------------------
 
@@ -221,10 +160,8 @@ class _Saver:
                 size = st.st_size
                 self.progress.advance(st.st_size)
             else:
-                stored = self.store_file(path, st)
-                if stored is None:
-                    return None
-                gitmode, oid, size = stored
+                return self.take_stored(path, name, st,
+                                        store_file(self.w, path, st, self.progress))
         elif stat.S_ISLNK(mode):
             try:
                 target = os.readlink(path)
@@ -246,15 +183,20 @@ class _Saver:
         return {} if e is None else {path: e}
 
     def finish_nondir(self, path: bytes, name: bytes, st: os.stat_result, gitmode: int,
-                      oid: bytes, size: int | None) -> tuple[gobj.TreeEntry, bytes] | None:
+                      oid: bytes, size: int | None, meta: Metadata | None = None
+                      ) -> tuple[gobj.TreeEntry, bytes] | None:
+        """`meta`: read with the file (a small one); else it is read now."""
         hl = None
         if st.st_nlink > 1:
             hl = self.hardlinks.setdefault((st.st_dev, st.st_ino), path)
-        try:
-            meta = from_path(path, st, hardlink_target=hl, warn=self.warn)
-        except OSError as e:
-            self.warn(f"{os.fsdecode(path)}: {e.strerror}; skipped")
-            return None
+        if meta is not None:
+            meta.hardlink_target = hl
+        else:
+            try:
+                meta = from_path(path, st, hardlink_target=hl, warn=self.warn)
+            except OSError as e:
+                self.warn(f"{os.fsdecode(path)}: {e.strerror}; skipped")
+                return None
         if size is not None:
             meta.size = size
         self.result.files += 1
@@ -262,18 +204,18 @@ class _Saver:
         chunked = gitmode == gobj.MODE_TREE
         return gobj.TreeEntry(gitmode, mangle(name, chunked), oid), meta.encode()
 
-    def store_small(self, pending: list[tuple[bytes, bytes, os.stat_result, bytes]],
+    def store_small(self, pending: list[tuple[bytes, bytes, os.stat_result, bytes, Metadata]],
                     entries: list[gobj.TreeEntry], records: list[tuple[bytes, bytes]]) -> None:
         """Chunk and store a directory's small files together (see split.split_files)."""
         if not pending:
             return
-        per_file = hs.split_files([d for _, _, _, d in pending])
+        per_file = hs.split_files([d for _, _, _, d, _ in pending])
         oids = self.w.write_many(gobj.BLOB, [c for chunks in per_file for c, _ in chunks])
         i = 0
-        for (path, name, st, data), chunks in zip(pending, per_file, strict=True):
+        for (path, name, st, data, meta), chunks in zip(pending, per_file, strict=True):
             gitmode, oid = chunks_object(self.w, chunks, oids[i : i + len(chunks)])
             i += len(chunks)
-            got = self.finish_nondir(path, name, st, gitmode, oid, len(data))
+            got = self.finish_nondir(path, name, st, gitmode, oid, len(data), meta)
             if got is not None:
                 entries.append(got[0])
                 records.append((name, got[1]))
@@ -282,9 +224,10 @@ class _Saver:
         pending.clear()
 
     def directory(self, path: bytes, st: os.stat_result, rules: ExcludeRules, dev: int,
-                  own: Entry | None = None) -> tuple[bytes | None, bool]:
-        """Save a real directory recursively: (tree id or None if unreadable, whether
-        the tree recorded in the index for it was reused unchanged)."""
+                  own: Entry | None = None) -> tuple[bytes | Later | None, bool]:
+        """Save a real directory recursively: (tree id, or Later while big files
+        under it are being stored, or None if unreadable; whether the tree recorded
+        in the index for it was reused unchanged)."""
         d = self.contents(path, rules, dev)
         if d is None:
             return None, False
@@ -301,12 +244,35 @@ class _Saver:
         except OSError as e:
             self.warn(f"{os.fsdecode(path)}: {e.strerror}; skipped")
             return None, False
-        tree = self.make_tree(dir_record, d.entries, d.records)
-        if self.index is not None:
-            self.index.record(path, st, tree, gobj.MODE_TREE, None, rules_key)
-        return tree, False
 
-    def verify_reused(self, d: _DirBuild) -> None:
+        def finish() -> bytes:
+            self.resolve(d)
+            tree = self.make_tree(dir_record, d.entries, d.records)
+            if self.index is not None:
+                self.index.record(path, st, tree, gobj.MODE_TREE, None, rules_key)
+            return tree
+
+        if d.later_files or d.later_dirs:
+            return Later(finish), False
+        return finish(), False
+
+    def resolve(self, d: DirBuild) -> None:
+        """Add the big files stored beside the walk, and the subdirectories that
+        waited for some, to the directory's entries (tree order is by name, so the
+        order they finish in does not matter)."""
+        for name, later in d.later_dirs:
+            sub = later.result()
+            if sub is not None:
+                d.entries.append(gobj.TreeEntry(gobj.MODE_TREE, mangle(name, False), sub))
+        for path, name, st, fut in d.later_files:
+            got = self.take_stored(path, name, st, fut.result())
+            if got is not None:
+                d.entries.append(got[0])
+                d.records.append((name, got[1]))
+        d.later_dirs = []
+        d.later_files = []
+
+    def verify_reused(self, d: DirBuild) -> None:
         """Add the files taken from the index to the directory's entries, once their
         objects are known to be stored (one query for the directory); a file whose
         objects are gone is read again."""
@@ -327,7 +293,7 @@ class _Saver:
                 d.records.append((name, got[1]))
         d.reused = []
 
-    def contents(self, path: bytes, rules: ExcludeRules, dev: int) -> _DirBuild | None:
+    def contents(self, path: bytes, rules: ExcludeRules, dev: int) -> DirBuild | None:
         """A directory's tree entries and non-directory records, and whether all of
         it matched the index."""
         try:
@@ -337,7 +303,7 @@ class _Saver:
             return None
         if rules.has_marker(path):
             names = []
-        d = _DirBuild(known=self.index.children(path) if self.index is not None else {})
+        d = DirBuild(known=self.index.children(path) if self.index is not None else {})
         base = path + b"/" if not path.endswith(b"/") else path
         lstat = os.lstat
         known = d.known
@@ -367,7 +333,9 @@ class _Saver:
             elif not rules.one_file_system or cst.st_dev == dev:
                 sub, same = self.directory(child, cst, rules, dev, ent)
                 d.unchanged &= same
-                if sub is not None:
+                if isinstance(sub, Later):
+                    d.later_dirs.append((name, sub))
+                elif sub is not None:
                     d.entries.append(gobj.TreeEntry(gobj.MODE_TREE, mangle(name, False), sub))
         self.store_small(d.small, d.entries, d.records)
         d.unchanged = d.unchanged and d.seen == len(d.known)
@@ -376,18 +344,29 @@ class _Saver:
             self.progress.advance(sum(st.st_size for _, _, st, _ in d.reused), len(d.reused))
         return d
 
-    def add_nondir(self, d: _DirBuild, path: bytes, name: bytes, st: os.stat_result,
+    def add_nondir(self, d: DirBuild, path: bytes, name: bytes, st: os.stat_result,
                    ent: Entry | None) -> None:
         d.unchanged = False
         reused = self.reuse(st, ent)
         if reused is None and stat.S_ISREG(st.st_mode) and st.st_size < _SMALL_FILE:
-            data = self.read_small(path, st)
-            if data is not None:
-                d.small.append((path, name, st, data))
+            got_small = read_small(path, st, self.warn)
+            if got_small is not None:
+                data, meta = got_small
+                self.progress.advance(len(data))
+                self.result.files_read += 1
+                self.result.bytes_read += len(data)
+                d.small.append((path, name, st, data, meta))
                 d.small_bytes += len(data)
                 if d.small_bytes >= _SMALL_BATCH:
                     self.store_small(d.small, d.entries, d.records)
                     d.small_bytes = 0
+            return
+        if reused is None and stat.S_ISREG(st.st_mode) and self.big is not None:
+            # Stored beside the walk. Which name of a hard link is the target is
+            # decided here, in walk order, as if it were stored now.
+            if st.st_nlink > 1:
+                self.hardlinks.setdefault((st.st_dev, st.st_ino), path)
+            d.later_files.append((path, name, st, self.big.submit(path, st)))
             return
         got = self.nondir(path, name, st, reused)
         if got is not None:
@@ -410,6 +389,7 @@ class _Saver:
         entries: list[gobj.TreeEntry] = []
         records: list[tuple[bytes, bytes]] = []
         taken: set[bytes] = set()
+        later = DirBuild(known={})
         for name, child in sorted(node.children.items()):
             taken.add(name)
             if child.file_source is not None:
@@ -428,7 +408,9 @@ class _Saver:
                 st = os.lstat(child.source)
                 sub, _ = self.directory(child.source, st, self.rules(child.source), st.st_dev,
                                         self._known_one(child.source).get(child.source))
-                if sub is not None:
+                if isinstance(sub, Later):
+                    later.later_dirs.append((name, sub))
+                elif sub is not None:
                     entries.append(gobj.TreeEntry(gobj.MODE_TREE, mangle(name, False), sub))
             else:
                 entries.append(gobj.TreeEntry(gobj.MODE_TREE, mangle(name, False),
@@ -439,9 +421,12 @@ class _Saver:
             merged = self.contents(node.source, self.rules(node.source), st.st_dev)
             if merged is not None:
                 self.verify_reused(merged)
+                self.resolve(merged)
                 entries += [e for e in merged.entries
                             if demangle(e.name, e.mode)[0] not in taken]
                 records += [r for r in merged.records if r[0] not in taken]
+        self.resolve(later)
+        entries += later.entries
         return self.make_tree(dir_record, entries, records)
 
 
@@ -478,7 +463,12 @@ def _save(repo: WritableRepository, opts: SaveOptions, index: Index | None,
         index.only_stored(repo.has_many)
 
     def build(w: ObjectWriter) -> bytes:
-        result.tree = _Saver(repo, w, index, opts, progress, result).node(top)
+        big = BigFiles(w, progress) if opts.pipeline else None
+        try:
+            result.tree = _Saver(repo, w, index, opts, progress, result, big).node(top)
+        finally:
+            if big is not None:
+                big.close()  # nothing may write while the writer closes or aborts
         return result.tree
 
     try:

@@ -30,7 +30,7 @@ from itertools import accumulate
 from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol
 
 from ketch.errors import UsageError
-from ketch.git.objects import BLOB, MODE_FILE, MODE_TREE, TREE, TreeEntry, encode_tree
+from ketch.git.objects import BLOB, MODE_FILE, MODE_TREE, TREE
 
 if TYPE_CHECKING:
     from ketch.rollsum import Kernel
@@ -335,15 +335,19 @@ class ObjectSink(Protocol):
 
 
 def make_shalist_tree(sink: ObjectSink, entries: list[Entry]) -> bytes:
-    """Write a chunk tree: entries named by hex offset, padded to the total's width."""
+    """Write a chunk tree: entries named by hex offset, padded to the total's width.
+
+    Encoded here rather than by encode_tree (one per ~256 chunks saved, the save's
+    commonest object): the names are equal-width hex of strictly growing offsets,
+    so their order is already git's, whatever the entry's mode."""
     total = sum(size for _, _, size in entries)
     width = len(b"%x" % total)
-    tree_entries = []
+    parts = []
     ofs = 0
     for mode, oid, size in entries:
-        tree_entries.append(TreeEntry(mode, b"%0*x" % (width, ofs), oid))
+        parts.append(b"%o %0*x\0%s" % (mode, width, ofs, oid))
         ofs += size
-    return sink.write(TREE, encode_tree(tree_entries))
+    return sink.write(TREE, b"".join(parts))
 
 
 class ChunkTree:
@@ -356,6 +360,16 @@ class ChunkTree:
     def add(self, mode: int, oid: bytes, size: int, level: int) -> None:
         self._stacks[0].append((mode, oid, size))
         self._squish(level)
+
+    def add_many(self, mode: int, oids: Iterable[bytes], sizes: Iterable[int],
+                 levels: Iterable[int]) -> None:
+        """`add` for each (oid, size, level), in order."""
+        stacks = self._stacks
+        for oid, size, level in zip(oids, sizes, levels, strict=True):
+            first = stacks[0]
+            first.append((mode, oid, size))
+            if level or len(first) >= MAX_PER_TREE:
+                self._squish(level)
 
     def top(self) -> list[Entry]:
         self._squish(len(self._stacks) - 1)

@@ -7,6 +7,11 @@ zlib work runs on a small thread pool, and encoded entries are handed to the
 sink in submission order. Objects already stored (`exists`) or already written
 in this session are never encoded again.
 
+Several threads may write at once (a save stores big files beside its walk):
+each hashes on its own, and one lock orders what follows (the existence
+check, the queue, the hand-over to the sink). Which thread's objects reach the
+pack first is scheduling; what the objects are is not.
+
 Incompressible data (random, already compressed) would cost deflate for
 nothing (8 KiB random chunks: ISA-L level 1 ~160 MB/s, zlib's ~30, storing
 ~750), so the encoder predicts per stream: after a run of chunks that did not
@@ -19,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -162,7 +168,10 @@ class PackEncoder:
         self._pending: deque[tuple[list[bytes], _Pending, int]] = deque()
         self._pending_bytes = 0
         self._max_pending_bytes = 16 << 20
-        self._predictor = _Predictor()
+        # One predictor per writing thread: a big file's run of random chunks
+        # says nothing about the small files written beside it.
+        self._predictors: dict[int, _Predictor] = {}
+        self._lock = threading.RLock()
         # Ids written in this session, including packs already closed: their idx
         # may not be in the caller's index yet.
         self._written: set[bytes] = set()
@@ -199,6 +208,11 @@ class PackEncoder:
         h = hashlib.sha1(header(type_num, len(data)))
         h.update(data)
         oid = h.digest()
+        with self._lock:
+            self._write_hashed(oid, type_num, data)
+        return oid
+
+    def _write_hashed(self, oid: bytes, type_num: int, data: bytes | memoryview) -> None:
         if oid not in self._written and not (self._exists is not None and self._exists(oid)):
             # Single objects (trees, commits, small files) are deflated in batches
             # on the pool: zlib's per-call setup is most of the cost for them.
@@ -209,12 +223,11 @@ class PackEncoder:
             self._small_bytes += len(data)
             if len(self._small) >= 256 or self._small_bytes >= 1 << 20:
                 self._flush_small()
-        return oid
 
     def _flush_small(self) -> None:
         if not self._small:
             return
-        with held():
+        with self._lock, held():
             items, size = self._small, self._small_bytes
             self._small, self._small_bytes = [], 0
             fut = self._pool.submit(self._encode_items, items)
@@ -240,17 +253,23 @@ class PackEncoder:
             h = sha1(header(type_num, len(d)))
             h.update(d)
             oids.append(h.digest())
-        new = self._new_indices(oids)
-        if new:
-            new_ids = [oids[i] for i in new]
-            payload = [datas[i] for i in new]
-            size = sum(len(d) for d in payload)
-            fut = self._pool.submit(self._encode_batch, type_num, payload)
-            self._enqueue(new_ids, fut, size)
-            self._written.update(new_ids)
+        me = threading.get_ident()
+        with self._lock:
+            pred = self._predictors.get(me)
+            if pred is None:
+                pred = self._predictors[me] = _Predictor()
+            new = self._new_indices(oids)
+            if new:
+                new_ids = [oids[i] for i in new]
+                payload = [datas[i] for i in new]
+                size = sum(len(d) for d in payload)
+                fut = self._pool.submit(self._encode_batch, type_num, payload, pred)
+                self._enqueue(new_ids, fut, size)
+                self._written.update(new_ids)
         return oids
 
-    def _encode_batch(self, type_num: int, datas: Sequence[bytes | memoryview]) -> _Encoded:
+    def _encode_batch(self, type_num: int, datas: Sequence[bytes | memoryview],
+                      pred: _Predictor) -> _Encoded:
         """Runs on a pool thread (zlib and crc32 drop the GIL): the batch's entries
         back to back, and each entry's (length, crc32).
 
@@ -258,7 +277,6 @@ class PackEncoder:
         the data is copied once (by the final join) and checksummed twice."""
         parts: list[bytes | memoryview] = []
         meta = []
-        pred = self._predictor
         level = self.level
         pack = struct.pack
         for d in datas:
@@ -290,10 +308,11 @@ class PackEncoder:
         """Pass on an already-encoded pack entry (from a client or another pack).
         The caller has looked the id up in the repository (the server must know
         which idx holds it anyway); only this session's own writes are skipped."""
-        if oid in self._written:
-            return
-        self._written.add(oid)
-        self._enqueue([oid], _Done((encoded, [(len(encoded), crc)])), len(encoded))
+        with self._lock:
+            if oid in self._written:
+                return
+            self._written.add(oid)
+            self._enqueue([oid], _Done((encoded, [(len(encoded), crc)])), len(encoded))
 
     def _drain_one(self) -> None:
         if not self._atomic:
@@ -312,17 +331,19 @@ class PackEncoder:
 
     def drain(self) -> None:
         """Encode everything written so far and hand it to the sink."""
-        self._flush_small()
-        while self._pending:
-            self._drain_one()
-        self._pending_bytes = 0
+        with self._lock:
+            self._flush_small()
+            while self._pending:
+                self._drain_one()
+            self._pending_bytes = 0
 
     def discard(self) -> None:
         """Drop what is queued and not handed over yet."""
-        for _, fut, _ in self._pending:
-            fut.cancel()
-        self._pending.clear()
-        self._small.clear()
+        with self._lock:
+            for _, fut, _ in self._pending:
+                fut.cancel()
+            self._pending.clear()
+            self._small.clear()
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)
