@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""ketch vs bup, side by side, on the same deterministic corpus (see corpus.py).
+"""ketch beside bup, restic and borg, on the same deterministic corpus (see corpus.py).
 
     make bench                                  # full size: ~1.5 GB of DATA
     .venv/bin/python bench/bench.py --scale 0.1 # quick run
-    .venv/bin/python bench/bench.py --only bup  # one tool only
+    .venv/bin/python bench/bench.py --only bup  # one tool only (ketch, bup, restic, borg)
     .venv/bin/python bench/bench.py --phase cycle
     .venv/bin/python bench/bench.py --phase remote --scale 0.1
     .venv/bin/python bench/bench.py --phase mirror --scale 0.1
@@ -15,11 +15,20 @@ bench/ketchbench/ (what they share: common.py), listed in PHASES:
 
 - ``split``: ``split -n NAME FILE`` of the image and the dump into a fresh repo.
 - ``cycle``: the whole filesystem-backup cycle of DATA (config tree + image +
-  dump, copied once per run into the work dir): ``save-initial`` (bup: index +
-  save; ketch: save), ``resave`` with nothing changed, ``save-day`` after
-  corpus.mutate_day, and a full ``restore`` into a fresh
-  directory, verified against DATA outside the timing. These depend on each
-  other, so they are one phase that emits several rows.
+  dump, copied once per run into the work dir) by ketch, bup, restic and borg
+  (restic and borg from PATH, left out with a message when missing), the
+  tools in turn at each step: ``save-initial`` (bup: index + save; ketch:
+  save; restic: backup; borg: create) twice, each into a fresh repository,
+  the median of the two shown (the second repository goes on); ``resave``
+  with nothing changed, ``save-day`` after corpus.mutate_day, and a full
+  restore into a fresh directory with the page cache dropped first (as root;
+  restic: ``restore latest --target OUT``, borg: ``extract`` run in OUT),
+  verified against DATA outside the timing (content, type, mode, owner,
+  mtime: every tool keeps these). Time, MB/s, CPU (user + system) and
+  CPU/wall, peak RSS, repository size and growth of each; per step a table of
+  the four tools, ketch's time over the faster of borg and restic, its growth
+  and size over bup's (ketchbench/cyclereport.py; "cycle" in the results).
+  These depend on each other, so they are one phase that emits several rows.
 - ``remote``: the same steps on another copy of DATA, ketch's client against
   ``ketch server`` over ssh (a private sshd on 127.0.0.1, tests/services/sshd.py)
   beside a local ketch on identical states of DATA: save-initial, resave,
@@ -102,6 +111,7 @@ from ketchbench.common import (
     log,
 )
 from ketchbench.cycle import phase_cycle
+from ketchbench.cyclereport import cycle_summary, print_cycle
 from ketchbench.fsckphase import FSCK, phase_fsck
 from ketchbench.lifecycle import LIFECYCLE, phase_lifecycle, summary_table
 from ketchbench.mirror import MIRROR, phase_mirror
@@ -194,7 +204,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         action="append",
         choices=[*TOOL_NAMES, *PEER_NAMES],
-        help="run only this tool (repeatable; restic and borg: the lifecycle phase only)",
+        help="run only this tool (repeatable; restic and borg: the cycle, lifecycle and "
+        "fsck phases)",
     )
     p.add_argument(
         "--phase", action="append", choices=list(PHASES), help="run only this phase (repeatable)"
@@ -249,6 +260,7 @@ def write_results(
         "remote": ctx.info.get(REMOTE),
         "mirror": ctx.info.get(MIRROR),
         "lifecycle": ctx.info.get(LIFECYCLE),
+        "cycle": cycle_summary(rows),
         "rows": [asdict(r) for r in rows],
         "ratios": rat,
     }
@@ -286,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     if rows:
         data = "" if ctx.loaded_corpus is None else f", DATA {ctx.loaded_corpus.size / MB:,.0f} MB"
         print_table(
-            f"ketch vs bup (scale {args.scale:g}{data})",
+            f"ketch, bup, restic, borg (scale {args.scale:g}{data})",
             ROW_HEADERS,
             [fmt_row(r) for r in rows],
             caption=CACHE_NOTE,
@@ -305,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
                 "of the S3 server (HTTP headers included)"
             ),
         )
+    cycle = cycle_summary(rows)
+    if cycle:
+        print_cycle(cycle)
     life = ctx.info.get(LIFECYCLE)
     if isinstance(life, dict):
         print_table(*summary_table(life))
