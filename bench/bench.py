@@ -18,8 +18,8 @@ bench/ketchbench/ (what they share: common.py), listed in PHASES:
   dump, copied once per run into the work dir) by ketch, bup, restic and borg
   (restic and borg from PATH, left out with a message when missing), the
   tools in turn at each step: ``save-initial`` (bup: index + save; ketch:
-  save; restic: backup; borg: create) twice, each into a fresh repository,
-  the median of the two shown (the second repository goes on); ``resave``
+  save; restic: backup; borg: create) twice (``--initial-runs``), each into a
+  fresh repository, the median shown (the last repository goes on); ``resave``
   with nothing changed, ``save-day`` after corpus.mutate_day, and a full
   restore into a fresh directory with the page cache dropped first (as root;
   restic: ``restore latest --target OUT``, borg: ``extract`` run in OUT),
@@ -217,6 +217,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help="daily saves in the lifecycle phase (default 60; fewer for a smoke test)",
     )
+    p.add_argument(
+        "--initial-runs",
+        type=int,
+        default=2,
+        metavar="N",
+        help="cycle: initial saves of DATA per tool, each into a fresh repository; the "
+        "median is shown (default 2)",
+    )
     p.add_argument("--ketch", help="ketch command (default: ketch beside this python)")
     p.add_argument("--bup", help="bup command (default: bup on PATH)")
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="JSON output")
@@ -224,6 +232,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0 < args.scale <= 10:
         p.error("--scale must be in (0, 10]")
+    if args.initial_runs < 1:
+        p.error("--initial-runs must be at least 1")
     if args.lifecycle_days < 1:
         p.error("--lifecycle-days must be at least 1")
     return args
@@ -277,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     work_dir.mkdir(parents=True, exist_ok=True)
     peers = tuple(n for n in args.only or PEER_NAMES if n in PEER_NAMES)
     ctx = Context(tools=tools, cache_dir=args.cache_dir, work_dir=work_dir, env=env,
-                  scale=args.scale, keep=args.keep, peers=peers, days=args.lifecycle_days)
+                  scale=args.scale, keep=args.keep, peers=peers, days=args.lifecycle_days,
+                  initial_runs=args.initial_runs)
     load = os.getloadavg()
     ctx.info["loadavg"] = [round(x, 2) for x in load]
     if load[0] > 1.5:

@@ -200,6 +200,7 @@ class Context:
     keep: bool = False
     peers: tuple[str, ...] = ()  # the other tools (cycle, lifecycle, fsck): restic, borg
     days: int = 60  # the lifecycle phase's daily saves
+    initial_runs: int = 2  # the cycle's save-initial: runs into fresh repositories (median)
     repos: list[Path] = field(default_factory=list)  # scratch, removed unless --keep
     info: dict[str, object] = field(default_factory=dict)  # extra facts for the JSON
     loaded_corpus: Corpus | None = None  # DATA, once a phase asked for it

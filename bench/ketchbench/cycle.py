@@ -306,13 +306,16 @@ def phase_cycle(ctx: Context) -> list[Row]:
     made, missing = make_peers([], ctx.peers, ctx.env, home)
     for why in missing:
         log(f"cycle: {why}")
-    first = _fresh_states(ctx, made, "cycle-1")
-    runs = [save_step(ctx, "save-initial", st, data, data_bytes) for st in first]
-    for st in first:  # its figures are taken: space back for the rest
-        shutil.rmtree(st.repo, ignore_errors=True)
+    runs: list[list[Row]] = [[] for _ in [*ctx.tools, *made]]
+    for n in range(1, ctx.initial_runs):
+        first = _fresh_states(ctx, made, f"cycle-{n}")
+        for got, st in zip(runs, first, strict=True):
+            got.append(save_step(ctx, "save-initial", st, data, data_bytes))
+        for st in first:  # its figures are taken: space back for the rest
+            shutil.rmtree(st.repo, ignore_errors=True)
     states = _fresh_states(ctx, made, "cycle")
-    rows = [_median_row([a, save_step(ctx, "save-initial", st, data, data_bytes)])
-            for a, st in zip(runs, states, strict=True)]
+    rows = [_median_row([*got, save_step(ctx, "save-initial", st, data, data_bytes)])
+            for got, st in zip(runs, states, strict=True)]
     rows += [save_step(ctx, "resave", st, data, data_bytes) for st in states]
     log(f"applying the day's changes to {data}")
     day: DayStats = mutate_day(data, ctx.scale)

@@ -11,7 +11,7 @@ from ketchbench.report import Target, print_table
 ORDER = ("bup", "restic", "borg", "ketch")  # the columns
 BEST_OF = ("restic", "borg")  # the peers ketch must beat
 LABELS = {
-    "save-initial": "initial save, warm cache (median of 2)",
+    "save-initial": "initial save, warm cache",
     "resave": "no-change save",
     "save-day": "save after one day",
     "restore": "full restore, page cache dropped",
@@ -79,9 +79,10 @@ def cycle_summary(rows: list[Row]) -> list[dict[str, object]]:
             t.check(ratios) if good else {"target": t.label, "value": "failed", "met": False}
             for t in TARGETS[step]
         ]
+        n = max(len(r.runs or []) for r in by_tool.values())
         out.append({
             "step": step,
-            "label": LABELS[step],
+            "label": LABELS[step] + (f" (median of {n})" if n > 1 else ""),
             "tools": {n: _tool(by_tool[n]) for n in ORDER if n in by_tool},
             **ratios,
             "targets": targets,
