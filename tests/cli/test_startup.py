@@ -16,6 +16,7 @@ import click
 import pytest
 
 from ketch.cli import main as climain
+from ketch.cli import summaries
 from tests.conftest import RunKetch, _subprocess_env
 
 # None of these is needed to parse the command line and find the command.
@@ -86,11 +87,11 @@ def test_help_lists_what_the_commands_say(run_ketch: RunKetch) -> None:
         assert isinstance(cmd, click.Command)
         if cmd.short_help:
             with_short_help.add(name)
-            assert climain.SUMMARIES[name] == inspect.cleandoc(cmd.short_help), name
+            assert summaries.SUMMARIES[name] == inspect.cleandoc(cmd.short_help), name
         else:
             first = inspect.cleandoc(cmd.help or "").split("\n\n")[0]
-            assert climain.SUMMARIES[name] == " ".join(first.split()), name
-    assert with_short_help == climain.WHOLE
+            assert summaries.SUMMARIES[name] == " ".join(first.split()), name
+    assert with_short_help == summaries.WHOLE
     # The listing as click itself would make it, from the commands.
     for width in (50, 80):
         ctx = click.Context(group, info_name="ketch", terminal_width=width)
