@@ -74,9 +74,11 @@ bench/ketchbench/ (what they share: common.py), listed in PHASES:
   --read-data`` and ``borg check --verify-data`` (ketchbench/fsckphase.py).
   Targets: ``--read-data`` ≥ 0.8× cat's MB/s, peak RSS ≤ 150 MB, ``--quick`` ≤ 2 s.
 
-Every command runs under ``/usr/bin/time`` for its own peak RSS. The page cache
-is warm: DATA is read once before timing (and again after the day's changes),
-and ``sync`` runs before every measured step. Rows of the same (phase, item)
+Every command runs under ``/usr/bin/time`` for its own peak RSS and CPU time
+(user + system). The page cache is warm for the saves: DATA is read once
+before timing (and again after the day's changes), and ``sync`` runs before
+every measured step; the cycle's restores start with it dropped. ketch's
+modules are byte-compiled first, and PYTHONDONTWRITEBYTECODE is not passed on. Rows of the same (phase, item)
 from different tools must agree on the tree id. The ratios table marks the
 issue's targets met (✓) or missed (✗). Results go to a table on stdout and to
 ``bench/results/latest.json``. Exit status: 0 ok, 1 a command failed, a restore
