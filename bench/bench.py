@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""ketch vs bup, side by side, on the same deterministic corpus (see corpus.py).
+"""ketch beside bup, restic and borg, on the same deterministic corpus (see corpus.py).
 
     make bench                                  # full size: ~1.5 GB of DATA
     .venv/bin/python bench/bench.py --scale 0.1 # quick run
-    .venv/bin/python bench/bench.py --only bup  # one tool only
+    .venv/bin/python bench/bench.py --only bup  # one tool only (ketch, bup, restic, borg)
     .venv/bin/python bench/bench.py --phase cycle
     .venv/bin/python bench/bench.py --phase remote --scale 0.1
     .venv/bin/python bench/bench.py --phase mirror --scale 0.1
@@ -15,11 +15,20 @@ bench/ketchbench/ (what they share: common.py), listed in PHASES:
 
 - ``split``: ``split -n NAME FILE`` of the image and the dump into a fresh repo.
 - ``cycle``: the whole filesystem-backup cycle of DATA (config tree + image +
-  dump, copied once per run into the work dir): ``save-initial`` (bup: index +
-  save; ketch: save), ``resave`` with nothing changed, ``save-day`` after
-  corpus.mutate_day, and a full ``restore`` into a fresh
-  directory, verified against DATA outside the timing. These depend on each
-  other, so they are one phase that emits several rows.
+  dump, copied once per run into the work dir) by ketch, bup, restic and borg
+  (restic and borg from PATH, left out with a message when missing), the
+  tools in turn at each step: ``save-initial`` (bup: index + save; ketch:
+  save; restic: backup; borg: create) twice (``--initial-runs``), each into a
+  fresh repository, the median shown (the last repository goes on); ``resave``
+  with nothing changed, ``save-day`` after corpus.mutate_day, and a full
+  restore into a fresh directory with the page cache dropped first (as root;
+  restic: ``restore latest --target OUT``, borg: ``extract`` run in OUT),
+  verified against DATA outside the timing (content, type, mode, owner,
+  mtime: every tool keeps these). Time, MB/s, CPU (user + system) and
+  CPU/wall, peak RSS, repository size and growth of each; per step a table of
+  the four tools, ketch's time over the faster of borg and restic, its growth
+  and size over bup's (ketchbench/cyclereport.py; "cycle" in the results).
+  These depend on each other, so they are one phase that emits several rows.
 - ``remote``: the same steps on another copy of DATA, ketch's client against
   ``ketch server`` over ssh (a private sshd on 127.0.0.1, tests/services/sshd.py)
   beside a local ketch on identical states of DATA: save-initial, resave,
@@ -65,9 +74,11 @@ bench/ketchbench/ (what they share: common.py), listed in PHASES:
   --read-data`` and ``borg check --verify-data`` (ketchbench/fsckphase.py).
   Targets: ``--read-data`` ≥ 0.8× cat's MB/s, peak RSS ≤ 150 MB, ``--quick`` ≤ 2 s.
 
-Every command runs under ``/usr/bin/time`` for its own peak RSS. The page cache
-is warm: DATA is read once before timing (and again after the day's changes),
-and ``sync`` runs before every measured step. Rows of the same (phase, item)
+Every command runs under ``/usr/bin/time`` for its own peak RSS and CPU time
+(user + system). The page cache is warm for the saves: DATA is read once
+before timing (and again after the day's changes), and ``sync`` runs before
+every measured step; the cycle's restores start with it dropped. ketch's
+modules are byte-compiled first, and PYTHONDONTWRITEBYTECODE is not passed on. Rows of the same (phase, item)
 from different tools must agree on the tree id. The ratios table marks the
 issue's targets met (✓) or missed (✗). Results go to a table on stdout and to
 ``bench/results/latest.json``. Exit status: 0 ok, 1 a command failed, a restore
@@ -78,6 +89,7 @@ failure), 2 bad setup.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
@@ -102,6 +114,7 @@ from ketchbench.common import (
     log,
 )
 from ketchbench.cycle import phase_cycle
+from ketchbench.cyclereport import cycle_summary, print_cycle
 from ketchbench.fsckphase import FSCK, phase_fsck
 from ketchbench.lifecycle import LIFECYCLE, phase_lifecycle, summary_table
 from ketchbench.mirror import MIRROR, phase_mirror
@@ -134,7 +147,10 @@ PHASES: dict[str, Phase] = {
 
 
 def tool_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("KETCH_DIR", "BUP_DIR")}
+    # PYTHONDONTWRITEBYTECODE would have ketch (and bup) compile every module
+    # on every command: ~0.5 s each, which an installed ketch never pays.
+    dropped = ("KETCH_DIR", "BUP_DIR", "PYTHONDONTWRITEBYTECODE")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env.update(
         GIT_CONFIG_GLOBAL="/dev/null",
         GIT_CONFIG_NOSYSTEM="1",
@@ -194,7 +210,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         action="append",
         choices=[*TOOL_NAMES, *PEER_NAMES],
-        help="run only this tool (repeatable; restic and borg: the lifecycle phase only)",
+        help="run only this tool (repeatable; restic and borg: the cycle, lifecycle and "
+        "fsck phases)",
     )
     p.add_argument(
         "--phase", action="append", choices=list(PHASES), help="run only this phase (repeatable)"
@@ -206,6 +223,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help="daily saves in the lifecycle phase (default 60; fewer for a smoke test)",
     )
+    p.add_argument(
+        "--initial-runs",
+        type=int,
+        default=2,
+        metavar="N",
+        help="cycle: initial saves of DATA per tool, each into a fresh repository; the "
+        "median is shown (default 2)",
+    )
     p.add_argument("--ketch", help="ketch command (default: ketch beside this python)")
     p.add_argument("--bup", help="bup command (default: bup on PATH)")
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="JSON output")
@@ -213,6 +238,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0 < args.scale <= 10:
         p.error("--scale must be in (0, 10]")
+    if args.initial_runs < 1:
+        p.error("--initial-runs must be at least 1")
     if args.lifecycle_days < 1:
         p.error("--lifecycle-days must be at least 1")
     return args
@@ -249,6 +276,7 @@ def write_results(
         "remote": ctx.info.get(REMOTE),
         "mirror": ctx.info.get(MIRROR),
         "lifecycle": ctx.info.get(LIFECYCLE),
+        "cycle": cycle_summary(rows),
         "rows": [asdict(r) for r in rows],
         "ratios": rat,
     }
@@ -260,12 +288,15 @@ def write_results(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     env = tool_env()
+    # The checkout's modules byte-compiled before any timing, as pip leaves them.
+    compileall.compile_dir(str(ROOT / "src" / "ketch"), quiet=1)
     tools = find_tools(args)
     work_dir = args.cache_dir / "run"
     work_dir.mkdir(parents=True, exist_ok=True)
     peers = tuple(n for n in args.only or PEER_NAMES if n in PEER_NAMES)
     ctx = Context(tools=tools, cache_dir=args.cache_dir, work_dir=work_dir, env=env,
-                  scale=args.scale, keep=args.keep, peers=peers, days=args.lifecycle_days)
+                  scale=args.scale, keep=args.keep, peers=peers, days=args.lifecycle_days,
+                  initial_runs=args.initial_runs)
     load = os.getloadavg()
     ctx.info["loadavg"] = [round(x, 2) for x in load]
     if load[0] > 1.5:
@@ -286,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     if rows:
         data = "" if ctx.loaded_corpus is None else f", DATA {ctx.loaded_corpus.size / MB:,.0f} MB"
         print_table(
-            f"ketch vs bup (scale {args.scale:g}{data})",
+            f"ketch, bup, restic, borg (scale {args.scale:g}{data})",
             ROW_HEADERS,
             [fmt_row(r) for r in rows],
             caption=CACHE_NOTE,
@@ -305,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
                 "of the S3 server (HTTP headers included)"
             ),
         )
+    cycle = cycle_summary(rows)
+    if cycle:
+        print_cycle(cycle)
     life = ctx.info.get(LIFECYCLE)
     if isinstance(life, dict):
         print_table(*summary_table(life))

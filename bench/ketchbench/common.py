@@ -25,8 +25,9 @@ BRANCH = "bench"  # the cycle phase's save name
 MB = 1_000_000
 RSS_LIMIT_MB = 150.0  # ketch's peak RSS target, everywhere (decimal MB, like MB/s)
 CACHE_NOTE = (
-    "page cache warm for both tools: DATA read once before timing (again after the "
-    "day's changes); sync before every measured step"
+    "page cache warm for every tool's saves: DATA read once before timing (again after "
+    "the day's changes); sync before every measured step; the cycle's restores start "
+    "with the page cache dropped (as root)"
 )
 
 
@@ -54,47 +55,72 @@ class Measure:
     returncode: int
     stdout: bytes
     stderr: bytes
+    cpu_seconds: float | None = None  # user + system, the command and its children
 
 
-def _parse_gnu_time(text: str) -> int | None:
-    """Peak RSS (KiB) from ``-f '%e %M'`` output; its last line (after any
-    'Command exited with non-zero status N' line)."""
+def _parse_gnu_time(text: str) -> tuple[int | None, float | None]:
+    """Peak RSS (KiB) and CPU seconds (user + system) from ``-f '%e %M %U %S'``
+    output; its last line (after any 'Command exited with non-zero status N' line)."""
     lines = [ln.split() for ln in text.splitlines() if ln.strip()]
-    if lines and len(lines[-1]) == 2 and lines[-1][1].isdigit():
-        return int(lines[-1][1])
-    return None
+    if lines and len(lines[-1]) == 4 and lines[-1][1].isdigit():
+        try:
+            return int(lines[-1][1]), round(float(lines[-1][2]) + float(lines[-1][3]), 2)
+        except ValueError:
+            return int(lines[-1][1]), None
+    return None, None
 
 
-def measure(cmd: Sequence[str], env: dict[str, str], stdin: Path | None = None) -> Measure:
-    """Run ``cmd``: wall time, peak RSS of that command alone, output."""
+def measure(
+    cmd: Sequence[str], env: dict[str, str], stdin: Path | None = None, cwd: Path | None = None
+) -> Measure:
+    """Run ``cmd`` (in ``cwd``): wall time, peak RSS and CPU time of that
+    command alone, output."""
     use_time = os.access(GNU_TIME, os.X_OK)
     with tempfile.TemporaryDirectory(prefix="bench-time-") as tmp:
         time_out = Path(tmp) / "time"
-        full = [GNU_TIME, "-f", "%e %M", "-o", str(time_out), *cmd] if use_time else list(cmd)
+        full = (
+            [GNU_TIME, "-f", "%e %M %U %S", "-o", str(time_out), *cmd] if use_time else list(cmd)
+        )
         with open(stdin or os.devnull, "rb") as inp:
             t0 = time.perf_counter()
             if use_time:
-                proc = subprocess.run(full, stdin=inp, capture_output=True, env=env)
+                proc = subprocess.run(full, stdin=inp, capture_output=True, env=env, cwd=cwd)
                 seconds = time.perf_counter() - t0
-                rss = _parse_gnu_time(time_out.read_text()) if time_out.exists() else None
-                return Measure(seconds, rss, proc.returncode, proc.stdout, proc.stderr)
-            return _measure_wait4(full, inp, env, Path(tmp), t0)
+                rss, cpu = (
+                    _parse_gnu_time(time_out.read_text()) if time_out.exists() else (None, None)
+                )
+                return Measure(seconds, rss, proc.returncode, proc.stdout, proc.stderr, cpu)
+            return _measure_wait4(full, inp, env, Path(tmp), t0, cwd)
+
+
+def drop_caches() -> bool:
+    """``sync; echo 3 > /proc/sys/vm/drop_caches``: the next reads come from
+    the disk. False when not allowed (not root)."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
 
 
 def _measure_wait4(
-    cmd: list[str], inp: IO[bytes], env: dict[str, str], tmp: Path, t0: float
+    cmd: list[str], inp: IO[bytes], env: dict[str, str], tmp: Path, t0: float,
+    cwd: Path | None = None,
 ) -> Measure:
     """Without GNU time: the child's own rusage from wait4 (RUSAGE_CHILDREN's
     ru_maxrss is a maximum over every child so far, not this one's peak). A
     floor of this process's own size: the child counts from the fork."""
     with open(tmp / "out", "w+b") as out, open(tmp / "err", "w+b") as err:
-        proc = subprocess.Popen(cmd, stdin=inp, stdout=out, stderr=err, env=env)
+        proc = subprocess.Popen(cmd, stdin=inp, stdout=out, stderr=err, env=env, cwd=cwd)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        return Measure(seconds, usage.ru_maxrss, proc.returncode, out.read(), err.read())
+        cpu = round(usage.ru_utime + usage.ru_stime, 2)
+        return Measure(seconds, usage.ru_maxrss, proc.returncode, out.read(), err.read(), cpu)
 
 
 def run_ok(cmd: Sequence[str], env: dict[str, str]) -> str:
@@ -159,6 +185,9 @@ class Row:
     downloaded: int | None = None  # mirror restore: bytes the S3 server sent
     requests: int | None = None  # mirror restore: HTTP requests to the S3 server
     save_tree: str | None = None  # ketch save --json: the save's root tree
+    cpu_seconds: float | None = None  # user + system of the step's commands
+    runs: list[float] | None = None  # cycle save-initial: seconds of each run (median shown)
+    cold_cache: bool | None = None  # cycle restore: the page cache was dropped before it
 
 
 @dataclass
@@ -169,8 +198,9 @@ class Context:
     env: dict[str, str]
     scale: float = 1.0
     keep: bool = False
-    peers: tuple[str, ...] = ()  # the lifecycle phase's other tools: restic, borg
+    peers: tuple[str, ...] = ()  # the other tools (cycle, lifecycle, fsck): restic, borg
     days: int = 60  # the lifecycle phase's daily saves
+    initial_runs: int = 2  # the cycle's save-initial: runs into fresh repositories (median)
     repos: list[Path] = field(default_factory=list)  # scratch, removed unless --keep
     info: dict[str, object] = field(default_factory=dict)  # extra facts for the JSON
     loaded_corpus: Corpus | None = None  # DATA, once a phase asked for it

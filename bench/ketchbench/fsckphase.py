@@ -11,19 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ketchbench.common import MB, Context, Row, log, measure, repo_bytes, run_ok
+from ketchbench.common import MB, Context, Row, drop_caches, log, measure, repo_bytes, run_ok
 from ketchbench.peers import Peer, make_peers
 
 FSCK = "fsck"
-
-
-def _drop_caches() -> bool:
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
 
 
 def _row(tool: str, item: str, nbytes: int, cmd: list[str], env: dict[str, str],
@@ -34,7 +25,8 @@ def _row(tool: str, item: str, nbytes: int, cmd: list[str], env: dict[str, str],
     log(f"{tool} {item}: {m.seconds:.2f} s, {nbytes / MB / m.seconds:,.0f} MB/s")
     return Row(phase=FSCK, tool=tool, item=item, bytes_in=nbytes, seconds=round(m.seconds, 3),
                mb_per_s=round(nbytes / MB / m.seconds, 2), max_rss_kib=m.max_rss_kib,
-               repo_bytes=repo_bytes(repo), tree=None, ok=ok, note=note)
+               repo_bytes=repo_bytes(repo), tree=None, ok=ok, note=note,
+               cpu_seconds=m.cpu_seconds)
 
 
 def _checks(peer: Peer, repo: Path) -> list[tuple[str, list[str]]]:
@@ -71,14 +63,14 @@ def phase_fsck(ctx: Context) -> list[Row]:
             packs = sorted(str(p) for p in (repo / "objects" / "pack").glob("*.pack"))
             nbytes = sum(Path(p).stat().st_size for p in packs)
             cat = ["sh", "-c", 'cat "$@" > /dev/null', "cat", *packs]
-            if _drop_caches():
+            if drop_caches():
                 rows.append(_row("cat", "cat packs (cold)", nbytes, cat, ctx.env, repo))
             rows.append(_row("cat", "cat packs (warm)", nbytes, cat, ctx.env, repo))
         else:
             nbytes = size
         for item, cmd in _checks(peer, repo):
             rows.append(_row(peer.name, item, nbytes, cmd, peer.env, repo))
-        if peer.name == "ketch" and _drop_caches():
+        if peer.name == "ketch" and drop_caches():
             rows.append(_row("ketch", f"{FSCK} --read-data (cold)", nbytes,
                              _checks(peer, repo)[0][1], peer.env, repo))
     return rows

@@ -1,6 +1,7 @@
 """The four backup tools of the lifecycle phase: each one's commands to make a
 repository, save a day with its date, apply the retention policy, reclaim the
-space, and list the days it kept."""
+space, and list the days it kept; and, for the cycle phase, restic's and
+borg's commands to save DATA and restore all of it."""
 
 from __future__ import annotations
 
@@ -48,6 +49,15 @@ class Peer:
         raise NotImplementedError
 
     def kept_days(self, repo: Path) -> list[int]:
+        raise NotImplementedError
+
+    def backup(self, repo: Path, data: Path, name: str) -> list[Step]:
+        """The cycle: save ``data`` as a save called ``name`` (restic, borg)."""
+        raise NotImplementedError
+
+    def extract(self, repo: Path, name: str, out: Path) -> list[Step]:
+        """The cycle: restore all of save ``name``, run in the (empty) directory
+        ``out``; the copy of DATA lands at ``out``/DATA's absolute path."""
         raise NotImplementedError
 
 
@@ -156,6 +166,14 @@ class Restic(Peer):
         snaps = json.loads(run_ok(self.cmd(repo, "snapshots", "--json"), self.env) or "[]")
         return sorted(int(t[4:]) for s in snaps for t in s.get("tags") or [] if t[:4] == "day-")
 
+    def backup(self, repo: Path, data: Path, name: str) -> list[Step]:
+        # restic finds the parent snapshot (same host, same paths) by itself.
+        return [("backup", self.cmd(repo, "backup", "--tag", name, str(data)))]
+
+    def extract(self, repo: Path, name: str, out: Path) -> list[Step]:
+        return [("restore", self.cmd(repo, "restore", "latest", "--tag", name,
+                                     "--target", str(out)))]
+
 
 class Borg(Peer):
     def __init__(self, argv: tuple[str, ...], env: dict[str, str], home: Path) -> None:
@@ -188,6 +206,12 @@ class Borg(Peer):
     def kept_days(self, repo: Path) -> list[int]:
         listing = json.loads(run_ok([*self.argv, "list", "--json", str(repo)], self.env))
         return sorted(int(a["name"][4:]) for a in listing["archives"])
+
+    def backup(self, repo: Path, data: Path, name: str) -> list[Step]:
+        return [("create", [*self.argv, "create", f"{repo}::{name}", str(data)])]
+
+    def extract(self, repo: Path, name: str, out: Path) -> list[Step]:
+        return [("extract", [*self.argv, "extract", f"{repo}::{name}"])]  # into the cwd
 
 
 def _day(when: int) -> int:

@@ -160,6 +160,7 @@ def fmt_row(r: Row) -> list[str]:
         f"{r.seconds:.2f}",
         parts,
         f"{r.mb_per_s:.1f}",
+        "-" if r.cpu_seconds is None else f"{r.cpu_seconds:.2f}",
         _mb(r.changed_bytes),
         _mb(r.bytes_new),
         _mb(r.traffic, 3),
@@ -207,6 +208,7 @@ ROW_HEADERS = [
     "seconds",
     "of which",
     "MB/s",
+    "CPU s",
     "changed MB",
     "new MB",
     "traffic MB",
@@ -232,7 +234,7 @@ RATIO_HEADERS = [
 
 
 def print_table(title: str, headers: list[str], body: list[list[str]], caption: str = "") -> None:
-    left = ("phase", "item", "tool", "of which", "status", "compared", "targets")
+    left = ("phase", "step", "item", "tool", "of which", "status", "compared", "targets")
     if Console is not None and Table is not None:
         table = Table(title=title, caption=caption or None)
         for h in headers:

@@ -10,12 +10,17 @@ import os
 import signal
 import sys
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
 from ketch import __version__
 from ketch.cli.common import DIR_HELP, REMOTE_HELP, REMOTE_METAVAR, s3_options, store_meta
+from ketch.cli.summaries import SUMMARIES, summary
 from ketch.errors import EXIT_FAILED, KetchError
+
+if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
 
 # Command name -> module in ketch.cli. Modules load only when their command runs,
 # so `ketch save` does not pay for importing restore, the VFS and the rest.
@@ -29,10 +34,40 @@ COMMANDS = {
     "help": "help",
 }
 
-
 class _LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's listing, from SUMMARIES: click's own would import every command
+        (for its help), numpy and the repository code with them."""
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = []
+        for name in names:
+            if name not in SUMMARIES:  # a command without a summary: ask it
+                cmd = self.get_command(ctx, name)
+                if cmd is None or cmd.hidden:
+                    continue
+                rows.append((name, cmd.get_short_help_str(limit)))
+            else:
+                rows.append((name, summary(name, limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[CompletionItem]:
+        """click's completion of command names, from SUMMARIES (a Tab would
+        otherwise import every command)."""
+        names = [n for n in self.list_commands(ctx) if n.startswith(incomplete)]
+        if any(n not in SUMMARIES for n in names):
+            return super().shell_complete(ctx, incomplete)
+        from click.shell_completion import CompletionItem
+
+        items = [CompletionItem(n, help=summary(n)) for n in names]
+        # The group's own options: click.Command's completion, not click.Group's.
+        return items + super(click.Group, self).shell_complete(ctx, incomplete)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         module = COMMANDS.get(cmd_name)

@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import os
-
-from dulwich.config import ConfigFile
+from typing import TYPE_CHECKING
 
 from ketch.errors import KetchError
 
+if TYPE_CHECKING:
+    from dulwich.config import ConfigFile
+
 
 class GitConfig:
+    """Read on the first question: every repository opens one, and most
+    commands (ls, restore, cat-file) never ask it anything, nor need dulwich."""
+
     def __init__(self, path: str) -> None:
         self.path = path
-        try:
-            self._cfg = ConfigFile.from_path(path) if os.path.exists(path) else ConfigFile()
-        except (ValueError, OSError) as e:
-            raise KetchError(f"{path}: unreadable git config: {e}") from e
+        self._parsed: ConfigFile | None = None
+
+    @property
+    def _cfg(self) -> ConfigFile:
+        if self._parsed is None:
+            from dulwich.config import ConfigFile
+
+            try:
+                exists = os.path.exists(self.path)
+                self._parsed = ConfigFile.from_path(self.path) if exists else ConfigFile()
+            except (ValueError, OSError) as e:
+                raise KetchError(f"{self.path}: unreadable git config: {e}") from e
+        return self._parsed
 
     def get(self, section: str, key: str) -> str | None:
         try:
