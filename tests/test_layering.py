@@ -53,6 +53,7 @@ LAYERS: dict[str, int] = {
     "restore": 4,
     "restoreplan": 4,  # what restore does with what is in the way
     "restorefile": 4,  # one file's checked, sparse writes
+    "restorebatch": 4,  # files written in batches, blobs read in pack order
     "vfs": 4,
     "listing": 4,  # ls's lines, from the vfs
     "lifecycle": 4,  # prune and gc: retention, and space given back

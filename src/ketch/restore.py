@@ -224,7 +224,7 @@ class _Restorer:
                     self.restore_tree(t.item, os.path.join(outdir, t.name), t.item)
                 else:
                     self.restore_leaf(t.item, os.path.join(outdir, t.name))
-            self.batch.flush()
+            self.batch.complete()
         except BaseException:
             # Files begun but not finished are not left behind half written.
             for job in self.batch.abandon():
@@ -315,7 +315,7 @@ class _Restorer:
         hl = (meta.hardlink_target if meta is not None else None) or b""
         key = _link_key(item.oid, meta) if hl and meta is not None else None
         if key is not None and hl in self.pending_links:
-            self.batch.flush()  # a link's first path must be complete to link to
+            self.batch.complete()  # a link's first path must be complete to link to
         try:
             # Creation fails with EEXIST rather than following or truncating
             # whatever is there; only then is the old entry removed.

@@ -29,19 +29,22 @@ from ketch.errors import CorruptObject, KetchError
 from ketch.git import objects as gobj
 from ketch.progress import Progress
 from ketch.repo import Repository
-from ketch.restorefile import FLUSH_BUFFERS, FLUSH_BYTES, HOLE_BLOCK, ContentError
+from ketch.restorefile import FLUSH_BUFFERS, HOLE_BLOCK, ContentError
 
 _ZERO_BLOCK = bytes(HOLE_BLOCK)
 # A batch is read once it wants this many distinct blobs or bytes, or holds
 # this many open files (each keeps its descriptor until finished).
-BATCH_BLOBS = 8192
-BATCH_BYTES = 64 << 20
+BATCH_BLOBS = 4096
+BATCH_BYTES = 32 << 20
 BATCH_FILES = 256
 # The reader hands blobs over in bundles of about this much, and at most
 # _QUEUE_BUNDLES wait: what the reader thread holds beyond the writer.
-_BUNDLE_BYTES = 1 << 20
+_BUNDLE_BYTES = 256 << 10
 _BUNDLE_ITEMS = 256
-_QUEUE_BUNDLES = 8
+_QUEUE_BUNDLES = 4
+# A file's contiguous data is written once this much has gathered: large
+# writes, while two batches in flight stay within a small resident set.
+FLUSH_BYTES = 1 << 20
 
 
 class FileJob:
@@ -54,6 +57,7 @@ class FileJob:
         self.path = path
         self.done = done
         self.failed = failed
+        self.seq = 0  # order of creation, set by the batch
         self.size = 0  # end of the furthest blob or hole placed so far
         self.planned = False  # every blob placed
         self.outstanding = 0  # placed blobs not yet written
@@ -197,11 +201,16 @@ class Batch:
         self.repo = repo
         self.zero_blobs = zero_blobs
         self.progress = progress
-        self.jobs: list[FileJob] = []
+        self.jobs: list[FileJob] = []  # unfinished, oldest first
+        self.created = 0  # files handed over so far (a FileJob's seq)
         self.places: dict[bytes, list[_Place]] = {}
         self.nbytes = 0
-        # Directory metadata to apply once the files inside are finished.
-        self.after: list[Callable[[], None]] = []
+        self.nfiles = 0  # files placed since the last flush
+        # The batch being read while the next one is planned.
+        self.inflight: tuple[_Reader, threading.Thread, dict[bytes, list[_Place]]] | None = None
+        # Directory metadata, applied once every file created before it
+        # (those inside the directory) is finished: (files created, apply).
+        self.after: list[tuple[int, Callable[[], None]]] = []
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -211,7 +220,10 @@ class Batch:
     def add(self, job: FileJob, oid: bytes, chunked: bool, size_hint: int) -> None:
         """Place every blob of the file whose content is `oid`; reads the
         batch whenever it is full, so a big file may span several."""
+        self.created += 1
+        job.seq = self.created
         self.jobs.append(job)
+        self.nfiles += 1
         if not chunked:
             self.place(job, oid, 0, -1, size_hint)
         else:
@@ -230,9 +242,8 @@ class Batch:
             # every job placed before the last flush is finished.
             self.jobs.pop()
             self.finish(job)
-            if not self.jobs:
-                self.finish_ready()
-        elif len(self.jobs) >= BATCH_FILES or len(self.places) >= BATCH_BLOBS \
+            self.run_after()
+        elif self.nfiles >= BATCH_FILES or len(self.places) >= BATCH_BLOBS \
                 or self.nbytes >= BATCH_BYTES:
             self.flush()
 
@@ -286,16 +297,31 @@ class Batch:
     # -- reading and writing ---------------------------------------------------------
 
     def flush(self) -> None:
-        """Read and write everything placed; finish the files that are complete."""
-        places, self.places, self.nbytes = self.places, {}, 0
+        """Start reading everything placed, on its own thread; then write the
+        batch read before it, while this one is read and the next planned."""
+        places, self.places, self.nbytes, self.nfiles = self.places, {}, 0, 0
+        previous, self.inflight = self.inflight, None
         if places:
             reader = _Reader(self.repo, list(places))
-            thread = reader.start()
-            try:
-                self.write_all(reader, places)
-            finally:
-                reader.stop.set()
-                thread.join()
+            self.inflight = (reader, reader.start(), places)
+        if previous is not None:
+            self.drain(previous)
+
+    def complete(self) -> None:
+        """Read and write everything; finish every file."""
+        self.flush()
+        if self.inflight is not None:
+            inflight, self.inflight = self.inflight, None
+            self.drain(inflight)
+
+    def drain(self, inflight: tuple[_Reader, threading.Thread, dict[bytes, list[_Place]]]
+              ) -> None:
+        reader, thread, places = inflight
+        try:
+            self.write_all(reader, places)
+        finally:
+            reader.stop.set()
+            thread.join()
         self.finish_ready()
 
     def write_all(self, reader: _Reader, places: dict[bytes, list[_Place]]) -> None:
@@ -357,10 +383,12 @@ class Batch:
             else:
                 keep.append(job)
         self.jobs = keep
-        if not keep:
-            after, self.after = self.after, []
-            for apply in after:
-                apply()
+        self.run_after()
+
+    def run_after(self) -> None:
+        oldest = self.jobs[0].seq if self.jobs else self.created + 1
+        while self.after and self.after[0][0] < oldest:
+            self.after.pop(0)[1]()
 
     def finish(self, job: FileJob) -> None:
         if job.error is None:
@@ -379,7 +407,7 @@ class Batch:
         """Run `apply` once every file now waiting is finished (a directory's
         metadata: its mtime and mode must come after its files)."""
         if self.jobs:
-            self.after.append(apply)
+            self.after.append((self.created, apply))
         else:
             apply()
 
@@ -387,6 +415,11 @@ class Batch:
         """Close every unfinished file (a restore stopping); they are returned
         for the caller to remove."""
         jobs, self.jobs, self.places, self.after = self.jobs, [], {}, []
+        if self.inflight is not None:
+            reader, thread, _ = self.inflight
+            self.inflight = None
+            reader.stop.set()
+            thread.join()
         for job in jobs:
             try:
                 job.close()

@@ -28,7 +28,7 @@ _ISAL_ERROR = cast(type[Exception], isal_zlib.error)
 # Entries closer than this are read in one go, the gap read and dropped: a
 # seek on a disk costs more than reading this much.
 RUN_GAP = 256 << 10
-RUN_BYTES = 8 << 20
+RUN_BYTES = 1 << 20
 # Read past a run's last entry start: enough for any blob bup or ketch writes
 # (at most 32 KiB inflated) and its header; a longer entry reads on.
 RUN_TAIL = 64 << 10
