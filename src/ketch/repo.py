@@ -91,6 +91,9 @@ class Repository(ABC):
     cache_dir: str
     # Why `writable()` refuses, for a backend that only reads.
     read_only = "this repository is read-only"
+    # Whether `read_many` may run on one thread while `read` runs on another
+    # (a restore then reads the next files' blobs while it writes).
+    reads_concurrently = False
 
     @abstractmethod
     def read(self, oid: bytes) -> tuple[int, bytes]:
@@ -109,6 +112,7 @@ class Repository(ABC):
         does, possibly after yielding some; what was not yielded the caller
         can ask `read` for, one by one, to learn which object failed and why.
         The caller checks each content against its id."""
+        self.prefetch(oids)
         for oid in oids:
             t, data = self.read(oid)
             yield oid, t, data
@@ -252,6 +256,8 @@ def init_repository(path: str) -> bool:
 
 class LocalRepository(WritableRepository):
     """A bare git repository on a local filesystem."""
+
+    reads_concurrently = True
 
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)

@@ -27,8 +27,8 @@ from ketch.fsmeta import apply_to_path, create_special
 from ketch.metadata import Metadata
 from ketch.progress import NullProgress, Progress
 from ketch.repo import Repository
-from ketch.restorebatch import Batch, FileJob
-from ketch.restorefile import ContentError
+from ketch.restorebatch import Batch
+from ketch.restorefile import ContentError, FileJob
 from ketch.restoreplan import Clobber, InTheWay, Kept
 from ketch.vfs import DEFAULT_DIR_MODE, VFS, Item, show_path
 

@@ -29,9 +29,8 @@ from ketch.errors import CorruptObject, KetchError
 from ketch.git import objects as gobj
 from ketch.progress import Progress
 from ketch.repo import Repository
-from ketch.restorefile import FLUSH_BUFFERS, HOLE_BLOCK, ContentError
+from ketch.restorefile import HOLE_BLOCK, ZERO_BLOCK, ContentError, FileJob
 
-_ZERO_BLOCK = bytes(HOLE_BLOCK)
 # A batch is read once it wants this many distinct blobs or bytes, or holds
 # this many open files (each keeps its descriptor until finished).
 BATCH_BLOBS = 4096
@@ -42,79 +41,6 @@ BATCH_FILES = 256
 _BUNDLE_BYTES = 256 << 10
 _BUNDLE_ITEMS = 256
 _QUEUE_BUNDLES = 4
-# A file's contiguous data is written once this much has gathered: large
-# writes, while two batches in flight stay within a small resident set.
-FLUSH_BYTES = 1 << 20
-
-
-class FileJob:
-    """One file being written: its descriptor, what is still to come, and
-    contiguous data waiting for one pwritev."""
-
-    def __init__(self, fd: int, path: bytes, done: Callable[[FileJob], None],
-                 failed: Callable[[FileJob, Exception], None]) -> None:
-        self.fd = fd
-        self.path = path
-        self.done = done
-        self.failed = failed
-        self.seq = 0  # order of creation, set by the batch
-        self.size = 0  # end of the furthest blob or hole placed so far
-        self.planned = False  # every blob placed
-        self.outstanding = 0  # placed blobs not yet written
-        self.error: Exception | None = None
-        self.closed = False
-        self.buf: list[bytes | memoryview] = []
-        self.buf_start = 0
-        self.buf_len = 0
-
-    def flush(self) -> None:
-        if not self.buf:
-            return
-        bufs, off, total = self.buf, self.buf_start, self.buf_len
-        self.buf = []
-        self.buf_len = 0
-        done = os.pwritev(self.fd, bufs, off)
-        if done != total:
-            rest = memoryview(b"".join(bufs))[done:]
-            off += done
-            while rest:
-                k = os.pwrite(self.fd, rest, off)
-                rest = rest[k:]
-                off += k
-
-    def add(self, start: int, data: bytes | memoryview) -> None:
-        if not self.buf or start != self.buf_start + self.buf_len:
-            self.flush()
-            self.buf_start = start
-        self.buf.append(data)
-        self.buf_len += len(data)
-        if self.buf_len >= FLUSH_BYTES or len(self.buf) >= FLUSH_BUFFERS:
-            self.flush()
-
-    def add_with_holes(self, start: int, data: bytes) -> None:
-        # Only whole file-aligned blocks become holes, so a hole never splits
-        # a block that also holds data.
-        view = memoryview(data)
-        n = len(data)
-        i = min((-start) % HOLE_BLOCK, n)
-        run_start = 0
-        while i + HOLE_BLOCK <= n:
-            if view[i : i + HOLE_BLOCK] == _ZERO_BLOCK:
-                if run_start < i:
-                    self.add(start + run_start, view[run_start:i])
-                j = i + HOLE_BLOCK
-                while j + HOLE_BLOCK <= n and view[j : j + HOLE_BLOCK] == _ZERO_BLOCK:
-                    j += HOLE_BLOCK
-                i = run_start = j
-            else:
-                i += HOLE_BLOCK
-        if run_start < n:
-            self.add(start + run_start, view[run_start:])
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            os.close(self.fd)
 
 
 # A blob's place: (file, start, end); end -1 when it is the file's last and
@@ -148,6 +74,17 @@ class _Reader:
                 continue
 
     def run(self) -> None:
+        try:
+            for bundle in self.bundles():
+                self.put(bundle)
+                if self.stop.is_set():
+                    return
+            self.put(None)
+        except BaseException as e:  # handed to the restore's thread, which raises it
+            self.put(e)
+
+    def bundles(self) -> Iterator[list[_Got]]:
+        """The batch's blobs, checked, in bundles."""
         got: set[bytes] = set()
         bundle: list[_Got] = []
         size = 0
@@ -160,37 +97,31 @@ class _Reader:
             return oid, data, None
 
         try:
-            try:
-                for oid, t, data in self.repo.read_many(self.oids):
-                    if oid in got:
-                        continue
-                    got.add(oid)
+            for oid, t, data in self.repo.read_many(self.oids):
+                if oid in got:
+                    continue
+                got.add(oid)
+                bundle.append(check(oid, t, data))
+                size += len(data)
+                if size >= _BUNDLE_BYTES or len(bundle) >= _BUNDLE_ITEMS:
+                    yield bundle
+                    bundle, size = [], 0
+        except (KetchError, OSError):
+            # Which object failed, and why, one by one.
+            for oid in self.oids:
+                if oid in got:
+                    continue
+                got.add(oid)
+                try:
+                    t, data = self.repo.read(oid)
                     bundle.append(check(oid, t, data))
-                    size += len(data)
-                    if size >= _BUNDLE_BYTES or len(bundle) >= _BUNDLE_ITEMS:
-                        self.put(bundle)
-                        bundle, size = [], 0
-                        if self.stop.is_set():
-                            return
-            except KetchError:
-                # Which object failed, and why, one by one.
-                for oid in self.oids:
-                    if oid in got:
-                        continue
-                    got.add(oid)
-                    try:
-                        t, data = self.repo.read(oid)
-                        bundle.append(check(oid, t, data))
-                    except KetchError as e:
-                        bundle.append((oid, None, e))
-                    if len(bundle) >= _BUNDLE_ITEMS:
-                        self.put(bundle)
-                        bundle = []
-            if bundle:
-                self.put(bundle)
-            self.put(None)
-        except BaseException as e:  # handed to the restore's thread, which raises it
-            self.put(e)
+                except (KetchError, OSError) as e:
+                    bundle.append((oid, None, e))
+                if len(bundle) >= _BUNDLE_ITEMS:
+                    yield bundle
+                    bundle = []
+        if bundle:
+            yield bundle
 
 
 class Batch:
@@ -207,7 +138,8 @@ class Batch:
         self.nbytes = 0
         self.nfiles = 0  # files placed since the last flush
         # The batch being read while the next one is planned.
-        self.inflight: tuple[_Reader, threading.Thread, dict[bytes, list[_Place]]] | None = None
+        self.inflight: tuple[_Reader, threading.Thread | None,
+                             dict[bytes, list[_Place]]] | None = None
         # Directory metadata, applied once every file created before it
         # (those inside the directory) is finished: (files created, apply).
         self.after: list[tuple[int, Callable[[], None]]] = []
@@ -289,6 +221,8 @@ class Batch:
                 raise ContentError(f"chunk tree {tid.hex()} overruns its place")
             if not entries and end >= 0 and end != start:
                 raise ContentError(f"chunk tree {tid.hex()} is empty")
+            # A remote backend fetches the subtrees together, not one round trip each.
+            self.repo.prefetch([e.oid for e in entries if e.mode == gobj.MODE_TREE])
             for i in range(len(entries) - 1, -1, -1):
                 e = entries[i]
                 stack.append((e.oid, e.mode == gobj.MODE_TREE, offs[i],
@@ -303,7 +237,9 @@ class Batch:
         previous, self.inflight = self.inflight, None
         if places:
             reader = _Reader(self.repo, list(places))
-            self.inflight = (reader, reader.start(), places)
+            # A backend that cannot read on two threads is read as it is written.
+            thread = reader.start() if self.repo.reads_concurrently else None
+            self.inflight = (reader, thread, places)
         if previous is not None:
             self.drain(previous)
 
@@ -314,24 +250,32 @@ class Batch:
             inflight, self.inflight = self.inflight, None
             self.drain(inflight)
 
-    def drain(self, inflight: tuple[_Reader, threading.Thread, dict[bytes, list[_Place]]]
-              ) -> None:
+    def drain(self, inflight: tuple[_Reader, threading.Thread | None,
+                                    dict[bytes, list[_Place]]]) -> None:
         reader, thread, places = inflight
         try:
-            self.write_all(reader, places)
+            self.write_all(reader.bundles() if thread is None else self.received(reader),
+                           places)
         finally:
             reader.stop.set()
-            thread.join()
+            if thread is not None:
+                thread.join()
         self.finish_ready()
 
-    def write_all(self, reader: _Reader, places: dict[bytes, list[_Place]]) -> None:
-        advance = self.progress.advance
+    @staticmethod
+    def received(reader: _Reader) -> Iterator[list[_Got]]:
         while True:
             bundle = reader.out.get()
             if bundle is None:
-                break
+                return
             if isinstance(bundle, BaseException):
                 raise bundle
+            yield bundle
+
+    def write_all(self, bundles: Iterator[list[_Got]], places: dict[bytes, list[_Place]]
+                  ) -> None:
+        advance = self.progress.advance
+        for bundle in bundles:
             written = 0
             for oid, data, err in bundle:
                 for job, start, end in places.pop(oid, ()):
@@ -359,7 +303,7 @@ class Batch:
         try:
             if n >= HOLE_BLOCK and not data[0] and data == bytes(n):
                 self.zero_blobs[oid] = n
-            elif data.find(_ZERO_BLOCK) < 0:
+            elif data.find(ZERO_BLOCK) < 0:
                 job.add(start, data)
             else:
                 job.add_with_holes(start, data)
@@ -419,7 +363,8 @@ class Batch:
             reader, thread, _ = self.inflight
             self.inflight = None
             reader.stop.set()
-            thread.join()
+            if thread is not None:
+                thread.join()
         for job in jobs:
             try:
                 job.close()
