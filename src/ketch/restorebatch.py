@@ -43,6 +43,8 @@ _BUNDLE_ITEMS = 256
 _QUEUE_BUNDLES = 4
 
 
+# Kinds of work in a chunk tree's walk.
+_BLOB, _TREE, _TREE_END = 0, 1, 2
 # A blob's place: (file, start, end); end -1 when it is the file's last and
 # its length is up to the blob.
 _Place = tuple[FileJob, int, int]
@@ -198,13 +200,23 @@ class Batch:
 
     def leaves(self, oid: bytes) -> Iterator[tuple[bytes, int, int]]:
         """(blob, start, end or -1 for the last) of a chunk tree, in order;
-        subtrees known to be zeros come back whole, as one blob would."""
-        stack: list[tuple[bytes, bool, int, int]] = [(oid, True, 0, -1)]
+        subtrees known to be zeros come back whole, as one blob would, and a
+        subtree found to hold only such is known from then on (a sparse
+        image's runs of zeros repeat the same subtrees)."""
+        # (oid, _BLOB/_TREE/_TREE_END, start, end, blobs with data before it)
+        stack: list[tuple[bytes, int, int, int, int]] = [(oid, _TREE, 0, -1, 0)]
         zero_blobs = self.zero_blobs
         read = self.repo.read
+        data_blobs = 0
         while stack:
-            tid, is_tree, start, end = stack.pop()
-            if not is_tree or tid in zero_blobs:
+            tid, kind, start, end, before = stack.pop()
+            if kind == _TREE_END:
+                if data_blobs == before and end >= 0:
+                    zero_blobs[tid] = end - start
+                continue
+            if kind == _BLOB or tid in zero_blobs:
+                if tid not in zero_blobs:
+                    data_blobs += 1
                 yield tid, start, end
                 continue
             t, data = read(tid)
@@ -223,10 +235,11 @@ class Batch:
                 raise ContentError(f"chunk tree {tid.hex()} is empty")
             # A remote backend fetches the subtrees together, not one round trip each.
             self.repo.prefetch([e.oid for e in entries if e.mode == gobj.MODE_TREE])
+            stack.append((tid, _TREE_END, start, end, data_blobs))
             for i in range(len(entries) - 1, -1, -1):
                 e = entries[i]
-                stack.append((e.oid, e.mode == gobj.MODE_TREE, offs[i],
-                              offs[i + 1] if i + 1 < len(offs) else end))
+                stack.append((e.oid, _TREE if e.mode == gobj.MODE_TREE else _BLOB, offs[i],
+                              offs[i + 1] if i + 1 < len(offs) else end, 0))
 
     # -- reading and writing ---------------------------------------------------------
 
