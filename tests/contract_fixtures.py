@@ -67,6 +67,10 @@ def op_prefetch(repo: Repository, oids: Sequence[bytes]) -> None:
     repo.prefetch(oids)
 
 
+def op_read_many(repo: Repository, oids: Sequence[bytes]) -> list[tuple[bytes, int, bytes]]:
+    return [(oid, t, bytes(data)) for oid, t, data in repo.read_many(oids)]
+
+
 def op_close(repo: Repository) -> None:
     repo.close()
 

@@ -54,7 +54,8 @@ LAYERS: dict[str, int] = {
     "stream": 4,  # split and join of a byte stream
     "restore": 4,
     "restoreplan": 4,  # what restore does with what is in the way
-    "restorefile": 4,  # one file's checked, sparse writes
+    "restorefile": 4,  # one file's sparse, gathered writes
+    "restorebatch": 4,  # files written in batches, blobs read in pack order
     "vfs": 4,
     "listing": 4,  # ls's lines, from the vfs
     "lifecycle": 4,  # prune and gc: retention, and space given back

@@ -45,6 +45,7 @@ from tests.contract_fixtures import (  # noqa: F401 - fixtures the backends ask 
     op_iter_refs,
     op_prefetch,
     op_read,
+    op_read_many,
     op_read_ref,
     op_read_typed,
     op_resolve_ref,
@@ -93,6 +94,20 @@ def test_read_gives_back_every_object_byte_identical_with_its_type(
         got_t, got = op_read(contract_repo.repo, oid)
         assert (got_t, bytes(got)) == (t, data), oid.hex()
         assert gobj.object_id(got_t, got) == oid
+
+
+def test_read_many_gives_back_each_object_once_in_any_order(contract_repo: Backend) -> None:
+    known = KNOWN.objects()
+    got = op_read_many(contract_repo.repo, list(known))
+    assert len(got) == len(known)
+    assert {oid: (t, data) for oid, t, data in got} == {o: (t, bytes(d)) for o, (t, d)
+                                                         in known.items()}
+    assert op_read_many(contract_repo.repo, []) == []
+    # A missing object raises as read does; the rest can still be read one by one.
+    with pytest.raises(ObjectNotFound) as e:
+        op_read_many(contract_repo.repo, [KNOWN.blob, KNOWN.missing, KNOWN.tree])
+    assert KNOWN.missing.hex() in one_line(e)
+    assert op_read(contract_repo.repo, KNOWN.tree)[1] == KNOWN.tree_data
 
 
 def test_read_typed_checks_the_type(contract_repo: Backend) -> None:

@@ -311,6 +311,30 @@ def test_library_counts_and_progress(saved: tuple[Path, Path], tmp_path: Path) -
     assert os.stat(tmp_path / "a" / "hard1").st_ino == os.stat(tmp_path / "a/b/hard2").st_ino
 
 
+def test_small_batches_restore_the_same_tree(saved: tuple[Path, Path], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches far smaller than the defaults: chunked and sparse files spread over
+    many reads, a directory's files (and its read-only mode) over several
+    batches, links to a file still waiting in one; read through read_many."""
+    from ketch import restorebatch
+    from ketch.repo import LocalRepository
+    from ketch.restore import restore as do_restore
+    from ketch.vfs import VFS
+
+    monkeypatch.setattr(restorebatch, "BATCH_BLOBS", 40)
+    monkeypatch.setattr(restorebatch, "BATCH_FILES", 3)
+    monkeypatch.setattr(restorebatch, "BATCH_BYTES", 64 << 10)
+    repo, tree = saved
+    rec = NullProgress()
+    with LocalRepository(str(repo)) as r:
+        res = do_restore(VFS(r), [vpath(tree)], tmp_path, progress=rec)
+    assert not res.errors and not res.warnings
+    assert_same_tree(tree, tmp_path / "tree")
+    st = os.stat(tmp_path / "tree" / "sparse.img")
+    assert st.st_size == SPARSE_SIZE and st.st_blocks * 512 < 1 * MB
+    assert rec.bytes == res.bytes
+
+
 def test_trailing_slash_restores_contents(saved: tuple[Path, Path], run_ketch: RunKetch,
                                           tmp_path: Path) -> None:
     repo, tree = saved

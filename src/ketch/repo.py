@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -28,6 +29,7 @@ from ketch.git.loose import iter_loose_ids, loose_exists, read_loose
 from ketch.git.objindex import ObjectIndex
 from ketch.git.pack import DEFAULT_LEVEL, DEFAULT_MAX_PACK_SIZE, PackWriter
 from ketch.git.packread import PackFile
+from ketch.git.packrun import read_entries
 from ketch.git.refs import Refs
 from ketch.lease import Lease
 
@@ -89,6 +91,9 @@ class Repository(ABC):
     cache_dir: str
     # Why `writable()` refuses, for a backend that only reads.
     read_only = "this repository is read-only"
+    # Whether `read_many` may run on one thread while `read` runs on another
+    # (a restore then reads the next files' blobs while it writes).
+    reads_concurrently = False
 
     @abstractmethod
     def read(self, oid: bytes) -> tuple[int, bytes]:
@@ -100,6 +105,17 @@ class Repository(ABC):
 
     def exists(self, oid: bytes) -> bool:
         return self.has_many([oid])[0]
+
+    def read_many(self, oids: Sequence[bytes]) -> Iterator[tuple[bytes, int, bytes]]:
+        """(oid, type, content) for each of `oids`, in whatever order this
+        backend reads fastest (a local one: pack order). Raises as `read`
+        does, possibly after yielding some; what was not yielded the caller
+        can ask `read` for, one by one, to learn which object failed and why.
+        The caller checks each content against its id."""
+        self.prefetch(oids)
+        for oid in oids:
+            t, data = self.read(oid)
+            yield oid, t, data
 
     @abstractmethod
     def read_ref(self, name: bytes) -> bytes | None: ...
@@ -241,6 +257,8 @@ def init_repository(path: str) -> bool:
 class LocalRepository(WritableRepository):
     """A bare git repository on a local filesystem."""
 
+    reads_concurrently = True
+
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
         if not _is_repo(self.path):
@@ -258,6 +276,9 @@ class LocalRepository(WritableRepository):
         self._retiring: ObjectIndex | None = None
         self._parity: Callable[[str], None] | None = None
         self._unprotected: list[str] = []  # packs written since, awaiting parity
+        # read_many runs beside reads on another thread (restore): the pack
+        # cache below is closed and reopened as a side effect of reading.
+        self._read_lock = threading.RLock()
 
     def _any_loose(self) -> bool:
         try:
@@ -321,14 +342,50 @@ class LocalRepository(WritableRepository):
         return self.read(oid)
 
     def read(self, oid: bytes) -> tuple[int, bytes]:
-        got = self._read_packed(oid)
-        if got is None and self._has_loose:
-            got = read_loose(self.objects_dir, oid)
-        if got is None:
-            got = self._read_retiring(oid)
+        with self._read_lock:
+            got = self._read_packed(oid)
+            if got is None and self._has_loose:
+                got = read_loose(self.objects_dir, oid)
+            if got is None:
+                got = self._read_retiring(oid)
         if got is None:
             raise ObjectNotFound(f"object {oid.hex()} not found in {self.path}")
         return got
+
+    def read_many(self, oids: Sequence[bytes]) -> Iterator[tuple[bytes, int, bytes]]:
+        """Pack order, each pack's wanted entries read in large runs (see
+        ketch.git.packrun) from a descriptor of its own, so that this may run
+        on one thread while `read` runs on another. Deltas, loose objects and
+        anything the idx files do not place go through `read`, last."""
+        with self._read_lock:
+            hits = self.index.find_many(oids)
+        by_pack: dict[str, list[tuple[int, bytes]]] = {}
+        rest: list[bytes] = []
+        for oid, hit in zip(oids, hits, strict=True):
+            if hit is None:
+                rest.append(oid)
+            else:
+                by_pack.setdefault(hit[0], []).append((hit[1], oid))
+        for name, entries in by_pack.items():
+            entries.sort()
+            try:
+                fd = os.open(os.path.join(self.pack_dir, name[: -len(".idx")] + ".pack"),
+                             os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                rest.extend(oid for _, oid in entries)  # gc moved it: read finds it anew
+                continue
+            try:
+                end = os.fstat(fd).st_size - 20
+                got = read_entries(fd, [off for off, _ in entries], end)
+                for (_, oid), (t, data) in zip(entries, got, strict=True):
+                    if data is None:
+                        t, data = self.read(oid)
+                    yield oid, t, data
+            finally:
+                os.close(fd)
+        for oid in rest:
+            t, data = self.read(oid)
+            yield oid, t, data
 
     def _retiring_index(self) -> ObjectIndex | None:
         d = os.path.join(self.path, RETIRING_DIR)

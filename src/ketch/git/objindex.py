@@ -18,6 +18,7 @@ counts disagree with the idx files it names.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -252,6 +253,29 @@ class ObjectIndex:
             if off is not None:
                 return name, off
         return None
+
+    def find_many(self, oids: Sequence[bytes]) -> list[tuple[str, int] | None]:
+        """``find`` for many ids at once, asking the idx files themselves (the
+        midx and bloom only speed up misses, and a batch read expects hits),
+        one vectorised search per idx file until every id is placed."""
+        out: list[tuple[str, int] | None] = [None] * len(oids)
+        if not oids:
+            return out
+        ids = coerce_ids(np.array(oids, dtype="S20"))
+        todo = np.arange(len(ids))
+        for name, ix in self._idx.items():
+            if todo.size == 0:
+                break
+            if ix.count == 0:
+                continue
+            q = ids[todo]
+            pos = np.searchsorted(ix.ids, q)
+            pos[pos >= ix.count] = ix.count - 1
+            hit = ix.ids[pos] == q
+            for i, p in zip(todo[hit].tolist(), pos[hit].tolist(), strict=True):
+                out[i] = (name, ix.offset_at(p))
+            todo = todo[~hit]
+        return out
 
     def find_direct(self, oid: bytes) -> tuple[str, int] | None:
         """``find`` asking every idx file itself, past the midx and bloom files:
