@@ -16,7 +16,8 @@ import json
 import os
 import re
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from ketch.git.objindex import ObjectIndex
 from ketch.git.pack import DEFAULT_LEVEL, DEFAULT_MAX_PACK_SIZE
 from ketch.git.packenc import EncodingWriter, PackEncoder
 from ketch.git.refs import check_ref_name
+from ketch.remote import stored
 from ketch.remote.protocol import (
     GC_KEEPALIVE_LINE,
     IDX_NAME,
@@ -45,6 +47,10 @@ from ketch.repo import AppendOnlyRepository, FsckJob, GcJob, WritableRepository
 
 _TYPE_BY_NAME = {name: num for num, name in gobj.TYPE_NAMES.items()}
 _BATCH = 256  # objects per cat-batch request when reading ahead
+# Requests in flight: bup's cat-batch is answered after the server has read
+# the objects (two suffice); ketch's cat-stored answers at the speed of a
+# pread, and loopback latency alone would serialise fewer.
+_WINDOW_BUP, _WINDOW_STORED = 2, 6
 _MAX_GC_REPORT = 1 << 20  # a gc report is a few hundred bytes: more is not one
 _HEX40 = re.compile(rb"[0-9a-f]{40}")
 _CAT_REPLY = re.compile(rb"([0-9a-f]{40}) ([a-z]+) ([0-9]{1,12})\n")
@@ -53,6 +59,9 @@ _CAT_REPLY = re.compile(rb"([0-9a-f]{40}) ([a-z]+) ([0-9]{1,12})\n")
 _MAX_OBJECT = 1 << 31
 # An fsck report has a line per damaged object: a badly damaged repository's is long.
 _MAX_FSCK_REPORT = 256 << 20
+
+
+_Got = tuple[bytes, tuple[int, bytes] | None]  # an id and its object, None if missing
 
 
 def default_cache_root() -> str:
@@ -69,7 +78,11 @@ class RemoteRepository(WritableRepository):
         self._objindex: ObjectIndex | None = None
         self._ahead: deque[bytes] = deque()
         self._fetched: OrderedDict[bytes, tuple[int, bytes]] = OrderedDict()
-        self._inflight: deque[list[bytes]] = deque()  # cat-batch requests not yet answered
+        # Requests not yet answered, and where their objects go: a read_many's
+        # own queue, or None for the read-ahead cache (_fetched).
+        self._inflight: deque[tuple[list[bytes], deque[_Got] | None]] = deque()
+        self._stored = stored.COMMAND in self.client.commands
+        self._window = _WINDOW_STORED if self._stored else _WINDOW_BUP
         self._requested: set[bytes] = set()
         self._missing: set[bytes] = set()
 
@@ -179,32 +192,86 @@ class RemoteRepository(WritableRepository):
                 batch.append(o)
         if not batch:
             return
-        self.conn.write(b"cat-batch\n" + b"".join(o.hex().encode() + b"\n" for o in batch)
-                        + b"\n")
-        self.conn.flush()
-        self._inflight.append(batch)
+        self._request(batch, None)
         self._requested.update(batch)
 
+    def _request(self, batch: list[bytes], sink: deque[_Got] | None) -> None:
+        if self._stored:
+            self.conn.write(stored.request(batch))
+        else:
+            self.conn.write(b"cat-batch\n" + b"".join(o.hex().encode() + b"\n" for o in batch)
+                            + b"\n")
+        self.conn.flush()
+        self._inflight.append((batch, sink))
+
     def _top_up(self) -> None:
-        if self._ahead and len(self._inflight) < 2:
+        while self._ahead and len(self._inflight) < self._window:
             self._send_batch(None)
 
-    def _recv_batch(self) -> None:
-        batch = self._inflight.popleft()
-        self._requested.difference_update(batch)
+    def _answers(self, batch: list[bytes]) -> list[tuple[int, bytes] | None]:
+        """The objects of the oldest request in flight, their ids checked."""
+        if self._stored:
+            try:
+                return stored.read_reply(self.conn, batch, str(self.spec))
+            except ConnectionLost as e:
+                raise self.client._lost(e) from None
+            except RemoteError as e:
+                raise KetchError(f"server: {e}") from None
+        out: list[tuple[int, bytes] | None] = []
         for o, obj in zip(batch, self._read_batch_reply(len(batch)), strict=True):
+            if obj is not None:
+                t, data, got_oid = obj
+                if got_oid != o or gobj.object_id(t, data) != o:
+                    raise KetchError(f"object {o.hex()} from {self.spec} does not match its id")
+                obj = (t, data)  # type: ignore[assignment]
+            out.append(obj)  # type: ignore[arg-type]
+        return out
+
+    def _recv_batch(self) -> None:
+        batch, sink = self._inflight.popleft()
+        if sink is None:
+            self._requested.difference_update(batch)
+        got = self._answers(batch)
+        if sink is not None:
+            sink.extend(zip(batch, got, strict=True))
+            return
+        for o, obj in zip(batch, got, strict=True):
             if obj is None:
                 self._missing.add(o)
                 continue
-            t, data, got_oid = obj
-            if got_oid != o or gobj.object_id(t, data) != o:
-                raise KetchError(f"object {o.hex()} from {self.spec} does not match its id")
-            self._fetched[o] = (t, data)
+            self._fetched[o] = obj
         # Hints that were never read (a skipped hole, a file seen before) must not pile up.
         while len(self._fetched) > 4 * _BATCH:
             self._fetched.popitem(last=False)
         if len(self._missing) > 4 * _BATCH:
             self._missing.clear()
+
+    def read_many(self, oids: Iterable[bytes]) -> Iterator[tuple[bytes, int, bytes]]:
+        """Each object of ``oids`` as (oid, type, content), in order; requests
+        go out ahead of the answers (a window of batches), so that a restore is
+        limited by bandwidth, not by round trips. Raises ObjectNotFound."""
+        todo = iter(oids)
+        mine: deque[_Got] = deque()
+        pending = 0  # my requests in flight
+        more = True
+        while True:
+            while more and len(self._inflight) < self._window:
+                batch = list(islice(todo, _BATCH))
+                more = len(batch) == _BATCH
+                if batch:
+                    self._request(batch, mine)
+                    pending += 1
+            while mine:
+                oid, got = mine.popleft()
+                if got is None:
+                    raise ObjectNotFound(f"object {oid.hex()} not found on {self.spec}")
+                yield oid, got[0], got[1]
+            if not pending and not more:
+                return
+            # The oldest request may be read-ahead for read(): answered into its cache.
+            if self._inflight[0][1] is mine:
+                pending -= 1
+            self._recv_batch()
 
     def _drain(self) -> None:
         """Read the answers to requests in flight: another command comes next."""

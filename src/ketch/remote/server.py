@@ -42,6 +42,7 @@ from ketch.remote.protocol import (
     u32,
 )
 from ketch.remote.serverjobs import Refused, ServerJobs
+from ketch.remote.stored import StoredReader, read_request
 from ketch.repo import LocalRepository, default_repo_path, init_repository
 from ketch.stream import iter_blob_data
 from ketch.vfs import VFS
@@ -77,6 +78,7 @@ class Server(ServerJobs):
         self.opts = opts
         self.repo: LocalRepository | None = None
         self._vfs: VFS | None = None
+        self._stored: StoredReader | None = None
         self.suspended: PackWriter | None = None
         self._streaming = False  # inside receive-objects-v2's object frames
         # The client's save holds no lease of its own on this repository: the
@@ -91,7 +93,7 @@ class Server(ServerJobs):
             b"update-ref": self.update_ref, b"join": self.join, b"cat": self.join,
             b"cat-batch": self.cat_batch, b"refs": self.refs, b"rev-list": self.rev_list,
             b"resolve": self.resolve, b"gc": self.gc, b"fsck": self.fsck,
-            b"par2": self.par2,
+            b"par2": self.par2, b"cat-stored": self.cat_stored,
         }
 
     # -- the loop -------------------------------------------------------------
@@ -123,6 +125,8 @@ class Server(ServerJobs):
             if self.suspended is not None:
                 self._finish(self.suspended)
             self._lease.close()
+            if self._stored is not None:
+                self._stored.close()
             if self.repo is not None:
                 self.repo.close()
 
@@ -148,6 +152,9 @@ class Server(ServerJobs):
         self._leased = False
         if self.repo is not None:
             self.repo.close()
+        if self._stored is not None:
+            self._stored.close()
+            self._stored = None
         self.repo = repo
         self._vfs = None
 
@@ -413,6 +420,13 @@ class Server(ServerJobs):
             self.conn.write(b"%s %s %d\n" % (oid.hex().encode(), gobj.TYPE_NAMES[t], len(data)))
             self.conn.write(data)
         self.conn.ok()
+
+    def cat_stored(self, arg: bytes) -> None:
+        """ketch's own `cat-batch`: entries as stored (remote/stored.py)."""
+        ids = read_request(self.conn, arg.strip())
+        if self._stored is None:
+            self._stored = StoredReader(self._repo())
+        self._stored.serve(self.conn, ids)
 
     def join(self, arg: bytes) -> None:
         oid = self._lookup(arg.strip())
