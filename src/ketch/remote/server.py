@@ -25,13 +25,12 @@ import subprocess
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ketch.errors import CorruptObject, KetchError, NotARepository, ObjectNotFound, RefConflict
 from ketch.git import entry
 from ketch.git import objects as gobj
-from ketch.git.pack import PackWriter
-from ketch.git.refs import check_ref_name
-from ketch.lifecycle.connect import check_complete, descends
+from ketch.git.refnames import check_ref_name
 from ketch.remote.protocol import (
     IDX_NAME,
     SUSPEND,
@@ -43,9 +42,11 @@ from ketch.remote.protocol import (
 )
 from ketch.remote.serverjobs import Refused, ServerJobs
 from ketch.remote.stored import StoredReader, read_request
-from ketch.repo import LocalRepository, default_repo_path, init_repository
-from ketch.stream import iter_blob_data
-from ketch.vfs import VFS
+
+if TYPE_CHECKING:
+    from ketch.git.pack import PackWriter
+    from ketch.repo import LocalRepository
+    from ketch.vfs import VFS
 
 ZERO_HEX = b"0" * 40
 
@@ -147,6 +148,8 @@ class Server(ServerJobs):
     def _select(self, path: str) -> None:
         if self.suspended is not None:
             raise KetchError("cannot change repository during receive-objects-v2")
+        from ketch.repo import LocalRepository
+
         repo = LocalRepository(path)
         self._lease.close()
         self._leased = False
@@ -163,6 +166,8 @@ class Server(ServerJobs):
             if self.root is not None:
                 path = self.root
             else:
+                from ketch.repo import default_repo_path
+
                 path = self.opts.default_dir or default_repo_path(None)
             self._select(path)
         assert self.repo is not None
@@ -182,6 +187,8 @@ class Server(ServerJobs):
         self.conn.ok()
 
     def init_dir(self, arg: bytes) -> None:
+        from ketch.repo import init_repository
+
         path = self.confine(arg)
         init_repository(path)  # allowed with --append-only: creating removes nothing
         self._select(path)
@@ -330,6 +337,8 @@ class Server(ServerJobs):
             raise KetchError("update-ref: bad object id") from None
         if len(new) != 20 or new == bytes(20):
             raise Refused("deleting refs over the wire is not allowed")
+        from ketch.lifecycle.connect import check_complete, descends
+
         check_complete(repo, new, old)
         if self.opts.append_only and old is not None and not descends(repo, new, old):
             raise Refused(f"append-only: {name.decode(errors='replace')} may only move forward")
@@ -433,6 +442,8 @@ class Server(ServerJobs):
         if oid is None:
             self.conn.write(u32(0))
             raise KetchError(f"no such object or ref: {arg.decode(errors='replace')}")
+        from ketch.stream import iter_blob_data
+
         try:
             for block in iter_blob_data(self._repo(), oid):
                 self.conn.write(u32(len(block)))
@@ -451,6 +462,8 @@ class Server(ServerJobs):
         except ValueError:
             raise ProtocolError(f"resolve: bad flags {arg!r}") from None
         if self._vfs is None:
+            from ketch.vfs import VFS
+
             self._vfs = VFS(self._repo())
         reply = resolve_reply(self._vfs, flags, self.conn.read)
         self.conn.write(reply)
