@@ -51,6 +51,10 @@ _BATCH = 256  # objects per cat-batch request when reading ahead
 # the objects (two suffice); ketch's cat-stored answers at the speed of a
 # pread, and loopback latency alone would serialise fewer.
 _WINDOW_BUP, _WINDOW_STORED = 2, 6
+# Objects read ahead and not yet read: at most this many (more than a full
+# window brings), this big in all.
+_AHEAD_OBJECTS, _AHEAD_BYTES = 8 * _BATCH, 32 << 20
+_HEX_NAME = re.compile(rb"[0-9a-f]{1,16}")
 _MAX_GC_REPORT = 1 << 20  # a gc report is a few hundred bytes: more is not one
 _HEX40 = re.compile(rb"[0-9a-f]{40}")
 _CAT_REPLY = re.compile(rb"([0-9a-f]{40}) ([a-z]+) ([0-9]{1,12})\n")
@@ -62,6 +66,19 @@ _MAX_FSCK_REPORT = 256 << 20
 
 
 _Got = tuple[bytes, tuple[int, bytes] | None]  # an id and its object, None if missing
+
+
+def _read_next(tree: bytes) -> list[bytes]:
+    """What a reader of this hinted tree reads next: all of a file's chunk tree
+    (every name a hex offset, bup-format 1.6), a directory's `.bupm` (its
+    listing needs it; its files and subdirectories may not be wanted)."""
+    try:
+        entries = list(gobj.decode_tree(tree))
+    except KetchError:
+        return []  # its reader will say what is wrong with it
+    if all(_HEX_NAME.fullmatch(e.name) for e in entries):
+        return [e.oid for e in entries]
+    return [e.oid for e in entries if e.name == b".bupm"]
 
 
 def default_cache_root() -> str:
@@ -78,6 +95,8 @@ class RemoteRepository(WritableRepository):
         self._objindex: ObjectIndex | None = None
         self._ahead: deque[bytes] = deque()
         self._fetched: OrderedDict[bytes, tuple[int, bytes]] = OrderedDict()
+        self._fetched_bytes = 0
+        self._direct: set[bytes] = set()  # asked for by read() itself, not hinted
         # Requests not yet answered, and where their objects go: a read_many's
         # own queue, or None for the read-ahead cache (_fetched).
         self._inflight: deque[tuple[list[bytes], deque[_Got] | None]] = deque()
@@ -174,6 +193,7 @@ class RemoteRepository(WritableRepository):
         while True:
             got = self._fetched.pop(oid, None)
             if got is not None:
+                self._fetched_bytes -= len(got[1])
                 self._top_up()
                 return got
             if oid in self._missing:
@@ -181,6 +201,7 @@ class RemoteRepository(WritableRepository):
                 raise ObjectNotFound(f"object {oid.hex()} not found on {self.spec}")
             if oid not in self._requested:
                 self._send_batch(oid)
+                self._direct.add(oid)
             self._top_up()
             self._recv_batch()
 
@@ -235,16 +256,27 @@ class RemoteRepository(WritableRepository):
         if sink is not None:
             sink.extend(zip(batch, got, strict=True))
             return
+        chunks: list[bytes] = []
         for o, obj in zip(batch, got, strict=True):
             if obj is None:
                 self._missing.add(o)
                 continue
             self._fetched[o] = obj
+            self._fetched_bytes += len(obj[1])
+            if o in self._direct:
+                self._direct.discard(o)
+            elif obj[0] == gobj.TREE:
+                chunks += _read_next(obj[1])
+        if chunks:
+            # Asked for now, not one round trip after the tree is read.
+            self.prefetch(chunks)
         # Hints that were never read (a skipped hole, a file seen before) must not pile up.
-        while len(self._fetched) > 4 * _BATCH:
-            self._fetched.popitem(last=False)
+        while len(self._fetched) > _AHEAD_OBJECTS or self._fetched_bytes > _AHEAD_BYTES:
+            self._fetched_bytes -= len(self._fetched.popitem(last=False)[1][1])
         if len(self._missing) > 4 * _BATCH:
             self._missing.clear()
+        if len(self._direct) > 4 * _BATCH:
+            self._direct.clear()
 
     def read_many(self, oids: Iterable[bytes]) -> Iterator[tuple[bytes, int, bytes]]:
         """Each object of ``oids`` as (oid, type, content), in order; requests
