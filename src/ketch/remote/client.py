@@ -97,6 +97,8 @@ class RemoteRepository(WritableRepository):
         self._fetched: OrderedDict[bytes, tuple[int, bytes]] = OrderedDict()
         self._fetched_bytes = 0
         self._direct: set[bytes] = set()  # asked for by read() itself, not hinted
+        self._done: set[bytes] = set()  # read from the read-ahead cache lately
+        self._guessed: set[bytes] = set()  # hinted here, by _read_next
         # Requests not yet answered, and where their objects go: a read_many's
         # own queue, or None for the read-ahead cache (_fetched).
         self._inflight: deque[tuple[list[bytes], deque[_Got] | None]] = deque()
@@ -194,6 +196,9 @@ class RemoteRepository(WritableRepository):
             got = self._fetched.pop(oid, None)
             if got is not None:
                 self._fetched_bytes -= len(got[1])
+                if len(self._done) >= 4 * _AHEAD_OBJECTS:
+                    self._done.clear()
+                self._done.add(oid)
                 self._top_up()
                 return got
             if oid in self._missing:
@@ -209,7 +214,10 @@ class RemoteRepository(WritableRepository):
         batch = [] if first is None else [first]
         while self._ahead and len(batch) < _BATCH:
             o = self._ahead.popleft()
-            if o not in self._fetched and o not in self._requested and o not in batch:
+            # A hint of an object read already (read ahead for an earlier
+            # hint of it) is stale: its reader has it.
+            if (o not in self._fetched and o not in self._requested and o not in self._done
+                    and o not in batch):
                 batch.append(o)
         if not batch:
             return
@@ -226,7 +234,12 @@ class RemoteRepository(WritableRepository):
         self._inflight.append((batch, sink))
 
     def _top_up(self) -> None:
-        while self._ahead and len(self._inflight) < self._window:
+        # Never more ahead than the cache keeps: what it dropped unread would
+        # be asked for again.
+        while (self._ahead and len(self._inflight) < self._window
+               and self._fetched_bytes < _AHEAD_BYTES // 2
+               and len(self._fetched) + sum(len(b) for b, _ in self._inflight)
+               <= _AHEAD_OBJECTS - _BATCH):
             self._send_batch(None)
 
     def _answers(self, batch: list[bytes]) -> list[tuple[int, bytes] | None]:
@@ -261,15 +274,23 @@ class RemoteRepository(WritableRepository):
             if obj is None:
                 self._missing.add(o)
                 continue
+            old = self._fetched.pop(o, None)
             self._fetched[o] = obj
-            self._fetched_bytes += len(obj[1])
+            self._fetched_bytes += len(obj[1]) - (len(old[1]) if old else 0)
             if o in self._direct:
                 self._direct.discard(o)
+            elif o in self._guessed:
+                # One level only: the guesses' guesses would come in the wrong
+                # order (newest hints first) and crowd out what is read next.
+                self._guessed.discard(o)
             elif obj[0] == gobj.TREE:
                 chunks += _read_next(obj[1])
         if chunks:
             # Asked for now, not one round trip after the tree is read.
             self.prefetch(chunks)
+            if len(self._guessed) > 4 * _AHEAD_OBJECTS:
+                self._guessed.clear()
+            self._guessed.update(chunks)
         # Hints that were never read (a skipped hole, a file seen before) must not pile up.
         while len(self._fetched) > _AHEAD_OBJECTS or self._fetched_bytes > _AHEAD_BYTES:
             self._fetched_bytes -= len(self._fetched.popitem(last=False)[1][1])
