@@ -19,12 +19,13 @@ PYTEST_ARGS ?=
 
 .PHONY: venv deps test lint demo bench clean
 
-# The venv is (re)built only when pyproject.toml is newer than the stamp, so a
-# second `make test` installs nothing.
+# The venv is (re)built only when pyproject.toml, setup.py or the compiled
+# kernel's source is newer than the stamp, so a second `make test` installs
+# nothing.  The editable install builds the kernel into src/ketch/.
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
-	@echo "==> bootstrapping $(VENV) (pyproject.toml changed or venv missing)"
+$(STAMP): pyproject.toml setup.py src/ketch/_rollsum.c
+	@echo "==> bootstrapping $(VENV) (pyproject.toml, setup.py or the kernel changed, or venv missing)"
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --disable-pip-version-check -q -e '.[dev]'
 	@touch $@
@@ -53,4 +54,4 @@ bench: deps venv
 	$(VENV)/bin/python bench/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info build src/ketch/*.so

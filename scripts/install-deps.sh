@@ -22,9 +22,13 @@ set -euo pipefail
 # restic, borgbackup: the benchmark's lifecycle phase (bench/ketchbench/lifecycle.py)
 #   runs them beside ketch and bup: retention and space reclaimed, same data.
 # par2: recovery data for packs (ketch fsck -g / --repair), in bup's layout.
+# gcc, python3-dev: `pip install` builds the compiled rolling-checksum kernel
+#   (src/ketch/_rollsum.c, setup.py) with them; python3-dev pulls in the headers
+#   of Debian's python3 (python3.X-dev), the one `make venv` uses.  Without them
+#   the install still succeeds and ketch splits with numpy, several times slower.
 PACKAGES="bup git python3-venv acl attr time e2fsprogs python3-pyxattr python3-pylibacl openssh-server systemd openssl tzdata"
 PACKAGES+=" mariadb-server mariadb-client postgresql postgresql-client sqlite3 cron util-linux passwd"
-PACKAGES+=" restic borgbackup par2"
+PACKAGES+=" restic borgbackup par2 gcc python3-dev"
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
     echo "install-deps: not a Debian system; install the equivalents of: $PACKAGES" >&2

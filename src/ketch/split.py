@@ -11,22 +11,38 @@ The chunker must reproduce bup bit for bit (spec: bup-format.md section 1):
                                       keep the rest (< 32768) for the next block
     at EOF emit what is left, level 0
 
-The rollsum itself, vectorised with numpy, is ketch.rollsum's; this module
-drives it over read blocks and builds the chunk tree.
+The compiled kernel (ketch._rollsum, built by `pip install` where there is a
+C compiler) does a whole buffer's chunking with the GIL released.  Without it,
+or with KETCH_ROLLSUM=numpy in the environment, the rollsum vectorised with
+numpy (ketch.rollsum) is driven from here; `KERNEL` says which one runs.  The
+numpy path is also the tests' oracle for the compiled one.  numpy is imported
+only when its path runs: it costs start-up time.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO, Protocol
-
-import numpy as np
+from itertools import accumulate
+from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol
 
 from ketch.errors import UsageError
 from ketch.git.objects import BLOB, MODE_FILE, MODE_TREE, TREE, TreeEntry, encode_tree
-from ketch.rollsum import BLOB_BITS, EARLY, SMALL, Kernel, early_bounded, early_one, scan_small
+
+if TYPE_CHECKING:
+    from ketch.rollsum import Kernel
+
+try:
+    from ketch import _rollsum
+except ImportError:  # built without a C compiler: the numpy kernel does the work
+    _rollsum = None  # type: ignore[assignment]
+
+KERNEL: Literal["c", "numpy"] = (
+    "c" if _rollsum is not None and os.environ.get("KETCH_ROLLSUM") != "numpy" else "numpy"
+)
 
 BLOB_MAX = 32768
 READ_SIZE = 8 * 1024 * 1024
@@ -91,7 +107,8 @@ class Splitter:
     def __init__(self, fanbits: int = 4) -> None:
         self._fanbits = fanbits
         self._rest = b""
-        self._kernel = Kernel()
+        self._compiled = KERNEL == "c"
+        self._kernel: Kernel | None = None
 
     def feed(self, block: bytes) -> Iterator[Chunk]:
         """The chunks completed by appending `block` (computed eagerly)."""
@@ -110,14 +127,33 @@ class Splitter:
         if rest:
             yield memoryview(rest), 0
 
-    def _level(self, bits: int) -> int:
-        return (bits - BLOB_BITS) // self._fanbits if self._fanbits else 0
-
     def _split_buffer(self, buf: bytes) -> tuple[list[Chunk], bytes]:
+        if not self._compiled:
+            return self._split_buffer_numpy(buf)
+        ends, levels = _pairs(_rollsum.split_buffer(buf, self._fanbits))
+        if not ends:
+            return [], buf
+        mv = memoryview(buf)
+        starts = [0, *ends[:-1]]
+        out = [(mv[s:e], lv) for s, e, lv in zip(starts, ends, levels, strict=True)]
+        return out, buf[ends[-1] :]
+
+    def _split_buffer_numpy(self, buf: bytes) -> tuple[list[Chunk], bytes]:
+        import numpy as np
+
+        from ketch.rollsum import BLOB_BITS, EARLY, SMALL, Kernel, early_one, scan_small
+
+        fanbits = self._fanbits
+
+        def level(bits: int) -> int:
+            return (bits - BLOB_BITS) // fanbits if fanbits else 0
+
         n = len(buf)
         if n <= SMALL:
             small, rest = scan_small(buf)
-            return [(c, self._level(bits)) for c, bits in small], rest
+            return [(c, level(bits)) for c, bits in small], rest
+        if self._kernel is None:
+            self._kernel = Kernel()
         a = np.frombuffer(buf, np.uint8)
         cand_arr, cand_bits_arr = self._kernel.candidates(a)
         cand: list[int] = cand_arr.tolist()
@@ -153,13 +189,19 @@ class Splitter:
                 p += BLOB_MAX
                 from_cand = -1
             else:
-                out.append((mv[p:end], self._level(bits)))
+                out.append((mv[p:end], level(bits)))
                 p = end
         # No boundary in the rest: cut it in 32 KiB pieces without rescanning.
         while n - p >= BLOB_MAX:
             out.append((mv[p : p + BLOB_MAX], 0))
             p += BLOB_MAX
         return out, buf[p:]
+
+
+def _pairs(packed: bytes) -> tuple[list[int], list[int]]:
+    """The compiled kernel's (end, level) int64 pairs as two lists."""
+    flat = memoryview(packed).cast("q").tolist()
+    return flat[0::2], flat[1::2]
 
 
 def split_files(datas: list[bytes], fanbits: int = 4) -> list[list[Chunk]]:
@@ -177,6 +219,29 @@ def split_files(datas: list[bytes], fanbits: int = 4) -> list[list[Chunk]]:
     if not datas:
         return []
     buf = b"".join(datas)
+    if KERNEL != "c":
+        return _split_files_numpy(datas, buf, fanbits)
+    mv = memoryview(buf)
+    file_ends = array("q", accumulate(map(len, datas)))
+    ends, levels = _pairs(_rollsum.split_files(buf, file_ends, fanbits))
+    out: list[list[Chunk]] = []
+    k = p = 0
+    for e in file_ends:
+        chunks: list[Chunk] = []
+        # A non-empty file's last chunk ends at its end.
+        while p < e:
+            chunks.append((mv[p : ends[k]], levels[k]))
+            p = ends[k]
+            k += 1
+        out.append(chunks)
+    return out
+
+
+def _split_files_numpy(datas: list[bytes], buf: bytes, fanbits: int) -> list[list[Chunk]]:
+    import numpy as np
+
+    from ketch.rollsum import BLOB_BITS, EARLY, SMALL, Kernel, early_bounded
+
     mv = memoryview(buf)
     starts = np.cumsum([0] + [len(d) for d in datas[:-1]], dtype=np.int64)
     # Fresh-state checks for the two kinds of chunk start that nearly all chunks

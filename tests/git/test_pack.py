@@ -132,10 +132,11 @@ def test_random_stream_uses_store_after_a_few_chunks(bare: Path) -> None:
             w.write(gobj.BLOB, r.randbytes(8192))
     [pack] = packs(bare)
     raw = pack.read_bytes()
-    # zlib level 0 streams start 78 01 and carry stored blocks (BTYPE 00).
+    # Stored streams carry stored blocks (BTYPE 00) after the 2-byte zlib header
+    # (78 01 from ketch's level 0; ISA-L's own fallback to stored says 78 5e).
     h = len(entry_header(gobj.BLOB, 8192))
     stored = sum(1 for _, _, off in PackIndex(pack.with_suffix(".idx")).iter_entries()
-                 if raw[off + h : off + h + 2] == b"\x78\x01" and raw[off + h + 2] & 0x06 == 0)
+                 if raw[off + h] == 0x78 and raw[off + h + 2] & 0x06 == 0)
     assert stored > 150
 
 

@@ -17,10 +17,10 @@ nothing else.
 from __future__ import annotations
 
 import mmap
-import zlib
 from collections.abc import Callable
 
 from ketch.errors import CorruptObject
+from ketch.git.deflate import InflateError, Inflater
 from ketch.git.objects import BLOB, COMMIT, TAG, TREE
 
 OFS_DELTA = 6
@@ -110,10 +110,11 @@ def inflate(read: Reader, pos: int, size: int) -> tuple[bytes, int]:
 
     The first read asks for a little more than any stream for ``size`` bytes
     needs (zlib's stored blocks cost 5 bytes per 64 KiB), so one read is the
-    rule; the input is fed in bounded pieces because zlib copies what it does
-    not consume. max_length stops a corrupt stream at one byte past ``size``.
+    rule; the input is fed in bounded pieces because the inflater copies what
+    it does not consume. max_length stops a corrupt stream at one byte past
+    ``size``.
     """
-    d = zlib.decompressobj()
+    d = Inflater()
     take = size + (size >> 9) + 64
     parts: list[bytes] = []
     got = 0
@@ -128,11 +129,11 @@ def inflate(read: Reader, pos: int, size: int) -> tuple[bytes, int]:
             if d.eof:
                 pos += len(chunk) - len(d.unused_data)
                 break
-            if got > size or d.unconsumed_tail:
-                break  # the tail cannot remain while got <= size: corrupt below
+            if got > size:
+                break  # corrupt below
             pos += len(chunk)
             take = max(take, 1 << 16)
-    except zlib.error as e:
+    except InflateError as e:
         raise CorruptPack(f"zlib error: {e}") from None
     if got != size or not d.eof:
         raise CorruptPack(f"entry inflates to {got}{'' if d.eof else '+'} bytes, "
@@ -143,10 +144,10 @@ def inflate(read: Reader, pos: int, size: int) -> tuple[bytes, int]:
 def inflate_head(read: Reader, pos: int, n: int) -> bytes:
     """Up to the first ``n`` inflated bytes of the zlib stream at ``pos`` (a
     delta's sizes sit at its start); never reads more than a short stretch."""
-    d = zlib.decompressobj()
+    d = Inflater()
     try:
         return d.decompress(read(pos, 64 + n), n)
-    except zlib.error as e:
+    except InflateError as e:
         raise CorruptPack(f"zlib error: {e}") from None
 
 

@@ -7,10 +7,10 @@ have been run in it, so they must read like any other object.
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Iterator
 
 from ketch.errors import CorruptObject
+from ketch.git.deflate import InflateError, Inflater
 from ketch.git.objects import TYPE_NUMS, object_id
 
 _HEX = frozenset(b"0123456789abcdef")
@@ -59,10 +59,10 @@ def read_loose(
     raw = _read_file(path)
     if raw is None:
         return None
-    d = zlib.decompressobj()
+    d = Inflater()
     try:
         full = d.decompress(raw)
-    except zlib.error as e:
+    except InflateError as e:
         raise CorruptLooseObject(f"{path}: zlib error: {e}") from e
     if not d.eof:
         raise CorruptLooseObject(f"{path}: truncated zlib stream")
@@ -86,8 +86,8 @@ def loose_header(objects_dir: str | os.PathLike[str], oid: bytes) -> tuple[int, 
     except (FileNotFoundError, NotADirectoryError):
         return None
     try:
-        head = zlib.decompressobj().decompress(raw, _MAX_HEADER)
-    except zlib.error as e:
+        head = Inflater().decompress(raw, _MAX_HEADER)
+    except InflateError as e:
         raise CorruptLooseObject(f"{path}: zlib error: {e}") from e
     type_num, size, _ = _parse_header(path, head)
     return type_num, size

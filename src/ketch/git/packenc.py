@@ -17,11 +17,11 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from ketch.git.deflate import adler32, crc32, deflate
 from ketch.git.objects import header
 from ketch.interrupt import held
 
@@ -61,15 +61,15 @@ def zlib_stored(data: bytes | memoryview) -> bytes:
         i += len(blk)
         out.append(struct.pack("<BHH", 1 if i >= n else 0, len(blk), len(blk) ^ 0xFFFF))
         out.append(bytes(blk))
-    out.append(struct.pack(">I", zlib.adler32(data)))
+    out.append(struct.pack(">I", adler32(data)))
     return b"".join(out)
 
 
 def encode_entry(type_num: int, data: bytes | memoryview, level: int) -> tuple[bytes, int, bool]:
     """(encoded entry, crc32, shrank) for one object."""
-    z = zlib.compress(data, level) if level else zlib_stored(data)
+    z = deflate(data, level) if level else zlib_stored(data)
     enc = entry_header(type_num, len(data)) + z
-    return enc, zlib.crc32(enc), len(z) < _STORE_RATIO * len(data)
+    return enc, crc32(enc), len(z) < _STORE_RATIO * len(data)
 
 
 class _Predictor:
@@ -87,7 +87,7 @@ class _Predictor:
         """The deflated chunk, or None when it should be stored."""
         n = len(data)
         if n < _MIN_PREDICT:
-            return zlib.compress(data, level)
+            return deflate(data, level)
         if self.run >= _STORE_AFTER:
             self.n += 1
             # A small alphabet compresses even without repeats: a few-µs check
@@ -96,9 +96,9 @@ class _Predictor:
                 if self.n % _PROBE_EVERY:
                     return None
                 sample = data[:_SAMPLE]
-                if len(zlib.compress(sample, level)) >= _STORE_RATIO * len(sample):
+                if len(deflate(sample, level)) >= _STORE_RATIO * len(sample):
                     return None
-        z = zlib.compress(data, level)
+        z = deflate(data, level)
         self.run = 0 if len(z) < _STORE_RATIO * n else self.run + 1
         return z
 
@@ -224,9 +224,9 @@ class PackEncoder:
         meta = []
         for _, type_num, data in items:
             head = entry_header(type_num, len(data))
-            z = zlib.compress(data, self.level) if self.level else zlib_stored(data)
+            z = deflate(data, self.level) if self.level else zlib_stored(data)
             parts += (head, z)
-            meta.append((len(head) + len(z), zlib.crc32(z, zlib.crc32(head))))
+            meta.append((len(head) + len(z), crc32(z, crc32(head))))
         return b"".join(parts), meta
 
     def write_many(self, type_num: int, datas: Sequence[bytes | memoryview]) -> list[bytes]:
@@ -258,7 +258,6 @@ class PackEncoder:
         meta = []
         pred = self._predictor
         level = self.level
-        crc32 = zlib.crc32
         pack = struct.pack
         for d in datas:
             n = len(d)
@@ -271,7 +270,7 @@ class PackEncoder:
                 meta.append((len(head) + len(z), crc32(z, crc32(head))))
             else:
                 head = entry_header(type_num, n) + b"\x78\x01" + pack("<BHH", 1, n, n ^ 0xFFFF)
-                tail = pack(">I", zlib.adler32(d))
+                tail = pack(">I", adler32(d))
                 parts += (head, d, tail)
                 meta.append((len(head) + n + 4, crc32(tail, crc32(d, crc32(head)))))
         return b"".join(parts), meta

@@ -19,29 +19,19 @@ import bisect
 import hashlib
 import os
 import struct
-import types
-import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+from isal import isal_zlib
 
 from ketch.errors import CorruptObject
 from ketch.git import entry as codec
+from ketch.git.deflate import InflateError, crc32
 from ketch.git.idx import PackIndex
 from ketch.git.objects import TYPE_NAMES, header
 from ketch.git.packread import PackFile
-
-# ISA-L inflates about twice as fast as zlib (same streams, same results).
-_inflater: types.ModuleType
-try:
-    from isal import isal_zlib
-
-    _inflater = isal_zlib
-except ImportError:  # pragma: no cover - isal is a dependency; a wheel may be missing
-    _inflater = zlib
-_INFLATE_ERRORS: tuple[type[BaseException], ...] = (zlib.error, _inflater.error)
 
 _WINDOW = 4 << 20
 _THREADS = 2
@@ -279,7 +269,7 @@ def _window(buf: bytes, pos: int, offs: list[int], ends: list[int], ids: bytes,
     acc = PackCheck("")
     deltas: list[tuple[int, bytes]] = []
     view = memoryview(buf)
-    crc32, sha1, inflate, heads = zlib.crc32, hashlib.sha1, _inflater.decompress, _HEADS
+    sha1, inflate, heads = hashlib.sha1, isal_zlib.decompress, _HEADS
     for k, off in enumerate(offs):
         raw = view[off - pos : ends[k] - pos]
         oid = ids[20 * k : 20 * k + 20]
@@ -302,7 +292,7 @@ def _window(buf: bytes, pos: int, offs: list[int], ends: list[int], ids: bytes,
         if head is not None:
             try:
                 data = inflate(raw[p:], bufsize=size or 1)
-            except _INFLATE_ERRORS:
+            except InflateError:
                 pass
         if head is None or data is None or len(data) != size:
             _entry(acc, raw, off, oid, crcs[k], read_data, deltas)
@@ -325,7 +315,7 @@ def _merge(rep: PackCheck, found: _Found, deltas: list[tuple[int, bytes]]) -> No
 
 def _entry(rep: PackCheck, raw: memoryview, off: int, oid: bytes, crc: int, read_data: bool,
            deltas: list[tuple[int, bytes]]) -> None:
-    if zlib.crc32(raw) != crc:
+    if crc32(raw) != crc:
         rep.damaged.append(Damage(off, oid, "fails its CRC32"))
         return
     if read_data:
@@ -348,8 +338,8 @@ def _object_problem(raw: memoryview, oid: bytes) -> str | None:
         return "delta" if type_num in (codec.OFS_DELTA, codec.REF_DELTA) else (
             f"has invalid type {type_num}")
     try:
-        data = _inflater.decompress(raw[p:], bufsize=max(size, 1))
-    except _INFLATE_ERRORS as e:
+        data = isal_zlib.decompress(raw[p:], bufsize=max(size, 1))
+    except InflateError as e:
         return f"does not inflate ({e})"
     if len(data) != size:
         return f"inflates to {len(data)} bytes, its header says {size}"

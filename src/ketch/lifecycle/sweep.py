@@ -15,7 +15,6 @@ still hold every object being copied.
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ import numpy.typing as npt
 
 from ketch.errors import CorruptObject
 from ketch.git import objects as gobj
+from ketch.git.deflate import crc32
 from ketch.git.entry import FULL_TYPES
 from ketch.git.pack import PackWriter
 from ketch.git.packread import PackFile, ResolveBase
@@ -131,7 +131,7 @@ def copy_entries(live: LiveSet, k: int, positions: npt.NDArray[np.int64], writer
             crashpoint.reach("rewrite")
             off, size = int(offs[p]), int(sizes[p])
             raw = os.pread(fd, size, off)
-            if len(raw) != size or zlib.crc32(raw) != int(crcs[p]):
+            if len(raw) != size or crc32(raw) != int(crcs[p]):
                 raise CorruptObject(f"{pack}: the entry of {oid.hex()} at {off} is damaged "
                                     "(CRC mismatch); gc deletes nothing")
             if (raw[0] >> 4) & 7 in FULL_TYPES:

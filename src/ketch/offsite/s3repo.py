@@ -25,17 +25,18 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cachetools import LRUCache
+from isal import isal_zlib
 
 from ketch.errors import CorruptObject, KetchError, ObjectNotFound
 from ketch.git import entry as codec
 from ketch.git import objects as gobj
+from ketch.git.deflate import InflateError, deflate
 from ketch.git.delta import BadDelta, apply_delta
 from ketch.git.entry import FULL_TYPES, OFS_DELTA, REF_DELTA, CorruptPack
 from ketch.git.refs import check_ref_name
@@ -314,8 +315,10 @@ class StoreRepository(Repository):
         try:
             with open(self._disk_path(oid), "rb") as f:
                 raw = f.read()
-            t, data = raw[0], zlib.decompress(raw[1:])
-        except (OSError, IndexError, zlib.error):
+            t, data = raw[0], isal_zlib.decompress(raw[1:])
+        except (OSError, IndexError):
+            return None
+        except InflateError:
             return None
         if gobj.object_id(t, data) != oid:
             return None  # a damaged cache file: fetch the object again
@@ -333,7 +336,7 @@ class StoreRepository(Repository):
         them), and copying them into the cache would only fill the disk."""
         self._remember(oid, (t, data))
         if t in _DISK_TYPES or (asked and len(data) <= _DISK_BLOB_MAX):
-            write_cache(self._disk_path(oid), bytes([t]) + zlib.compress(data, 1))
+            write_cache(self._disk_path(oid), bytes([t]) + deflate(data, 1))
 
     def read(self, oid: bytes) -> tuple[int, bytes]:
         got = self._cached(oid)

@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import os
 import subprocess
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING
 from ketch.errors import CorruptObject, KetchError, NotARepository, ObjectNotFound, RefConflict
 from ketch.git import entry
 from ketch.git import objects as gobj
+from ketch.git.deflate import crc32
 from ketch.git.refnames import check_ref_name
 from ketch.remote.protocol import (
     IDX_NAME,
@@ -267,7 +267,7 @@ class Server(ServerJobs):
                 oid = frame[:20]
                 crc = int.from_bytes(frame[20:24], "big")
                 encoded = frame[24:]
-                if zlib.crc32(encoded) != crc:
+                if crc32(encoded) != crc:
                     raise ProtocolError(f"object {oid.hex()}: CRC mismatch")
                 if not dumb:
                     hit = repo.index.find(oid)
