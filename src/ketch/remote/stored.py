@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from ketch.errors import CorruptObject, KetchError, ObjectNotFound
 from ketch.git import entry
+from ketch.git.deflate import InflateError, Inflater
 from ketch.git.objects import object_id
 from ketch.remote.protocol import Conn, ProtocolError, shown
 
@@ -83,8 +84,6 @@ def decode(oid: bytes, raw: bytes, peer: str) -> tuple[int, bytes]:
     """(type, content) of the entry the server sent for ``oid``: a whole object,
     inflated within its declared size, nothing after its zlib stream, and
     hashing to ``oid``."""
-    from isal import isal_zlib
-
     try:
         type_num, size, pos = entry.read_header(raw, 0, len(raw), MAX_OBJECT)
     except CorruptObject as e:
@@ -92,13 +91,12 @@ def decode(oid: bytes, raw: bytes, peer: str) -> tuple[int, bytes]:
     if type_num not in entry.FULL_TYPES:
         raise ProtocolError(f"{peer}: object {oid.hex()}: pack type {type_num} is not "
                             "a whole object")
-    zlib_error: type[Exception] = isal_zlib.error  # type: ignore[assignment]  # stub: an instance
-    d = isal_zlib.decompressobj()
+    d = Inflater()
     try:
         data = d.decompress(memoryview(raw)[pos:], size + 1)
-    except zlib_error as e:
+    except InflateError as e:
         raise ProtocolError(f"{peer}: object {oid.hex()}: zlib error: {e}") from None
-    if len(data) != size or not d.eof or d.unused_data or d.unconsumed_tail:
+    if len(data) != size or not d.eof or d.unused_data:
         raise ProtocolError(f"{peer}: object {oid.hex()}: entry does not inflate to the "
                             f"{size} bytes its header says, exactly")
     if object_id(type_num, data) != oid:
