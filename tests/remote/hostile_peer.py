@@ -12,9 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import sys
+import zlib
+from collections.abc import Callable
 
+from ketch.errors import KetchError
 from ketch.git import objects as gobj
+from ketch.git.packenc import encode_entry, entry_header
+from ketch.remote import stored
 from ketch.remote.protocol import Conn, u32
 from ketch.remote.server import Server, ServerOptions
 
@@ -23,7 +29,57 @@ ESCAPES = [b"../../../escaped.idx", b"/tmp/escaped.idx", b"..", b"pack-\0.idx",
            b"\xff\xfe.idx", b"sub/pack-" + b"a" * 40 + b".idx"]
 
 
+_HEAD = struct.Struct("!cI")
+# cat-stored: lies in the entry sent (type, content, entry as sent -> entry) ...
+STORED_ENTRIES: dict[str, Callable[[int, bytes, bytes], bytes]] = {
+    "wrong-content": lambda t, d, r: encode_entry(t, d[:-1] + bytes([d[-1] ^ 1]), 1)[0],
+    "other-object": lambda t, d, r: encode_entry(gobj.BLOB, b"some other blob\n", 1)[0],
+    "delta": lambda t, d, r: bytes([0x60 | 5]) + zlib.compress(b"12345"),
+    # says 10 bytes, inflates to a megabyte
+    "bomb": lambda t, d, r: entry_header(t, 10) + zlib.compress(bytes(1 << 20)),
+    "short": lambda t, d, r: entry_header(t, len(d) + 1) + zlib.compress(d),
+    "trailing": lambda t, d, r: r + b"extra",
+    "bad-zlib": lambda t, d, r: r[:2] + bytes(len(r) - 2),
+    "huge-header": lambda t, d, r: entry_header(t, 1 << 40) + zlib.compress(d),
+}
+# ... and in its frame (entry -> frame).
+STORED_FRAMES: dict[str, Callable[[bytes], bytes]] = {
+    "bad-kind": lambda r: _HEAD.pack(b"Z", len(r)) + r,
+    "huge": lambda r: _HEAD.pack(b"E", 0xFFFFFFFF) + r,
+    "long-message": lambda r: _HEAD.pack(b"X", 1 << 20) + b"x" * 100,
+    "message": lambda r: _HEAD.pack(b"X", 5) + b"oops!",
+    "missing-with-body": lambda r: _HEAD.pack(b"M", 3) + b"abc",
+}
+
+
 class Hostile(Server):
+    def __init__(self, conn: Conn, opts: ServerOptions) -> None:
+        super().__init__(conn, opts)
+        if MODE.startswith("cat:"):  # a lie in bup's cat-batch: do not offer ketch's own
+            del self.commands[stored.COMMAND]
+
+    def cat_stored(self, arg: bytes) -> None:
+        if not MODE.startswith("stored:"):
+            return super().cat_stored(arg)
+        how = MODE[7:]
+        ids = stored.read_request(self.conn, arg.strip())
+        if how == "refused":  # the whole request refused, as a real error reply
+            raise KetchError("no reading today")
+        repo = self._repo()
+        for oid in ids:
+            t, data = repo.read(oid)
+            raw = encode_entry(t, data, 1)[0]
+            if how in STORED_ENTRIES:
+                raw = STORED_ENTRIES[how](t, data, raw)
+            if how == "truncated":
+                self.conn.write(_HEAD.pack(b"E", len(raw) + 1000) + raw)
+                self.conn.flush()
+                os._exit(0)
+            lie = STORED_FRAMES.get(how)
+            self.conn.write(lie(raw) if lie else _HEAD.pack(b"E", len(raw)) + raw)
+        self.conn.ok()
+        return None
+
     def list_indexes(self, arg: bytes) -> None:
         if MODE.startswith("index-name:"):
             self.conn.write(ESCAPES[int(MODE.split(":")[1])] + b"\n")

@@ -15,19 +15,18 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from ketch.errors import KetchError, ObjectNotFound, RefConflict
-from ketch.git import objects as gobj
+from ketch.errors import KetchError, RefConflict
 from ketch.git.durable import AtomicFile
 from ketch.git.objindex import ObjectIndex
 from ketch.git.pack import DEFAULT_LEVEL, DEFAULT_MAX_PACK_SIZE
 from ketch.git.packenc import EncodingWriter, PackEncoder
 from ketch.git.refs import check_ref_name
+from ketch.remote import stored
 from ketch.remote.protocol import (
     GC_KEEPALIVE_LINE,
     IDX_NAME,
@@ -39,18 +38,13 @@ from ketch.remote.protocol import (
     shown,
     u32,
 )
+from ketch.remote.readahead import ObjectReader
 from ketch.remote.session import Client, interrupted
 from ketch.remote.spec import RemoteSpec
 from ketch.repo import AppendOnlyRepository, FsckJob, GcJob, WritableRepository
 
-_TYPE_BY_NAME = {name: num for num, name in gobj.TYPE_NAMES.items()}
-_BATCH = 256  # objects per cat-batch request when reading ahead
 _MAX_GC_REPORT = 1 << 20  # a gc report is a few hundred bytes: more is not one
 _HEX40 = re.compile(rb"[0-9a-f]{40}")
-_CAT_REPLY = re.compile(rb"([0-9a-f]{40}) ([a-z]+) ([0-9]{1,12})\n")
-# The server refuses bigger objects (ketch.remote.server._MAX_OBJECT): a reply
-# announcing more is not waited for.
-_MAX_OBJECT = 1 << 31
 # An fsck report has a line per damaged object: a badly damaged repository's is long.
 _MAX_FSCK_REPORT = 256 << 20
 
@@ -60,18 +54,14 @@ def default_cache_root() -> str:
     return os.path.join(base, "ketch", "remote")
 
 
-class RemoteRepository(WritableRepository):
+class RemoteRepository(ObjectReader, WritableRepository):
     def __init__(self, spec: RemoteSpec, *, create: bool = False,
                  cache_root: str | None = None) -> None:
         self.spec = spec
         self.client = Client(spec, create=create)
         self.cache_dir = os.path.join(cache_root or default_cache_root(), spec.cache_key())
         self._objindex: ObjectIndex | None = None
-        self._ahead: deque[bytes] = deque()
-        self._fetched: OrderedDict[bytes, tuple[int, bytes]] = OrderedDict()
-        self._inflight: deque[list[bytes]] = deque()  # cat-batch requests not yet answered
-        self._requested: set[bytes] = set()
-        self._missing: set[bytes] = set()
+        ObjectReader.__init__(self, stored.COMMAND in self.client.commands)
 
     @property
     def conn(self) -> Conn:
@@ -146,93 +136,6 @@ class RemoteRepository(WritableRepository):
             self._objindex.add_idx(path)
 
     # -- objects ------------------------------------------------------------------
-
-    def prefetch(self, oids: Sequence[bytes]) -> None:
-        # Readers walk depth first: the newest hints are wanted soonest.
-        self._ahead.extendleft(reversed(oids))
-        if len(self._ahead) > 1 << 16:
-            for _ in range(len(self._ahead) - (1 << 16)):
-                self._ahead.pop()
-
-    def read(self, oid: bytes) -> tuple[int, bytes]:
-        """One object; hinted ones come in batches, and while this side works
-        on one batch the server is already answering the next (two requests
-        in flight), so a restore is not one round trip per object."""
-        while True:
-            got = self._fetched.pop(oid, None)
-            if got is not None:
-                self._top_up()
-                return got
-            if oid in self._missing:
-                self._missing.discard(oid)
-                raise ObjectNotFound(f"object {oid.hex()} not found on {self.spec}")
-            if oid not in self._requested:
-                self._send_batch(oid)
-            self._top_up()
-            self._recv_batch()
-
-    def _send_batch(self, first: bytes | None) -> None:
-        batch = [] if first is None else [first]
-        while self._ahead and len(batch) < _BATCH:
-            o = self._ahead.popleft()
-            if o not in self._fetched and o not in self._requested and o not in batch:
-                batch.append(o)
-        if not batch:
-            return
-        self.conn.write(b"cat-batch\n" + b"".join(o.hex().encode() + b"\n" for o in batch)
-                        + b"\n")
-        self.conn.flush()
-        self._inflight.append(batch)
-        self._requested.update(batch)
-
-    def _top_up(self) -> None:
-        if self._ahead and len(self._inflight) < 2:
-            self._send_batch(None)
-
-    def _recv_batch(self) -> None:
-        batch = self._inflight.popleft()
-        self._requested.difference_update(batch)
-        for o, obj in zip(batch, self._read_batch_reply(len(batch)), strict=True):
-            if obj is None:
-                self._missing.add(o)
-                continue
-            t, data, got_oid = obj
-            if got_oid != o or gobj.object_id(t, data) != o:
-                raise KetchError(f"object {o.hex()} from {self.spec} does not match its id")
-            self._fetched[o] = (t, data)
-        # Hints that were never read (a skipped hole, a file seen before) must not pile up.
-        while len(self._fetched) > 4 * _BATCH:
-            self._fetched.popitem(last=False)
-        if len(self._missing) > 4 * _BATCH:
-            self._missing.clear()
-
-    def _drain(self) -> None:
-        """Read the answers to requests in flight: another command comes next."""
-        while self._inflight:
-            self._recv_batch()
-
-    def _cat_batch(self, specs: list[bytes]) -> list[tuple[int, bytes, bytes] | None]:
-        self._drain()
-        self.conn.write(b"cat-batch\n" + b"".join(s + b"\n" for s in specs) + b"\n")
-        return self._read_batch_reply(len(specs))
-
-    def _read_batch_reply(self, n: int) -> list[tuple[int, bytes, bytes] | None]:
-        out: list[tuple[int, bytes, bytes] | None] = []
-        for _ in range(n):
-            line = self.client.conn.readline()
-            if not line:
-                raise self.client._lost(ConnectionLost(""))
-            if line == b"missing\n":
-                out.append(None)
-                continue
-            m = _CAT_REPLY.fullmatch(line)
-            if m is None or m[2] not in _TYPE_BY_NAME or int(m[3]) > _MAX_OBJECT:
-                # Read no further: a size sent by the server is not a size to wait for.
-                raise ProtocolError(f"{self.spec}: bad cat-batch reply: {shown(line)}")
-            oid, t = bytes.fromhex(m[1].decode()), _TYPE_BY_NAME[m[2]]
-            out.append((t, self.client.read(int(m[3])), oid))
-        self.client.check_ok()
-        return out
 
     def has_many(self, oids: Sequence[bytes]) -> list[bool]:
         if not len(oids):

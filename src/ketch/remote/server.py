@@ -24,14 +24,13 @@ import os
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ketch.errors import CorruptObject, KetchError, NotARepository, ObjectNotFound, RefConflict
 from ketch.git import entry
 from ketch.git import objects as gobj
 from ketch.git.deflate import crc32
-from ketch.git.pack import PackWriter
-from ketch.git.refs import check_ref_name
-from ketch.lifecycle.connect import check_complete, descends
+from ketch.git.refnames import check_ref_name
 from ketch.remote.protocol import (
     IDX_NAME,
     SUSPEND,
@@ -42,9 +41,12 @@ from ketch.remote.protocol import (
     u32,
 )
 from ketch.remote.serverjobs import Refused, ServerJobs
-from ketch.repo import LocalRepository, default_repo_path, init_repository
-from ketch.stream import iter_blob_data
-from ketch.vfs import VFS
+from ketch.remote.stored import StoredReader, read_request
+
+if TYPE_CHECKING:
+    from ketch.git.pack import PackWriter
+    from ketch.repo import LocalRepository
+    from ketch.vfs import VFS
 
 ZERO_HEX = b"0" * 40
 
@@ -77,6 +79,7 @@ class Server(ServerJobs):
         self.opts = opts
         self.repo: LocalRepository | None = None
         self._vfs: VFS | None = None
+        self._stored: StoredReader | None = None
         self.suspended: PackWriter | None = None
         self._streaming = False  # inside receive-objects-v2's object frames
         # The client's save holds no lease of its own on this repository: the
@@ -91,7 +94,7 @@ class Server(ServerJobs):
             b"update-ref": self.update_ref, b"join": self.join, b"cat": self.join,
             b"cat-batch": self.cat_batch, b"refs": self.refs, b"rev-list": self.rev_list,
             b"resolve": self.resolve, b"gc": self.gc, b"fsck": self.fsck,
-            b"par2": self.par2,
+            b"par2": self.par2, b"cat-stored": self.cat_stored,
         }
 
     # -- the loop -------------------------------------------------------------
@@ -123,6 +126,8 @@ class Server(ServerJobs):
             if self.suspended is not None:
                 self._finish(self.suspended)
             self._lease.close()
+            if self._stored is not None:
+                self._stored.close()
             if self.repo is not None:
                 self.repo.close()
 
@@ -143,11 +148,16 @@ class Server(ServerJobs):
     def _select(self, path: str) -> None:
         if self.suspended is not None:
             raise KetchError("cannot change repository during receive-objects-v2")
+        from ketch.repo import LocalRepository
+
         repo = LocalRepository(path)
         self._lease.close()
         self._leased = False
         if self.repo is not None:
             self.repo.close()
+        if self._stored is not None:
+            self._stored.close()
+            self._stored = None
         self.repo = repo
         self._vfs = None
 
@@ -156,6 +166,8 @@ class Server(ServerJobs):
             if self.root is not None:
                 path = self.root
             else:
+                from ketch.repo import default_repo_path
+
                 path = self.opts.default_dir or default_repo_path(None)
             self._select(path)
         assert self.repo is not None
@@ -175,6 +187,8 @@ class Server(ServerJobs):
         self.conn.ok()
 
     def init_dir(self, arg: bytes) -> None:
+        from ketch.repo import init_repository
+
         path = self.confine(arg)
         init_repository(path)  # allowed with --append-only: creating removes nothing
         self._select(path)
@@ -323,6 +337,8 @@ class Server(ServerJobs):
             raise KetchError("update-ref: bad object id") from None
         if len(new) != 20 or new == bytes(20):
             raise Refused("deleting refs over the wire is not allowed")
+        from ketch.lifecycle.connect import check_complete, descends
+
         check_complete(repo, new, old)
         if self.opts.append_only and old is not None and not descends(repo, new, old):
             raise Refused(f"append-only: {name.decode(errors='replace')} may only move forward")
@@ -414,11 +430,20 @@ class Server(ServerJobs):
             self.conn.write(data)
         self.conn.ok()
 
+    def cat_stored(self, arg: bytes) -> None:
+        """ketch's own `cat-batch`: entries as stored (remote/stored.py)."""
+        ids = read_request(self.conn, arg.strip())
+        if self._stored is None:
+            self._stored = StoredReader(self._repo())
+        self._stored.serve(self.conn, ids)
+
     def join(self, arg: bytes) -> None:
         oid = self._lookup(arg.strip())
         if oid is None:
             self.conn.write(u32(0))
             raise KetchError(f"no such object or ref: {arg.decode(errors='replace')}")
+        from ketch.stream import iter_blob_data
+
         try:
             for block in iter_blob_data(self._repo(), oid):
                 self.conn.write(u32(len(block)))
@@ -437,6 +462,8 @@ class Server(ServerJobs):
         except ValueError:
             raise ProtocolError(f"resolve: bad flags {arg!r}") from None
         if self._vfs is None:
+            from ketch.vfs import VFS
+
             self._vfs = VFS(self._repo())
         reply = resolve_reply(self._vfs, flags, self.conn.read)
         self.conn.write(reply)

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from ketch.errors import KetchError
 from ketch.remote.protocol import GC_KEEPALIVE_LINE, Conn
-from ketch.repo import LocalRepository
 
 if TYPE_CHECKING:
     from ketch.remote.server import ServerOptions
+    from ketch.repo import LocalRepository
     from ketch.vfs import VFS
 
 

@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 
 from ketch.errors import KetchError, UsageError
-from ketch.git.refs import validate_branch_name
+from ketch.git.refnames import validate_branch_name
 from ketch.remote.access import (
     Account,
     Denied,
@@ -25,7 +25,6 @@ from ketch.remote.access import (
     reach,
 )
 from ketch.remote.authkeys import first_with_blob, parse_line, read_keys
-from ketch.repo import init_repository
 
 _KEY_RX = re.compile(r"\A(?:[a-z0-9@.-]+ )?((?:ssh|ecdsa|sk)-[A-Za-z0-9@.-]+) ([A-Za-z0-9+/=]+)(?: (.*))?\Z")
 
@@ -107,6 +106,8 @@ def setup_client(root: str, name: str, pubkey: str, *, append_only: bool = True,
     _check_reachable(path, who)
     made_root = not os.path.isdir(root)
     os.makedirs(root, exist_ok=True)
+    from ketch.repo import init_repository  # numpy: not for every `ketch server` start
+
     created = init_repository(path)
     if created:
         _give(path, who)
