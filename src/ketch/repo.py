@@ -15,7 +15,7 @@ import contextlib
 import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, Protocol
@@ -128,13 +128,6 @@ class Repository(ABC):
 
     def prefetch(self, oids: Sequence[bytes]) -> None:  # noqa: B027 - a hint
         """These objects will be read soon: a remote backend fetches them together."""
-
-    def read_many(self, oids: Iterable[bytes]) -> Iterator[tuple[bytes, int, bytes]]:
-        """(oid, type, content) of each of ``oids``, in whatever order is fastest
-        for the backend; raises ObjectNotFound."""
-        for oid in oids:
-            t, data = self.read(oid)
-            yield oid, t, data
 
     def traffic(self) -> tuple[int, int] | None:
         """(bytes sent, bytes received) over the network so far; None for a
