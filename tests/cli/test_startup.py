@@ -17,6 +17,7 @@ import pytest
 
 from ketch.cli import main as climain
 from ketch.cli import summaries
+from ketch.cli.group import COMMANDS
 from tests.conftest import RunKetch, _subprocess_env
 
 # None of these is needed to parse the command line and find the command.
@@ -54,7 +55,7 @@ def test_entry_point_imports_nothing_heavy(argv: tuple[str, ...]) -> None:
 
 
 def _commands(modules: list[str]) -> list[str]:
-    return [m for m in modules if m.removeprefix("ketch.cli.") in climain.COMMANDS.values()]
+    return [m for m in modules if m.removeprefix("ketch.cli.") in COMMANDS.values()]
 
 
 def test_completing_a_command_name_imports_no_command() -> None:
@@ -82,7 +83,7 @@ def test_help_lists_what_the_commands_say(run_ketch: RunKetch) -> None:
     group = climain.cli
     assert isinstance(group, click.Group)
     with_short_help = set()
-    for name, module in climain.COMMANDS.items():
+    for name, module in COMMANDS.items():
         cmd = importlib.import_module(f"ketch.cli.{module}").command
         assert isinstance(cmd, click.Command)
         if cmd.short_help:
@@ -100,4 +101,4 @@ def test_help_lists_what_the_commands_say(run_ketch: RunKetch) -> None:
         click.Group.format_commands(group, ctx, clicks)
         assert ours.getvalue() == clicks.getvalue()
     shown = run_ketch("--help", check=True).stdout.decode()
-    assert all(f"  {name} " in shown for name in climain.COMMANDS)
+    assert all(f"  {name} " in shown for name in COMMANDS)

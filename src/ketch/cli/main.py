@@ -5,95 +5,20 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import importlib
 import os
 import signal
 import sys
 from types import FrameType
-from typing import TYPE_CHECKING
 
 import click
 
 from ketch import __version__
 from ketch.cli.common import DIR_HELP, REMOTE_HELP, REMOTE_METAVAR, s3_options, store_meta
-from ketch.cli.summaries import SUMMARIES, summary
+from ketch.cli.group import ClosedPipe, LazyGroup
 from ketch.errors import EXIT_FAILED, KetchError
 
-if TYPE_CHECKING:
-    from click.shell_completion import CompletionItem
 
-# Command name -> module in ketch.cli. Modules load only when their command runs,
-# so `ketch save` does not pay for importing restore, the VFS and the rest.
-COMMANDS = {
-    "init": "init", "index": "index", "save": "save", "ls": "ls", "restore": "restore",
-    "cat-file": "cat_file", "split": "split", "join": "join", "server": "server", "run": "run",
-    "mirror": "mirror", "prune": "prune", "gc": "gc", "fsck": "fsck", "drill": "drill",
-    "schedule": "schedule",
-    "config": "config",
-    "completion": "completion",
-    "help": "help",
-}
-
-class _LazyGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        """click's listing, from SUMMARIES: click's own would import every command
-        (for its help), numpy and the repository code with them."""
-        names = self.list_commands(ctx)
-        if not names:
-            return
-        limit = formatter.width - 6 - max(len(n) for n in names)
-        rows = []
-        for name in names:
-            if name not in SUMMARIES:  # a command without a summary: ask it
-                cmd = self.get_command(ctx, name)
-                if cmd is None or cmd.hidden:
-                    continue
-                rows.append((name, cmd.get_short_help_str(limit)))
-            else:
-                rows.append((name, summary(name, limit)))
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
-
-    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[CompletionItem]:
-        """click's completion of command names, from SUMMARIES (a Tab would
-        otherwise import every command)."""
-        names = [n for n in self.list_commands(ctx) if n.startswith(incomplete)]
-        if any(n not in SUMMARIES for n in names):
-            return super().shell_complete(ctx, incomplete)
-        from click.shell_completion import CompletionItem
-
-        items = [CompletionItem(n, help=summary(n)) for n in names]
-        # The group's own options: click.Command's completion, not click.Group's.
-        return items + super(click.Group, self).shell_complete(ctx, incomplete)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        module = COMMANDS.get(cmd_name)
-        if module is None:
-            return None
-        cmd = importlib.import_module(f"ketch.cli.{module}").command
-        assert isinstance(cmd, click.Command)
-        return cmd
-
-    def invoke(self, ctx: click.Context) -> object:
-        try:
-            return super().invoke(ctx)
-        except BrokenPipeError as e:
-            raise _ClosedPipe() from e
-
-    def resolve_command(self, ctx: click.Context,
-                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
-        try:
-            return super().resolve_command(ctx, args)
-        except click.exceptions.NoSuchCommand as e:
-            # click suggests from the registered commands, and ours load lazily.
-            raise click.exceptions.NoSuchCommand(
-                e.command_name, possibilities=self.list_commands(ctx), ctx=ctx) from None
-
-
-@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-d", "--dir", "repo_dir", metavar="DIR", default=None, help=DIR_HELP)
 @click.option("-r", "--remote", metavar=REMOTE_METAVAR, default=None, expose_value=False,
               callback=store_meta("ketch.remote"), help=REMOTE_HELP)
@@ -127,11 +52,6 @@ def _tune_malloc() -> None:
         pass  # not glibc: nothing to tune
 
 
-class _ClosedPipe(Exception):
-    """stdout's reader went away. Not an OSError: click's main turns EPIPE into
-    `sys.exit(1)` on its own, even in non-standalone mode."""
-
-
 def _quiet_stdout() -> int:
     """Point stdout at /dev/null, so that flushing what is left of it at exit (the
     interpreter does) cannot fail a second time; the exit status is then 0."""
@@ -163,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # here, where a closed pipe is still ours to catch
     except click.exceptions.Exit as e:
         code = e.exit_code
-    except _ClosedPipe:
+    except ClosedPipe:
         code = _quiet_stdout()
     except click.exceptions.Abort as e:
         # click turns Ctrl-C into Abort; say what happened.
