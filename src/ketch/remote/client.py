@@ -12,6 +12,7 @@ sent again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -101,7 +102,10 @@ class RemoteRepository(ObjectReader, WritableRepository):
         self.client.check_ok()
         cached = {n for n in os.listdir(self.cache_dir) if n.endswith(".idx")}
         for stale in cached - set(listed):
-            os.unlink(os.path.join(self.cache_dir, stale))
+            # Another save of this machine into this repository shares the
+            # cache and may have removed it first.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.cache_dir, stale))
         for name in listed:
             if name not in cached:
                 self.fetch_index(name)

@@ -1,0 +1,48 @@
+"""Two saves of one machine into one server repository share the client's idx
+cache: when gc removed a pack on the server, both see its idx as stale, and
+the second to remove it must not fail (seen in CI as a save ending with
+`...pack-X.idx: No such file or directory` during test_gc_concurrent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ketch.remote.client import RemoteRepository
+from ketch.remote.spec import parse_remote
+from tests.conftest import RunKetch, _subprocess_env
+from tests.remote.test_remote import Machine
+from tests.services.sshd import SshServer
+
+
+def test_stale_idx_removed_by_another_client_first(sshd: SshServer, run_ketch: RunKetch,
+                                                   tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    m = Machine.new(sshd, "cacherace")
+    repo = tmp_path / "server" / "repo"
+    url = m.url(repo)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.txt").write_bytes(b"hello\n")
+    run_ketch("init", "-r", url, env=m.env, check=True)
+    run_ketch("save", "-r", url, "-n", "t", "-q", tree, env=m.env, check=True)
+    for key, value in m.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PYTHONPATH", _subprocess_env(None)["PYTHONPATH"])
+    cache_root = tmp_path / "cache"
+    gone = "pack-" + "0" * 40 + ".idx"
+    real_listdir = os.listdir
+
+    def listdir(path: str | os.PathLike[str] = ".") -> list[str]:
+        names = real_listdir(path)
+        # The other client's sync removed this stale idx right after our listing.
+        return [*names, gone] if str(path).startswith(str(cache_root)) else names
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    r = RemoteRepository(parse_remote(url), cache_root=str(cache_root))
+    try:
+        assert r.has_many([b"\x01" * 20]) == [False]
+    finally:
+        r.close()
