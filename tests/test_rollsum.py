@@ -206,3 +206,17 @@ def test_kernel_choice_and_no_numpy_on_the_compiled_path() -> None:
     assert run_python(code, env) == "c False"
     assert run_python(code, {**env, "KETCH_ROLLSUM": "numpy"}) == "numpy True"
     assert ketch.split.KERNEL in ("c", "numpy")
+
+
+def test_a_kernel_built_from_older_source_is_not_used() -> None:
+    """A stale build (an in-place .so left from before _rollsum.c changed its
+    arguments) once made every save fail with a TypeError: the kernel carries
+    the version of its interface, and one that differs is not loaded."""
+    import types
+
+    stale = types.ModuleType("ketch._rollsum")
+    assert not ketch.split.kernel_matches(stale)
+    stale.ABI = ketch.split.KERNEL_ABI - 1  # type: ignore[attr-defined]
+    assert not ketch.split.kernel_matches(stale)
+    require_compiled_kernel()
+    assert ketch.split.kernel_matches(ketch.split._rollsum)

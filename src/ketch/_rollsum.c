@@ -401,8 +401,18 @@ static struct PyModuleDef module = {
     "bup's hashsplit driver, compiled: see ketch.split.", -1, methods,
 };
 
+/* The version of this module's interface: ketch.split refuses a build whose
+   ABI differs from its KERNEL_ABI (a stale in-place build), and splits with
+   numpy instead.  Raise both together when an argument or result changes. */
+#define KETCH_ROLLSUM_ABI 2
+
 PyMODINIT_FUNC
 PyInit__rollsum(void)
 {
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "ABI", KETCH_ROLLSUM_ABI) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -1,4 +1,6 @@
 from _typeshed import ReadableBuffer
 
+ABI: int
+
 def split_buffer(buf: ReadableBuffer, fanbits: int, rest: ReadableBuffer = ..., /) -> bytes: ...
 def split_files(buf: ReadableBuffer, ends: ReadableBuffer, fanbits: int, /) -> bytes: ...

@@ -27,6 +27,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from itertools import accumulate
+from types import ModuleType
 from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol
 
 from ketch.errors import UsageError
@@ -35,8 +36,20 @@ from ketch.git.objects import BLOB, MODE_FILE, MODE_TREE, TREE
 if TYPE_CHECKING:
     from ketch.rollsum import Kernel
 
+KERNEL_ABI = 2
+
+
+def kernel_matches(module: ModuleType) -> bool:
+    """A build of an older _rollsum.c (left in place by a checkout) would fail
+    every save with a TypeError: such a kernel is not used."""
+    return getattr(module, "ABI", None) == KERNEL_ABI
+
+
 try:
     from ketch import _rollsum
+
+    if not kernel_matches(_rollsum):
+        _rollsum = None  # type: ignore[assignment]
 except ImportError:  # built without a C compiler: the numpy kernel does the work
     _rollsum = None  # type: ignore[assignment]
 
