@@ -23,7 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ketch.errors import KetchError
-from ketch.fsmeta import apply_to_path, create_special, from_path
+from ketch.fsmeta import apply_to_fd, apply_to_path, create_special, from_path
 from ketch.metadata import (
     EMPTY_RECORD,
     CorruptMetadata,
@@ -630,6 +630,45 @@ def test_restore_round_trip(
         _clear_flags(tmp_path)
     assert warnings == []
     assert dataclasses.replace(after, ctime=before.ctime) == before
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_restore_round_trip_through_the_descriptor(
+    case: str, torture: dict[str, tuple[bytes, bytes | None]], tmp_path: Path
+) -> None:
+    """A restore applies a regular file's metadata through the descriptor it
+    wrote the file with (apply_to_fd): the same result as apply_to_path,
+    append-only and other Linux attrs included."""
+    if case not in torture:
+        pytest.skip(f"{case}: not made here: {LEFT_OUT.get(case, '?')}")
+    src, hlink = torture[case]
+    before = from_path(src, hardlink_target=hlink)
+    if not stat.S_ISREG(before.mode or 0):
+        pytest.skip(f"{case}: not a regular file")
+    dst = os.fsencode(tmp_path) + b"/" + os.path.basename(src)
+    warnings: list[str] = []
+    try:
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with open(src, "rb") as fi:
+                os.write(fd, fi.read())
+            apply_to_fd(before, fd, dst, warn=warnings.append)
+        finally:
+            os.close(fd)
+        after = from_path(dst, hardlink_target=hlink)
+    finally:
+        _clear_flags(tmp_path)
+    assert warnings == []
+    assert dataclasses.replace(after, ctime=before.ctime) == before
+
+
+def test_apply_to_fd_refuses_another_type(tmp_path: Path) -> None:
+    path = _new_file(tmp_path)
+    warnings: list[str] = []
+    with open(path, "rb+") as f:
+        apply_to_fd(Metadata(mode=0o40700, mtime=0), f.fileno(), path, warn=warnings.append)
+    assert len(warnings) == 1 and "not applying" in warnings[0]
+    assert os.stat(path).st_mtime_ns != 0
 
 
 # ---------------------------------------------------------------------------

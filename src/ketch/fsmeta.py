@@ -64,9 +64,10 @@ def _get_linux_attr(path: bytes, warn: Warn | None, open_fd: int | None = None) 
     return flags or None
 
 
-def _set_linux_attr(path: bytes, attr: int, warn: Warn | None) -> None:
+def _set_linux_attr(path: bytes, attr: int, warn: Warn | None, open_fd: int | None = None
+                    ) -> None:
     try:
-        fd = _open_for_flags(path)
+        fd = _open_for_flags(path) if open_fd is None else open_fd
     except OSError as e:
         _warn(warn, f"{os.fsdecode(path)}: cannot restore Linux attrs: {e.strerror}")
         return
@@ -84,7 +85,8 @@ def _set_linux_attr(path: bytes, attr: int, warn: Warn | None) -> None:
         if e.errno not in (errno.ENOTTY, errno.EOPNOTSUPP):
             _warn(warn, f"{os.fsdecode(path)}: cannot restore Linux attrs {attr:#x}: {e.strerror}")
     finally:
-        os.close(fd)
+        if open_fd is None:
+            os.close(fd)
 
 
 # ---------------------------------------------------------------------------
@@ -221,7 +223,18 @@ def _create_socket(path: bytes) -> None:
         s.bind(path)
 
 
-def _restore_owner(meta: Metadata, path: bytes, numeric_ids: bool, warn: Warn | None) -> None:
+# Where metadata is applied: a path (not followed if a symlink) or a descriptor.
+Target = bytes | int
+
+
+def _follow(target: Target) -> bool:
+    # A path is never followed; os refuses follow_symlinks=False with a
+    # descriptor, which follows nothing anyway.
+    return isinstance(target, int)
+
+
+def _restore_owner(meta: Metadata, target: Target, path: bytes, numeric_ids: bool,
+                   warn: Warn | None) -> None:
     uid = gid = -1
     if os.geteuid() == 0:
         uid, gid = meta.uid, meta.gid
@@ -244,12 +257,14 @@ def _restore_owner(meta: Metadata, path: bytes, numeric_ids: bool, warn: Warn | 
     if uid == -1 and gid == -1:
         return
     try:
-        os.chown(path, uid, gid, follow_symlinks=False)
+        os.chown(target, uid, gid, follow_symlinks=_follow(target))
     except OSError as e:
         _warn(warn, f"{os.fsdecode(path)}: lchown {uid}:{gid}: {e.strerror}")
 
 
-def _restore_xattrs(meta: Metadata, path: bytes, existing: list[bytes], warn: Warn | None) -> None:
+def _restore_xattrs(meta: Metadata, target: Target, path: bytes, existing: list[bytes],
+                    warn: Warn | None) -> None:
+    follow = _follow(target)
     wanted = dict(meta.linux_xattr or ())
     if meta.posix1e_acl is not None:
         # The ACL record is authoritative; the raw copy in the xattrs is skipped.
@@ -257,9 +272,9 @@ def _restore_xattrs(meta: Metadata, path: bytes, existing: list[bytes], warn: Wa
         wanted.pop(XATTR_ACL_DEFAULT, None)
     for name, value in wanted.items():
         try:
-            if name in existing and os.getxattr(path, name, follow_symlinks=False) == value:
+            if name in existing and os.getxattr(target, name, follow_symlinks=follow) == value:
                 continue
-            os.setxattr(path, name, value, follow_symlinks=False)
+            os.setxattr(target, name, value, follow_symlinks=follow)
         except OSError as e:
             _warn(warn, f"{os.fsdecode(path)}: cannot set xattr {os.fsdecode(name)}: {e.strerror}")
     for name in existing:
@@ -268,7 +283,7 @@ def _restore_xattrs(meta: Metadata, path: bytes, existing: list[bytes], warn: Wa
         ):
             continue
         try:
-            os.removexattr(path, name, follow_symlinks=False)
+            os.removexattr(target, name, follow_symlinks=follow)
         except OSError as e:
             if e.errno != errno.ENODATA:
                 _warn(
@@ -282,10 +297,12 @@ def _acl_shown(text: bytes) -> str:
     return text.decode("utf-8", "backslashreplace").replace("\n", ",")
 
 
-def _restore_acl(meta: Metadata, path: bytes, numeric_ids: bool, warn: Warn | None) -> None:
+def _restore_acl(meta: Metadata, target: Target, path: bytes, numeric_ids: bool,
+                 warn: Warn | None) -> None:
     acl = meta.posix1e_acl
     if acl is None:
         return
+    follow = _follow(target)
     is_dir = stat.S_ISDIR(meta.mode or 0)
     todo = [(XATTR_ACL_ACCESS, acl[0], acl[1])]
     if is_dir:
@@ -294,9 +311,9 @@ def _restore_acl(meta: Metadata, path: bytes, numeric_ids: bool, warn: Warn | No
         try:
             if numeric or named:
                 blob = acl_blob(named, numeric, not numeric_ids)
-                os.setxattr(path, name, blob, follow_symlinks=False)
+                os.setxattr(target, name, blob, follow_symlinks=follow)
             else:
-                os.removexattr(path, name, follow_symlinks=False)
+                os.removexattr(target, name, follow_symlinks=follow)
         except (ValueError, KeyError):
             _warn(warn, f"{os.fsdecode(path)}: unreadable ACL {_acl_shown(numeric)}")
         except OSError as e:
@@ -336,31 +353,58 @@ def apply_to_path(
         kinds = f"{mode_string(on_disk)[0]!r} on disk, {mode_string(mode)[0]!r} recorded"
         _warn(warn, f"{os.fsdecode(path)}: file type differs ({kinds}); nothing applied")
         return
+    _apply(meta, path, path, numeric_ids, warn)
+
+
+def apply_to_fd(
+    meta: Metadata,
+    fd: int,
+    path: bytes,
+    *,
+    numeric_ids: bool = False,
+    warn: Warn | None = None,
+) -> None:
+    """apply_to_path for a regular file a restore created and still holds open
+    as `fd`: the same order, through the descriptor, so neither a lookup of
+    `path` per call nor an open for the Linux attrs is paid per file.
+    `path` only names it in warnings."""
+    if meta.mode is None or not stat.S_ISREG(meta.mode):
+        _warn(warn, f"{os.fsdecode(path)}: not applying metadata of a "
+                    f"{mode_string(meta.mode or 0)[0]!r} to a regular file")
+        return
+    _apply(meta, fd, path, numeric_ids, warn)
+
+
+def _apply(meta: Metadata, target: Target, path: bytes, numeric_ids: bool,
+           warn: Warn | None) -> None:
+    mode = meta.mode or 0
+    follow = _follow(target)
     is_link = stat.S_ISLNK(mode)
-    _restore_owner(meta, path, numeric_ids, warn)
+    _restore_owner(meta, target, path, numeric_ids, warn)
     if not is_link:
         try:
-            os.chmod(path, stat.S_IMODE(mode))
+            os.chmod(target, stat.S_IMODE(mode))
         except OSError as e:
             _warn(warn, f"{os.fsdecode(path)}: chmod {stat.S_IMODE(mode):o}: {e.strerror}")
     try:
-        existing = [os.fsencode(n) for n in os.listxattr(path, follow_symlinks=False)]
+        existing = [os.fsencode(n) for n in os.listxattr(target, follow_symlinks=follow)]
     except OSError as e:
         existing = []
         if meta.linux_xattr:
             _warn(warn, f"{os.fsdecode(path)}: cannot list xattrs: {e.strerror}")
     if meta.linux_xattr or existing:
-        _restore_xattrs(meta, path, existing, warn)
+        _restore_xattrs(meta, target, path, existing, warn)
     if not is_link:
-        _restore_acl(meta, path, numeric_ids, warn)
+        _restore_acl(meta, target, path, numeric_ids, warn)
     try:
-        os.utime(path, ns=(meta.atime, meta.mtime), follow_symlinks=False)
+        os.utime(target, ns=(meta.atime, meta.mtime), follow_symlinks=follow)
     except OSError as e:
         _warn(warn, f"{os.fsdecode(path)}: cannot set times: {e.strerror}")
     except OverflowError:  # recorded, but beyond what this system's time_t holds
         _warn(warn, f"{os.fsdecode(path)}: cannot set times: out of range here")
     if meta.linux_attr and stat.S_IFMT(mode) in (stat.S_IFREG, stat.S_IFDIR):
-        _set_linux_attr(path, meta.linux_attr, warn)
+        _set_linux_attr(path, meta.linux_attr, warn,
+                        target if isinstance(target, int) else None)
 
 
 # Regular, directory, symlink, char, block, fifo, socket.

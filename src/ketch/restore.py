@@ -24,7 +24,7 @@ from functools import partial
 from typing import Literal
 
 from ketch.errors import CorruptObject, KetchError
-from ketch.fsmeta import apply_to_path, create_special
+from ketch.fsmeta import apply_to_fd, apply_to_path, create_special
 from ketch.metadata import Metadata
 from ketch.progress import NullProgress, Progress
 from ketch.repo import Repository
@@ -303,9 +303,12 @@ class _Restorer:
         except OSError as e:
             self.warn(f"{_quote(path)}: chmod {stat.S_IMODE(mode):o}: {e.strerror}")
 
-    def apply(self, meta: Metadata, path: bytes) -> None:
+    def apply(self, meta: Metadata, path: bytes, fd: int | None = None) -> None:
         try:
-            apply_to_path(meta, path, numeric_ids=self.numeric_ids, warn=self.warn)
+            if fd is None:
+                apply_to_path(meta, path, numeric_ids=self.numeric_ids, warn=self.warn)
+            else:
+                apply_to_fd(meta, fd, path, numeric_ids=self.numeric_ids, warn=self.warn)
         except (OSError, KetchError) as e:
             msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             self.warn(f"{_quote(path)}: cannot apply metadata: {msg}")
@@ -349,12 +352,14 @@ class _Restorer:
         self.leaf_done(item, meta, path, key, hl, done)
 
     def leaf_done(self, item: Item, meta: Metadata | None, path: bytes,
-                  key: tuple[object, ...] | None, hl: bytes, done: bool) -> None:
+                  key: tuple[object, ...] | None, hl: bytes, done: bool,
+                  fd: int | None = None) -> None:
+        """`fd`: the file, still open (a regular file the batch wrote)."""
         self.progress.advance(0, 1)
         if not done:
             return
         if meta is not None and meta.mode is not None:
-            self.apply(meta, path)
+            self.apply(meta, path, fd)
         elif item.kind != "symlink":
             self.default_mode(path, item.mode)
         if key is not None:
@@ -407,7 +412,8 @@ class _Restorer:
 
         def done(job: FileJob) -> None:
             self.pending_links.discard(hl)
-            self.leaf_done(item, meta, path, key, hl, self.file_written(meta, path, job.size))
+            self.leaf_done(item, meta, path, key, hl, self.file_written(meta, path, job.size),
+                           job.fd)
 
         def failed(job: FileJob, e: Exception) -> None:
             self.pending_links.discard(hl)

@@ -351,14 +351,18 @@ class Batch:
         if job.error is None:
             try:
                 job.flush()
-                os.ftruncate(job.fd, job.size)
+                if job.size != job.end:  # it ends in a hole
+                    os.ftruncate(job.fd, job.size)
             except OSError as e:
                 job.error = e
-        job.close()
         if job.error is not None:
+            job.close()
             job.failed(job, job.error)
-        else:
-            job.done(job)
+            return
+        try:
+            job.done(job)  # with the file still open: its metadata goes through job.fd
+        finally:
+            job.close()
 
     def later(self, apply: Callable[[], None]) -> None:
         """Run `apply` once every file now waiting is finished (a directory's

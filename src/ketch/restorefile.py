@@ -34,6 +34,7 @@ class FileJob:
         self.failed = failed
         self.seq = 0  # order of creation, set by the batch
         self.size = 0  # end of the furthest blob or hole placed so far
+        self.end = 0  # end of the furthest byte written (the file is new: its size)
         self.planned = False  # every blob placed
         self.outstanding = 0  # placed blobs not yet written
         self.error: Exception | None = None
@@ -49,6 +50,7 @@ class FileJob:
         self.buf = []
         self.buf_len = 0
         done = os.pwritev(self.fd, bufs, off)
+        self.end = max(self.end, off + total)
         if done != total:
             rest = memoryview(b"".join(bufs))[done:]
             off += done
