@@ -29,7 +29,7 @@ from ketch.errors import CorruptObject, KetchError
 from ketch.git import objects as gobj
 from ketch.progress import Progress
 from ketch.repo import Repository
-from ketch.restorefile import HOLE_BLOCK, ZERO_BLOCK, ContentError, FileJob
+from ketch.restorefile import HOLE_BLOCK, ContentError, FileJob, has_hole
 
 # A batch is read once it wants this many distinct blobs or bytes, or holds
 # this many open files (each keeps its descriptor until finished).
@@ -316,7 +316,7 @@ class Batch:
         try:
             if n >= HOLE_BLOCK and not data[0] and data == bytes(n):
                 self.zero_blobs[oid] = n
-            elif data.find(ZERO_BLOCK) < 0:
+            elif not has_hole(data, start):
                 job.add(start, data)
             else:
                 job.add_with_holes(start, data)
