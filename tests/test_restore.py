@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import random
 import shutil
 import socket
 import stat
@@ -542,3 +543,44 @@ def test_corrupt_pack_fails_cleanly(run_ketch: RunKetch, tmp_path: Path) -> None
     assert b"Traceback" not in proc.stderr
     assert proc.stderr.decode().count("\n") <= 3, proc.stderr
     assert not (out / "big").exists()
+
+
+def test_missing_subtree_of_a_chunk_tree_fails_that_file_only(run_ketch: RunKetch,
+                                                                 tmp_path: Path) -> None:
+    """A chunked file's subtrees are read ahead together: one that is gone is
+    still named as this file's failure, and the files after it are restored."""
+    tree = tmp_path / "c"
+    tree.mkdir()
+    _write(tree / "big", random.Random(7).randbytes(12 * MB))
+    _write(tree / "zz", b"restored after the big one\n")
+    repo = tmp_path / "repo"
+    bup_save(repo, tree)
+    pack_dir = repo / "objects" / "pack"
+    packs = list(pack_dir.glob("*.pack"))
+    for p in pack_dir.iterdir():
+        if p.suffix != ".pack":
+            p.unlink()
+    for p in packs:
+        moved = tmp_path / p.name
+        p.rename(moved)
+        with open(moved, "rb") as f:
+            subprocess.run(["git", "--git-dir", repo, "unpack-objects", "-q"], stdin=f,
+                           check=True)
+    top = subprocess.run(["git", "--git-dir", repo, "rev-parse",
+                          f"{NAME}:{os.fspath(tree).lstrip('/')}/big.bup"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    listing = subprocess.run(["git", "--git-dir", repo, "ls-tree", top], check=True,
+                             capture_output=True, text=True).stdout.split("\n")
+    subtrees = [line.split()[2] for line in listing if line.split()[1:2] == ["tree"]]
+    assert len(subtrees) >= 2, listing  # else nothing is read ahead
+    gone = subtrees[len(subtrees) // 2]
+    (repo / "objects" / gone[:2] / gone[2:]).unlink()
+    out = tmp_path / "out"
+    proc = restore(run_ketch, repo, out, vpath(tree, name=NAME) + b"/")
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err and "big" in err, err
+    assert err.endswith("ketch: error: 1 item not restored "
+                        "(could not be read from the repository)\n"), err
+    assert not (out / "big").exists()
+    assert (out / "zz").read_bytes() == b"restored after the big one\n"

@@ -207,6 +207,10 @@ class Batch:
         stack: list[tuple[bytes, int, int, int, int]] = [(oid, _TREE, 0, -1, 0)]
         zero_blobs = self.zero_blobs
         read = self.repo.read
+        # Subtrees read ahead with their siblings: one read_many per tree
+        # instead of a lookup, a seek and an inflater each (13,600 chunk
+        # trees in the benchmark's corpus).
+        ahead: dict[bytes, tuple[int, bytes]] = {}
         data_blobs = 0
         while stack:
             tid, kind, start, end, before = stack.pop()
@@ -219,7 +223,8 @@ class Batch:
                     data_blobs += 1
                 yield tid, start, end
                 continue
-            t, data = read(tid)
+            got = ahead.pop(tid, None)
+            t, data = got if got is not None else read(tid)
             if t != gobj.TREE or gobj.object_id(t, data) != tid:
                 raise ContentError(f"object {tid.hex()} does not match its id")
             try:
@@ -233,13 +238,23 @@ class Batch:
                 raise ContentError(f"chunk tree {tid.hex()} overruns its place")
             if not entries and end >= 0 and end != start:
                 raise ContentError(f"chunk tree {tid.hex()} is empty")
-            # A remote backend fetches the subtrees together, not one round trip each.
-            self.repo.prefetch([e.oid for e in entries if e.mode == gobj.MODE_TREE])
+            self.read_ahead([e.oid for e in entries
+                             if e.mode == gobj.MODE_TREE and e.oid not in zero_blobs], ahead)
             stack.append((tid, _TREE_END, start, end, data_blobs))
             for i in range(len(entries) - 1, -1, -1):
                 e = entries[i]
                 stack.append((e.oid, _TREE if e.mode == gobj.MODE_TREE else _BLOB, offs[i],
                               offs[i + 1] if i + 1 < len(offs) else end, 0))
+
+    def read_ahead(self, oids: list[bytes], into: dict[bytes, tuple[int, bytes]]) -> None:
+        """Read these subtrees together (a remote backend: in one request)."""
+        if len(oids) < 2:
+            return
+        try:
+            for oid, t, data in self.repo.read_many(list(dict.fromkeys(oids))):
+                into[oid] = (t, data)
+        except (KetchError, OSError):
+            pass  # read one by one when its turn comes, which names what failed
 
     # -- reading and writing ---------------------------------------------------------
 
