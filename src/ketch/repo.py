@@ -310,6 +310,7 @@ class LocalRepository(WritableRepository):
     # this much has been read keeps a long restore's peak bounded (the kernel's
     # page cache keeps the data either way).
     _REMAP_BYTES = 32 << 20
+    _FAULT_WINDOW = 128 << 10
 
     def _read_packed(self, oid: bytes) -> tuple[int, bytes] | None:
         for attempt in (0, 1):
@@ -327,7 +328,9 @@ class LocalRepository(WritableRepository):
                         raise
                     continue
                 got = pack.read_at(offset, resolve_base=self._read_base)
-                self._mapped += len(got[1])
+                # A read maps more than its object: the pages the kernel reads
+                # ahead and faults in around it (64-128 KiB on Linux).
+                self._mapped += max(len(got[1]), self._FAULT_WINDOW)
                 if self._mapped >= self._REMAP_BYTES:
                     self._mapped = 0
                     for p in self._packs.values():
