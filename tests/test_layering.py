@@ -56,6 +56,7 @@ LAYERS: dict[str, int] = {
     "restoreplan": 4,  # what restore does with what is in the way
     "restorefile": 4,  # one file's sparse, gathered writes
     "restorebatch": 4,  # files written in batches, blobs read in pack order
+    "restoreworkers": 4,  # the batches read and written by forked workers
     "vfs": 4,
     "listing": 4,  # ls's lines, from the vfs
     "lifecycle": 4,  # prune and gc: retention, and space given back

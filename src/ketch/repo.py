@@ -94,6 +94,9 @@ class Repository(ABC):
     # Whether `read_many` may run on one thread while `read` runs on another
     # (a restore then reads the next files' blobs while it writes).
     reads_concurrently = False
+    # Whether a process forked from this one may go on reading through its
+    # copy of this object (a restore's workers): not over a shared connection.
+    reads_in_forked_processes = False
 
     @abstractmethod
     def read(self, oid: bytes) -> tuple[int, bytes]:
@@ -258,6 +261,7 @@ class LocalRepository(WritableRepository):
     """A bare git repository on a local filesystem."""
 
     reads_concurrently = True
+    reads_in_forked_processes = True
 
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)

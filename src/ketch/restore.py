@@ -31,6 +31,7 @@ from ketch.repo import Repository
 from ketch.restorebatch import Batch
 from ketch.restorefile import ContentError, FileJob
 from ketch.restoreplan import Clobber, InTheWay, Kept
+from ketch.restoreworkers import pool_for
 from ketch.vfs import DEFAULT_DIR_MODE, VFS, Item, show_path
 
 # Errors that doom every later write too: stop at once instead of failing each file.
@@ -160,7 +161,7 @@ class _Restorer:
         self.zero_blobs: dict[bytes, int] = {}
         # Files are written in batches (restorebatch): created here in walk
         # order, finished when their blobs have been read.
-        self.batch = Batch(self.objects, self.zero_blobs, progress)
+        self.batch = Batch(self.objects, self.zero_blobs, progress, pool_for(self.objects))
         # Link targets whose first path is still in the batch.
         self.pending_links: set[bytes] = set()
 
@@ -490,6 +491,7 @@ def restore(
         progress.start(*r.totals(targets))
         r.run(targets, out)
     finally:
+        r.batch.close()
         sys.setswitchinterval(switch)
         progress.finish()
         r.result.overwritten, r.result.kept = clobber.overwritten, clobber.kept

@@ -12,6 +12,10 @@ inside blobs, become holes. A file is finished (closed, passed to its
 `done`) once its last blob is written; one whose blob failed is passed to
 its `failed` with the reason, and written no further.
 
+From a local repository on a machine of two cores or more, the batches go
+to forked workers instead (restoreworkers), which read, check and write
+them on every core while this process plans the next.
+
 Chunk trees name where each child starts (hex offsets); a blob must fill its
 place exactly, so a tree whose offsets disagree with its content fails the
 file instead of shifting what follows.
@@ -30,6 +34,7 @@ from ketch.git import objects as gobj
 from ketch.progress import Progress
 from ketch.repo import Repository
 from ketch.restorefile import HOLE_BLOCK, ContentError, FileJob, has_hole
+from ketch.restoreworkers import Report, WorkerPool, rebuild_error
 
 # A batch is read once it wants this many distinct blobs or bytes, or holds
 # this many open files (each keeps its descriptor until finished).
@@ -53,7 +58,7 @@ _Got = tuple[bytes, bytes | None, Exception | None]
 
 
 @dataclass
-class _Reader:
+class Reader:
     """The thread that reads and verifies one batch's blobs."""
 
     repo: Repository
@@ -130,8 +135,11 @@ class Batch:
     """Files waiting for their blobs; see the module's docstring."""
 
     def __init__(self, repo: Repository, zero_blobs: dict[bytes, int],
-                 progress: Progress) -> None:
+                 progress: Progress, pool: WorkerPool | None = None) -> None:
         self.repo = repo
+        # Workers that read and write the batches (restoreworkers); without
+        # them, a thread reads while this one writes.
+        self.pool = pool
         self.zero_blobs = zero_blobs
         self.progress = progress
         self.jobs: list[FileJob] = []  # unfinished, oldest first
@@ -140,7 +148,7 @@ class Batch:
         self.nbytes = 0
         self.nfiles = 0  # files placed since the last flush
         # The batch being read while the next one is planned.
-        self.inflight: tuple[_Reader, threading.Thread | None,
+        self.inflight: tuple[Reader, threading.Thread | None,
                              dict[bytes, list[_Place]]] | None = None
         # Directory metadata, applied once every file created before it
         # (those inside the directory) is finished: (files created, apply).
@@ -262,23 +270,64 @@ class Batch:
         """Start reading everything placed, on its own thread; then write the
         batch read before it, while this one is read and the next planned."""
         places, self.places, self.nbytes, self.nfiles = self.places, {}, 0, 0
+        if self.pool is not None:
+            self.hand_over(self.pool, places)
+            return
         previous, self.inflight = self.inflight, None
         if places:
-            reader = _Reader(self.repo, list(places))
+            reader = Reader(self.repo, list(places))
             # A backend that cannot read on two threads is read as it is written.
             thread = reader.start() if self.repo.reads_concurrently else None
             self.inflight = (reader, thread, places)
         if previous is not None:
             self.drain(previous)
 
+    def hand_over(self, pool: WorkerPool, places: dict[bytes, list[_Place]]) -> None:
+        """Give the batch to a worker; while every worker has one waiting
+        behind the one it works on, finish what they report."""
+        if places:
+            number: dict[FileJob, int] = {}
+            at = number.setdefault
+            sent = {oid: [(at(job, len(number)), start, end) for job, start, end in where]
+                    for oid, where in places.items()}
+            pool.submit(list(number), sent)
+        # Finish what is reported already; wait only while every worker has
+        # a batch waiting behind the one it works on.
+        pool.collect(self.reported, block=False)
+        while pool.busy >= 2 * len(pool.workers):
+            pool.collect(self.reported)
+        self.finish_ready()
+
+    def reported(self, report: Report) -> None:
+        jobs, outcomes, zeros, nbytes = report
+        self.zero_blobs.update(zeros)
+        for job, (count, size, end, err) in zip(jobs, outcomes, strict=True):
+            job.outstanding -= count
+            job.size = max(job.size, size)
+            job.end = max(job.end, end)
+            if err is not None:
+                self.fail(job, rebuild_error(err))
+        self.progress.advance(nbytes)
+
+    def close(self) -> None:
+        """Stop the workers, if any (the restore is over)."""
+        if self.pool is not None:
+            pool, self.pool = self.pool, None
+            pool.close()
+
     def complete(self) -> None:
         """Read and write everything; finish every file."""
         self.flush()
+        if self.pool is not None:
+            while self.pool.busy:
+                self.pool.collect(self.reported)
+            self.finish_ready()
+            return
         if self.inflight is not None:
             inflight, self.inflight = self.inflight, None
             self.drain(inflight)
 
-    def drain(self, inflight: tuple[_Reader, threading.Thread | None,
+    def drain(self, inflight: tuple[Reader, threading.Thread | None,
                                     dict[bytes, list[_Place]]]) -> None:
         reader, thread, places = inflight
         try:
@@ -291,7 +340,7 @@ class Batch:
         self.finish_ready()
 
     @staticmethod
-    def received(reader: _Reader) -> Iterator[list[_Got]]:
+    def received(reader: Reader) -> Iterator[list[_Got]]:
         while True:
             bundle = reader.out.get()
             if bundle is None:
@@ -391,6 +440,7 @@ class Batch:
         """Close every unfinished file (a restore stopping); they are returned
         for the caller to remove."""
         jobs, self.jobs, self.places, self.after = self.jobs, [], {}, []
+        self.close()
         if self.inflight is not None:
             reader, thread, _ = self.inflight
             self.inflight = None

@@ -1,0 +1,273 @@
+"""A restore's data path on other processes: read, verify and write batches.
+
+One Python process restores at most one core's worth: the GIL serialises the
+per-blob work of the thread that reads and the thread that writes, and the
+benchmark's restore ran at 1.1 cores. Here the restore's process walks the
+save, creates every file and plans each batch (which blob goes where); forked
+workers, one per core, each read a batch's blobs from the repository in pack
+order, check each against its id and write it into every place that wants it,
+then report what they wrote. The planning process finishes each file (its
+size, its metadata) once the batches holding its blobs are reported.
+
+A worker gets the batch's files as descriptors (SCM_RIGHTS), never by path.
+Only a repository whose reads survive a fork says so
+(`Repository.reads_in_forked_processes`: a local one; an ssh connection or an
+S3 client must not be shared by two processes). What workers send back comes
+from this process's own children.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import selectors
+import signal
+import socket
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+from ketch.errors import CorruptObject, KetchError
+from ketch.progress import NullProgress
+from ketch.repo import Repository
+from ketch.restorefile import ContentError, FileJob
+
+# A place in a batch, as sent: (file number in the batch, start, end).
+_Sent = tuple[int, int, int]
+# A file's outcome: (its places in the batch, furthest byte placed, furthest
+# byte written, error or None).
+_Outcome = tuple[int, int, int, tuple[str, int, str] | None]
+
+_LEN = struct.Struct("!Q")
+# Linux takes at most 253 descriptors in one message.
+_FDS_PER_MESSAGE = 200
+
+
+class WorkerDied(KetchError):
+    """A restore worker stopped without reporting its batch."""
+
+
+def _describe(e: Exception) -> tuple[str, int, str]:
+    if isinstance(e, OSError):
+        return "os", e.errno or 0, e.strerror or str(e)
+    if isinstance(e, ContentError):
+        return "content", 0, str(e)
+    if isinstance(e, CorruptObject):
+        return "corrupt", 0, str(e)
+    return "ketch", 0, str(e)
+
+
+def rebuild_error(err: tuple[str, int, str]) -> Exception:
+    kind, num, msg = err
+    if kind == "os":
+        return OSError(num, msg)
+    if kind == "content":
+        return ContentError(msg)
+    if kind == "corrupt":
+        return CorruptObject(msg)
+    return KetchError(msg)
+
+
+def _send(sock: socket.socket, obj: object, fds: Sequence[int] = ()) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    groups = [list(fds[i : i + _FDS_PER_MESSAGE]) for i in range(0, len(fds), _FDS_PER_MESSAGE)]
+    head = _LEN.pack(len(data)) + struct.pack("!I", len(groups))
+    socket.send_fds(sock, [head], groups[0] if groups else [])
+    for g in groups[1:]:
+        socket.send_fds(sock, [b"+"], g)
+    sock.sendall(data)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    parts: list[bytes] = []
+    while n:
+        got = sock.recv(min(n, 1 << 20))
+        if not got:
+            return None
+        parts.append(got)
+        n -= len(got)
+    return b"".join(parts)
+
+
+def _recv(sock: socket.socket) -> tuple[object, list[int]] | None:
+    """(object, descriptors), or None at the end of the stream."""
+    head, fds, _, _ = socket.recv_fds(sock, _LEN.size + 4, _FDS_PER_MESSAGE)
+    if not head:
+        return None
+    if len(head) < _LEN.size + 4:
+        rest = _recv_exact(sock, _LEN.size + 4 - len(head))
+        if rest is None:
+            return None
+        head += rest
+    (size,) = _LEN.unpack_from(head)
+    (groups,) = struct.unpack_from("!I", head, _LEN.size)
+    for _ in range(max(0, groups - 1)):
+        _, more, _, _ = socket.recv_fds(sock, 1, _FDS_PER_MESSAGE)
+        fds.extend(more)
+    data = _recv_exact(sock, size)
+    if data is None:
+        return None
+    return pickle.loads(data), fds
+
+
+def _serve(sock: socket.socket, repo: Repository) -> None:
+    """A worker's loop: a batch in, its files' outcomes out, until EOF."""
+    from ketch.restorebatch import Batch, Reader
+
+    progress = NullProgress()
+    zero_blobs: dict[bytes, int] = {}
+    batch = Batch(repo, zero_blobs, progress)
+    while True:
+        got = _recv(sock)
+        if got is None:
+            return
+        msg, fds = got
+        seq, sent = cast(tuple[int, dict[bytes, list[_Sent]]], msg)
+        jobs = [FileJob(fd, b"", _ignore, _ignore) for fd in fds]
+        counts = [0] * len(jobs)
+        places = {}
+        for oid, where in sent.items():
+            places[oid] = [(jobs[k], start, end) for k, start, end in where]
+            for k, _, _ in where:
+                counts[k] += 1
+        before_zeros = set(zero_blobs)
+        before_bytes = progress.bytes
+        batch.write_all(Reader(repo, list(places)).bundles(), places)
+        outcomes: list[_Outcome] = []
+        for job, count in zip(jobs, counts, strict=True):
+            if job.error is None:
+                try:
+                    job.flush()
+                except OSError as e:
+                    job.error = e
+            job.close()
+            outcomes.append((count, job.size, job.end,
+                             None if job.error is None else _describe(job.error)))
+        zeros = {k: v for k, v in zero_blobs.items() if k not in before_zeros}
+        _send(sock, (seq, outcomes, zeros, progress.bytes - before_bytes))
+
+
+def _ignore(*_: object) -> None:
+    pass
+
+
+@dataclass
+class _Worker:
+    pid: int
+    sock: socket.socket
+    busy: int = 0  # batches sent and not yet reported
+
+
+# What the planner is told of a reported batch: (its jobs in the batch's
+# order, each job's outcome, newly found zero blobs, bytes written).
+Report = tuple[list[FileJob], list[_Outcome], dict[bytes, int], int]
+
+
+class WorkerPool:
+    """Forked workers sharing batches; see the module's docstring."""
+
+    def __init__(self, repo: Repository, count: int) -> None:
+        self.workers: list[_Worker] = []
+        self.pending: dict[int, list[FileJob]] = {}
+        self.seq = 0
+        self.selector = selectors.DefaultSelector()
+        try:
+            for _ in range(count):
+                self._fork(repo)
+        except BaseException:
+            self.close()
+            raise
+
+    def _fork(self, repo: Repository) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 0
+            try:
+                parent.close()
+                # The planner decides when the restore stops (Ctrl-C included).
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                _serve(child, repo)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        child.close()
+        w = _Worker(pid, parent)
+        self.workers.append(w)
+        self.selector.register(parent, selectors.EVENT_READ, w)
+
+    @property
+    def busy(self) -> int:
+        return sum(w.busy for w in self.workers)
+
+    def submit(self, jobs: list[FileJob], sent: dict[bytes, list[_Sent]]) -> None:
+        """Give a batch to the least busy worker: its files, in the order
+        `sent` numbers them."""
+        w = min(self.workers, key=lambda w: w.busy)
+        self.seq += 1
+        self.pending[self.seq] = jobs
+        w.busy += 1
+        try:
+            _send(w.sock, (self.seq, sent), [j.fd for j in jobs])
+        except OSError as e:
+            raise WorkerDied(f"a restore worker stopped: {e.strerror}") from None
+
+    def collect(self, on_report: Callable[[Report], None], block: bool = True) -> None:
+        """Pass on each batch reported; with `block`, wait for at least one."""
+        reported = False
+        while not reported:
+            events = self.selector.select(None if block else 0)
+            if not events and not block:
+                return
+            for key, _ in events:
+                w: _Worker = key.data
+                try:
+                    got = _recv(w.sock)
+                except OSError:
+                    got = None  # not a file's error: every later batch would fail too
+                if got is None:
+                    raise WorkerDied("a restore worker stopped before reporting its batch")
+                seq, outcomes, zeros, nbytes = cast(
+                    tuple[int, list[_Outcome], dict[bytes, int], int], got[0])
+                w.busy -= 1
+                on_report((self.pending.pop(seq), outcomes, zeros, nbytes))
+                reported = True
+
+    def close(self) -> None:
+        """End the workers (their current batches are abandoned)."""
+        for w in self.workers:
+            try:
+                self.selector.unregister(w.sock)
+            except (KeyError, ValueError):
+                pass
+            w.sock.close()
+        for w in self.workers:
+            if w.busy:
+                try:
+                    os.kill(w.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                os.waitpid(w.pid, 0)
+            except ChildProcessError:
+                pass
+        self.workers = []
+        self.selector.close()
+
+
+def pool_for(repo: Repository) -> WorkerPool | None:
+    """Workers for a restore from `repo`: one per core, up to 4, where there
+    are two cores or more (KETCH_RESTORE_WORKERS sets how many; 0: none, and
+    a thread reads while the restore's own writes)."""
+    if not repo.reads_in_forked_processes:
+        return None
+    try:
+        n = int(os.environ.get("KETCH_RESTORE_WORKERS", "-1"))
+    except ValueError:
+        n = -1
+    if n < 0:
+        cores = len(os.sched_getaffinity(0))
+        n = min(cores, 4) if cores > 1 else 0
+    return WorkerPool(repo, n) if n > 0 else None
