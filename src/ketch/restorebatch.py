@@ -41,6 +41,9 @@ from ketch.restoreworkers import Report, WorkerPool, rebuild_error
 BATCH_BLOBS = 4096
 BATCH_BYTES = 32 << 20
 BATCH_FILES = 256
+# With workers, a chunked file's subtrees of at most this many bytes are
+# handed to them whole: they read and walk those trees, not this process.
+UNIT_BYTES = 4 << 20
 # The reader hands blobs over in bundles of about this much, and at most
 # _QUEUE_BUNDLES wait: what the reader thread holds beyond the writer.
 _BUNDLE_BYTES = 256 << 10
@@ -145,6 +148,8 @@ class Batch:
         self.jobs: list[FileJob] = []  # unfinished, oldest first
         self.created = 0  # files handed over so far (a FileJob's seq)
         self.places: dict[bytes, list[_Place]] = {}
+        # Subtrees for the workers: (file, tree, start, end or -1).
+        self.units: list[tuple[FileJob, bytes, int, int]] = []
         self.nbytes = 0
         self.nfiles = 0  # files placed since the last flush
         # The batch being read while the next one is planned.
@@ -169,9 +174,17 @@ class Batch:
         if not chunked:
             self.place(job, oid, 0, -1, size_hint)
         else:
+            # With workers, subtrees of up to UNIT_BYTES go to them unread.
+            unit = UNIT_BYTES if self.pool is not None else 0
             try:
-                for b, start, end in self.leaves(oid):
-                    self.place(job, b, start, end, end - start if end >= 0 else size_hint)
+                for b, start, end, whole in self.leaves(oid, unit=unit, size_hint=size_hint):
+                    est = end - start if end >= 0 else size_hint - start
+                    if whole:
+                        self.units.append((job, b, start, end))
+                        self.nbytes += max(est, 0)
+                        job.outstanding += 1
+                    else:
+                        self.place(job, b, start, end, est)
                     if job.error is not None:
                         break
                     if len(self.places) >= BATCH_BLOBS or self.nbytes >= BATCH_BYTES:
@@ -206,13 +219,16 @@ class Batch:
             places.append((job, start, end))
         job.outstanding += 1
 
-    def leaves(self, oid: bytes) -> Iterator[tuple[bytes, int, int]]:
-        """(blob, start, end or -1 for the last) of a chunk tree, in order;
-        subtrees known to be zeros come back whole, as one blob would, and a
-        subtree found to hold only such is known from then on (a sparse
-        image's runs of zeros repeat the same subtrees)."""
+    def leaves(self, oid: bytes, start: int = 0, end: int = -1, *, unit: int = 0,
+               size_hint: int = 0) -> Iterator[tuple[bytes, int, int, bool]]:
+        """(blob, start, end or -1 for the last, False) of the chunk tree that
+        fills start..end of its file, in order; subtrees known to be zeros
+        come back whole, as one blob would, and a subtree found to hold only
+        such is known from then on (a sparse image's runs of zeros repeat the
+        same subtrees). With `unit`, a subtree of at most that many bytes
+        (the file's last: up to `size_hint`) comes back unread, True."""
         # (oid, _BLOB/_TREE/_TREE_END, start, end, blobs with data before it)
-        stack: list[tuple[bytes, int, int, int, int]] = [(oid, _TREE, 0, -1, 0)]
+        stack: list[tuple[bytes, int, int, int, int]] = [(oid, _TREE, start, end, 0)]
         zero_blobs = self.zero_blobs
         read = self.repo.read
         # Subtrees read ahead with their siblings: one read_many per tree
@@ -229,7 +245,11 @@ class Batch:
             if kind == _BLOB or tid in zero_blobs:
                 if tid not in zero_blobs:
                     data_blobs += 1
-                yield tid, start, end
+                yield tid, start, end, False
+                continue
+            if unit and (end if end >= 0 else size_hint) - start <= unit:
+                data_blobs += 1  # its parent is not known to be zeros
+                yield tid, start, end, True
                 continue
             got = ahead.pop(tid, None)
             t, data = got if got is not None else read(tid)
@@ -271,7 +291,8 @@ class Batch:
         batch read before it, while this one is read and the next planned."""
         places, self.places, self.nbytes, self.nfiles = self.places, {}, 0, 0
         if self.pool is not None:
-            self.hand_over(self.pool, places)
+            units, self.units = self.units, []
+            self.hand_over(self.pool, places, units)
             return
         previous, self.inflight = self.inflight, None
         if places:
@@ -282,15 +303,17 @@ class Batch:
         if previous is not None:
             self.drain(previous)
 
-    def hand_over(self, pool: WorkerPool, places: dict[bytes, list[_Place]]) -> None:
+    def hand_over(self, pool: WorkerPool, places: dict[bytes, list[_Place]],
+                  units: list[tuple[FileJob, bytes, int, int]]) -> None:
         """Give the batch to a worker; while every worker has one waiting
         behind the one it works on, finish what they report."""
-        if places:
+        if places or units:
             number: dict[FileJob, int] = {}
             at = number.setdefault
             sent = {oid: [(at(job, len(number)), start, end) for job, start, end in where]
                     for oid, where in places.items()}
-            pool.submit(list(number), sent)
+            whole = [(at(job, len(number)), tid, start, end) for job, tid, start, end in units]
+            pool.submit(list(number), sent, whole)
         # Finish what is reported already; wait only while every worker has
         # a batch waiting behind the one it works on.
         pool.collect(self.reported, block=False)
@@ -440,6 +463,7 @@ class Batch:
         """Close every unfinished file (a restore stopping); they are returned
         for the caller to remove."""
         jobs, self.jobs, self.places, self.after = self.jobs, [], {}, []
+        self.units = []
         self.close()
         if self.inflight is not None:
             reader, thread, _ = self.inflight

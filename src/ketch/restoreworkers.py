@@ -26,15 +26,20 @@ import socket
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from ketch.errors import CorruptObject, KetchError
 from ketch.progress import NullProgress
 from ketch.repo import Repository
 from ketch.restorefile import ContentError, FileJob
 
+if TYPE_CHECKING:
+    from ketch.restorebatch import Batch
+
 # A place in a batch, as sent: (file number in the batch, start, end).
 _Sent = tuple[int, int, int]
+# A subtree in a batch, as sent: (file number, tree, start, end).
+_Unit = tuple[int, bytes, int, int]
 # A file's outcome: (its places in the batch, furthest byte placed, furthest
 # byte written, error or None).
 _Outcome = tuple[int, int, int, tuple[str, int, str] | None]
@@ -113,7 +118,7 @@ def _recv(sock: socket.socket) -> tuple[object, list[int]] | None:
 
 def _serve(sock: socket.socket, repo: Repository) -> None:
     """A worker's loop: a batch in, its files' outcomes out, until EOF."""
-    from ketch.restorebatch import Batch, Reader
+    from ketch.restorebatch import Batch, Reader  # it imports this module
 
     progress = NullProgress()
     zero_blobs: dict[bytes, int] = {}
@@ -123,14 +128,18 @@ def _serve(sock: socket.socket, repo: Repository) -> None:
         if got is None:
             return
         msg, fds = got
-        seq, sent = cast(tuple[int, dict[bytes, list[_Sent]]], msg)
+        seq, sent, units = cast(tuple[int, dict[bytes, list[_Sent]], list[_Unit]], msg)
         jobs = [FileJob(fd, b"", _ignore, _ignore) for fd in fds]
         counts = [0] * len(jobs)
-        places = {}
+        places = batch.places = {}
         for oid, where in sent.items():
             places[oid] = [(jobs[k], start, end) for k, start, end in where]
             for k, _, _ in where:
                 counts[k] += 1
+        for k, tree, start, end in units:
+            counts[k] += 1
+            _expand(batch, jobs[k], tree, start, end)
+        batch.places = {}
         before_zeros = set(zero_blobs)
         before_bytes = progress.bytes
         batch.write_all(Reader(repo, list(places)).bundles(), places)
@@ -146,6 +155,19 @@ def _serve(sock: socket.socket, repo: Repository) -> None:
                              None if job.error is None else _describe(job.error)))
         zeros = {k: v for k, v in zero_blobs.items() if k not in before_zeros}
         _send(sock, (seq, outcomes, zeros, progress.bytes - before_bytes))
+
+
+def _expand(batch: Batch, job: FileJob, tree: bytes, start: int, end: int) -> None:
+    """Place the blobs of a subtree the planner handed over unread."""
+    if job.error is not None:
+        return
+    try:
+        for blob, bstart, bend, _ in batch.leaves(tree, start, end):
+            batch.place(job, blob, bstart, bend, 0)
+            if job.error is not None:
+                return
+    except (ContentError, KetchError, OSError) as e:
+        batch.fail(job, e)
 
 
 def _ignore(*_: object) -> None:
@@ -202,15 +224,16 @@ class WorkerPool:
     def busy(self) -> int:
         return sum(w.busy for w in self.workers)
 
-    def submit(self, jobs: list[FileJob], sent: dict[bytes, list[_Sent]]) -> None:
+    def submit(self, jobs: list[FileJob], sent: dict[bytes, list[_Sent]],
+               units: list[_Unit]) -> None:
         """Give a batch to the least busy worker: its files, in the order
-        `sent` numbers them."""
+        `sent` and `units` number them."""
         w = min(self.workers, key=lambda w: w.busy)
         self.seq += 1
         self.pending[self.seq] = jobs
         w.busy += 1
         try:
-            _send(w.sock, (self.seq, sent), [j.fd for j in jobs])
+            _send(w.sock, (self.seq, sent, units), [j.fd for j in jobs])
         except OSError as e:
             raise WorkerDied(f"a restore worker stopped: {e.strerror}") from None
 
