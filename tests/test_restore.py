@@ -295,6 +295,7 @@ def test_library_counts_and_progress(saved: tuple[Path, Path], tmp_path: Path) -
         """NullProgress counts already; this also keeps the announced totals."""
 
         total: tuple[int | None, int | None] | None = None
+        wants_totals = True
 
         def start(self, total_bytes: int | None, total_files: int | None = None) -> None:
             self.total = (total_bytes, total_files)
@@ -307,6 +308,12 @@ def test_library_counts_and_progress(saved: tuple[Path, Path], tmp_path: Path) -
     assert (res.files, res.dirs, res.hardlinks, res.symlinks, res.specials) == (3, 3, 1, 0, 0)
     assert res.bytes == 3 * MB + len(b"deep\n") + len(b"one inode, three names\n")
     assert rec.total == (res.bytes, 4)
+    # A progress that shows nothing is not given totals: nothing walks for them.
+    quiet = Recorder()
+    quiet.wants_totals = False
+    with LocalRepository(str(repo)) as r:
+        do_restore(VFS(r), [vpath(tree, b"a")], tmp_path / "quiet", progress=quiet)
+    assert quiet.total == (None, None)
     assert (rec.bytes, rec.files) == (res.bytes, 4)
     assert not res.warnings and not rec.warnings
     assert os.stat(tmp_path / "a" / "hard1").st_ino == os.stat(tmp_path / "a/b/hard2").st_ino

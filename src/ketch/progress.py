@@ -9,6 +9,10 @@ from typing import Protocol
 
 
 class Progress(Protocol):
+    # Whether start() is worth its totals: a restore walks every directory
+    # for them before it writes anything, which nothing shows in cron.
+    wants_totals: bool
+
     def start(self, total_bytes: int | None, total_files: int | None = None) -> None: ...
     def advance(self, nbytes: int = 0, nfiles: int = 0) -> None: ...
     def warn(self, message: str) -> None: ...
@@ -17,6 +21,8 @@ class Progress(Protocol):
 
 class NullProgress:
     """Counts, shows nothing."""
+
+    wants_totals = False
 
     def __init__(self) -> None:
         self.bytes = 0

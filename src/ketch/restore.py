@@ -488,7 +488,7 @@ def restore(
     switch = sys.getswitchinterval()
     sys.setswitchinterval(min(switch, _SWITCH_INTERVAL))
     try:
-        progress.start(*r.totals(targets))
+        progress.start(*(r.totals(targets) if progress.wants_totals else (None, None)))
         r.run(targets, out)
     finally:
         r.batch.close()

@@ -318,6 +318,8 @@ class _InterruptMidLoad:
     """The terminal's progress, with the user pressing Ctrl-C while the MariaDB
     dump streams into the drill's throwaway server."""
 
+    wants_totals = True
+
     def start(self, total_bytes: int | None, total_files: int | None = None) -> None:
         pass
 

@@ -23,6 +23,8 @@ class TermProgress:
     draws the line) is imported here, on a terminal, and nowhere else. `total`
     may be set later, from another thread (save's stat walk)."""
 
+    wants_totals = True
+
     def __init__(self, label: str) -> None:
         from ketch.cli.meter import Meter
 
@@ -74,6 +76,8 @@ class TermProgress:
 class PhaseMeter:
     """A job's phases on the terminal (gc, fsck): a count of objects while marking and
     rescuing, bytes with % and ETA while rewriting."""
+
+    wants_totals = True
 
     def __init__(self) -> None:
         from ketch.cli.meter import StatusLine
