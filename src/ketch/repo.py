@@ -97,6 +97,10 @@ class Repository(ABC):
     # Whether a process forked from this one may go on reading through its
     # copy of this object (a restore's workers): not over a shared connection.
     reads_in_forked_processes = False
+    # Whether a read costs no round trip (a local disk): then reading a few
+    # objects together with read_many pays, where a remote backend is better
+    # told what comes next (prefetch) and left to read ahead.
+    reads_are_local = False
 
     @abstractmethod
     def read(self, oid: bytes) -> tuple[int, bytes]:
@@ -262,6 +266,7 @@ class LocalRepository(WritableRepository):
 
     reads_concurrently = True
     reads_in_forked_processes = True
+    reads_are_local = True
 
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)

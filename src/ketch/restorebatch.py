@@ -275,7 +275,11 @@ class Batch:
                               offs[i + 1] if i + 1 < len(offs) else end, 0))
 
     def read_ahead(self, oids: list[bytes], into: dict[bytes, tuple[int, bytes]]) -> None:
-        """Read these subtrees together (a remote backend: in one request)."""
+        """Read these subtrees together; a remote backend is only told of them
+        (it reads ahead: read_many would wait for each tree's subtrees)."""
+        if not self.repo.reads_are_local:
+            self.repo.prefetch(oids)
+            return
         if len(oids) < 2:
             return
         try:
