@@ -129,6 +129,10 @@ def _serve(sock: socket.socket, repo: Repository) -> None:
             return
         msg, fds = got
         seq, sent, units = cast(tuple[int, dict[bytes, list[_Sent]], list[_Unit]], msg)
+        # Counted from here: expanding a subtree meets zeros (bytes restored
+        # as holes, subtrees learnt to be zeros) before anything is read.
+        before_zeros = set(zero_blobs)
+        before_bytes = progress.bytes
         jobs = [FileJob(fd, b"", _ignore, _ignore) for fd in fds]
         counts = [0] * len(jobs)
         places = batch.places = {}
@@ -140,8 +144,6 @@ def _serve(sock: socket.socket, repo: Repository) -> None:
             counts[k] += 1
             _expand(batch, jobs[k], tree, start, end)
         batch.places = {}
-        before_zeros = set(zero_blobs)
-        before_bytes = progress.bytes
         batch.write_all(Reader(repo, list(places)).bundles(), places)
         outcomes: list[_Outcome] = []
         for job, count in zip(jobs, counts, strict=True):
