@@ -501,17 +501,8 @@ def _first_blob(repo: Path, tree: Path, name: str) -> str:
     raise AssertionError(f"{name} not in the save")
 
 
-def test_corrupt_content_fails_cleanly(run_ketch: RunKetch, tmp_path: Path) -> None:
-    tree = tmp_path / "c"
-    tree.mkdir()
-    _write(tree / "good", b"good\n")
-    _write(tree / "bad", os.urandom(5000))
-    _write(tree / "zz", b"restored after the bad one\n")
-    repo = tmp_path / "repo"
-    bup_save(repo, tree)
-    bad_id = _first_blob(repo, tree, "bad")
-    # Unpack to loose objects, then swap the blob's content for other bytes
-    # whose zlib stream is valid: only the id check can notice.
+def _unpack_to_loose(repo: Path, tmp_path: Path) -> None:
+    """Every object of the repository as a loose object (packs moved away)."""
     pack_dir = repo / "objects" / "pack"
     packs = list(pack_dir.glob("*.pack"))
     for p in pack_dir.iterdir():
@@ -523,6 +514,20 @@ def test_corrupt_content_fails_cleanly(run_ketch: RunKetch, tmp_path: Path) -> N
         with open(moved, "rb") as f:
             subprocess.run(["git", "--git-dir", repo, "unpack-objects", "-q"], stdin=f,
                            check=True)
+
+
+def test_corrupt_content_fails_cleanly(run_ketch: RunKetch, tmp_path: Path) -> None:
+    tree = tmp_path / "c"
+    tree.mkdir()
+    _write(tree / "good", b"good\n")
+    _write(tree / "bad", os.urandom(5000))
+    _write(tree / "zz", b"restored after the bad one\n")
+    repo = tmp_path / "repo"
+    bup_save(repo, tree)
+    bad_id = _first_blob(repo, tree, "bad")
+    # Unpack to loose objects, then swap the blob's content for other bytes
+    # whose zlib stream is valid: only the id check can notice.
+    _unpack_to_loose(repo, tmp_path)
     loose = repo / "objects" / bad_id[:2] / bad_id[2:]
     assert loose.exists()
     loose.chmod(0o644)
@@ -569,17 +574,7 @@ def test_missing_subtree_of_a_chunk_tree_fails_that_file_only(run_ketch: RunKetc
     _write(tree / "zz", b"restored after the big one\n")
     repo = tmp_path / "repo"
     bup_save(repo, tree)
-    pack_dir = repo / "objects" / "pack"
-    packs = list(pack_dir.glob("*.pack"))
-    for p in pack_dir.iterdir():
-        if p.suffix != ".pack":
-            p.unlink()
-    for p in packs:
-        moved = tmp_path / p.name
-        p.rename(moved)
-        with open(moved, "rb") as f:
-            subprocess.run(["git", "--git-dir", repo, "unpack-objects", "-q"], stdin=f,
-                           check=True)
+    _unpack_to_loose(repo, tmp_path)
     top = subprocess.run(["git", "--git-dir", repo, "rev-parse",
                           f"{NAME}:{os.fspath(tree).lstrip('/')}/big.bup"],
                          check=True, capture_output=True, text=True).stdout.strip()
