@@ -210,6 +210,8 @@ class WorkerPool:
             code = 0
             try:
                 parent.close()
+                for other in self.workers:  # theirs to end, not this one's to hold open
+                    other.sock.close()
                 # The planner decides when the restore stops (Ctrl-C included).
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 _serve(child, repo)
