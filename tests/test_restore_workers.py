@@ -144,3 +144,21 @@ def test_the_restore_is_whole_with_workers(saved: tuple[Path, Path], tmp_path: P
     _check_nothing_half_written(data, out)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == sorted(
         p.relative_to(data) for p in data.rglob("*"))
+
+
+def test_no_fork_means_no_workers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Where fork fails (a process limit), the restore goes on with a thread."""
+    from ketch import restoreworkers
+    from ketch.repo import LocalRepository, init_repository
+
+    def refuse() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    init_repository(str(tmp_path / "repo"))
+    monkeypatch.setenv("KETCH_RESTORE_WORKERS", "2")
+    with LocalRepository(str(tmp_path / "repo")) as repo:
+        pool = restoreworkers.pool_for(repo)
+        assert pool is not None
+        pool.close()
+        monkeypatch.setattr(restoreworkers.os, "fork", refuse)
+        assert restoreworkers.pool_for(repo) is None

@@ -297,4 +297,9 @@ def pool_for(repo: Repository) -> WorkerPool | None:
     if n < 0:
         cores = len(os.sched_getaffinity(0))
         n = min(cores, 4) if cores > 1 else 0
-    return WorkerPool(repo, n) if n > 0 else None
+    if n <= 0:
+        return None
+    try:
+        return WorkerPool(repo, n)
+    except OSError:  # no fork here (EAGAIN, ENOMEM): a thread reads instead
+        return None
