@@ -38,7 +38,7 @@ from tests.services.mariadb import MariaDBServer, missing_binaries  # noqa: E402
 
 from ketch.jobs.dumps import run_dump  # noqa: E402
 from ketch.jobs.model import DumpSpec  # noqa: E402
-from ketch.repo import LocalRepository, init_repository  # noqa: E402
+from ketch.localrepo import LocalRepository, init_repository  # noqa: E402
 
 DB = "benchdb"
 TARGET = 0.90

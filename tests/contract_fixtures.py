@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from ketch.git import objects as gobj
-from ketch.repo import LocalRepository, ObjectWriter, Repository
+from ketch.localrepo import LocalRepository
+from ketch.repo import ObjectWriter, Repository
 from ketch.snapshot import advance_branch
 from tests.conftest import SRC_DIR, _subprocess_env
 from tests.remote.test_remote import Machine

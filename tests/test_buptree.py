@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from ketch.buptree import demangle, lookup, mangle
 from ketch.git import objects as gobj
-from ketch.repo import LocalRepository, init_repository
+from ketch.localrepo import LocalRepository, init_repository
 
 names = st.binary(min_size=1, max_size=20).filter(lambda n: b"/" not in n and b"\0" not in n)
 suffixed = st.builds(lambda n, s: n + s, names,

@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "idmap": 2,  # user and group names <-> ids
     # 3: the Repository interface and the local repository.
     "repo": 3,
+    "localrepo": 3,
     # 4: what is done with a repository.
     "save": 4,
     "savepipe": 4,  # big files stored on a worker thread beside save's walk

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ketch.lease import Lease, held_leases, lease_dir, wait_for
-from ketch.repo import LocalRepository, init_repository
+from ketch.localrepo import LocalRepository, init_repository
 
 HOLD = """
 import sys, time

@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 from ketch.git import objects as gobj
-from ketch.repo import LocalRepository, init_repository
+from ketch.localrepo import LocalRepository, init_repository
 
 
 def _mapped_pack_kib() -> int:

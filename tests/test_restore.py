@@ -287,7 +287,7 @@ def test_big_sparse_file_and_huge_directory(run_ketch: RunKetch, tmp_path: Path)
 
 
 def test_library_counts_and_progress(saved: tuple[Path, Path], tmp_path: Path) -> None:
-    from ketch.repo import LocalRepository
+    from ketch.localrepo import LocalRepository
     from ketch.restore import restore as do_restore
     from ketch.vfs import VFS
 
@@ -332,7 +332,7 @@ def test_small_batches_restore_the_same_tree(saved: tuple[Path, Path], tmp_path:
     missing, one run in six)."""
     monkeypatch.setenv("KETCH_RESTORE_WORKERS", workers)
     from ketch import restorebatch
-    from ketch.repo import LocalRepository
+    from ketch.localrepo import LocalRepository
     from ketch.restore import restore as do_restore
     from ketch.vfs import VFS
 

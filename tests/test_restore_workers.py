@@ -149,7 +149,7 @@ def test_the_restore_is_whole_with_workers(saved: tuple[Path, Path], tmp_path: P
 def test_no_fork_means_no_workers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Where fork fails (a process limit), the restore goes on with a thread."""
     from ketch import restoreworkers
-    from ketch.repo import LocalRepository, init_repository
+    from ketch.localrepo import LocalRepository, init_repository
 
     def refuse() -> int:
         raise BlockingIOError(11, "Resource temporarily unavailable")

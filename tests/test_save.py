@@ -271,8 +271,8 @@ def test_short_bupm_that_splits_is_a_chunk_tree(tmp_path: Path) -> None:
     """Even a .bupm shorter than the rollsum window can hold a split point (the
     window starts zero-filled); bup then stores it as a tree, and so must we."""
     from ketch import split as hs
+    from ketch.localrepo import LocalRepository, init_repository
     from ketch.progress import NullProgress
-    from ketch.repo import LocalRepository, init_repository
     from ketch.save import SaveOptions, SaveResult, _Saver
 
     r = random.Random(3)

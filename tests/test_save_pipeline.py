@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from ketch.repo import LocalRepository, init_repository
+from ketch.localrepo import LocalRepository, init_repository
 from ketch.save import SaveOptions, SaveResult, save
 from tests.conftest import SRC_DIR, RunBup, RunKetch
 from tests.gitutil import git

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ketch.repo import LocalRepository
+from ketch.localrepo import LocalRepository
 from ketch.vfs import VFS, NotADirectory, PathNotFound, save_names
 from tests.buputil import bup_exe, run_bup
 

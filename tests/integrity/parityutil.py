@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ketch.repo import LocalRepository, init_repository
+from ketch.localrepo import LocalRepository, init_repository
 from ketch.save import SaveOptions, save
 from tests.conftest import in_ci
 

@@ -20,7 +20,7 @@ from ketch.git.idx import PackIndex
 from ketch.git.midx import write_midx
 from ketch.integrity import parity
 from ketch.integrity.fsck import check_repository
-from ketch.repo import LocalRepository
+from ketch.localrepo import LocalRepository
 from tests.conftest import RunKetch, _subprocess_env
 
 

@@ -20,8 +20,8 @@ from ketch.jobs.configcheck import check_config
 from ketch.jobs.model import BackupSet, Config
 from ketch.jobs.runner import run_jobs
 from ketch.lifecycle.gc import GcRun, collect
+from ketch.localrepo import LocalRepository, init_repository
 from ketch.remote.location import open_location
-from ketch.repo import LocalRepository, init_repository
 from ketch.save import SaveOptions, save
 from tests.conftest import SRC_DIR, RunKetch
 from tests.integrity.parityutil import need_par2, packs, write_data

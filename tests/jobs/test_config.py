@@ -34,7 +34,7 @@ from ketch.jobs.model import (
     Notify,
     Schedule,
 )
-from ketch.repo import init_repository
+from ketch.localrepo import init_repository
 from tests.conftest import RunKetch
 
 FULL = Config(

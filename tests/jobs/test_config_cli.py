@@ -17,7 +17,7 @@ from ketch.jobs.config import load_config
 from ketch.jobs.configinit import DEFAULT_REPOSITORY
 from ketch.jobs.model import Schedule
 from ketch.jobs.schedule import install
-from ketch.repo import init_repository
+from ketch.localrepo import init_repository
 from tests.conftest import RunKetch, _subprocess_env
 from tests.jobs.conftest import InNamespace
 

@@ -28,7 +28,7 @@ from ketch.jobs.drillreport import DRILL_REF, read_reports
 from ketch.jobs.model import Config
 from ketch.jobs.runner import run_jobs
 from ketch.jobs.schedule import install, remove, show
-from ketch.repo import LocalRepository, init_repository
+from ketch.localrepo import LocalRepository, init_repository
 from ketch.vfs import ROOT, VFS
 from tests.conftest import RunKetch, _subprocess_env, in_ci
 from tests.services.mariadb import MariaDBServer

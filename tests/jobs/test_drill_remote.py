@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ketch.jobs.drillreport import read_reports
 from ketch.lifecycle.gc import collect
-from ketch.repo import LocalRepository
+from ketch.localrepo import LocalRepository
 from tests.conftest import RunKetch
 from tests.offsite.conftest import s3_env, s3_server, s3_url  # noqa: F401 - fixtures
 from tests.remote.conftest import sshd  # noqa: F401 - a fixture

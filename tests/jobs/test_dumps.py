@@ -31,8 +31,8 @@ from ketch.jobs.dumps import (
 )
 from ketch.jobs.dumpsave import scrub
 from ketch.jobs.model import DumpSpec
+from ketch.localrepo import LocalRepository, init_repository
 from ketch.progress import NullProgress
-from ketch.repo import LocalRepository, init_repository
 from ketch.stream import HashOnlySink
 from tests.conftest import SRC_DIR, RunBup, RunKetch
 from tests.gitutil import git

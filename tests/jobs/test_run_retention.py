@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ketch.jobs.model import BackupSet, Config, DumpSpec
 from ketch.jobs.runner import run_jobs
-from ketch.repo import init_repository
+from ketch.localrepo import init_repository
 from tests.conftest import RunKetch
 from tests.gitutil import git
 from tests.offsite.conftest import S3Server, s3_env, s3_server, s3_url  # noqa: F401

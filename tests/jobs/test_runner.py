@@ -10,7 +10,7 @@ import pytest
 
 from ketch.jobs.model import BackupSet, Config
 from ketch.jobs.runner import RunLocked, default_lock_path, run_jobs, run_lock
-from ketch.repo import LocalRepository, init_repository
+from ketch.localrepo import LocalRepository, init_repository
 from tests.gitutil import git
 
 

@@ -18,7 +18,7 @@ import pytest
 from ketch.jobs.model import Schedule
 from ketch.jobs.schedule import SERVER_UNIT, render_cron, render_systemd
 from ketch.jobs.serverjob import ServerJob
-from ketch.repo import init_repository
+from ketch.localrepo import init_repository
 from tests.conftest import RunKetch
 from tests.jobs.conftest import InNamespace
 from tests.jobs.test_schedule import PYTHON_ARGV, _cron_jobs, _verify, needs_analyze

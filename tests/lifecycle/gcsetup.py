@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from ketch.git import objects as gobj
-from ketch.repo import LocalRepository
+from ketch.localrepo import LocalRepository
 from tests.conftest import RunBup, RunKetch
 
 DAY = 86400

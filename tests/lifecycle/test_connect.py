@@ -13,8 +13,9 @@ from ketch.errors import KetchError
 from ketch.git import objects as gobj
 from ketch.lease import held_leases
 from ketch.lifecycle.connect import missing_objects
+from ketch.localrepo import LocalRepository, init_repository
 from ketch.remote.location import open_location
-from ketch.repo import LocalRepository, WritableRepository, init_repository
+from ketch.repo import WritableRepository
 
 BRANCH = b"refs/heads/m"
 

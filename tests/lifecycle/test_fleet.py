@@ -22,7 +22,7 @@ from ketch.lifecycle.serverconfig import (
     load_server_config,
     parse_server_config,
 )
-from ketch.repo import LocalRepository, init_repository
+from ketch.localrepo import LocalRepository, init_repository
 from ketch.save import SaveOptions, save
 from tests.conftest import RunKetch
 from tests.gitutil import git

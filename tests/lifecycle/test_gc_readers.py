@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ketch.git import objects as gobj
-from ketch.repo import LocalRepository
+from ketch.localrepo import LocalRepository
 from tests.conftest import RunKetch
 from tests.lifecycle.gcsetup import prune, saved_repo
 

@@ -22,7 +22,7 @@ from ketch.errors import RefNotFound
 from ketch.git import objects as gobj
 from ketch.lifecycle.policy import KeepPolicy
 from ketch.lifecycle.prune import prune
-from ketch.repo import LocalRepository
+from ketch.localrepo import LocalRepository
 from tests.conftest import RunBup, RunKetch, _subprocess_env
 from tests.gitutil import git
 from tests.offsite.conftest import s3_env, s3_server, s3_url  # noqa: F401 - fixtures

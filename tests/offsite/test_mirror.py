@@ -22,6 +22,7 @@ import pytest
 
 from ketch.errors import CorruptObject, KetchError
 from ketch.git.idx import write_idx_v2
+from ketch.localrepo import LocalRepository
 from ketch.offsite.encrypt import EncryptedStore
 from ketch.offsite.keyfile import load_key
 from ketch.offsite.manifest import (
@@ -39,7 +40,7 @@ from ketch.offsite.s3repo import StoreRepository
 from ketch.offsite.store import Advance, DirStore, ObjectStore, Stat
 from ketch.offsite.verify import verify
 from ketch.progress import NullProgress
-from ketch.repo import LocalRepository, ReadOnlyRepository
+from ketch.repo import ReadOnlyRepository
 from ketch.restore import restore
 from ketch.vfs import VFS
 from tests.conftest import SRC_DIR, RunBup, RunKetch

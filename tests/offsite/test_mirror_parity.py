@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 
 from ketch.integrity import parity
+from ketch.localrepo import LocalRepository
 from ketch.offsite.manifest import Manifest, ManifestError, manifest_key, pack_key, read_manifest
 from ketch.offsite.pull import pull
 from ketch.offsite.push import push
 from ketch.offsite.s3 import S3Store
 from ketch.offsite.store import DirStore
 from ketch.offsite.verify import verify
-from ketch.repo import LocalRepository
 from ketch.save import SaveOptions, save
 from tests.integrity.parityutil import need_par2, packs, saved_repo, sha256, write_data
 

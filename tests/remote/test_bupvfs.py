@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from ketch.errors import KetchError
+from ketch.localrepo import LocalRepository
 from ketch.remote.bupitem import BupItem, ResolveError, encode_resolution, read_resolution
 from ketch.remote.bupvfs import resolve_reply
-from ketch.repo import LocalRepository
 from ketch.vfs import VFS
 from ketch.vint import read_bvec, read_vint, read_vuint, write_bvec
 from tests import buputil

@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ketch.errors import KetchError
+from ketch.localrepo import init_repository
 from ketch.remote.protocol import Conn
 from ketch.remote.server import Server, ServerOptions
-from ketch.repo import init_repository
 
 FUZZ = settings(max_examples=60, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow,

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from ketch.integrity.fsck import FsckRun, check_repository
+from ketch.localrepo import LocalRepository, init_repository
 from ketch.remote.location import open_location
-from ketch.repo import AppendOnlyRepository, LocalRepository, init_repository
+from ketch.repo import AppendOnlyRepository
 from tests.conftest import RunKetch
 from tests.remote.test_remote import Machine, build_small_tree
 from tests.remote.test_remote_gc import _append_only, _use

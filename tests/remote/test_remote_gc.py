@@ -19,10 +19,11 @@ from ketch.errors import KetchError
 from ketch.git import objects as gobj
 from ketch.jobs.retention import SERVER_OWNS_IT
 from ketch.lifecycle.gc import GcRun
+from ketch.localrepo import LocalRepository, init_repository
 from ketch.remote.location import open_location
 from ketch.remote.protocol import Conn
 from ketch.remote.server import Server, ServerOptions
-from ketch.repo import AppendOnlyRepository, LocalRepository, init_repository
+from ketch.repo import AppendOnlyRepository
 from tests.conftest import RunKetch
 from tests.gitutil import git
 from tests.remote.test_remote import KETCH_SERVER, Machine, build_small_tree, fsck

@@ -103,7 +103,7 @@ def where(ctx: click.Context, repo_dir: str | None) -> Where:
     configured = _config_repository(config_path)
     if configured:
         return Where(configured, "auto", config_path, config_path)
-    from ketch.repo import default_repo_path
+    from ketch.localrepo import default_repo_path
 
     return Where(default_repo_path(None), "local", "", config_path)
 

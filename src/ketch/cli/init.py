@@ -7,8 +7,8 @@ import click
 
 from ketch.cli.common import open_repo, repo_option, where
 from ketch.errors import NotARepository, UsageError
+from ketch.localrepo import init_repository
 from ketch.remote.location import is_remote
-from ketch.repo import init_repository
 
 
 @click.command("init")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ketch.integrity.fsck import FsckRun
 from ketch.lifecycle.fleet import FleetReport, MachineResult, each_repository
-from ketch.repo import LocalRepository
+from ketch.localrepo import LocalRepository
 from ketch.text import plural
 
 

@@ -38,7 +38,7 @@ from ketch.integrity.packcheck import PackCheck, check_pack
 from ketch.integrity.reach import Reach
 from ketch.lifecycle.gcreport import GcProgress, NullGcProgress
 from ketch.lifecycle.liveset import LiveSet
-from ketch.repo import LocalRepository
+from ketch.localrepo import LocalRepository
 from ketch.text import plural
 
 _WORKERS = 2

@@ -118,7 +118,7 @@ def ensure_repository(location: str) -> str | None:
         return None
     if os.path.exists(location) and (not os.path.isdir(location) or os.listdir(location)):
         return None  # an existing repository, or something `config check` will report
-    from ketch.repo import init_repository
+    from ketch.localrepo import init_repository
 
     init_repository(location)
     return f"Created repository {location}"

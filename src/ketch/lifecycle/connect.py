@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 from ketch.errors import KetchError, ObjectNotFound
 from ketch.git import objects as gobj
-from ketch.repo import LocalRepository, Repository
+from ketch.localrepo import LocalRepository
+from ketch.repo import Repository
 
 _TREE = 0o040000
 _GITLINK = 0o160000

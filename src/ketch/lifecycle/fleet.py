@@ -21,8 +21,8 @@ from ketch.lifecycle.gc import collect
 from ketch.lifecycle.gcreport import GcProgress
 from ketch.lifecycle.prune import PruneReport, prune
 from ketch.lifecycle.serverconfig import ServerConfig
+from ketch.localrepo import LocalRepository
 from ketch.progress import Progress
-from ketch.repo import LocalRepository
 from ketch.text import plural
 
 

@@ -46,7 +46,7 @@ from ketch.lifecycle.rescue import (
     rescue,
 )
 from ketch.lifecycle.sweep import PackUsage, copy_entries, holds_garbage_trees, usage
-from ketch.repo import LocalRepository
+from ketch.localrepo import LocalRepository
 from ketch.text import plural
 
 DEFAULT_WAIT = 3600.0

@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 from ketch.errors import EXIT_FAILED, EXIT_OK, CorruptObject, KetchError
 from ketch.git.durable import AtomicFile
 from ketch.git.refs import Refs
+from ketch.localrepo import LocalRepository, init_repository
 from ketch.offsite.manifest import (
     FileEntry,
     ManifestError,
@@ -34,7 +35,6 @@ from ketch.offsite.manifest import (
 )
 from ketch.offsite.store import Advance, NotFound, ObjectStore
 from ketch.progress import NullProgress, Progress
-from ketch.repo import LocalRepository, init_repository
 
 MARKER = "ketch-pull.incomplete"
 _BLOCK = 8 << 20  # bytes per ranged GET while downloading

@@ -8,8 +8,9 @@ import os
 from typing import Literal
 
 from ketch.errors import UsageError
+from ketch.localrepo import LocalRepository
 from ketch.offsite.store import ObjectStore
-from ketch.repo import LocalRepository, Repository
+from ketch.repo import Repository
 
 Kind = Literal["auto", "local", "remote"]
 
@@ -75,7 +76,7 @@ def open_location(location: str, *, create: bool = False, kind: Kind = "auto",
         return RemoteRepository(parse_remote(location), create=create)
     path = os.path.expanduser(location)
     if create:
-        from ketch.repo import init_repository
+        from ketch.localrepo import init_repository
 
         init_repository(path)
     return LocalRepository(path)

@@ -45,7 +45,7 @@ from ketch.remote.stored import StoredReader, read_request
 
 if TYPE_CHECKING:
     from ketch.git.pack import PackWriter
-    from ketch.repo import LocalRepository
+    from ketch.localrepo import LocalRepository
     from ketch.vfs import VFS
 
 ZERO_HEX = b"0" * 40
@@ -148,7 +148,7 @@ class Server(ServerJobs):
     def _select(self, path: str) -> None:
         if self.suspended is not None:
             raise KetchError("cannot change repository during receive-objects-v2")
-        from ketch.repo import LocalRepository
+        from ketch.localrepo import LocalRepository
 
         repo = LocalRepository(path)
         self._lease.close()
@@ -166,7 +166,7 @@ class Server(ServerJobs):
             if self.root is not None:
                 path = self.root
             else:
-                from ketch.repo import default_repo_path
+                from ketch.localrepo import default_repo_path
 
                 path = self.opts.default_dir or default_repo_path(None)
             self._select(path)
@@ -187,7 +187,7 @@ class Server(ServerJobs):
         self.conn.ok()
 
     def init_dir(self, arg: bytes) -> None:
-        from ketch.repo import init_repository
+        from ketch.localrepo import init_repository
 
         path = self.confine(arg)
         init_repository(path)  # allowed with --append-only: creating removes nothing

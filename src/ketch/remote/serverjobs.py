@@ -17,8 +17,8 @@ from ketch.errors import KetchError
 from ketch.remote.protocol import GC_KEEPALIVE_LINE, Conn
 
 if TYPE_CHECKING:
+    from ketch.localrepo import LocalRepository
     from ketch.remote.server import ServerOptions
-    from ketch.repo import LocalRepository
     from ketch.vfs import VFS
 
 

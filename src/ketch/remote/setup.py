@@ -106,7 +106,7 @@ def setup_client(root: str, name: str, pubkey: str, *, append_only: bool = True,
     _check_reachable(path, who)
     made_root = not os.path.isdir(root)
     os.makedirs(root, exist_ok=True)
-    from ketch.repo import init_repository  # numpy: not for every `ketch server` start
+    from ketch.localrepo import init_repository  # numpy: not for every `ketch server` start
 
     created = init_repository(path)
     if created:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-    from ketch.repo import LocalRepository
+    from ketch.localrepo import LocalRepository
 
 COMMAND = b"cat-stored"
 MAX_BATCH = 4096  # ids per request: 80 KiB, well inside a pipe's buffer
