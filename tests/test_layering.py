@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "vint": 0,
     "text": 0,
     "progress": 0,
+    "forkmsg": 0,  # pickled messages to and from forked children
     "interrupt": 0,  # git/pack.py holds its signals while it writes
     "timeparse": 0,
     "excludes": 0,
@@ -49,6 +50,7 @@ LAYERS: dict[str, int] = {
     # 4: what is done with a repository.
     "save": 4,
     "savepipe": 4,  # big files stored on a worker thread beside save's walk
+    "savefork": 4,  # big files stored by a forked child (its own GIL)
     "savesmall": 4,  # a small file's bytes and metadata in one visit
     "archive": 4,  # where each saved path goes in the archive (strip, graft)
     "snapshot": 4,  # write a tree, commit it, move the branch: save, split and dumps

@@ -60,6 +60,7 @@ class LocalRepository(WritableRepository):
     reads_concurrently = True
     reads_in_forked_processes = True
     reads_are_local = True
+    writes_in_forked_processes = True
 
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
@@ -274,6 +275,10 @@ class LocalRepository(WritableRepository):
         self.index.add_idx(idx_path)
         if self._parity is not None:
             self._unprotected.append(idx_path[: -len(".idx")] + ".pack")
+
+    def adopt_packs(self, idx_paths: list[str]) -> None:
+        for idx in idx_paths:
+            self._on_pack(idx)
 
     def maintain(self) -> None:
         """bup's after-save housekeeping: merge small idx files, refresh the bloom;

@@ -185,6 +185,11 @@ class Repository(ABC):
 class WritableRepository(Repository):
     """A repository that also takes objects (in write sessions) and moves refs."""
 
+    # Whether a process forked from this one may open a write session of its
+    # own through its copy of this object (a save's big-file writer, see
+    # ketch.savefork): not over a shared connection.
+    writes_in_forked_processes = False
+
     def writable(self) -> WritableRepository:
         return self
 
@@ -202,6 +207,11 @@ class WritableRepository(Repository):
         self, name: bytes, new: bytes, old: bytes | None, message: bytes = b""
     ) -> None:
         """Move `name` from `old` (None: must not exist) to `new`, or raise RefConflict."""
+
+    def adopt_packs(self, idx_paths: list[str]) -> None:  # noqa: B027 - nothing to learn
+        """Packs a forked process wrote into this repository for this process's
+        session (`writes_in_forked_processes`): looked up and protected from now
+        on as if written here."""
 
     def maintain(self) -> None:  # noqa: B027 - a backend that keeps itself tidy
         """Housekeeping after a snapshot (bup merges small idx files)."""

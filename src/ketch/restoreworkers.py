@@ -19,16 +19,16 @@ from this process's own children.
 from __future__ import annotations
 
 import os
-import pickle
 import selectors
 import signal
 import socket
-import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from ketch.errors import CorruptObject, KetchError
+from ketch.forkmsg import recv as _recv
+from ketch.forkmsg import send as _send
 from ketch.progress import NullProgress
 from ketch.repo import Repository
 from ketch.restorefile import ContentError, FileJob
@@ -43,11 +43,6 @@ _Unit = tuple[int, bytes, int, int]
 # A file's outcome: (its places in the batch, furthest byte placed, furthest
 # byte written, error or None).
 _Outcome = tuple[int, int, int, tuple[str, int, str] | None]
-
-_LEN = struct.Struct("!Q")
-# Linux takes at most 253 descriptors in one message.
-_FDS_PER_MESSAGE = 200
-
 
 class WorkerDied(KetchError):
     """A restore worker stopped without reporting its batch."""
@@ -72,48 +67,6 @@ def rebuild_error(err: tuple[str, int, str]) -> Exception:
     if kind == "corrupt":
         return CorruptObject(msg)
     return KetchError(msg)
-
-
-def _send(sock: socket.socket, obj: object, fds: Sequence[int] = ()) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    groups = [list(fds[i : i + _FDS_PER_MESSAGE]) for i in range(0, len(fds), _FDS_PER_MESSAGE)]
-    head = _LEN.pack(len(data)) + struct.pack("!I", len(groups))
-    socket.send_fds(sock, [head], groups[0] if groups else [])
-    for g in groups[1:]:
-        socket.send_fds(sock, [b"+"], g)
-    sock.sendall(data)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    parts: list[bytes] = []
-    while n:
-        got = sock.recv(min(n, 1 << 20))
-        if not got:
-            return None
-        parts.append(got)
-        n -= len(got)
-    return b"".join(parts)
-
-
-def _recv(sock: socket.socket) -> tuple[object, list[int]] | None:
-    """(object, descriptors), or None at the end of the stream."""
-    head, fds, _, _ = socket.recv_fds(sock, _LEN.size + 4, _FDS_PER_MESSAGE)
-    if not head:
-        return None
-    if len(head) < _LEN.size + 4:
-        rest = _recv_exact(sock, _LEN.size + 4 - len(head))
-        if rest is None:
-            return None
-        head += rest
-    (size,) = _LEN.unpack_from(head)
-    (groups,) = struct.unpack_from("!I", head, _LEN.size)
-    for _ in range(max(0, groups - 1)):
-        _, more, _, _ = socket.recv_fds(sock, 1, _FDS_PER_MESSAGE)
-        fds.extend(more)
-    data = _recv_exact(sock, size)
-    if data is None:
-        return None
-    return pickle.loads(data), fds
 
 
 def _serve(sock: socket.socket, repo: Repository) -> None:

@@ -35,6 +35,7 @@ from ketch.interrupt import stop_signals
 from ketch.metadata import EMPTY_RECORD, Metadata
 from ketch.progress import NullProgress, Progress
 from ketch.repo import ObjectWriter, Repository, WritableRepository
+from ketch.savefork import ForkedBigFiles, big_files_for
 from ketch.savepipe import BigFiles, DirBuild, Later, Stored, store_file
 from ketch.savesmall import read_small
 from ketch.snapshot import write_snapshot
@@ -93,7 +94,7 @@ class SaveResult:
 class _Saver:
     def __init__(self, repo: Repository, w: ObjectWriter, index: Index | None,
                  opts: SaveOptions, progress: Progress, result: SaveResult,
-                 big: BigFiles | None = None) -> None:
+                 big: BigFiles | ForkedBigFiles | None = None) -> None:
         self.repo = repo
         self.big = big
         self.w = w
@@ -463,7 +464,7 @@ def _save(repo: WritableRepository, opts: SaveOptions, index: Index | None,
         index.only_stored(repo.has_many)
 
     def build(w: ObjectWriter) -> bytes:
-        big = BigFiles(w, progress) if opts.pipeline else None
+        big = big_files_for(repo, w, progress, opts.level) if opts.pipeline else None
         try:
             result.tree = _Saver(repo, w, index, opts, progress, result, big).node(top)
         finally:

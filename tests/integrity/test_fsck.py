@@ -82,7 +82,10 @@ def test_clean_repository_exit_0_and_git_agrees(repo: Path, run_ketch: RunKetch)
     quick = run_ketch("fsck", "-d", repo, "--quick", "--json")
     report = json.loads(quick.stdout)
     assert quick.returncode == 0 and report["ok"] and report["quick"] and report["refs"] == 1
-    assert _fsck(repo, read_data=50)["packs_read"] == 1  # half of the 2 packs, at random
+    packs = len(list((repo / "objects" / "pack").glob("*.pack")))
+    assert packs >= 2
+    # Half the packs (rounded up), at random.
+    assert _fsck(repo, read_data=50)["packs_read"] == (packs + 1) // 2
 
 
 def test_flipped_byte_names_file_pack_and_offset(repo: Path, run_ketch: RunKetch) -> None:
@@ -188,7 +191,7 @@ def test_read_data_finds_what_the_crc_misses(repo: Path) -> None:
     assert f"offset {entry}" not in plain  # only the pack's checksum disagrees
     deep = _fsck(repo, read_data=100)
     assert f"{pack.name} damaged at offset {entry}" in _messages(deep)
-    assert deep["packs_read"] == 2
+    assert deep["packs_read"] == len(list((repo / "objects" / "pack").glob("*.pack")))
 
 
 def test_json_shape(repo: Path, run_ketch: RunKetch) -> None:

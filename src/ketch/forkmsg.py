@@ -1,0 +1,57 @@
+"""Messages between a process and the children it forked (a restore's workers,
+a save's big-file writer): a pickled object, framed by its length, with file
+descriptors passed alongside (SCM_RIGHTS). Only for a process's own children:
+unpickling runs code, so nothing from another machine comes this way."""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import struct
+from collections.abc import Sequence
+
+_LEN = struct.Struct("!Q")
+# Linux takes at most 253 descriptors in one message.
+_FDS_PER_MESSAGE = 200
+
+
+def send(sock: socket.socket, obj: object, fds: Sequence[int] = ()) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    groups = [list(fds[i : i + _FDS_PER_MESSAGE]) for i in range(0, len(fds), _FDS_PER_MESSAGE)]
+    head = _LEN.pack(len(data)) + struct.pack("!I", len(groups))
+    socket.send_fds(sock, [head], groups[0] if groups else [])
+    for g in groups[1:]:
+        socket.send_fds(sock, [b"+"], g)
+    sock.sendall(data)
+
+
+def _exact(sock: socket.socket, n: int) -> bytes | None:
+    parts: list[bytes] = []
+    while n:
+        got = sock.recv(min(n, 1 << 20))
+        if not got:
+            return None
+        parts.append(got)
+        n -= len(got)
+    return b"".join(parts)
+
+
+def recv(sock: socket.socket) -> tuple[object, list[int]] | None:
+    """(object, descriptors), or None at the end of the stream."""
+    head, fds, _, _ = socket.recv_fds(sock, _LEN.size + 4, _FDS_PER_MESSAGE)
+    if not head:
+        return None
+    if len(head) < _LEN.size + 4:
+        rest = _exact(sock, _LEN.size + 4 - len(head))
+        if rest is None:
+            return None
+        head += rest
+    (size,) = _LEN.unpack_from(head)
+    (groups,) = struct.unpack_from("!I", head, _LEN.size)
+    for _ in range(max(0, groups - 1)):
+        _, more, _, _ = socket.recv_fds(sock, 1, _FDS_PER_MESSAGE)
+        fds.extend(more)
+    data = _exact(sock, size)
+    if data is None:
+        return None
+    return pickle.loads(data), fds
