@@ -68,9 +68,11 @@ def measure_steps(
     steps: list[tuple[str, list[str]]], env: dict[str, str], cwd: Path | None = None
 ) -> tuple[Measure, dict[str, float], str]:
     """Run the commands in turn (all of them, even after a failure): total
-    seconds and CPU seconds, max peak RSS, seconds per step, and the failures."""
+    seconds and CPU seconds, max peak RSS and tree PSS, seconds per step, and
+    the failures."""
     parts: dict[str, float] = {}
     rss: list[int] = []
+    pss: list[int] = []
     cpu: list[float | None] = []
     failures: list[str] = []
     code = 0
@@ -82,12 +84,15 @@ def measure_steps(
         cpu.append(m.cpu_seconds)
         if m.max_rss_kib is not None:
             rss.append(m.max_rss_kib)
+        if m.tree_pss_kib is not None:
+            pss.append(m.tree_pss_kib)
         if m.returncode != 0:
             failures.append(f"{label}: {failure(m)}")
             code = code or m.returncode
         out, err = out + m.stdout, err + m.stderr
     total_cpu = None if None in cpu else round(sum(c or 0.0 for c in cpu), 2)
-    total = Measure(sum(parts.values()), max(rss, default=None), code, out, err, total_cpu)
+    total = Measure(sum(parts.values()), max(rss, default=None), code, out, err, total_cpu,
+                    max(pss, default=None))
     return total, parts, "; ".join(failures)
 
 
@@ -156,6 +161,7 @@ def cycle_row(
         repo_growth=growth,
         parts=parts,
         cpu_seconds=m.cpu_seconds,
+        tree_pss_kib=m.tree_pss_kib,
     )
 
 
@@ -268,11 +274,12 @@ def _fresh_states(ctx: Context, peers: list[Peer], name: str) -> list[CycleState
 
 def _median_row(rows: list[Row]) -> Row:
     """The last of the runs (its repository goes on), with the median of their
-    seconds and CPU, the highest peak RSS, and every run's seconds."""
+    seconds and CPU, the highest peak RSS and tree PSS, and every run's seconds."""
     last = rows[-1]
     seconds = statistics.median(r.seconds for r in rows)
     cpus = [r.cpu_seconds for r in rows if r.cpu_seconds is not None]
     rss = [r.max_rss_kib for r in rows if r.max_rss_kib is not None]
+    pss = [r.tree_pss_kib for r in rows if r.tree_pss_kib is not None]
     notes = [f"run {i}: {r.note}" for i, r in enumerate(rows, 1) if r.note]
     trees = {r.tree for r in rows}
     if len(trees) > 1:
@@ -283,6 +290,7 @@ def _median_row(rows: list[Row]) -> Row:
         mb_per_s=round(last.bytes_in / MB / seconds, 2) if seconds > 0 else 0.0,
         cpu_seconds=round(statistics.median(cpus), 2) if len(cpus) == len(rows) else None,
         max_rss_kib=max(rss, default=None),
+        tree_pss_kib=max(pss, default=None),
         parts={k: round(statistics.median(r.parts.get(k, 0.0) for r in rows), 3)
                for k in last.parts},
         runs=[r.seconds for r in rows],

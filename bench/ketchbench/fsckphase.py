@@ -26,7 +26,7 @@ def _row(tool: str, item: str, nbytes: int, cmd: list[str], env: dict[str, str],
     return Row(phase=FSCK, tool=tool, item=item, bytes_in=nbytes, seconds=round(m.seconds, 3),
                mb_per_s=round(nbytes / MB / m.seconds, 2), max_rss_kib=m.max_rss_kib,
                repo_bytes=repo_bytes(repo), tree=None, ok=ok, note=note,
-               cpu_seconds=m.cpu_seconds)
+               cpu_seconds=m.cpu_seconds, tree_pss_kib=m.tree_pss_kib)
 
 
 def _checks(peer: Peer, repo: Path) -> list[tuple[str, list[str]]]:

@@ -3,7 +3,7 @@ and reclaim the space; ketch beside bup, restic and borg on the same days.
 
 For each tool, on the same states of one tree (ketchbench.daily), each save
 dated its day: the 60 saves (timed, for the record), then the policy applied
-and the space reclaimed, each step timed with its peak RSS and the repository
+and the space reclaimed, each step timed with its peak RSS (tree) and the repository
 size (du) before and after; then the days each tool kept (a warning when the
 tools disagree, or ketch disagrees with the issue's rule), and, replaying the
 same days, a fresh repository per tool holding only the days it kept. Every
@@ -21,7 +21,18 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ketchbench.common import MB, RSS_LIMIT_MB, Context, Measure, Row, log, repo_bytes
+from ketchbench.common import (
+    MB,
+    PEAK_LABEL,
+    PEAK_NOTE,
+    RSS_LIMIT_MB,
+    Context,
+    Measure,
+    Row,
+    log,
+    peak_kib,
+    repo_bytes,
+)
 from ketchbench.cycle import measure_steps
 from ketchbench.daily import DailyCorpus
 from ketchbench.peers import NAME, POLICY, POLICY_TEXT, Peer, Step, make_peers
@@ -48,6 +59,7 @@ class Run:
     kept: list[int] = field(default_factory=list)
     fresh_seconds: float = 0.0
     fresh_rss: int | None = None
+    fresh_pss: int | None = None
     verified: list[str] = field(default_factory=list)  # ketch: problems of its restores
     fsck: str | None = None
     gc_report: object = None  # ketch gc --json
@@ -188,6 +200,7 @@ def _fresh(ctx: Context, runs: list[Run], data: Path) -> None:
             m, _, note = _steps(run, run.peer.save(run.fresh, data, day))
             run.fresh_seconds += m.seconds
             run.fresh_rss = _rss(m, Measure(0, run.fresh_rss, 0, b"", b""))
+            run.fresh_pss = _pss(m, Measure(0, None, 0, b"", b"", tree_pss_kib=run.fresh_pss))
             if note:
                 run.failures.append(f"fresh, day {day}: {note}")
             if run.name == "ketch":
@@ -209,25 +222,32 @@ def _rss(*ms: Measure | None) -> int | None:
     return max(vals, default=None)
 
 
+def _pss(*ms: Measure | None) -> int | None:
+    vals = [m.tree_pss_kib for m in ms if m is not None and m.tree_pss_kib is not None]
+    return max(vals, default=None)
+
+
 def _rows(run: Run, data_bytes: int, days: int) -> list[Row]:
-    def row(step: str, seconds: float, rss: int | None, size: int, before: int | None,
-            parts: dict[str, float], note: str = "", bytes_in: int = 0) -> Row:
+    def row(step: str, seconds: float, rss: tuple[int | None, int | None], size: int,
+            before: int | None, parts: dict[str, float], note: str = "",
+            bytes_in: int = 0) -> Row:
         return Row(phase=f"{LIFECYCLE}:{step}", tool=run.name, item=f"{days} days",
                    bytes_in=bytes_in, seconds=round(seconds, 3),
                    mb_per_s=round(bytes_in / MB / seconds, 2) if bytes_in and seconds else 0.0,
-                   max_rss_kib=rss, repo_bytes=size, tree=None, ok=not note, note=note,
-                   repo_growth=None if before is None else size - before, parts=parts)
+                   max_rss_kib=rss[0], repo_bytes=size, tree=None, ok=not note, note=note,
+                   repo_growth=None if before is None else size - before, parts=parts,
+                   tree_pss_kib=rss[1])
 
     saves = sum(m.seconds for m in run.saves)
     save_fail = "; ".join(f for f in run.failures if f.startswith("day "))[:300]
-    rows = [row("saves", saves, _rss(*run.saves), run.size["saved"], None, run.parts,
-                save_fail, data_bytes)]
+    rows = [row("saves", saves, (_rss(*run.saves), _pss(*run.saves)), run.size["saved"], None,
+                run.parts, save_fail, data_bytes)]
     before = run.size["saved"]
     for step, size_key in (("prune", "pruned"), ("gc", "collected")):
         if step in run.steps:
             m, parts, note = run.steps[step]
-            rows.append(row(step, m.seconds, m.max_rss_kib, run.size[size_key], before, parts,
-                            note))
+            rows.append(row(step, m.seconds, (m.max_rss_kib, m.tree_pss_kib), run.size[size_key],
+                            before, parts, note))
             before = run.size[size_key]
     measured = [run.steps[s] for s in ("prune", "gc") if s in run.steps]
     notes = [n for _, _, n in measured if n]
@@ -237,15 +257,16 @@ def _rows(run: Run, data_bytes: int, days: int) -> list[Row]:
     if run.fsck not in (None, "clean"):
         notes.append(f"git fsck: {run.fsck}")
     total = row("prune+gc", sum(m.seconds for m, _, _ in measured),
-                _rss(*(m for m, _, _ in measured)), run.size["collected"], run.size["saved"],
+                (_rss(*(m for m, _, _ in measured)), _pss(*(m for m, _, _ in measured))),
+                run.size["collected"], run.size["saved"],
                 {k: v for _, parts, _ in measured for k, v in parts.items()}, "; ".join(notes))
     if run.name == "ketch":
         total.verified = f"{len(run.kept)} kept saves restored, " + (
             "identical" if not run.verified else f"{len(run.verified)} differences"
         ) + f"; fsck {run.fsck}"
     fresh_fail = "; ".join(f for f in run.failures if f.startswith("fresh"))[:300]
-    rows += [total, row("fresh", run.fresh_seconds, run.fresh_rss, run.size["fresh"], None, {},
-                        fresh_fail)]
+    rows += [total, row("fresh", run.fresh_seconds, (run.fresh_rss, run.fresh_pss),
+                        run.size["fresh"], None, {}, fresh_fail)]
     return rows
 
 
@@ -320,8 +341,9 @@ def targets(rows: list[Row], ketch: Run | None) -> list[dict[str, object]]:
         _ratio(k and k.seconds, bup and bup.seconds), BUP_TIME)
     add("prune + gc time ≤ restic's", k, restic,
         _ratio(k and k.seconds, restic and restic.seconds), RESTIC_TIME)
-    rss = None if k is None or k.max_rss_kib is None else round(k.max_rss_kib * 1024 / MB, 1)
-    add(f"ketch's peak RSS ≤{RSS_LIMIT_MB:g} MB", k, k, rss, RSS_LIMIT_MB)
+    peak = None if k is None else k.peak_kib
+    rss = None if peak is None else round(peak * 1024 / MB, 1)
+    add(f"ketch's {PEAK_LABEL} ≤{RSS_LIMIT_MB:g} MB", k, k, rss, RSS_LIMIT_MB)
     if k is not None and ketch is not None:
         out.append({"target": "no save lost: every kept save restores, fsck clean",
                     "value": k.verified, "met": not ketch.verified and ketch.fsck == "clean"})
@@ -337,22 +359,25 @@ def summary(ctx: Context, runs: list[Run], rows: list[Row],
         total = _total(rows, run.name)
         assert total is not None
         steps = {s: {"seconds": round(m.seconds, 3), "max_rss_kib": m.max_rss_kib,
-                     "ok": not note} for s, (m, _, note) in run.steps.items()}
+                     "tree_pss_kib": m.tree_pss_kib, "ok": not note}
+                 for s, (m, _, note) in run.steps.items()}
         tools[run.name] = {
             "how": run.peer.how,
             "saves_seconds": round(sum(m.seconds for m in run.saves), 3),
             "saves_max_rss_kib": _rss(*run.saves),
+            "saves_tree_pss_kib": _pss(*run.saves),
             "steps": steps,
             "prune_gc_seconds": total.seconds,
             "prune_gc_max_rss_kib": total.max_rss_kib,
+            "prune_gc_tree_pss_kib": total.tree_pss_kib,
             "repo_bytes": dict(run.size),
             "vs_fresh": _ratio(run.size["collected"], run.size["fresh"]),
             "kept": len(run.kept),
             "kept_days": run.kept,  # 0: the first day
             "kept_dates": [_date(d) for d in run.kept],
             "ketch_time_ratio": None if ketch is None else _ratio(ketch.seconds, total.seconds),
-            "ketch_rss_ratio": None if ketch is None else _ratio(ketch.max_rss_kib,
-                                                                 total.max_rss_kib),
+            "ketch_rss_ratio": None if ketch is None else _ratio(ketch.peak_kib,
+                                                                 total.peak_kib),
             "ok": total.ok,
         }
         if run.gc_report is not None:
@@ -374,8 +399,12 @@ def _mb(n: object) -> str:
 
 
 def _rss_mb(step: dict[str, object] | None) -> str:
-    kib = None if step is None else step["max_rss_kib"]
-    return _mb(kib * 1024) if isinstance(kib, int) else "-"
+    """The step's PEAK_LABEL (peak_kib), MB."""
+    if step is None:
+        return "-"
+    rss, pss = step["max_rss_kib"], step.get("tree_pss_kib")
+    kib = peak_kib(rss if isinstance(rss, int) else None, pss if isinstance(pss, int) else None)
+    return "-" if kib is None else _mb(kib * 1024)
 
 
 def _x(v: object) -> str:
@@ -384,8 +413,8 @@ def _x(v: object) -> str:
 
 def summary_table(info: dict[str, object]) -> tuple[str, list[str], list[list[str]], str]:
     """(title, headers, body, caption) of the summary, for report.print_table."""
-    headers = ["tool", "saves s", "prune s", "gc s", "prune+gc s", "prune RSS MB", "gc RSS MB",
-               "repo MB",
+    headers = ["tool", "saves s", "prune s", "gc s", "prune+gc s", f"prune {PEAK_LABEL} MB",
+               f"gc {PEAK_LABEL} MB", "repo MB",
                "pruned MB", "gc MB", "fresh MB", "gc/fresh", "kept", "ketch/tool time",
                "ketch/tool RSS"]
     body = []
@@ -409,7 +438,7 @@ def summary_table(info: dict[str, object]) -> tuple[str, list[str], list[list[st
         marks.append(f"{mark} {tg['target']}: {shown}")
     warnings = info["warnings"]
     assert isinstance(warnings, list)
-    caption = "\n".join([*marks, *(f"warning: {w}" for w in warnings)])
+    caption = "\n".join([*marks, PEAK_NOTE, *(f"warning: {w}" for w in warnings)])
     title = (f"{LIFECYCLE}: {info['days']} daily saves, then keep {POLICY_TEXT}; prune + gc "
              f"(restic: forget --prune, one command) — scale {info['scale']:g}")
     return title, headers, body, caption

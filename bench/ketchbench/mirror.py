@@ -273,6 +273,7 @@ def _mirror_row(phase: str, tool: str, item: str, bytes_in: int, m: Measure) -> 
         tree=None,
         ok=not note,
         note=note,
+        tree_pss_kib=m.tree_pss_kib,
     )
 
 
