@@ -74,8 +74,10 @@ bench/ketchbench/ (what they share: common.py), listed in PHASES:
   --read-data`` and ``borg check --verify-data`` (ketchbench/fsckphase.py).
   Targets: ``--read-data`` ≥ 0.8× cat's MB/s, peak RSS ≤ 150 MB, ``--quick`` ≤ 2 s.
 
-Every command runs under ``/usr/bin/time`` for its own peak RSS and CPU time
-(user + system). The page cache is warm for the saves: DATA is read once
+Every command runs under ``/usr/bin/time`` for its CPU time (user + system)
+and its largest process's peak RSS, while a thread sums the PSS of its whole
+process tree every 50 ms; memory targets are judged on "peak RSS (tree)", the
+larger of the two, so that forked workers count together. The page cache is warm for the saves: DATA is read once
 before timing (and again after the day's changes), and ``sync`` runs before
 every measured step; the cycle's restores start with it dropped. ketch's
 modules are byte-compiled first, and PYTHONDONTWRITEBYTECODE is not passed on. Rows of the same (phase, item)
@@ -329,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
             RATIO_HEADERS,
             [fmt_ratio(x) for x in rat],
             caption=(
-                "RSS target: ketch's own peak (the client's, remotely). Remote traffic: "
+                "RSS target: ketch's peak RSS (tree), its processes together (the "
+                "client's, remotely). Remote traffic: "
                 "ketch's count (save --json bytes_sent + bytes_received); wire MB: on the "
                 "wire, from ssh -v. Mirror traffic: push --json uploaded_bytes, restore: "
                 "ketch's own count; wire MB and the download target: at a relay in front "
