@@ -147,7 +147,10 @@ def test_interrupted_save_keeps_its_packs_and_index(
           f"{at / MB:.0f} MB, stopped in {stop:.1f} s, kept {kept / MB:.0f} MB; re-run read "
           f"{stats['bytes_read'] / MB:.0f} MB, wrote {stats['bytes_new'] / MB:.0f} MB")
     assert stats["bytes_new"] < 0.7 * total
-    assert stats["bytes_read"] < 0.7 * total
+    # Read again: what was never stored, and the files being stored when the
+    # signal came (a save stores big files first, on two threads: the large
+    # one and a medium one), whose finished chunks are not written again.
+    assert stats["bytes_read"] <= total - kept + 126 * MB
 
 
 def test_killed_save_leaves_a_usable_repository(

@@ -32,13 +32,17 @@ def src(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "big-text").write_bytes(b"".join(b"row %d\n" % i for i in range(600_000)))
     for i in range(30):
         (root / "d" / f"small{i}").write_bytes(os.urandom(i * 100))
-    # Atimes ahead of ctimes: reading moves none (relatime), so both saves
-    # see the same metadata.
+    _atimes_ahead(root)
+    return root
+
+
+def _atimes_ahead(root: Path) -> None:
+    """Atimes ahead of ctimes: reading moves none (relatime), so two saves see
+    the same metadata."""
     later = time.time_ns() + 86400 * 10**9
     for dirpath, _, names in os.walk(root):
         for p in [dirpath, *(os.path.join(dirpath, n) for n in names)]:
             os.utime(p, ns=(later, 1_600_000_000 * 10**9))
-    return root
 
 
 def _save(repo_dir: Path, src: Path) -> SaveResult:
@@ -58,6 +62,7 @@ def _packs(repo_dir: Path) -> dict[str, set[str]]:
 
 def test_child_writes_the_big_files_and_the_save_counts_them(
         src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(savefork, "_FORK_AT", 0)  # a child from the first big file
     forked = _save(tmp_path / "fork", src)
     monkeypatch.setenv("KETCH_SAVE_FORK", "0")
     threads = _save(tmp_path / "threads", src)
@@ -87,11 +92,42 @@ def test_where_fork_fails_threads_store_the_big_files(
     def refuse() -> int:
         raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
 
+    monkeypatch.setattr(savefork, "_FORK_AT", 0)
     monkeypatch.setattr(savefork.os, "fork", refuse)
     got = _save(tmp_path / "r", src)
     assert got.warnings == []
     assert len(_packs(tmp_path / "r")) == 1
     git(tmp_path / "r", "fsck", "--strict", "--no-dangling")
+
+
+def test_a_save_with_few_big_bytes_forks_nothing(src: Path, tmp_path: Path) -> None:
+    """11 MB of big files: threads store them, into the save's one pack."""
+    got = _save(tmp_path / "r", src)
+    assert got.warnings == []
+    assert len(_packs(tmp_path / "r")) == 1
+    git(tmp_path / "r", "fsck", "--strict", "--no-dangling")
+
+
+def test_threads_then_a_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first big files on threads, the rest in a child: one save, both
+    packs, the same tree as threads alone."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"big{i}").write_bytes(os.urandom(2 * MB + i))
+    _atimes_ahead(src)
+    monkeypatch.setattr(savefork, "_FORK_AT", 5 * MB)
+    both = _save(tmp_path / "both", src)
+    monkeypatch.setenv("KETCH_SAVE_FORK", "0")
+    threads = _save(tmp_path / "threads", src)
+    assert both.warnings == threads.warnings == []
+    spec = f"t:{str(src).lstrip('/')}"
+    assert (git(tmp_path / "both", "rev-parse", spec)
+            == git(tmp_path / "threads", "rev-parse", spec))
+    packs = _packs(tmp_path / "both")
+    assert len(packs) == 2
+    assert both.objects_new == sum(len(ids) for ids in packs.values())
+    git(tmp_path / "both", "fsck", "--strict", "--no-dangling")
 
 
 def _children(pid: int) -> list[int]:

@@ -308,6 +308,7 @@ class _Saver:
         base = path + b"/" if not path.endswith(b"/") else path
         lstat = os.lstat
         known = d.known
+        subdirs: list[tuple[bytes, bytes, os.stat_result, Entry | None]] = []
         for name in names:
             child = base + name
             try:
@@ -332,12 +333,16 @@ class _Saver:
                     continue
                 self.add_nondir(d, child, name, cst, ent)
             elif not rules.one_file_system or cst.st_dev == dev:
-                sub, same = self.directory(child, cst, rules, dev, ent)
-                d.unchanged &= same
-                if isinstance(sub, Later):
-                    d.later_dirs.append((name, sub))
-                elif sub is not None:
-                    d.entries.append(gobj.TreeEntry(gobj.MODE_TREE, mangle(name, False), sub))
+                subdirs.append((child, name, cst, ent))
+        # Subdirectories after the files: the big files here are being stored
+        # (by the save's child) while the walk goes down.
+        for child, name, cst, ent in subdirs:
+            sub, same = self.directory(child, cst, rules, dev, ent)
+            d.unchanged &= same
+            if isinstance(sub, Later):
+                d.later_dirs.append((name, sub))
+            elif sub is not None:
+                d.entries.append(gobj.TreeEntry(gobj.MODE_TREE, mangle(name, False), sub))
         self.store_small(d.small, d.entries, d.records)
         d.unchanged = d.unchanged and d.seen == len(d.known)
         self.result.files += len(d.reused)

@@ -7,8 +7,10 @@ of chunks) are both Python: under one GIL the benchmark's first save ran at
 its own GIL and its own write session (its own packs), and the walk goes on
 in the save's process.
 
-- The child is forked at the first big file, so a save with none (a no-change
-  save) pays nothing.
+- The child is forked once the big files handed over reach `_FORK_AT` bytes
+  (one VM image, a database dump): the first ones go to `BigFiles`' threads.
+  A save with little to store (a no-change save, most daily saves) pays
+  neither the fork nor the child's memory, and writes one pack, not two.
 - It gets (path, stat) and answers with what `store_file` gave (`Stored`),
   and with the bytes it has read, for the progress meter.
 - `close()` asks it to finish: its packs are durable before `close()` returns,
@@ -40,6 +42,14 @@ from ketch.interrupt import held
 from ketch.progress import Progress
 from ketch.repo import ObjectWriter, WritableRepository
 from ketch.savepipe import _IN_FLIGHT, BigFiles, Stored
+
+# Bytes of big files after which a child stores the rest: below it, what a
+# child saves (a few seconds of a core at most) does not pay for its pack and
+# its ~30 MB.
+_FORK_AT = 64 << 20
+
+
+_CHILD_NICE = 5
 
 
 class WriterDied(KetchError):
@@ -158,7 +168,10 @@ class ForkedBigFiles:
         self._pid = 0
         self._sock: socket.socket | None = None
         self._reader: threading.Thread | None = None
-        self._threads: BigFiles | None = None  # where fork failed
+        # The first big files, and all of them where fork failed.
+        self._threads: BigFiles | None = None
+        self._handed = 0  # bytes of big files handed over so far
+        self._refused = False
         self._end: tuple[list[str], int, int] | None = None
         self._failure: Exception | None = None
 
@@ -166,10 +179,10 @@ class ForkedBigFiles:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             pid = os.fork()
-        except OSError:
+        except OSError:  # a process limit: the threads store the rest too
             parent.close()
             child.close()
-            self._threads = BigFiles(self._w, self._progress)
+            self._refused = True
             return
         if pid == 0:
             code = 2
@@ -177,6 +190,11 @@ class ForkedBigFiles:
                 parent.close()
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                # The walk first: its core is what the save waits on, while
+                # the child's threads would take both (set before they start,
+                # so they inherit it).
+                with contextlib.suppress(OSError):
+                    os.nice(_CHILD_NICE)
                 code = _child(child, self._repo, self._level)
             except BaseException:
                 code = 2
@@ -222,11 +240,13 @@ class ForkedBigFiles:
             fut.set_exception(WriterDied("the save's big-file process stopped"))
 
     def submit(self, path: bytes, st: os.stat_result) -> Future[Stored]:
-        if self._sock is None and self._threads is None:
+        self._handed += st.st_size
+        if self._sock is None and not self._refused and self._handed >= _FORK_AT:
             self._start()
-        if self._threads is not None:
+        if self._sock is None:
+            if self._threads is None:
+                self._threads = BigFiles(self._w, self._progress)
             return self._threads.submit(path, st)
-        assert self._sock is not None
         self._room.acquire()
         fut: Future[Stored] = Future()
         with self._lock:
@@ -245,11 +265,15 @@ class ForkedBigFiles:
     def close(self) -> None:
         """Have the child finish its packs and wait for it (what it was storing
         is left unfinished); its packs become this session's."""
-        if self._threads is not None:
-            self._threads.close()
-            return
-        if self._sock is None:
-            return
+        try:
+            if self._threads is not None:
+                self._threads.close()
+        finally:
+            if self._sock is not None:
+                self._finish()
+
+    def _finish(self) -> None:
+        assert self._sock is not None
         with held():
             with contextlib.suppress(OSError):
                 send(self._sock, "finish")
