@@ -46,3 +46,32 @@ def test_stale_idx_removed_by_another_client_first(sshd: SshServer, run_ketch: R
         assert r.has_many([b"\x01" * 20]) == [False]
     finally:
         r.close()
+
+
+def test_idx_removed_on_the_server_after_its_listing(sshd: SshServer, run_ketch: RunKetch,
+                                                     tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """gc removed a pack between the client's `list-indexes` and its
+    `send-index` (seen in CI as a save failing with the server's `...idx: No
+    such file or directory` in test_gc_concurrent): nothing to cache, and the
+    session goes on."""
+    m = Machine.new(sshd, "gonerace")
+    repo = tmp_path / "server" / "repo"
+    url = m.url(repo)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.txt").write_bytes(b"hello\n")
+    run_ketch("init", "-r", url, env=m.env, check=True)
+    run_ketch("save", "-r", url, "-n", "t", "-q", tree, env=m.env, check=True)
+    for key, value in m.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PYTHONPATH", _subprocess_env(None)["PYTHONPATH"])
+    r = RemoteRepository(parse_remote(url), cache_root=str(tmp_path / "cache"))
+    try:
+        gone = "pack-" + "1" * 40 + ".idx"
+        r.fetch_index(gone)
+        assert not os.path.exists(os.path.join(r.cache_dir, gone))
+        head = r.read_ref(b"refs/heads/t")
+        assert head is not None and r.has_many([head]) == [True]
+    finally:
+        r.close()

@@ -30,6 +30,7 @@ from ketch.git.refs import check_ref_name
 from ketch.remote import stored
 from ketch.remote.protocol import (
     GC_KEEPALIVE_LINE,
+    GONE,
     IDX_NAME,
     SUSPEND,
     Conn,
@@ -127,7 +128,14 @@ class RemoteRepository(ObjectReader, WritableRepository):
             return
         self.conn.write(b"send-index " + name.encode() + b"\n")
         if self.conn.peek(7) == b"\nerror ":  # no idx starts so (they start \377tOc)
-            self.client.check_ok()
+            try:
+                self.conn.check_ok()
+            except RemoteError as e:
+                if str(e).startswith(GONE):
+                    return  # removed by a gc since listed: nothing to learn from it
+                raise KetchError(f"server: {e}") from None
+            except ConnectionLost as e:
+                raise self.client._lost(e) from None
         n = self.client.read_u32()
         with AtomicFile(path) as f:
             left = n

@@ -34,6 +34,11 @@ class RemoteError(KetchError):
     """The peer answered a command with `error MESSAGE`."""
 
 
+# How `send-index` says that the idx asked for is gone (gc removed its pack
+# since `list-indexes`): the client caches nothing and goes on.
+GONE = "gone: "
+
+
 class ConnectionLost(ProtocolError):
     """End of stream where more was expected."""
 

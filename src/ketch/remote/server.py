@@ -32,6 +32,7 @@ from ketch.git import objects as gobj
 from ketch.git.deflate import crc32
 from ketch.git.refnames import check_ref_name
 from ketch.remote.protocol import (
+    GONE,
     IDX_NAME,
     SUSPEND,
     Conn,
@@ -220,8 +221,13 @@ class Server(ServerJobs):
         name = os.fsdecode(arg)
         if not IDX_NAME.fullmatch(arg):
             raise Refused(f"bad index name: {shown(arg)}")
-        with open(os.path.join(repo.pack_dir, name), "rb") as f:
-            data = f.read()
+        try:
+            with open(os.path.join(repo.pack_dir, name), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            # gc removed its pack since the client listed it (what it held
+            # that is still needed is in a pack of gc's): not an error.
+            raise KetchError(f"{GONE}{name}") from None
         self.conn.write(u32(len(data)))
         self.conn.write(data)
         self.conn.ok()
