@@ -125,6 +125,20 @@ def test_save_meter_has_a_total_on_a_terminal_only(repo_dir: Path, tmp_path: Pat
     assert b"Saving" not in r.stderr and r.stderr.count(b"\n") == 1
 
 
+def test_no_eta_before_there_is_a_rate(repo_dir: Path, tmp_path: Path) -> None:
+    """A few tiny files before a big one: the first line once said "0.0 MB,
+    0.0 MB/s, 0.0%, ETA 28086:09" (minutes, from the tiny files' rate)."""
+    data = tmp_path / "d"
+    data.mkdir()
+    for i in range(20):
+        (data / f"a{i:02d}").write_bytes(b"%d\n" % i)
+    (data / "z-big").write_bytes(os.urandom(60_000_000))
+    code, said = on_terminal(["save", "-d", str(repo_dir), "-n", "s", str(data)])
+    assert code == 0, said
+    assert b"100.0%, ETA 0:00" in said, said
+    assert not re.search(rb"ETA [1-9]\d+:", said), said
+
+
 def test_rich_is_loaded_on_a_terminal_only(repo_dir: Path, tmp_path: Path,
                                            run_ketch: RunKetch) -> None:
     """The meter's library costs cron runs and pipes nothing: not even its import."""

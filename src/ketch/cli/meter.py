@@ -19,6 +19,10 @@ from ketch.text import plural
 # none but the last is ever empty (an empty one would leave two spaces).
 
 
+# Seconds of counting before an ETA is worth showing.
+_ETA_AFTER = 2.0
+
+
 def _rate(task: Task) -> float:
     """Bytes a second since the meter started (steadier than a recent window)."""
     return task.completed / max(task.elapsed or 0.0, 1e-6)
@@ -45,9 +49,14 @@ class _PercentEta(ProgressColumn):
     def render(self, task: Task) -> Text:
         if not _has_total(task) or task.total is None:
             return Text("")
+        percent = f"{100.0 * task.completed / task.total:.1f}%"
+        left = task.total - task.completed
         rate = _rate(task)
-        eta = int((task.total - task.completed) / rate) if rate > 0 else 0
-        return Text(f"{100.0 * task.completed / task.total:.1f}%, ETA {eta // 60}:{eta % 60:02d}")
+        if left > 0 and ((task.elapsed or 0.0) < _ETA_AFTER or rate <= 0):
+            # A rate from the first moments (a few tiny files) promises days.
+            return Text(f"{percent}, ETA -:--")
+        eta = int(left / rate) if left > 0 else 0
+        return Text(f"{percent}, ETA {eta // 60}:{eta % 60:02d}")
 
 
 class Meter:
