@@ -65,11 +65,13 @@ def test_forked_children_count_together(common: ModuleType) -> None:
     m = common.measure([sys.executable, "-c", FORKS], dict(os.environ))
     assert m.returncode == 0, m.stderr.decode(errors="replace")
     assert m.max_rss_kib is not None and m.tree_pss_kib is not None
-    # no single process held more than its HOLD and an interpreter...
-    assert m.max_rss_kib < (HOLD + 22) * MIB, (m.max_rss_kib, m.tree_pss_kib)
+    # no single process held more than its HOLD and an interpreter (wait4's
+    # figure also counts the fork of this process before the exec: its floor)...
+    assert m.max_rss_kib < max((HOLD + 22) * MIB, _floor(common)), (
+        m.max_rss_kib, m.tree_pss_kib)
     # ...the tree held both children's at once
     assert m.tree_pss_kib >= 2 * HOLD * MIB, (m.max_rss_kib, m.tree_pss_kib)
-    assert m.peak_kib == m.tree_pss_kib
+    assert m.peak_kib == max(m.max_rss_kib, m.tree_pss_kib)
 
 
 def test_one_process_alone(common: ModuleType) -> None:
@@ -77,10 +79,22 @@ def test_one_process_alone(common: ModuleType) -> None:
     assert m.returncode == 0, m.stderr.decode(errors="replace")
     assert m.max_rss_kib is not None and m.tree_pss_kib is not None
     assert m.tree_pss_kib >= HOLD * MIB, (m.max_rss_kib, m.tree_pss_kib)
-    # PSS ≤ RSS ≤ peak RSS; what PSS leaves out: shares of the libraries
-    assert m.max_rss_kib - 12 * MIB <= m.tree_pss_kib <= m.max_rss_kib + MIB, (
-        m.max_rss_kib, m.tree_pss_kib)
+    floor = _floor(common)
+    assert m.tree_pss_kib <= m.max_rss_kib + MIB, (m.max_rss_kib, m.tree_pss_kib)
+    if m.max_rss_kib > floor:
+        # The command's own peak: PSS leaves out shares of the libraries only.
+        assert m.max_rss_kib - 12 * MIB <= m.tree_pss_kib, (m.max_rss_kib, m.tree_pss_kib)
     assert m.peak_kib == max(m.max_rss_kib, m.tree_pss_kib)
+
+
+def _floor(common: ModuleType) -> int:
+    """What wait4's peak RSS may say whatever the command does: the fork of
+    this process (pytest, large by the end of a run) before its exec. Under
+    GNU time, the fork is of the small `time` process: nothing."""
+    if os.access(common.GNU_TIME, os.X_OK):
+        return 0
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) + 4 * MIB
 
 
 def test_children_and_parents() -> None:
