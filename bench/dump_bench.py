@@ -62,6 +62,41 @@ def create_database(server: MariaDBServer, rows: int) -> None:
             f"FROM {DB}.seq_{lo}_to_{hi}")
 
 
+def _server_cpu(server: MariaDBServer) -> float:
+    """CPU seconds mariadbd has used so far (0 when its pid cannot be read)."""
+    try:
+        pid = int((server.workdir / "pid").read_text().split()[0])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class Cpu:
+    """CPU seconds over a run: this process (ketch, in-process), its children
+    (mysqldump) and the server."""
+
+    def __init__(self, server: MariaDBServer) -> None:
+        self.server = server
+        self.own = self.kids = self.db = 0.0
+
+    def __enter__(self) -> Cpu:
+        t = os.times()
+        self._t = (t.user + t.system, t.children_user + t.children_system,
+                   _server_cpu(self.server))
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        t = os.times()
+        self.own = t.user + t.system - self._t[0]
+        self.kids = t.children_user + t.children_system - self._t[1]
+        self.db = _server_cpu(self.server) - self._t[2]
+
+    def __str__(self) -> str:
+        return (f"CPU: ketch {self.own:.1f} s, mysqldump {self.kids:.1f} s, "
+                f"mariadbd {self.db:.1f} s")
+
+
 def time_baseline(server: MariaDBServer) -> float:
     """Seconds of ``mysqldump --single-transaction DB > /dev/null``."""
     argv = ["mysqldump", f"--socket={server.socket}", "--user=root",
@@ -126,8 +161,12 @@ def main() -> int:
             kt: list[float] = []
             new = read = 0
             for _ in range(args.runs):
-                base.append(time_baseline(server))
-                secs, read, new = time_ketch(server, work / "repo", args.level)
+                with Cpu(server) as cpu:
+                    base.append(time_baseline(server))
+                print(f"  mysqldump > /dev/null {base[-1]:.2f} s; {cpu}")
+                with Cpu(server) as cpu:
+                    secs, read, new = time_ketch(server, work / "repo", args.level)
+                print(f"  ketch run_dump        {secs:.2f} s; {cpu}")
                 kt.append(secs)
     finally:
         if args.workdir is None:
