@@ -60,20 +60,27 @@ def _packs(repo_dir: Path) -> dict[str, set[str]]:
     return out
 
 
+def _against_threads(repo_dir: Path, src: Path, monkeypatch: pytest.MonkeyPatch) -> SaveResult:
+    """Save `src` into `repo_dir` as configured, then with threads alone into a
+    repository beside it: no warnings, and the source's own tree the same (the
+    directories above it change as tests run)."""
+    got = _save(repo_dir, src)
+    monkeypatch.setenv("KETCH_SAVE_FORK", "0")
+    threads = _save(repo_dir.with_name(repo_dir.name + "-threads"), src)
+    assert got.warnings == threads.warnings == []
+    spec = f"t:{str(src).lstrip('/')}"
+    assert (git(repo_dir, "rev-parse", spec)
+            == git(repo_dir.with_name(repo_dir.name + "-threads"), "rev-parse", spec))
+    return got
+
+
 def test_child_writes_the_big_files_and_the_save_counts_them(
         src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(savefork, "_FORK_AT", 0)  # a child from the first big file
-    forked = _save(tmp_path / "fork", src)
-    monkeypatch.setenv("KETCH_SAVE_FORK", "0")
-    threads = _save(tmp_path / "threads", src)
-    assert forked.warnings == threads.warnings == []
-    # The source's own tree (the directories above it change as tests run).
-    spec = f"t:{str(src).lstrip('/')}"
-    assert (git(tmp_path / "fork", "rev-parse", spec)
-            == git(tmp_path / "threads", "rev-parse", spec))
+    forked = _against_threads(tmp_path / "fork", src, monkeypatch)
     git(tmp_path / "fork", "fsck", "--strict", "--no-dangling")
     packs = _packs(tmp_path / "fork")
-    assert len(packs) == 2 and len(_packs(tmp_path / "threads")) == 1
+    assert len(packs) == 2 and len(_packs(tmp_path / "fork-threads")) == 1
     commit = git(tmp_path / "fork", "rev-parse", "t").decode().strip()
     big = git(tmp_path / "fork", "rev-parse",
               f"t:{str(src).lstrip('/')}/d/big-random.bup").decode().strip()
@@ -117,13 +124,7 @@ def test_threads_then_a_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         (src / f"big{i}").write_bytes(os.urandom(2 * MB + i))
     _atimes_ahead(src)
     monkeypatch.setattr(savefork, "_FORK_AT", 5 * MB)
-    both = _save(tmp_path / "both", src)
-    monkeypatch.setenv("KETCH_SAVE_FORK", "0")
-    threads = _save(tmp_path / "threads", src)
-    assert both.warnings == threads.warnings == []
-    spec = f"t:{str(src).lstrip('/')}"
-    assert (git(tmp_path / "both", "rev-parse", spec)
-            == git(tmp_path / "threads", "rev-parse", spec))
+    both = _against_threads(tmp_path / "both", src, monkeypatch)
     packs = _packs(tmp_path / "both")
     assert len(packs) == 2
     assert both.objects_new == sum(len(ids) for ids in packs.values())

@@ -17,12 +17,12 @@ from tests.remote.test_remote import Machine
 from tests.services.sshd import SshServer
 
 
-def test_stale_idx_removed_by_another_client_first(sshd: SshServer, run_ketch: RunKetch,
-                                                   tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    m = Machine.new(sshd, "cacherace")
-    repo = tmp_path / "server" / "repo"
-    url = m.url(repo)
+def _one_save(sshd: SshServer, run_ketch: RunKetch, tmp_path: Path,
+              monkeypatch: pytest.MonkeyPatch, name: str) -> str:
+    """A server repository holding one save; this process set up to reach it
+    as a client does. Its URL."""
+    m = Machine.new(sshd, name)
+    url = m.url(tmp_path / "server" / "repo")
     tree = tmp_path / "tree"
     tree.mkdir()
     (tree / "a.txt").write_bytes(b"hello\n")
@@ -31,6 +31,13 @@ def test_stale_idx_removed_by_another_client_first(sshd: SshServer, run_ketch: R
     for key, value in m.env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("PYTHONPATH", _subprocess_env(None)["PYTHONPATH"])
+    return url
+
+
+def test_stale_idx_removed_by_another_client_first(sshd: SshServer, run_ketch: RunKetch,
+                                                   tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    url = _one_save(sshd, run_ketch, tmp_path, monkeypatch, "cacherace")
     cache_root = tmp_path / "cache"
     gone = "pack-" + "0" * 40 + ".idx"
     real_listdir = os.listdir
@@ -55,17 +62,7 @@ def test_idx_removed_on_the_server_after_its_listing(sshd: SshServer, run_ketch:
     `send-index` (seen in CI as a save failing with the server's `...idx: No
     such file or directory` in test_gc_concurrent): nothing to cache, and the
     session goes on."""
-    m = Machine.new(sshd, "gonerace")
-    repo = tmp_path / "server" / "repo"
-    url = m.url(repo)
-    tree = tmp_path / "tree"
-    tree.mkdir()
-    (tree / "a.txt").write_bytes(b"hello\n")
-    run_ketch("init", "-r", url, env=m.env, check=True)
-    run_ketch("save", "-r", url, "-n", "t", "-q", tree, env=m.env, check=True)
-    for key, value in m.env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("PYTHONPATH", _subprocess_env(None)["PYTHONPATH"])
+    url = _one_save(sshd, run_ketch, tmp_path, monkeypatch, "gonerace")
     r = RemoteRepository(parse_remote(url), cache_root=str(tmp_path / "cache"))
     try:
         gone = "pack-" + "1" * 40 + ".idx"
