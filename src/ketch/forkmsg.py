@@ -8,7 +8,12 @@ from __future__ import annotations
 import pickle
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+from ketch.errors import KetchError
+
+# An exception as sent: (kind, errno, message).
+Error = tuple[str, int, str]
 
 _LEN = struct.Struct("!Q")
 # Linux takes at most 253 descriptors in one message.
@@ -55,3 +60,22 @@ def recv(sock: socket.socket) -> tuple[object, list[int]] | None:
     if data is None:
         return None
     return pickle.loads(data), fds
+
+
+def describe(e: BaseException, kinds: Mapping[str, type[Exception]] | None = None) -> Error:
+    """An exception to send: an OSError keeps its errno, one of `kinds` its
+    class; anything else comes back as a KetchError with its message."""
+    if isinstance(e, OSError):
+        return "os", e.errno or 0, e.strerror or str(e)
+    for kind, cls in (kinds or {}).items():
+        if isinstance(e, cls):
+            return kind, 0, str(e)
+    return "ketch", 0, str(e) or type(e).__name__
+
+
+def rebuild(err: Error, kinds: Mapping[str, type[Exception]] | None = None) -> Exception:
+    """The exception `describe` sent."""
+    kind, num, msg = err
+    if kind == "os":
+        return OSError(num, msg)
+    return (kinds or {}).get(kind, KetchError)(msg)

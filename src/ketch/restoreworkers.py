@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from ketch.errors import CorruptObject, KetchError
+from ketch.forkmsg import Error, describe, rebuild
 from ketch.forkmsg import recv as _recv
 from ketch.forkmsg import send as _send
 from ketch.progress import NullProgress
@@ -42,31 +43,19 @@ _Sent = tuple[int, int, int]
 _Unit = tuple[int, bytes, int, int]
 # A file's outcome: (its places in the batch, furthest byte placed, furthest
 # byte written, error or None).
-_Outcome = tuple[int, int, int, tuple[str, int, str] | None]
+_Outcome = tuple[int, int, int, Error | None]
+
 
 class WorkerDied(KetchError):
     """A restore worker stopped without reporting its batch."""
 
 
-def _describe(e: Exception) -> tuple[str, int, str]:
-    if isinstance(e, OSError):
-        return "os", e.errno or 0, e.strerror or str(e)
-    if isinstance(e, ContentError):
-        return "content", 0, str(e)
-    if isinstance(e, CorruptObject):
-        return "corrupt", 0, str(e)
-    return "ketch", 0, str(e)
+# Errors a worker reports as themselves (others: OSError, or KetchError).
+_KINDS: dict[str, type[Exception]] = {"content": ContentError, "corrupt": CorruptObject}
 
 
-def rebuild_error(err: tuple[str, int, str]) -> Exception:
-    kind, num, msg = err
-    if kind == "os":
-        return OSError(num, msg)
-    if kind == "content":
-        return ContentError(msg)
-    if kind == "corrupt":
-        return CorruptObject(msg)
-    return KetchError(msg)
+def rebuild_error(err: Error) -> Exception:
+    return rebuild(err, _KINDS)
 
 
 def _serve(sock: socket.socket, repo: Repository) -> None:
@@ -107,7 +96,7 @@ def _serve(sock: socket.socket, repo: Repository) -> None:
                     job.error = e
             job.close()
             outcomes.append((count, job.size, job.end,
-                             None if job.error is None else _describe(job.error)))
+                             None if job.error is None else describe(job.error, _KINDS)))
         zeros = {k: v for k, v in zero_blobs.items() if k not in before_zeros}
         _send(sock, (seq, outcomes, zeros, progress.bytes - before_bytes))
 

@@ -37,7 +37,7 @@ from concurrent.futures import Future
 from typing import cast
 
 from ketch.errors import KetchError
-from ketch.forkmsg import recv, send
+from ketch.forkmsg import Error, describe, rebuild, recv, send
 from ketch.interrupt import held
 from ketch.progress import Progress
 from ketch.repo import ObjectWriter, WritableRepository
@@ -47,26 +47,12 @@ from ketch.savepipe import _IN_FLIGHT, BigFiles, Stored
 # child saves (a few seconds of a core at most) does not pay for its pack and
 # its ~30 MB.
 _FORK_AT = 64 << 20
-
-
+# The child's niceness: the walk's core is what the save waits on.
 _CHILD_NICE = 5
 
 
 class WriterDied(KetchError):
     """The save's big-file process stopped before finishing."""
-
-
-def _describe(e: BaseException) -> tuple[str, int, str]:
-    if isinstance(e, OSError):
-        return "os", e.errno or 0, e.strerror or str(e)
-    return "ketch", 0, str(e) or type(e).__name__
-
-
-def _rebuild(err: tuple[str, int, str]) -> Exception:
-    kind, num, msg = err
-    if kind == "os":
-        return OSError(num, msg)
-    return KetchError(msg)
 
 
 class _Relay:
@@ -133,7 +119,7 @@ def _child(sock: socket.socket, repo: WritableRepository, level: int) -> int:
                 if fut.cancelled():
                     return
                 e = fut.exception()
-                say(("r", seq, fut.result()) if e is None else ("e", seq, _describe(e)))
+                say(("r", seq, fut.result()) if e is None else ("e", seq, describe(e)))
 
             big.submit(path, st).add_done_callback(done)
     finally:
@@ -145,7 +131,7 @@ def _child(sock: socket.socket, repo: WritableRepository, level: int) -> int:
         idx = w.close()
     except BaseException as e:
         w.abort()
-        say(("x", _describe(e)))
+        say(("x", describe(e)))
         return 1
     say(("d", idx, w.objects_written, w.bytes_written))
     return 0
@@ -228,11 +214,11 @@ class ForkedBigFiles:
                 if kind == "r":
                     fut.set_result(cast(Stored, msg[2]))
                 else:
-                    fut.set_exception(_rebuild(cast(tuple[str, int, str], msg[2])))
+                    fut.set_exception(rebuild(cast(Error, msg[2])))
             elif kind == "d":
                 self._end = cast(tuple[list[str], int, int], msg[1:])
             elif kind == "x":
-                self._failure = _rebuild(cast(tuple[str, int, str], msg[1]))
+                self._failure = rebuild(cast(Error, msg[1]))
         with self._lock:
             left = list(self._pending.values())
             self._pending.clear()
