@@ -96,3 +96,28 @@ def test_saves_during_gc_lose_nothing(run_ketch: RunKetch, tmp_path: Path, via: 
     check_restores(run_ketch, repo, tmp_path, on_m)
     for r, day in enumerate(revived):
         check_restores(run_ketch, repo, tmp_path, [day], branch=f"re{r}")
+
+
+def test_a_save_finishing_while_gc_lists_packs(run_ketch: RunKetch, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A save that writes its pack and moves its branch just after gc listed the
+    packs (found by CI in round 11 of the test above): gc must not take the new
+    branch tip for a missing object."""
+    from ketch.lifecycle import gc as gcmod
+    from ketch.localrepo import LocalRepository
+
+    repo = saved_repo(run_ketch, tmp_path, [0, 1])
+    corpus(tmp_path / "late", 5)
+    real = gcmod.LiveSet
+
+    class SaveLands(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *a: object, **k: object) -> None:
+            super().__init__(*a, **k)
+            run_ketch("save", "-q", "-d", repo, "-n", "late", "--strip", "--date",
+                      T0 + 5 * DAY, tmp_path / "late", check=True)
+
+    monkeypatch.setattr(gcmod, "LiveSet", SaveLands)
+    report = gcmod.collect(LocalRepository(str(repo)), threshold=0.0, wait=10)
+    assert report.warnings == []
+    fsck(repo)
+    check_restores(run_ketch, repo, tmp_path, [5], branch="late")

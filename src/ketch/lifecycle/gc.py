@@ -245,12 +245,17 @@ class _Gc:
         if not dry_run and not self.recover():
             report.bytes_after = objects_bytes(repo.objects_dir)
             return report
+        # The tips before the packs: a save makes its pack durable before it moves
+        # its branch, so every tip read here is in a pack listed after it. Listed
+        # the other way round, a save landing in between left gc a tip it could
+        # not find.
+        tips = _tips(repo)
         idx_paths = _listing(repo.pack_dir, ".idx")
         live = LiveSet(idx_paths, _listing(repo.pack_dir, ".midx"))
         walker = Walker(repo.objects_dir, live, on_objects=self._on_objects)
         try:
             self.progress.phase("Marking")
-            walker.walk(_tips(repo))
+            walker.walk(tips)
             crashpoint.reach("marked")
             usages = usage(live)
             report.packs_before = len(usages)
