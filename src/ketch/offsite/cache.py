@@ -73,6 +73,13 @@ class CachingStore(ObjectStore):
         self._forget(key)
         self.inner.put(key, data)
 
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        return self.inner.get_tagged(key)  # mutable: never cached
+
+    def put_if(self, key: str, data: bytes, tag: str | None) -> str:
+        self._forget(key)
+        return self.inner.put_if(key, data, tag)
+
     def stat(self, key: str) -> Stat | None:
         return self.inner.stat(key)
 

@@ -89,6 +89,10 @@ OVERHEAD = NONCE_SIZE + TAG_SIZE
 INDEX_KEY = "ketch-keys"
 _INDEX_NAME = "\0ketch-keys"  # in the associated data: no user key can be this
 _SALT = b"ketch offsite v1"
+# The plaintext digest recorded for a value replaced by compare-and-swap (a
+# primary repository's manifest): many writers replace it, and the index, which
+# they share without one, may lag behind; the swap's tag vouches for it instead.
+_SWAPPED = "0" * 64
 # An index entry: [plaintext size, plaintext sha256, ciphertext sha256].  An
 # alias because `list` is a method name inside EncryptedStore.
 _Entry = list[object]
@@ -323,7 +327,7 @@ class EncryptedStore(ObjectStore):
         a ciphertext to its name, not to a version, so an older manifest put back
         under its name would authenticate."""
         entry = self._view().get(key)
-        if entry is None or str(entry[1]) == hashlib.sha256(plain).hexdigest():
+        if entry is None or str(entry[1]) in (_SWAPPED, hashlib.sha256(plain).hexdigest()):
             return
         raise StaleObject(f"{key}: not the copy the encrypted store's index records (an older "
                           "one put back, or a push cut short: push again)")
@@ -364,6 +368,20 @@ class EncryptedStore(ObjectStore):
         self.inner.put(self.inner_key(key), blob)
         self._record(key, [len(data), hashlib.sha256(data).hexdigest(),
                            hashlib.sha256(blob).hexdigest()])
+
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        try:
+            blob, tag = self.inner.get_tagged(self.inner_key(key))
+        except NotFound:
+            self._not_found(key)
+        return self._decrypt_whole(key, blob), tag
+
+    def put_if(self, key: str, data: bytes, tag: str | None) -> str:
+        self._view()  # a wrong key fails here, before anything is written
+        blob = self._encrypt_bytes(key, data)
+        new = self.inner.put_if(self.inner_key(key), blob, tag)
+        self._record(key, [len(data), _SWAPPED, hashlib.sha256(blob).hexdigest()])
+        return new
 
     def put_file(self, key: str, path: str, *, sha256: str, storage_class: str | None = None,
                  advance: Advance | None = None) -> None:

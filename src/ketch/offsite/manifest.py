@@ -124,6 +124,9 @@ class Manifest:
     refs: dict[str, str] = field(default_factory=dict)
     config: str = ""
     packs: list[PackEntry] = field(default_factory=list)
+    # A repository saved into directly (ketch.offsite.bucket), not a mirror a
+    # push replaces: a push refuses it, and only a primary one takes saves.
+    primary: bool = False
 
     def pack_by_idx(self) -> dict[str, PackEntry]:
         return {p.idx.name: p for p in self.packs}
@@ -144,6 +147,7 @@ class Manifest:
         doc = {
             "format": FORMAT, "version": VERSION, "repository": self.repository,
             "generation": self.generation, "time": self.time, "head": self.head,
+            **({"primary": True} if self.primary else {}),
             "refs": dict(sorted(self.refs.items())), "config": self.config,
             "packs": [
                 {**p.pack.as_dict(), "mtime": p.mtime, "idx": p.idx.as_dict(),
@@ -167,7 +171,8 @@ class Manifest:
             m = cls(repository=check_repo_name(str(doc["repository"])),
                     generation=int(doc["generation"]), time=str(doc["time"]),
                     head=str(doc["head"]), refs=refs, config=str(doc["config"]),
-                    packs=[_pack_entry(p) for p in doc["packs"]])
+                    packs=[_pack_entry(p) for p in doc["packs"]],
+                    primary=doc.get("primary") is True)
         except ManifestError:
             raise
         except RecursionError:

@@ -274,6 +274,11 @@ def _last_manifest(store: ObjectStore, name: str) -> Manifest | None:
 
 def _plan(snap: _Snapshot, store: ObjectStore, report: RepoPushReport) -> _Plan:
     old = _last_manifest(store, snap.name)
+    if old is not None and old.primary:
+        # A push replaces the manifest whole and deletes the packs it does not
+        # name: everything saved into the repository would go.
+        raise KetchError(f"{manifest_key(snap.name)}: a repository saved into directly "
+                         "(ketch init -r s3://...), not a mirror; push to another name")
     existing = dict(store.list(pack_prefix(snap.name)))
     plan = _Plan(snap, report, old, existing)
     previous = {f.name: f for p in (old.packs if old else []) for f in p.files()}

@@ -67,6 +67,15 @@ class RetryingStore(ObjectStore):
     def put(self, key: str, data: bytes) -> None:
         self._retry(key, lambda: self.inner.put(key, data))
 
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        return self._retry(key, lambda: self.inner.get_tagged(key))
+
+    def put_if(self, key: str, data: bytes, tag: str | None) -> str:
+        # A retry after a write that did land but whose answer was lost fails
+        # its condition: the caller (a compare-and-swap loop) reads again and
+        # finds its own change there.
+        return self._retry(key, lambda: self.inner.put_if(key, data, tag))
+
     def stat(self, key: str) -> Stat | None:
         return self._retry(key, lambda: self.inner.stat(key))
 

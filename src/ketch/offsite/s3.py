@@ -47,7 +47,15 @@ from typing import Any, TypeVar
 
 from ketch.errors import UsageError
 from ketch.offsite.s3multipart import MiB, MultipartUploads, b64, etag_of
-from ketch.offsite.store import Advance, NotFound, ObjectStore, Stat, StoreError, TransientError
+from ketch.offsite.store import (
+    Advance,
+    NotFound,
+    ObjectStore,
+    PreconditionFailed,
+    Stat,
+    StoreError,
+    TransientError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +74,8 @@ _TRANSIENT_CODES = frozenset({
     "BadGateway", "GatewayTimeout",
 })  # fmt: skip
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+# A conditional write that lost: 412, or AWS's 409 for two at the same moment.
+_CONFLICT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 _AUTH_CODES = frozenset({
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
     "InvalidToken", "TokenRefreshRequired", "AuthorizationHeaderMalformed", "403",
@@ -181,6 +191,8 @@ class S3Store(MultipartUploads, ObjectStore):
             status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
             msg = _one_line(err.get("Message") or "")
             text = f"{what}: {code}" + (f" ({msg})" if msg else "")
+            if code in _CONFLICT_CODES or status == 412:
+                return PreconditionFailed(text)
             if code in _NOT_FOUND_CODES or (status == 404 and code != "NoSuchBucket"):
                 return NotFound(f"{what}: not found")
             if code in _TRANSIENT_CODES or status == 429 or status >= 500:
@@ -247,6 +259,31 @@ class S3Store(MultipartUploads, ObjectStore):
         if expected is not None and len(data) > expected:
             raise StoreError(f"{what}: server sent {len(data)} bytes for a {expected}-byte range")
         return data
+
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        full = self._key(key)
+        what = self._where(full)
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=full)
+            data: bytes = resp["Body"].read()
+        except Exception as e:
+            raise self._error(e, what) from None
+        return data, str(resp.get("ETag") or "")
+
+    def put_if(self, key: str, data: bytes, tag: str | None) -> str:
+        full = self._key(key)
+        what = self._where(full)
+        digest = hashlib.sha256(data).digest()
+        cond = {"IfNoneMatch": "*"} if tag is None else {"IfMatch": tag}
+
+        def attempt() -> dict[str, Any]:
+            return self._call(what, self.client.put_object, Key=full, Body=data,
+                              Metadata={"sha256": digest.hex()},
+                              **self._body_checksum(data, digest), **cond)
+
+        resp = self._with_checksum_fallback(attempt)
+        self._check_body(what, resp, digest, data)
+        return str(resp.get("ETag") or "")
 
     def stat(self, key: str) -> Stat | None:
         full = self._key(key)

@@ -8,6 +8,9 @@ except manifests, which are replaced whole.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +33,15 @@ class NotFound(StoreError):
 class StaleObject(StoreError):
     """The store holds another copy of a key than the one its own records name
     (an older one put back, or a writer cut off between the two)."""
+
+
+class PreconditionFailed(StoreError):
+    """A conditional write found the value changed (or present, or absent) since
+    the caller read it: another writer came first."""
+
+
+class NoConditionalWrites(StoreError):
+    """The store cannot replace a value only if it is unchanged."""
 
 
 class TransientError(StoreError):
@@ -57,6 +69,18 @@ class ObjectStore(Protocol):
         """Store a small value whole (manifests, refs)."""
 
     def stat(self, key: str) -> Stat | None: ...
+
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        """The whole value and its tag, which changes whenever the value is
+        replaced (S3's ETag); NotFound if absent."""
+        raise NoConditionalWrites(f"{self.location()}: no conditional writes")
+
+    def put_if(self, key: str, data: bytes, tag: str | None) -> str:
+        """Store `data` whole only if the value is still the one tagged `tag`
+        (None: only if there is none): compare-and-swap, the only way two
+        writers can share a mutable key. Raises PreconditionFailed when another
+        writer came first; returns the new tag."""
+        raise NoConditionalWrites(f"{self.location()}: no conditional writes")
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
         """(key, size) of every key under prefix, sorted by key."""
@@ -121,6 +145,33 @@ class DirStore(ObjectStore):
             os.fsync(f.fileno())
         os.replace(tmp, dst)
 
+    @contextlib.contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        path = self._path(key) + ".lock"
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        with self._locked(key):
+            data = self.get(key)
+        return data, hashlib.sha256(data).hexdigest()
+
+    def put_if(self, key: str, data: bytes, tag: str | None) -> str:
+        with self._locked(key):
+            try:
+                now: str | None = hashlib.sha256(self.get(key)).hexdigest()
+            except NotFound:
+                now = None
+            if now != tag:
+                raise PreconditionFailed(f"{key}: changed by another writer")
+            self.put(key, data)
+        return hashlib.sha256(data).hexdigest()
+
     def stat(self, key: str) -> Stat | None:
         try:
             return Stat(os.stat(self._path(key)).st_size)
@@ -131,7 +182,7 @@ class DirStore(ObjectStore):
         out = []
         for dirpath, _, files in os.walk(self.root):
             for name in files:
-                if name.endswith(".tmp"):
+                if name.endswith((".tmp", ".lock")):
                     continue
                 full = os.path.join(dirpath, name)
                 key = os.path.relpath(full, self.root).replace(os.sep, "/")

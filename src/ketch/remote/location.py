@@ -1,6 +1,7 @@
 """One string for "where the repository is", as a config file holds it: a local
 path, a remote (`host:path`, `ssh://…`) served by `ketch server`, or a
-repository in an S3 mirror (`s3://bucket/prefix/REPO`, read-only)."""
+repository in a bucket (`s3://bucket/prefix/REPO`: one saved into directly, or
+a mirror, which only reads)."""
 
 from __future__ import annotations
 
@@ -62,13 +63,13 @@ def open_location(location: str, *, create: bool = False, kind: Kind = "auto",
     directory, even with a colon in its name), "remote" (`-r`: a server, `:PATH` being
     a local one, or an S3 mirror), "auto" (a config's string: decided by its form)."""
     if kind != "local" and is_store_url(location):
-        from ketch.offsite.s3repo import MirrorReadOnly, StoreRepository
+        from ketch.offsite.bucket import BucketRepository, create_bucket_repository
 
-        if create:
-            raise MirrorReadOnly("an S3 mirror is read-only; push to it with ketch mirror push")
         url, name = split_repo_url(location)
         store = open_store(url, endpoint_url=endpoint_url, encrypt_key=encrypt_key)
-        return StoreRepository(store, name, url=url)
+        if create:
+            create_bucket_repository(store, name, url)
+        return BucketRepository(store, name, url=url)
     if kind == "remote" or (kind == "auto" and is_remote(location)):
         from ketch.remote.client import RemoteRepository
         from ketch.remote.spec import parse_remote

@@ -1,0 +1,369 @@
+"""A repository straight in a bucket: `ketch init/save/... -r s3://BUCKET/PREFIX/NAME`.
+
+The layout is the mirror's (ketch.offsite.manifest): packs and idx files
+under `NAME/objects/pack/`, named by their own SHA-1 and never changed, and
+`NAME/manifest.json`, which lists the packs and holds the refs. A manifest
+marked `primary` takes saves; a mirror's does not (a push would replace it
+whole and drop what was saved into it).
+
+Writing. A write session builds packs in a local staging directory and
+uploads each one (pack, then idx) as soon as it is finished, while the next
+is being written. Deduplication is against the repository's idx files,
+downloaded whole into the cache as the ssh client does. Uploaded packs
+become visible when the manifest names them: `update_ref` (or the
+repository's `maintain`/`close`) adds them to the manifest together with the
+moved ref, so no ref ever names an object in a pack the manifest does not.
+
+Many writers. The manifest is the only object that changes, and it changes
+only by compare-and-swap: read it with its ETag, change it, write it back
+with `If-Match: ETAG` (`If-None-Match: *` to create it). A writer that loses
+the race reads the new manifest and applies its change again; a ref that
+moved meanwhile raises RefConflict, and the save rebuilds its commit on the
+new head (ketch.snapshot.advance_branch). `init` checks that the store
+enforces both conditions and refuses a store that ignores them, since two
+saves at once there could silently lose one's update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from ketch.errors import KetchError, RefConflict
+from ketch.git.objindex import ObjectIndex
+from ketch.git.pack import DEFAULT_LEVEL, PackWriter
+from ketch.git.refs import check_ref_name
+from ketch.offsite.manifest import (
+    FileEntry,
+    Manifest,
+    ManifestError,
+    PackEntry,
+    check_repo_name,
+    manifest_key,
+    now_iso,
+    pack_key,
+    parse_manifest,
+)
+from ketch.offsite.s3repo import StoreRepository
+from ketch.offsite.store import NotFound, ObjectStore, PreconditionFailed, StoreError
+from ketch.repo import ReadOnlyRepository, WritableRepository
+
+# Smaller than a local repository's packs: each is uploaded while the next is
+# written, so the last upload, the one a save waits for, is short.
+BUCKET_PACK_SIZE = 32 << 20
+_UPLOADS = 3  # packs uploading at once (each in parts of its own)
+_CAS_ATTEMPTS = 60
+_INIT_CONFIG = ("[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n"
+                "[pack]\n\tindexVersion = 2\n")
+
+
+class NoCompareAndSwap(KetchError):
+    """The store ignores conditional writes: concurrent saves could lose updates."""
+
+
+def _sha256_file(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def probe_conditional_writes(store: ObjectStore, name: str) -> None:
+    """Raise NoCompareAndSwap unless the store refuses a second create and a
+    stale replace, as S3 does with If-None-Match and If-Match."""
+    key = f"{name}/cas-probe-{uuid.uuid4().hex}"
+    why = None
+    try:
+        tag = store.put_if(key, b"1", None)
+        try:
+            store.put_if(key, b"2", None)
+            why = "it accepted a second create (If-None-Match: *)"
+        except PreconditionFailed:
+            pass
+        if why is None:
+            store.put_if(key, b"3", tag)
+            try:
+                store.put_if(key, b"4", tag)
+                why = "it accepted a replace of a changed value (If-Match)"
+            except PreconditionFailed:
+                pass
+    except NotImplementedError:
+        why = "it has no conditional writes"
+    except StoreError as e:
+        if "NotImplemented" not in str(e):
+            raise
+        why = f"it has no conditional writes ({e})"
+    finally:
+        with contextlib.suppress(StoreError):
+            store.delete(key)  # a machine key may not delete: the probe stays, harmless
+    if why is not None:
+        raise NoCompareAndSwap(
+            f"{store.location()}: this store ignores conditional writes ({why}); two saves "
+            "at once could lose one's update, so ketch keeps no repository in it")
+
+
+def create_bucket_repository(store: ObjectStore, name: str, url: str) -> bool:
+    """Make `name` a repository in `store`; False when it already is one."""
+    check_repo_name(name)
+    key = manifest_key(name)
+    with contextlib.suppress(NotFound):
+        raw, _ = store.get_tagged(key)
+        if not parse_manifest(raw, name).primary:
+            raise ManifestError(f"{url}/{name}: is a mirror (written by ketch mirror push); "
+                                "saves go to its local repository")
+        return False
+    probe_conditional_writes(store, name)
+    m = Manifest(repository=name, generation=1, time=now_iso(), config=_INIT_CONFIG,
+                 primary=True)
+    try:
+        store.put_if(key, m.to_json(), None)
+    except PreconditionFailed:
+        return False  # another init came first
+    return True
+
+
+class BucketRepository(StoreRepository, WritableRepository):
+    """A repository in a bucket: read as a mirror is, and written when its
+    manifest is primary (see the module doc)."""
+
+    def __init__(self, store: ObjectStore, name: str, *, url: str | None = None,
+                 cache_root: str | None = None) -> None:
+        super().__init__(store, name, url=url, cache_root=cache_root)
+        self._pending: list[PackEntry] = []  # uploaded, not yet in the manifest
+        self._plock = threading.Lock()
+        self._dedup: ObjectIndex | None = None
+        self._uploads: ThreadPoolExecutor | None = None
+        self._futures: list[Future[None]] = []
+        self._staging: str | None = None
+        self.bytes_sent = 0
+
+    def writable(self) -> WritableRepository:
+        if not self.manifest.primary:
+            raise ReadOnlyRepository(self.read_only)
+        return self
+
+    def traffic(self) -> tuple[int, int]:
+        return self.bytes_sent, self.bytes_received
+
+    def close(self) -> None:
+        try:
+            if self._pending and self.manifest.primary:
+                self._publish()
+        finally:
+            if self._uploads is not None:
+                self._uploads.shutdown(wait=True)
+                self._uploads = None
+            if self._dedup is not None:
+                self._dedup.close()
+                self._dedup = None
+            if self._staging is not None:
+                shutil.rmtree(self._staging, ignore_errors=True)
+                self._staging = None
+            super().close()
+
+    # -- deduplication: the idx files, whole, in the cache -----------------------------
+
+    def _idx_dir(self) -> str:
+        return os.path.join(self.cache_dir, "dedup")
+
+    def _dedup_index(self) -> ObjectIndex:
+        if self._dedup is None:
+            self._dedup = self._sync_idx()
+        return self._dedup
+
+    def _sync_idx(self) -> ObjectIndex:
+        d = self._idx_dir()
+        os.makedirs(d, exist_ok=True)
+        want = {p.idx.name: p for p in self.manifest.packs}
+        have = {n for n in os.listdir(d) if n.endswith(".idx")}
+        for stale in have - set(want):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(d, stale))
+        missing = [want[n] for n in sorted(set(want) - have)]
+        if missing:
+            with ThreadPoolExecutor(8, thread_name_prefix="ketch-idx") as pool:
+                list(pool.map(self._fetch_idx, missing))
+        index = ObjectIndex(d)
+        index.maintain()
+        return index
+
+    def _fetch_idx(self, entry: PackEntry) -> None:
+        data = self._get(pack_key(self.name, entry.idx.name), 0, entry.idx.size)
+        if hashlib.sha256(data).hexdigest() != entry.idx.sha256:
+            raise KetchError(f"{self.where}: {entry.idx.name} does not match the manifest's "
+                             "sha256")
+        path = os.path.join(self._idx_dir(), entry.idx.name)
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+
+    def has_many(self, oids: Sequence[bytes]) -> list[bool]:
+        if not len(oids):
+            return []
+        found: list[bool] = self._dedup_index().contains_many(
+            np.array(oids, dtype="S20")).tolist()
+        return found
+
+    def exists(self, oid: bytes) -> bool:
+        return self._dedup_index().contains_one(oid)
+
+    # -- writing --------------------------------------------------------------------------
+
+    def writer(self, *, level: int = DEFAULT_LEVEL, max_pack_size: int | None = None,
+               max_pack_objects: int | None = None) -> BucketWriter:
+        self.writable()
+        self._dedup_index()
+        if self._staging is None:
+            base = os.path.join(self.cache_dir, "staging")
+            os.makedirs(base, exist_ok=True)
+            self._staging = tempfile.mkdtemp(prefix=f"{os.getpid()}.", dir=base)
+            os.makedirs(os.path.join(self._staging, "pack"))
+        if self._uploads is None:
+            self._uploads = ThreadPoolExecutor(_UPLOADS, thread_name_prefix="ketch-upload")
+        return BucketWriter(self, self._staging, level=level,
+                            max_pack_size=max_pack_size or BUCKET_PACK_SIZE,
+                            max_pack_objects=max_pack_objects, exists=self.exists,
+                            exists_many=self.has_many, on_pack=self._on_pack)
+
+    def _on_pack(self, idx_path: str) -> None:
+        assert self._uploads is not None
+        self._futures.append(self._uploads.submit(self._upload, idx_path))
+
+    def _upload(self, idx_path: str) -> None:
+        """Pack, then idx (a reader takes an idx as the sign its pack is whole);
+        then the idx joins the dedup cache and the pack waits for the manifest."""
+        pack_path = idx_path[: -len(".idx")] + ".pack"
+        files = []
+        for path in (pack_path, idx_path):
+            size = os.path.getsize(path)
+            digest = _sha256_file(path)
+            self.store.put_file(pack_key(self.name, os.path.basename(path)), path,
+                                sha256=digest)
+            with self._lock:
+                self.bytes_sent += size
+            files.append(FileEntry(os.path.basename(path), size, digest))
+        entry = PackEntry(files[0], files[1], time.time_ns())
+        cached = os.path.join(self._idx_dir(), files[1].name)
+        os.replace(idx_path, cached)
+        os.unlink(pack_path)
+        with self._plock:
+            self._pending.append(entry)
+            if self._dedup is not None:
+                self._dedup.add_idx(cached)
+
+    def wait_uploads(self) -> None:
+        """Every pack closed so far is in the store (or its upload's error raised)."""
+        futures, self._futures = self._futures, []
+        errors = []
+        for f in futures:
+            e = f.exception()
+            if e is not None:
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+    # -- the manifest, by compare-and-swap ------------------------------------------------
+
+    def _change(self, edit: Callable[[Manifest], bool]) -> None:
+        """Apply `edit` to the current manifest and write it back if it changed
+        anything, again on the newer one whenever another writer came first."""
+        key = manifest_key(self.name)
+        for attempt in range(_CAS_ATTEMPTS):
+            raw, tag = self.store.get_tagged(key)
+            self._count(len(raw))
+            m = parse_manifest(raw, self.name)
+            if not m.primary:
+                raise ReadOnlyRepository(self.read_only)
+            if not edit(m):
+                self._take_manifest(raw)
+                return
+            m.generation += 1
+            m.time = now_iso()
+            data = m.to_json()
+            try:
+                self.store.put_if(key, data, tag)
+            except PreconditionFailed:
+                # Writers that collided once collide again unless they spread out.
+                time.sleep(random.uniform(0, min(1.0, 0.005 * 2 ** attempt)))
+                continue
+            with self._lock:
+                self.bytes_sent += len(data)
+            self._take_manifest(data)
+            return
+        raise KetchError(f"{self.where}: the manifest kept changing under this write; "
+                         f"gave up after {_CAS_ATTEMPTS} attempts")
+
+    def _add_pending(self, m: Manifest, pending: list[PackEntry]) -> bool:
+        names = {p.pack.name for p in m.packs}
+        new = [p for p in pending if p.pack.name not in names]
+        m.packs.extend(new)
+        return bool(new)
+
+    def _publish(self) -> None:
+        self.wait_uploads()
+        with self._plock:
+            pending = list(self._pending)
+        if pending:
+            self._change(lambda m: self._add_pending(m, pending))
+            self._done(pending)
+
+    def _done(self, published: list[PackEntry]) -> None:
+        with self._plock:
+            self._pending = [p for p in self._pending if p not in published]
+
+    def update_ref(self, name: bytes, new: bytes, old: bytes | None,
+                   message: bytes = b"") -> None:
+        check_ref_name(name)
+        ref = name.decode("utf-8", "surrogateescape")
+        self.wait_uploads()
+        with self._plock:
+            pending = list(self._pending)
+
+        def edit(m: Manifest) -> bool:
+            now = m.refs.get(ref)
+            if now == new.hex():
+                # Already there: this write's own, landed before its answer was lost.
+                return self._add_pending(m, pending)
+            if now != (None if old is None else old.hex()):
+                raise RefConflict(f"{ref}: moved by another writer")
+            m.refs[ref] = new.hex()
+            self._add_pending(m, pending)
+            return True
+
+        self._change(edit)
+        self._done(pending)
+
+    def maintain(self) -> None:
+        if self._pending or self._futures:
+            self._publish()
+
+
+class BucketWriter(PackWriter):
+    """A write session into a bucket: packs written into the staging directory
+    upload as they close (`on_pack`); `close` waits for the last upload."""
+
+    def __init__(self, repo: BucketRepository, staging: str, **kwargs: Any) -> None:
+        super().__init__(staging, **kwargs)
+        self.repo = repo
+
+    def close(self) -> list[str]:
+        closed = super().close()
+        self.repo.wait_uploads()
+        return [os.path.basename(p) for p in closed]
+
+    def abort(self) -> None:
+        """Keep the complete packs: uploaded, they spare the next save the work."""
+        super().abort()
+        with contextlib.suppress(Exception):
+            self.repo.wait_uploads()
