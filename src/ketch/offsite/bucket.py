@@ -285,7 +285,13 @@ class BucketRepository(StoreRepository, WritableRepository):
             m = parse_manifest(raw, self.name)
             if not m.primary:
                 raise ReadOnlyRepository(self.read_only)
-            if not edit(m):
+            try:
+                changed = edit(m)
+            except RefConflict:
+                # The ref as it is now: the caller reads it to build on it.
+                self._take_manifest(raw)
+                raise
+            if not changed:
                 self._take_manifest(raw)
                 return
             m.generation += 1

@@ -1,0 +1,177 @@
+"""A repository straight in a bucket (`-r s3://BUCKET/PREFIX/NAME`), on a real S3
+server (SeaweedFS): init, save, ls, restore, fsck and pull as a user runs them;
+what it refuses; and many writers at once, some into one branch."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ketch.offsite.bucket import NoCompareAndSwap, probe_conditional_writes
+from ketch.offsite.manifest import manifest_key, read_manifest
+from ketch.offsite.retry import RetryingStore
+from ketch.offsite.s3 import S3Store
+from ketch.offsite.store import ObjectStore
+from tests.conftest import SRC_DIR, RunKetch
+from tests.offsite.conftest import S3Server
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def _tree(root: Path, seed: int, big: int = 0) -> Path:
+    rng = random.Random(seed)
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    for i in range(20):
+        (root / "etc" / f"f{i}.conf").write_bytes(rng.randbytes(rng.randrange(10, 20_000)))
+    (root / "notes.txt").write_text(f"tree {seed}\n")
+    if big:
+        (root / "disk.img").write_bytes(rng.randbytes(big))
+    return root
+
+
+def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "--git-dir", os.fspath(repo), *args], capture_output=True,
+                          text=True)
+
+
+def _same(a: Path, b: Path) -> None:
+    p = subprocess.run(["diff", "-r", "--no-dereference", a, b], capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout[:2000] + p.stderr[:2000]
+
+
+def test_init_save_ls_restore_pull(run_ketch: RunKetch, s3_url: str, tmp_path: Path) -> None:
+    url = f"{s3_url}/fleet/web1"
+    data = _tree(tmp_path / "data", 1, big=12 << 20)
+    assert run_ketch("init", "-r", url).returncode == 0
+    first = run_ketch("save", "-r", url, "-n", "web1", "--strip", "--json", data, check=True)
+    stats = json.loads(first.stdout)
+    (data / "notes.txt").write_text("changed\n")
+    second = json.loads(run_ketch("save", "-r", url, "-n", "web1", "--strip", "--json", data,
+                                  check=True).stdout)
+    # The second save finds everything but the changed file already in the bucket.
+    assert second["bytes_new"] < stats["bytes_new"] / 100, (second, stats)
+
+    saves = run_ketch("ls", "-r", url, "web1", check=True).stdout.decode().split()
+    assert len(saves) == 3 and saves[-1] == "latest", saves
+    out = tmp_path / "out"
+    run_ketch("restore", "-r", url, "-C", out, "web1/latest/", check=True)
+    _same(data, out)
+    assert run_ketch("fsck", "-r", url).returncode == 0
+
+    pulled = tmp_path / "pulled"
+    run_ketch("mirror", "pull", s3_url + "/fleet", pulled, check=True)
+    fsck = _git(pulled / "web1", "fsck", "--strict")
+    assert fsck.returncode == 0, fsck.stderr
+    count = _git(pulled / "web1", "rev-list", "--count", "refs/heads/web1")
+    assert count.stdout.strip() == "2"
+
+
+def test_refusals(run_ketch: RunKetch, s3_url: str, tmp_path: Path) -> None:
+    data = _tree(tmp_path / "data", 2)
+    # No repository there yet: one line, no traceback.
+    r = run_ketch("save", "-r", f"{s3_url}/nothing", "-n", "x", data)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    # A mirror takes no saves, and a push does not overwrite a primary repository.
+    local = tmp_path / "mirrored"
+    run_ketch("init", "-d", local, check=True)
+    run_ketch("save", "-d", local, "-n", "x", data, check=True)
+    run_ketch("mirror", "push", local, s3_url, check=True)
+    r = run_ketch("save", "-r", f"{s3_url}/mirrored", "-n", "x", data)
+    assert r.returncode == 2 and "read-only" in r.stderr.decode() and b"Traceback" not in r.stderr
+    r = run_ketch("init", "-r", f"{s3_url}/mirrored")
+    assert r.returncode == 2 and "mirror" in r.stderr.decode() and b"Traceback" not in r.stderr
+    run_ketch("init", "-r", f"{s3_url}/primary", check=True)
+    run_ketch("save", "-r", f"{s3_url}/primary", "-n", "x", data, check=True)
+    primary = tmp_path / "primary"
+    run_ketch("init", "-d", primary, check=True)
+    r = run_ketch("mirror", "push", primary, s3_url)
+    assert r.returncode == 2 and b"saved into directly" in r.stdout + r.stderr, r.stdout
+    assert run_ketch("ls", "-r", f"{s3_url}/primary", "x", check=True).stdout.decode().split()[-1] == "latest"
+
+
+class _IgnoresConditions(ObjectStore):
+    """An S3 server that ignores If-Match/If-None-Match (older gateways do):
+    the real store, whose conditional writes are plain puts."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner = inner
+
+    def put_if(self, key: str, data: bytes, tag: str | None) -> str:
+        self.inner.put(key, data)
+        return self.inner.get_tagged(key)[1]
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def location(self) -> str:
+        return self.inner.location()
+
+
+def test_init_refuses_a_store_without_compare_and_swap(s3_url: str) -> None:
+    real = RetryingStore(S3Store(s3_url))
+    probe_conditional_writes(real, "ok")  # SeaweedFS enforces both
+    with pytest.raises(NoCompareAndSwap, match="ignores conditional writes"):
+        probe_conditional_writes(_IgnoresConditions(real), "m")
+
+
+def _start_save(url: str, branch: str, data: Path, cache: Path) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(SRC_DIR), XDG_CACHE_HOME=str(cache))
+    return subprocess.Popen([sys.executable, "-m", "ketch", "save", "-q", "-r", url, "-n",
+                             branch, "--strip", data], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_eight_writers_twenty_rounds(run_ketch: RunKetch, s3_env: S3Server,
+                                     tmp_path: Path) -> None:
+    """8 machines save at once, 20 times: 4 into one branch of one repository, 2
+    into their own branches of it, 2 into another repository. Every save is
+    there afterwards, and both repositories check clean."""
+    bucket = s3_env.new_bucket()
+    shared, other = f"s3://{bucket}/fleet/shared", f"s3://{bucket}/fleet/other"
+    run_ketch("init", "-r", shared, check=True)
+    run_ketch("init", "-r", other, check=True)
+    writers = [(shared, "common")] * 4 + [(shared, "w4"), (shared, "w5"), (other, "w6"),
+                                           (other, "w7")]
+    rounds = 20
+    for r in range(rounds):
+        procs = []
+        for i, (url, branch) in enumerate(writers):
+            data = _tree(tmp_path / f"d{i}", 1000 * r + i)
+            # Each machine has its own cache, as separate machines do.
+            procs.append(_start_save(url, branch, data, tmp_path / f"cache{i}"))
+        for i, p in enumerate(procs):
+            out, err = p.communicate(timeout=300)
+            assert p.returncode == 0, f"round {r}, writer {i}: {err}"
+
+    store = RetryingStore(S3Store(f"s3://{bucket}/fleet"))
+    for name in ("shared", "other"):
+        m = read_manifest(store, name)
+        assert m is not None and m.primary, manifest_key(name)
+    pulled = tmp_path / "pulled"
+    run_ketch("mirror", "pull", f"s3://{bucket}/fleet", pulled, check=True)
+    want = {("shared", "common"): 4 * rounds, ("shared", "w4"): rounds,
+            ("shared", "w5"): rounds, ("other", "w6"): rounds, ("other", "w7"): rounds}
+    for (repo, branch), n in want.items():
+        count = _git(pulled / repo, "rev-list", "--count", f"refs/heads/{branch}")
+        assert int(count.stdout) == n, (repo, branch, count.stdout)
+    # Every save's own data: each round's notes.txt of each writer is in some commit.
+    notes = set()
+    for repo, branch in want:
+        for c in _git(pulled / repo, "rev-list", f"refs/heads/{branch}"
+                     ).stdout.split():
+            notes.add(_git(pulled / repo, "show", f"{c}:notes.txt").stdout.strip())
+    assert notes == {f"tree {1000 * r + i}" for r in range(rounds) for i in range(8)}
+    for repo in ("shared", "other"):
+        fsck = _git(pulled / repo, "fsck", "--strict")
+        assert fsck.returncode == 0, fsck.stderr
+        assert run_ketch("fsck", "-r", f"s3://{bucket}/fleet/{repo}").returncode == 0
