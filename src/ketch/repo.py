@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ketch.errors import KetchError, RefNotFound
 from ketch.git import objects as gobj
 from ketch.git.pack import DEFAULT_LEVEL
+from ketch.progress import Progress
 
 if TYPE_CHECKING:
     from ketch.localrepo import LocalRepository
@@ -62,6 +63,10 @@ class GcJob(Protocol):
     job there."""
 
     options: dict[str, Any]
+    @property
+    def progress(self) -> Progress | None:
+        """What shows the gc's steps (a GcProgress: ketch.lifecycle.gcreport), for
+        a backend that runs it in this process on its own terms (a bucket)."""
 
     def run(self, repo: LocalRepository) -> dict[str, Any]: ...
 

@@ -58,7 +58,7 @@ from ketch.offsite.manifest import (
 )
 from ketch.offsite.s3repo import StoreRepository
 from ketch.offsite.store import NotFound, ObjectStore, PreconditionFailed, StoreError
-from ketch.repo import ReadOnlyRepository, WritableRepository
+from ketch.repo import GcJob, ReadOnlyRepository, WritableRepository
 
 # Smaller than a local repository's packs: each is uploaded while the next is
 # written, so the last upload, the one a save waits for, is short.
@@ -145,6 +145,7 @@ class BucketRepository(StoreRepository, WritableRepository):
         self._uploads: ThreadPoolExecutor | None = None
         self._futures: list[Future[None]] = []
         self._staging: str | None = None
+        self._synced: set[str] = set()  # the packs deduplicated against
         self.bytes_sent = 0
 
     def writable(self) -> WritableRepository:
@@ -184,7 +185,9 @@ class BucketRepository(StoreRepository, WritableRepository):
     def _sync_idx(self) -> ObjectIndex:
         d = self._idx_dir()
         os.makedirs(d, exist_ok=True)
-        want = {p.idx.name: p for p in self.manifest.packs}
+        # Not a retired pack's: gc deletes those once no save can still count on them.
+        want = {p.idx.name: p for p in self.manifest.packs if not p.retired}
+        self._synced = {p.pack.name for p in want.values()}
         have = {n for n in os.listdir(d) if n.endswith(".idx")}
         for stale in have - set(want):
             with contextlib.suppress(FileNotFoundError):
@@ -192,17 +195,17 @@ class BucketRepository(StoreRepository, WritableRepository):
         missing = [want[n] for n in sorted(set(want) - have)]
         if missing:
             with ThreadPoolExecutor(8, thread_name_prefix="ketch-idx") as pool:
-                list(pool.map(self._fetch_idx, missing))
+                list(pool.map(lambda e: self._fetch_idx(e, d), missing))
         index = ObjectIndex(d)
         index.maintain()
         return index
 
-    def _fetch_idx(self, entry: PackEntry) -> None:
+    def _fetch_idx(self, entry: PackEntry, into: str) -> None:
         data = self._get(pack_key(self.name, entry.idx.name), 0, entry.idx.size)
         if hashlib.sha256(data).hexdigest() != entry.idx.sha256:
             raise KetchError(f"{self.where}: {entry.idx.name} does not match the manifest's "
                              "sha256")
-        path = os.path.join(self._idx_dir(), entry.idx.name)
+        path = os.path.join(into, entry.idx.name)
         tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         with open(tmp, "wb") as f:
             f.write(data)
@@ -224,6 +227,13 @@ class BucketRepository(StoreRepository, WritableRepository):
                max_pack_objects: int | None = None) -> BucketWriter:
         self.writable()
         self._dedup_index()
+        self._prepare_writes()
+        return BucketWriter(self, self._staging_dir(), level=level,
+                            max_pack_size=max_pack_size or BUCKET_PACK_SIZE,
+                            max_pack_objects=max_pack_objects, exists=self.exists,
+                            exists_many=self.has_many, on_pack=self._on_pack)
+
+    def _prepare_writes(self) -> None:
         if self._staging is None:
             base = os.path.join(self.cache_dir, "staging")
             os.makedirs(base, exist_ok=True)
@@ -231,10 +241,10 @@ class BucketRepository(StoreRepository, WritableRepository):
             os.makedirs(os.path.join(self._staging, "pack"))
         if self._uploads is None:
             self._uploads = ThreadPoolExecutor(_UPLOADS, thread_name_prefix="ketch-upload")
-        return BucketWriter(self, self._staging, level=level,
-                            max_pack_size=max_pack_size or BUCKET_PACK_SIZE,
-                            max_pack_objects=max_pack_objects, exists=self.exists,
-                            exists_many=self.has_many, on_pack=self._on_pack)
+
+    def _staging_dir(self) -> str:
+        assert self._staging is not None
+        return self._staging
 
     def _on_pack(self, idx_path: str) -> None:
         assert self._uploads is not None
@@ -255,6 +265,7 @@ class BucketRepository(StoreRepository, WritableRepository):
             files.append(FileEntry(os.path.basename(path), size, digest))
         entry = PackEntry(files[0], files[1], time.time_ns())
         cached = os.path.join(self._idx_dir(), files[1].name)
+        os.makedirs(self._idx_dir(), exist_ok=True)
         os.replace(idx_path, cached)
         os.unlink(pack_path)
         with self._plock:
@@ -310,6 +321,17 @@ class BucketRepository(StoreRepository, WritableRepository):
         raise KetchError(f"{self.where}: the manifest kept changing under this write; "
                          f"gave up after {_CAS_ATTEMPTS} attempts")
 
+    def _check_not_collected(self, m: Manifest) -> None:
+        """A save may have found objects in any pack it deduplicated against: if
+        gc has deleted one since, the save must not name them (gc deletes only
+        packs retired for longer than its --wait, so this is a save that ran
+        that long)."""
+        gone = self._synced - {p.pack.name for p in m.packs}
+        if gone:
+            raise KetchError(f"{self.where}: a gc deleted {len(gone)} pack(s) this save "
+                             "deduplicated against while it ran; nothing was lost, run the "
+                             "save again")
+
     def _add_pending(self, m: Manifest, pending: list[PackEntry]) -> bool:
         names = {p.pack.name for p in m.packs}
         new = [p for p in pending if p.pack.name not in names]
@@ -321,7 +343,11 @@ class BucketRepository(StoreRepository, WritableRepository):
         with self._plock:
             pending = list(self._pending)
         if pending:
-            self._change(lambda m: self._add_pending(m, pending))
+            def edit(m: Manifest) -> bool:
+                self._check_not_collected(m)
+                return self._add_pending(m, pending)
+
+            self._change(edit)
             self._done(pending)
 
     def _done(self, published: list[PackEntry]) -> None:
@@ -337,6 +363,7 @@ class BucketRepository(StoreRepository, WritableRepository):
             pending = list(self._pending)
 
         def edit(m: Manifest) -> bool:
+            self._check_not_collected(m)
             now = m.refs.get(ref)
             if now == new.hex():
                 # Already there: this write's own, landed before its answer was lost.
@@ -353,6 +380,61 @@ class BucketRepository(StoreRepository, WritableRepository):
     def maintain(self) -> None:
         if self._pending or self._futures:
             self._publish()
+
+    # -- what gc (ketch.offsite.bucketgc) does through the repository ---------------------
+
+    def collect_garbage(self, job: GcJob) -> dict[str, Any]:
+        from ketch.offsite.bucketgc import collect_bucket
+
+        return collect_bucket(self.writable_bucket(), job.options, job.progress)
+
+    def writable_bucket(self) -> BucketRepository:
+        self.writable()
+        return self
+
+    def refresh_manifest(self) -> None:
+        """Read the manifest as it is now."""
+        self._change(lambda m: False)
+
+    def change_manifest(self, edit: Callable[[Manifest], bool]) -> None:
+        """`edit` the manifest by compare-and-swap (see _change)."""
+        self._change(edit)
+
+    def fetch_idx_files(self, entries: list[PackEntry], into: str) -> list[str]:
+        """Whole idx files of `entries` in the directory `into` (kept there:
+        idx files never change); their paths, in order."""
+        os.makedirs(into, exist_ok=True)
+        missing = [e for e in entries if not os.path.exists(os.path.join(into, e.idx.name))]
+        if missing:
+            with ThreadPoolExecutor(8, thread_name_prefix="ketch-idx") as pool:
+                list(pool.map(lambda e: self._fetch_idx(e, into), missing))
+        return [os.path.join(into, e.idx.name) for e in entries]
+
+    def pack_range(self, entry: PackEntry, start: int, end: int) -> bytes:
+        return self._get(pack_key(self.name, entry.pack.name), start, end)
+
+    def copying_writer(self) -> BucketWriter:
+        """A write session that deduplicates against nothing: gc copies objects
+        out of packs it is about to retire, which still hold them."""
+        self.writable()
+        self._prepare_writes()
+        return BucketWriter(self, self._staging_dir(), level=DEFAULT_LEVEL,
+                            max_pack_size=BUCKET_PACK_SIZE, on_pack=self._on_pack)
+
+    def uploaded_packs(self) -> list[PackEntry]:
+        """Packs uploaded and not yet in the manifest: gc names them itself."""
+        self.wait_uploads()
+        with self._plock:
+            return list(self._pending)
+
+    def named(self, entries: list[PackEntry]) -> None:
+        """`entries` are in the manifest now."""
+        self._done(entries)
+
+    def delete_pack(self, entry: PackEntry) -> None:
+        """Pack first, then its idx: an idx without its pack would look whole."""
+        for f in (entry.pack, *entry.parity, entry.idx):
+            self.store.delete(pack_key(self.name, f.name))
 
 
 class BucketWriter(PackWriter):

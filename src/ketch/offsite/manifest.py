@@ -23,8 +23,14 @@ Manifest (JSON object, format version 1)::
      "packs": [{"name": "pack-<sha1>.pack", "size": N, "sha256": "<hex>", "mtime": T,
                 "idx": {"name": "pack-<sha1>.idx", "size": N, "sha256": "<hex>"},
                 "parity": [{"name": "pack-<sha1>.vol000+200.par2", "size": N,
-                            "sha256": "<hex>"}, {"name": "pack-<sha1>.par2", ...}]},
-               ...]}
+                            "sha256": "<hex>"}, {"name": "pack-<sha1>.par2", ...}],
+                "retired": T},
+               ...],
+     "primary": true}
+
+`primary` marks a repository saved into directly (ketch.offsite.bucket);
+`retired` a pack its gc took out of use (ketch.offsite.bucketgc). Both are
+left out when false or 0, so a mirror's manifest is what it always was.
 
 `parity` (bup's `fsck -g` files, see ketch.integrity.parity) is optional and
 left out for a pack without parity, so a manifest of a repository without
@@ -99,6 +105,9 @@ class PackEntry:
     idx: FileEntry
     mtime: int = 0  # ns, of the local pack: readers search packs in time order
     parity: tuple[FileEntry, ...] = ()  # in parity_order
+    # When gc took the pack out of use (ns; 0: in use). Still read, never
+    # deduplicated against, deleted by a later gc (ketch.offsite.bucketgc).
+    retired: int = 0
 
     @property
     def stem(self) -> str:
@@ -151,6 +160,7 @@ class Manifest:
             "refs": dict(sorted(self.refs.items())), "config": self.config,
             "packs": [
                 {**p.pack.as_dict(), "mtime": p.mtime, "idx": p.idx.as_dict(),
+                 **({"retired": p.retired} if p.retired else {}),
                  **({"parity": [f.as_dict() for f in p.parity]} if p.parity else {})}
                 for p in sorted(self.packs, key=lambda p: p.pack.name)
             ],
@@ -231,7 +241,7 @@ def _pack_entry(d: dict[str, Any]) -> PackEntry:
     if not isinstance(parity, list):
         raise TypeError("parity is not a list")
     return PackEntry(_file_entry(d), _file_entry(d["idx"]), int(d.get("mtime", 0)),
-                     parity_order([_file_entry(f) for f in parity]))
+                     parity_order([_file_entry(f) for f in parity]), int(d.get("retired", 0)))
 
 
 def now_iso() -> str:
