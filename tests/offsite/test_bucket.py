@@ -175,3 +175,41 @@ def test_eight_writers_twenty_rounds(run_ketch: RunKetch, s3_env: S3Server,
         fsck = _git(pulled / repo, "fsck", "--strict")
         assert fsck.returncode == 0, fsck.stderr
         assert run_ketch("fsck", "-r", f"s3://{bucket}/fleet/{repo}").returncode == 0
+
+
+def test_encrypted_bucket_repository(run_ketch: RunKetch, s3_env: S3Server,
+                                     tmp_path: Path) -> None:
+    bucket = s3_env.new_bucket()
+    url = f"s3://{bucket}/fleet/db1"
+    key = tmp_path / "key"
+    run_ketch("mirror", "keygen", key, check=True)
+    data = _tree(tmp_path / "data", 3, big=3 << 20)
+    run_ketch("init", "--encrypt-key", key, "-r", url, check=True)
+    run_ketch("save", "--encrypt-key", key, "-r", url, "-n", "db1", "--strip", data, check=True)
+    run_ketch("save", "--encrypt-key", key, "-r", url, "-n", "db1", "--strip", data, check=True)
+    out = tmp_path / "out"
+    run_ketch("restore", "--encrypt-key", key, "-r", url, "-C", out, "db1/latest/", check=True)
+    _same(data, out)
+    # The bucket shows hashed names only, and without the key there is nothing to read.
+    keys = [o["Key"] for o in s3_env.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    assert not [k for k in keys if "manifest" in k or "pack-" in k], keys
+    r = run_ketch("ls", "-r", url, "db1")
+    assert r.returncode == 2 and b"Traceback" not in r.stderr
+
+
+def test_nightly_run_into_a_bucket(run_ketch: RunKetch, s3_env: S3Server,
+                                   tmp_path: Path) -> None:
+    """The config names the bucket and its endpoint; cron's environment has
+    credentials (here: AWS_* variables) but no endpoint."""
+    url = f"s3://{s3_env.new_bucket()}/fleet/app1"
+    run_ketch("init", "-r", url, check=True)
+    data = _tree(tmp_path / "data", 4)
+    cfg = tmp_path / "ketch.toml"
+    cfg.write_text(f'repository = "{url}"\ns3_endpoint = "{s3_env["endpoint"]}"\n'
+                   f'log_file = "{tmp_path}/ketch.log"\nlock_file = "{tmp_path}/ketch.lock"\n'
+                   f'[[set]]\nname = "app"\npaths = ["{data}"]\n')
+    env = {"KETCH_CONFIG": str(cfg), "KETCH_S3_ENDPOINT": ""}
+    r = run_ketch("run", "-q", env=env)  # as the schedule runs it
+    assert r.returncode == 0 and r.stdout == b"" and r.stderr == b"", r.stderr
+    listed = run_ketch("ls", "-r", url, "app", check=True).stdout.decode().split()
+    assert listed[-1] == "latest" and len(listed) == 2, listed

@@ -78,7 +78,8 @@ _STR, _TEXT, _INT, _NUM, _BOOL, _STRS, _ABS, _ABSS, _ENV, _TABLE, _TABLES, _RET 
     "str", "text", "int", "number", "bool", "strs", "abspath", "abspaths", "env", "table",
     "tables", "retention")
 
-_TOP = {"repository": _STR, "log_file": _ABS, "lock_file": _ABS, "compress": _INT,
+_TOP = {"repository": _STR, "s3_endpoint": _STR, "encrypt_key": _ABS,
+        "log_file": _ABS, "lock_file": _ABS, "compress": _INT,
         "par2": _BOOL, "retention": _RET, "set": _TABLES, "dump": _TABLES, "schedule": _TABLE,
         "notify": _TABLE, "drill": _TABLE}
 _SET = {"name": _STR, "paths": _ABSS, "exclude": _STRS, "exclude_from": _ABSS,

@@ -69,12 +69,13 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
-def _check_repository(location: str) -> CheckResult:
+def _check_repository(location: str, cfg: Config) -> CheckResult:
     from ketch.remote.location import open_location
 
     what = f"repository {location}"
     try:
-        with open_location(location) as repo:
+        with open_location(location, endpoint_url=cfg.s3_endpoint,
+                           encrypt_key=cfg.encrypt_key) as repo:
             branches = sum(1 for _ in repo.iter_refs(b"refs/heads/"))
     except (KetchError, OSError) as e:
         return _fail(what, _one_line(e))
@@ -89,7 +90,7 @@ def _check_repository(location: str) -> CheckResult:
     return _ok(what, f"{detail}, writable")
 
 
-def _check_par2(location: str) -> CheckResult:
+def _check_par2(location: str, cfg: Config) -> CheckResult:
     """`par2 = true`: par2 where the packs are written (asking a server for real)."""
     from ketch.integrity import parity
     from ketch.remote.location import open_location
@@ -100,7 +101,8 @@ def _check_par2(location: str) -> CheckResult:
             return _ok(what, "installed: each new pack gets parity")
         return _fail(what, parity.NOT_INSTALLED)
     try:
-        with open_location(location) as repo:
+        with open_location(location, endpoint_url=cfg.s3_endpoint,
+                           encrypt_key=cfg.encrypt_key) as repo:
             repo.writable().make_parity(lambda _pack: None)
     except (KetchError, OSError) as e:
         return _fail(what, _one_line(e))
@@ -273,9 +275,9 @@ def check_config(cfg: Config, *, progress: Callable[[str], None] | None = None,
     Nothing is kept and nobody is notified; `progress` hears what is being checked."""
     say = progress or (lambda _: None)
     say(f"repository {cfg.repository}")
-    out = [_check_repository(cfg.repository)]
+    out = [_check_repository(cfg.repository, cfg)]
     if cfg.par2:
-        out.append(_check_par2(cfg.repository))
+        out.append(_check_par2(cfg.repository, cfg))
     if not cfg.sets and not cfg.dumps:
         out.append(_warn("backups", "nothing to back up: no [[set]] or [[dump]]"))
     for s in cfg.sets:

@@ -28,8 +28,14 @@ MEANINGS: dict[str, dict[str, str]] = {
     "top": {
         "repository": "where backups go: a local directory (absolute path), a backup server "
                       "(ssh://USER@HOST[:PORT]/PATH or USER@HOST:PATH; HOST: alone is the "
-                      "repository the server's key allows), or s3://BUCKET/PREFIX/REPO (read "
-                      "only). Commands given no -d/-r (and no $KETCH_DIR) use it too",
+                      "repository the server's key allows), or a bucket: s3://BUCKET/PREFIX/REPO "
+                      "(made with ketch init -r). Commands given no -d/-r (and no $KETCH_DIR) "
+                      "use it too",
+        "s3_endpoint": "for a repository in a bucket on an S3-compatible server (Ceph RGW, "
+                       "SeaweedFS, MinIO): its endpoint URL; AWS S3 needs none. Credentials "
+                       "come from the environment, ~/.aws or the instance role",
+        "encrypt_key": "for an encrypted repository in a bucket: the key file (ketch mirror "
+                       "keygen)",
         "retention": "how long saves are kept: the [retention] table (below), for every set "
                      "and dump without one of its own",
         "set": "the backup sets, as [[set]] tables (below)",

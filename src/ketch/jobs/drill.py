@@ -54,7 +54,8 @@ def run_drill(cfg: Config, *, sample: int | None = None,
     rng = rng or random.SystemRandom()
     scratch = tempfile.mkdtemp(prefix="ketch-drill.", dir=_scratch_root())
     try:
-        repo = open_location(cfg.repository)
+        repo = open_location(cfg.repository, endpoint_url=cfg.s3_endpoint,
+                             encrypt_key=cfg.encrypt_key)
     except KetchError as e:
         shutil.rmtree(scratch, ignore_errors=True)
         report.errors.append(f"repository {cfg.repository}: {e}")

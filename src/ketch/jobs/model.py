@@ -133,6 +133,10 @@ class Config:
     compress: int = 1
     par2: bool = False  # parity files for each new pack (save --par2), and gc's
     retention: Retention | None = None  # [retention]: every set's and dump's, unless its own
+    # For a repository in a bucket: an S3-compatible server's endpoint (AWS's by
+    # default), and the key file of an encrypted one (cron has no environment).
+    s3_endpoint: str | None = None
+    encrypt_key: str | None = None
     source: str = ""  # the file this was loaded from
 
     def retention_of(self, item: BackupSet | DumpSpec) -> Retention | None:

@@ -250,7 +250,8 @@ def _log(log_path: str | None, report: RunReport) -> None:
 def _run_items(cfg: Config, report: RunReport, sets: list[BackupSet], dumps: list[DumpSpec],
                progress_for: ProgressFor, running: list[str]) -> None:
     try:
-        repo = open_location(cfg.repository)
+        repo = open_location(cfg.repository, endpoint_url=cfg.s3_endpoint,
+                             encrypt_key=cfg.encrypt_key)
     except KetchError as e:
         report.errors.append(f"repository {cfg.repository}: {e}")
         return
