@@ -392,14 +392,24 @@ def test_server_key_stays_under_its_prefix(stores: Stores) -> None:
 
 
 def test_seaweedfs_write_action_includes_delete(stores: Stores) -> None:
-    """``Write:bucket/prefix/*`` scopes to the prefix but allows DeleteObject:
-    SeaweedFS's own actions cannot make a key append-only."""
+    """``Read:``/``Write:``/``List:bucket/prefix/*`` scope reads, writes and
+    listings to the prefix, but Write allows DeleteObject: SeaweedFS's own
+    actions cannot make a key append-only."""
     legacy = stores.store(LEGACY, "repos/legacy")
     legacy.put("objects/pack/pack-a.pack", b"a")
+    assert legacy.get("objects/pack/pack-a.pack") == b"a"
+    assert [k for k, _ in legacy.list("")] == ["objects/pack/pack-a.pack"]
     legacy.delete("objects/pack/pack-a.pack")  # allowed: the reason for IAM policies
     assert legacy.stat("objects/pack/pack-a.pack") is None
-    with pytest.raises(AuthError):
-        stores.store(LEGACY, "repos/m1").put("x", b"scoped all the same")
+
+    stores.store(M1, "repos/m1").put("manifest.json", b"m1's")
+    outside = stores.store(LEGACY, "repos/m1")
+    for refused in (lambda: outside.put("x", b"scoped all the same"),
+                    lambda: outside.get("manifest.json"),
+                    lambda: outside.delete("manifest.json"),
+                    lambda: list(outside.list(""))):
+        with pytest.raises(AuthError):
+            refused()
 
 
 def test_seaweedfs_bucket_policy_can_deny_deletes(stores: Stores) -> None:
