@@ -56,7 +56,7 @@ import pytest
 
 from ketch.offsite.s3 import AuthError, S3Store
 from ketch.offsite.store import NotFound
-from tests.conftest import in_ci
+from tests.conftest import RunKetch, in_ci
 from tests.offsite.conftest import isolate_aws
 from tests.services.seaweedfs import (
     OWNER,
@@ -484,3 +484,42 @@ def _policy_block(name: str) -> Any:
 def test_docs_policies_are_the_tested_ones() -> None:
     assert _policy_block("machine") == machine_policy("BUCKET", "PREFIX/NAME")
     assert _policy_block("server") == server_policy("BUCKET", "PREFIX")
+
+
+# -- ketch itself, with a machine's key and the server's -------------------------
+
+
+def test_ketch_with_a_machine_key_and_the_servers(stores: Stores, run_ketch: RunKetch,
+                                                  tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine sets up and saves into its own repository with its own key, and
+    can neither save into another machine's nor run gc (it may not delete); the
+    server's key runs gc. One clear line for each refusal."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    def as_(who: S3Identity) -> dict[str, str]:
+        return {"AWS_ACCESS_KEY_ID": who.access_key, "AWS_SECRET_ACCESS_KEY": who.secret_key,
+                "KETCH_S3_ENDPOINT": stores.weed.endpoint}
+
+    data = tmp_path / "data"
+    (data / "etc").mkdir(parents=True)
+    (data / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+    mine, theirs = f"s3://{BUCKET}/repos/m1/ketch", f"s3://{BUCKET}/repos/m2/ketch"
+    run_ketch("init", "-r", theirs, env=as_(M2), check=True)
+    run_ketch("init", "-r", mine, env=as_(M1), check=True)
+    for _ in range(2):
+        run_ketch("save", "-q", "-r", mine, "-n", "m1", data, env=as_(M1), check=True)
+    listed = run_ketch("ls", "-r", mine, "m1", env=as_(M1), check=True).stdout.split()
+    assert len(listed) == 3, listed
+
+    for args in (("save", "-q", "-r", theirs, "-n", "m1", data), ("ls", "-r", theirs),
+                 ("gc", "-r", mine)):
+        r = run_ketch(*args, env=as_(M1))
+        err = r.stderr.decode()
+        assert r.returncode == 2 and "Traceback" not in err, (args, err)
+        assert len(err.strip().splitlines()) == 1, (args, err)
+    assert "may not delete" in err
+    # The refused gc left no lock behind: the server's gc runs at once.
+    r = run_ketch("gc", "-r", mine, "--json", env=as_(SERVER))
+    assert r.returncode == 0, r.stderr
+    assert run_ketch("ls", "-r", mine, "m1", env=as_(SERVER), check=True).stdout.split() == listed

@@ -29,7 +29,7 @@ def store_meta(key: str) -> Callable[[click.Context, click.Parameter, str | None
 
 
 REMOTE_HELP = ("repository on a backup server over ssh (also ssh://[USER@]HOST[:PORT]/PATH)"
-               " or in an S3 mirror")
+               " or in a bucket (its own, or a mirror)")
 REMOTE_METAVAR = "[USER@]HOST:[PATH], ssh://..., or s3://BUCKET/PREFIX/REPO"
 DIR_HELP = "repository directory (default: $KETCH_DIR, else the config's repository, else ~/.ketch)"
 
@@ -44,7 +44,7 @@ def s3_options(f: F) -> F:
     return click.option(
         "--encrypt-key", metavar="FILE", default=None, expose_value=False,
         callback=store_meta("ketch.encrypt_key"),
-        help="key of an encrypted S3 mirror (default: $KETCH_ENCRYPT_KEY)",
+        help="key of an encrypted repository in a bucket (default: $KETCH_ENCRYPT_KEY)",
     )(f)
 
 

@@ -42,7 +42,7 @@ def command(ctx: click.Context, /, repo_dir: str | None, root: str | None, quick
     Exit 0 when all is well, 1 for warnings only (a stale cache), 2 when
     something is damaged or missing. Each damaged object is named once, by
     the first save and path that need it. Over ssh the server does the
-    reading; on an S3 mirror it is `mirror verify`'s check.
+    reading; in a bucket (a mirror or a repository of its own) it is `mirror verify`'s check.
     """
     meter = PhaseMeter() if show_progress() and not quiet else None
     job = FsckRun(quick=quick, read_data=read_data, generate=generate, repair=repair,

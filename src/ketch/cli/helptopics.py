@@ -11,7 +11,7 @@ def repository_topic() -> str:
 Which repository a command uses, first match wins:
   -d DIR          a local repository directory (before or after the command name)
   -r REMOTE       a backup server: [USER@]HOST:[PATH], ssh://[USER@]HOST[:PORT]/PATH,
-                  :PATH (a server run locally), or an S3 mirror: s3://BUCKET/PREFIX/REPO
+                  :PATH (a server run locally), or a bucket: s3://BUCKET/PREFIX/REPO
                   (with --endpoint-url URL and --encrypt-key FILE when needed)
   $KETCH_DIR      a local repository directory
   the config      the `repository` of $KETCH_CONFIG, else /etc/ketch/ketch.toml, when

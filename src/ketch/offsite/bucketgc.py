@@ -32,6 +32,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -45,7 +46,7 @@ from ketch.lifecycle.gcwalk import Walker
 from ketch.lifecycle.liveset import LiveSet, ids_to_bytes
 from ketch.offsite.bucket import BucketRepository
 from ketch.offsite.manifest import Manifest, PackEntry
-from ketch.offsite.store import NotFound, PreconditionFailed
+from ketch.offsite.store import NotFound, PreconditionFailed, StoreError
 from ketch.progress import Progress
 
 STALE_LOCK = 6 * 3600.0
@@ -53,6 +54,18 @@ _TRAILER = 20
 _HEAD_GAP = 64 << 10  # garbage entries' first bytes: merged into one GET across this
 _HEAD_SPAN = 4 << 20
 _COPY_BATCH = 2048
+
+
+def _check_may_delete(repo: BucketRepository) -> None:
+    """gc deletes: a key that may not (a machine's) fails here, before the lock
+    it could not remove either."""
+    key = f"{repo.name}/gc-probe-{uuid.uuid4().hex}"
+    repo.store.put_if(key, b"", None)
+    try:
+        repo.store.delete(key)
+    except StoreError as e:
+        raise StoreError(f"{repo.where}: this key may not delete ({e}); gc needs the "
+                         "server's or the owner's key") from None
 
 
 def _lock_key(repo: BucketRepository) -> str:
@@ -310,6 +323,7 @@ def collect_bucket(repo: BucketRepository, options: dict[str, Any],
     if dry_run:
         report = gc.run(True)
     else:
+        _check_may_delete(repo)
         with _gc_lock(repo):
             report = gc.run(False)
     report.seconds = time.monotonic() - started
