@@ -4,6 +4,7 @@ what it refuses; and many writers at once, some into one branch."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -213,3 +214,20 @@ def test_nightly_run_into_a_bucket(run_ketch: RunKetch, s3_env: S3Server,
     assert r.returncode == 0 and r.stdout == b"" and r.stderr == b"", r.stderr
     listed = run_ketch("ls", "-r", url, "app", check=True).stdout.decode().split()
     assert listed[-1] == "latest" and len(listed) == 2, listed
+
+
+def test_a_pack_is_created_once(s3_url: str, tmp_path: Path) -> None:
+    """Packs go up with If-None-Match: the same bytes again are fine (a retried
+    upload), other bytes under the name are refused and change nothing."""
+    from ketch.offsite.store import StoreError
+
+    store = RetryingStore(S3Store(s3_url))
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"pack bytes")
+    b.write_bytes(b"other bytes")
+    digest = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (a, b)}
+    store.put_file_once("r/objects/pack/p.pack", str(a), sha256=digest[a])
+    store.put_file_once("r/objects/pack/p.pack", str(a), sha256=digest[a])
+    with pytest.raises(StoreError, match="other content"):
+        store.put_file_once("r/objects/pack/p.pack", str(b), sha256=digest[b])
+    assert store.get("r/objects/pack/p.pack") == b"pack bytes"

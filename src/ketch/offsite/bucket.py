@@ -258,8 +258,8 @@ class BucketRepository(StoreRepository, WritableRepository):
         for path in (pack_path, idx_path):
             size = os.path.getsize(path)
             digest = _sha256_file(path)
-            self.store.put_file(pack_key(self.name, os.path.basename(path)), path,
-                                sha256=digest)
+            self.store.put_file_once(pack_key(self.name, os.path.basename(path)), path,
+                                     sha256=digest)
             with self._lock:
                 self.bytes_sent += size
             files.append(FileEntry(os.path.basename(path), size, digest))

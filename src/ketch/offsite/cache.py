@@ -73,6 +73,11 @@ class CachingStore(ObjectStore):
         self._forget(key)
         self.inner.put(key, data)
 
+    def put_file_once(self, key: str, path: str, *, sha256: str,
+                      advance: Advance | None = None) -> None:
+        self._forget(key)
+        self.inner.put_file_once(key, path, sha256=sha256, advance=advance)
+
     def get_tagged(self, key: str) -> tuple[bytes, str]:
         return self.inner.get_tagged(key)  # mutable: never cached
 

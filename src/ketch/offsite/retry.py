@@ -67,6 +67,11 @@ class RetryingStore(ObjectStore):
     def put(self, key: str, data: bytes) -> None:
         self._retry(key, lambda: self.inner.put(key, data))
 
+    def put_file_once(self, key: str, path: str, *, sha256: str,
+                      advance: Advance | None = None) -> None:
+        self._retry(key, lambda: self.inner.put_file_once(key, path, sha256=sha256,
+                                                          advance=advance))
+
     def get_tagged(self, key: str) -> tuple[bytes, str]:
         return self._retry(key, lambda: self.inner.get_tagged(key))
 

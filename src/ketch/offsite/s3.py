@@ -341,12 +341,42 @@ class S3Store(MultipartUploads, ObjectStore):
             return
         self._put_multipart(full, path, size, sha256, storage_class, advance, resume=True)
 
-    def _put_object(self, full: str, data: bytes, sha256: str, storage_class: str | None) -> None:
+    def put_file_once(self, key: str, path: str, *, sha256: str,
+                      advance: Advance | None = None) -> None:
+        full = self._key(key)
+        try:
+            size = os.path.getsize(path)
+        except OSError as e:
+            raise StoreError(f"{path}: {e.strerror}") from None
+        if size > self.multipart_threshold:
+            # Not conditional: a CompleteMultipartUpload with If-None-Match is
+            # not what every S3-compatible server takes.
+            self.put_file(key, path, sha256=sha256, advance=advance)
+            return
+        with open(path, "rb") as f:
+            data = f.read()
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise StoreError(f"{path}: does not match its sha256 {sha256[:12]}… (changed?)")
+        try:
+            self._put_object(full, data, sha256, None, {"IfNoneMatch": "*"})
+        except PreconditionFailed:
+            # Named by its content: the same bytes, from an earlier try.
+            st = self.stat(key)
+            if st is None or st.size != size or (st.checksum is not None
+                                                 and st.checksum != sha256):
+                raise StoreError(f"{self._where(full)}: already there with other "
+                                 "content") from None
+        if advance is not None:
+            advance(size)
+
+    def _put_object(self, full: str, data: bytes, sha256: str, storage_class: str | None,
+                    cond: dict[str, str] | None = None) -> None:
         what = self._where(full)
         digest = hashlib.sha256(data).digest()
 
         def attempt() -> dict[str, Any]:
-            kwargs: dict[str, Any] = {"Key": full, "Body": data, "Metadata": {"sha256": sha256}}
+            kwargs: dict[str, Any] = {"Key": full, "Body": data, "Metadata": {"sha256": sha256},
+                                      **(cond or {})}
             kwargs.update(self._body_checksum(data, digest))
             if storage_class:
                 kwargs["StorageClass"] = storage_class

@@ -68,6 +68,14 @@ class ObjectStore(Protocol):
     def put(self, key: str, data: bytes) -> None:
         """Store a small value whole (manifests, refs)."""
 
+    def put_file_once(self, key: str, path: str, *, sha256: str,
+                      advance: Advance | None = None) -> None:
+        """put_file for a key named by its content (a pack): created only if
+        absent (S3's If-None-Match, which a bucket policy can require of every
+        writer, so that no key can overwrite a pack); there already with the
+        same bytes is success. A store without the condition just puts."""
+        self.put_file(key, path, sha256=sha256, advance=advance)
+
     def stat(self, key: str) -> Stat | None: ...
 
     def get_tagged(self, key: str) -> tuple[bytes, str]:
