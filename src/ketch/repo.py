@@ -213,6 +213,11 @@ class WritableRepository(Repository):
     ) -> None:
         """Move `name` from `old` (None: must not exist) to `new`, or raise RefConflict."""
 
+    def forked(self) -> None:  # noqa: B027 - nothing shared to drop
+        """Called in a process forked from this one (`writes_in_forked_processes`)
+        before it writes: what the parent's process owns (connections, threads,
+        locks) is made anew."""
+
     def adopt_packs(self, idx_paths: list[str]) -> None:  # noqa: B027 - nothing to learn
         """Packs a forked process wrote into this repository for this process's
         session (`writes_in_forked_processes`): looked up and protected from now

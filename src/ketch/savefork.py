@@ -22,7 +22,7 @@ in the save's process.
 - An object both processes meet (a small file equal to a chunk of a big one)
   may be stored twice, once in each pack: git allows it, and gc keeps one.
 
-Only a repository that says so (`writes_in_forked_processes`: a local one)
+Only a repository that says so (`writes_in_forked_processes`: a local one, a bucket)
 gets a child; with one core, or where fork fails, the threads store instead.
 """
 
@@ -98,6 +98,7 @@ def _child(sock: socket.socket, repo: WritableRepository, level: int) -> int:
     """The child's loop: files in, what they became out; at "finish" (or the
     end of the socket: the save is gone) its packs are finished."""
     say = _Say(sock)
+    repo.forked()
     w = repo.writer(level=level)
     big = BigFiles(w, _Relay(say))
     finished = False

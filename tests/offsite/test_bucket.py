@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from ketch.git import objects as gobj
 from ketch.offsite.bucket import NoCompareAndSwap, probe_conditional_writes
 from ketch.offsite.manifest import manifest_key, read_manifest
 from ketch.offsite.retry import RetryingStore
@@ -21,6 +22,7 @@ from ketch.offsite.s3 import S3Store
 from ketch.offsite.store import ObjectStore
 from tests.conftest import SRC_DIR, RunKetch
 from tests.offsite.conftest import S3Server
+from tests.test_savefork import _atimes_ahead
 
 
 @pytest.fixture(autouse=True)
@@ -231,3 +233,43 @@ def test_a_pack_is_created_once(s3_url: str, tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="other content"):
         store.put_file_once("r/objects/pack/p.pack", str(b), sha256=digest[b])
     assert store.get("r/objects/pack/p.pack") == b"pack bytes"
+
+
+def test_a_forked_child_uploads_the_big_files(run_ketch: RunKetch, s3_url: str,
+                                              tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A save's big files stored by a forked child (ketch.savefork), with its own
+    S3 client and packs: the same tree as threads alone, every pack named by the
+    manifest, the save restores."""
+    from ketch import savefork
+    from ketch.remote.location import open_location
+    from ketch.save import SaveOptions, save
+
+    data = _tree(tmp_path / "data", 5, big=6 << 20)
+    (data / "log.txt").write_bytes(b"".join(b"line %d\n" % i for i in range(400_000)))
+    _atimes_ahead(data)
+    monkeypatch.setattr(savefork, "_FORK_AT", 0)  # a child from the first big file
+    trees, packs = {}, {}
+    for how in ("fork", "threads"):
+        if how == "threads":
+            monkeypatch.setenv("KETCH_SAVE_FORK", "0")
+        url = f"{s3_url}/{how}"
+        with open_location(url, create=True) as repo:
+            result = save(repo.writable(), SaveOptions(name="t", paths=[str(data)],
+                                                       date=1_700_000_000))
+            assert result.warnings == []
+            # The source's own tree (the directories above it change as tests run).
+            oid = result.tree
+            assert oid is not None
+            for part in str(data).strip("/").split("/"):
+                entries = gobj.decode_tree(repo.read_typed(oid, gobj.TREE))
+                [oid] = [e.oid for e in entries if e.name == part.encode()]
+            trees[how] = oid
+        m = read_manifest(RetryingStore(S3Store(s3_url)), how)
+        assert m is not None
+        packs[how] = len(m.packs)
+        out = tmp_path / f"out-{how}"
+        run_ketch("restore", "-r", url, "-C", out, f"t/latest{data}/", check=True)
+        _same(data, out)
+    assert trees["fork"] == trees["threads"]
+    assert packs["fork"] >= 2 and packs["threads"] == 1, packs

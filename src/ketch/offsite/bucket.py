@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -67,6 +68,13 @@ _UPLOADS = 3  # packs uploading at once (each in parts of its own)
 _CAS_ATTEMPTS = 60
 _INIT_CONFIG = ("[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n"
                 "[pack]\n\tindexVersion = 2\n")
+
+
+def _entry_from_json(d: dict[str, Any]) -> PackEntry:
+    def file(f: dict[str, Any]) -> FileEntry:
+        return FileEntry(str(f["name"]), int(f["size"]), str(f["sha256"]))
+
+    return PackEntry(file(d["pack"]), file(d["idx"]), int(d["mtime"]))
 
 
 class NoCompareAndSwap(KetchError):
@@ -147,6 +155,32 @@ class BucketRepository(StoreRepository, WritableRepository):
         self._staging: str | None = None
         self._synced: set[str] = set()  # the packs deduplicated against
         self.bytes_sent = 0
+
+    # A save's forked child (ketch.savefork) uploads its own packs, with its own
+    # S3 client (`forked`), and the save adopts them (`adopt_packs`).
+    writes_in_forked_processes = True
+
+    def forked(self) -> None:
+        self.store.forked()
+        self._lock = threading.Lock()
+        self._plock = threading.Lock()
+        self._uploads = None  # the parent's threads did not come along
+        self._futures = []
+        self._pending = []
+        self._pool = None
+
+    def adopt_packs(self, idx_paths: list[str]) -> None:
+        """The child's packs, uploaded: named by the manifest with this process's."""
+        for name in idx_paths:
+            with open(self._entry_path(os.path.basename(name)), encoding="utf-8") as f:
+                entry = _entry_from_json(json.load(f))
+            with self._plock:
+                self._pending.append(entry)
+                if self._dedup is not None:
+                    self._dedup.add_idx(os.path.join(self._idx_dir(), entry.idx.name))
+
+    def _entry_path(self, idx_name: str) -> str:
+        return os.path.join(self._staging_dir(), idx_name + ".entry")
 
     def writable(self) -> WritableRepository:
         if not self.manifest.primary:
@@ -264,6 +298,9 @@ class BucketRepository(StoreRepository, WritableRepository):
                 self.bytes_sent += size
             files.append(FileEntry(os.path.basename(path), size, digest))
         entry = PackEntry(files[0], files[1], time.time_ns())
+        with open(self._entry_path(files[1].name), "w", encoding="utf-8") as f:
+            json.dump({"pack": files[0].as_dict(), "idx": files[1].as_dict(),
+                       "mtime": entry.mtime}, f)
         cached = os.path.join(self._idx_dir(), files[1].name)
         os.makedirs(self._idx_dir(), exist_ok=True)
         os.replace(idx_path, cached)

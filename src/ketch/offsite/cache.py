@@ -98,6 +98,9 @@ class CachingStore(ObjectStore):
     def flush(self) -> None:
         self.inner.flush()
 
+    def forked(self) -> None:
+        self.inner.forked()
+
     def location(self) -> str:
         return self.inner.location()
 

@@ -474,6 +474,10 @@ class EncryptedStore(ObjectStore):
         self._write_index()
         self.inner.flush()
 
+    def forked(self) -> None:
+        self._lock = threading.RLock()  # held, maybe, by a thread the fork left behind
+        self.inner.forked()
+
     def location(self) -> str:
         return self.inner.location()
 

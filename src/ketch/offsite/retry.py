@@ -94,5 +94,8 @@ class RetryingStore(ObjectStore):
     def flush(self) -> None:
         self.inner.flush()
 
+    def forked(self) -> None:
+        self.inner.forked()
+
     def location(self) -> str:
         return self.inner.location()

@@ -141,7 +141,6 @@ class S3Store(MultipartUploads, ObjectStore):
         if region is None and self.endpoint_url and not os.environ.get("AWS_DEFAULT_REGION"):
             region = "us-east-1"
 
-        import boto3  # type: ignore[import-untyped]
         import botocore.config  # type: ignore[import-untyped]
         import botocore.exceptions  # type: ignore[import-untyped]
 
@@ -158,11 +157,23 @@ class S3Store(MultipartUploads, ObjectStore):
             read_timeout=60,
             s3=s3_cfg,
         )
+        self._client_args = (url, profile, region, config)
+        self.client: Any = self._new_client()
+
+    def _new_client(self) -> Any:
+        import boto3  # type: ignore[import-untyped]
+
+        url, profile, region, config = self._client_args
         try:
             session = boto3.session.Session(profile_name=profile, region_name=region)
-            self.client: Any = session.client("s3", endpoint_url=self.endpoint_url, config=config)
+            return session.client("s3", endpoint_url=self.endpoint_url, config=config)
         except self._exc.BotoCoreError as e:
             raise StoreError(f"{url}: cannot set up the S3 client: {_one_line(e)}") from None
+
+    def forked(self) -> None:
+        # The parent's connections are the parent's: a child sharing a socket
+        # would mix its requests with the parent's.
+        self.client = self._new_client()
 
     def __repr__(self) -> str:
         return f"S3Store('{self.location()}')"

@@ -95,6 +95,11 @@ class ObjectStore(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def forked(self) -> None:
+        """This process was forked from the one that made the store: it makes
+        connections (and locks) of its own. Wrappers pass it on."""
+        return None
+
     def flush(self) -> None:
         """Write out what the store batches (an encrypted store's name index);
         wrappers pass it on.  Most stores write everything at once: nothing to do."""
