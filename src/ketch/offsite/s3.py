@@ -366,10 +366,11 @@ class S3Store(MultipartUploads, ObjectStore):
             return
         with open(path, "rb") as f:
             data = f.read()
-        if hashlib.sha256(data).hexdigest() != sha256:
+        digest = hashlib.sha256(data).digest()
+        if digest.hex() != sha256:
             raise StoreError(f"{path}: does not match its sha256 {sha256[:12]}… (changed?)")
         try:
-            self._put_object(full, data, sha256, None, {"IfNoneMatch": "*"})
+            self._put_object(full, data, sha256, None, {"IfNoneMatch": "*"}, digest)
         except PreconditionFailed:
             # Named by its content: the same bytes, from an earlier try.
             st = self.stat(key)
@@ -381,9 +382,10 @@ class S3Store(MultipartUploads, ObjectStore):
             advance(size)
 
     def _put_object(self, full: str, data: bytes, sha256: str, storage_class: str | None,
-                    cond: dict[str, str] | None = None) -> None:
+                    cond: dict[str, str] | None = None, digest: bytes | None = None) -> None:
         what = self._where(full)
-        digest = hashlib.sha256(data).digest()
+        # The caller's, when it has just computed it: a pack is hashed once, not thrice.
+        digest = digest or hashlib.sha256(data).digest()
 
         def attempt() -> dict[str, Any]:
             kwargs: dict[str, Any] = {"Key": full, "Body": data, "Metadata": {"sha256": sha256},
