@@ -136,10 +136,24 @@ def needed_bytes(repo: Path, rev: str, env: dict[str, str]) -> tuple[int, int]:
     return sum(int(s) for s in sizes), len(sizes)
 
 
+def request_kinds(count: RelayCount) -> dict[str, int]:
+    """The requests by what they read: "idx" (an idx file, whole or a piece),
+    "pack" (a pack's range), "other" (manifest, listings...)."""
+    kinds = {"idx": 0, "pack": 0, "other": 0}
+    for method, target in count.targets:
+        path = target.split("?", 1)[0]
+        kind = "other"
+        if method == "GET" and path.endswith(".idx"):
+            kind = "idx"
+        elif method == "GET" and path.endswith(".pack"):
+            kind = "pack"
+        kinds[kind] += 1
+    return kinds
+
+
 def idx_reads(count: RelayCount) -> int:
     """GETs of idx files (whole or a piece) among the requests."""
-    return sum(1 for method, target in count.targets
-               if method == "GET" and target.split("?", 1)[0].endswith(".idx"))
+    return request_kinds(count)["idx"]
 
 
 def _methods(count: RelayCount) -> str:
@@ -206,8 +220,10 @@ def _count_row(row: Row, count: RelayCount, needed: int | None, idx: int) -> Non
         row.note = "; ".join(x for x in (row.note, *parts) if x)
 
 
-def one_file_step(ctx: Context, weed: SeaweedServer, ketch: Tool, url: str, data: Path) -> Row:
-    """One ~1 MB file of DATA alone, through the relay, with an empty cache."""
+def one_file_step(ctx: Context, weed: SeaweedServer, ketch: Tool, url: str,
+                  data: Path) -> tuple[Row, dict[str, int]]:
+    """One ~1 MB file of DATA alone, through the relay, with an empty cache:
+    the row, and its requests by kind."""
     src, remark = pick_one_file(data)
     size = src.stat().st_size
     ref = f"{BRANCH}/latest{src}"
@@ -227,7 +243,7 @@ def one_file_step(ctx: Context, weed: SeaweedServer, ketch: Tool, url: str, data
     _count_row(row, count, None, idx_reads(count))
     if remark and row.ok:
         row.note += f"; {remark}"
-    return row
+    return row, request_kinds(count)
 
 
 # ---------------------------------------------------------------------------
@@ -475,12 +491,12 @@ def restores(ctx: Context, weed: SeaweedServer, ketch: Tool, repo: Path, data: P
                 data, data_bytes, phase, tool)
             count = relay.counts()
         _count_row(relayed, count, needed, idx_reads(count))
-        info[phase] = {**count.as_dict(), "idx_gets": idx_reads(count),
+        info[phase] = {**count.as_dict(), "kinds": request_kinds(count),
                        "seconds": relayed.seconds}
         rows.append(relayed)
-    one = one_file_step(ctx, weed, ketch, url, data)
-    info["one_file"] = {"file": one.item, "bytes": one.bytes_in,
-                        "requests": one.requests, "downloaded": one.downloaded}
+    one, one_kinds = one_file_step(ctx, weed, ketch, url, data)
+    info["one_file"] = {"file": one.item, "bytes": one.bytes_in, "requests": one.requests,
+                        "downloaded": one.downloaded, "kinds": one_kinds}
     rows.append(one)
 
     return rows
