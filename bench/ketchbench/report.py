@@ -13,6 +13,7 @@ from ketchbench.common import MB, PEAK_LABEL, RSS_LIMIT_MB, Row
 from ketchbench.lifecycle import BUP_TIME, LIFECYCLE
 from ketchbench.mirror import BOTO3, MIRROR, MIRROR_PUSH
 from ketchbench.remote import REMOTE
+from ketchbench.s3phase import DIRECT, LOCAL, NOT_SUPPORTED, RELAYED_PHASE, S3
 
 try:
     from rich.console import Console
@@ -79,27 +80,42 @@ TARGETS: dict[str, list[Target]] = {
     # and targets on a row alone (SOLO)
     f"{MIRROR}:repush": [Target("traffic_mb", "<=", 0.0, "uploads nothing")],
     f"{MIRROR}:restore": [Target("downloaded_mb", "<=", 5.0, "downloaded ≤5 MB")],
+    # the s3 phase: ketch -r s3://... against ketch on a local repository
+    f"{S3}:save-initial": [Target("throughput", ">=", 0.8, "MB/s ≥0.8× local")],
+    f"{S3}:save-day": [Target("traffic_per_growth", "<=", 1.1, "upload ≤1.1× local growth")],
+    f"{S3}:restore": [Target("throughput", ">=", 0.7, "MB/s ≥0.7× local")],
+    # and alone, through the latency relay
+    f"{S3}:{RELAYED_PHASE}": [
+        Target("mb_per_s", ">=", 50.0, "MB/s ≥50"),
+        Target("downloaded_per_needed", "<=", 1.1, "download ≤1.1× needed"),
+        Target("requests_per_allowed", "<=", 1.0, "requests ≤ needed/4 MiB + idx GETs + 10"),
+    ],
+    f"{S3}:one-file": [Target("downloaded_mb", "<=", 2.0, "downloaded ≤2 MB"),
+                        Target("requests", "<=", 20, "requests ≤20")],
     # the lifecycle phase: restic's, and the size against a fresh repository, in its own table
     f"{LIFECYCLE}:prune+gc": [Target("time", "<=", BUP_TIME, f"time ≤{BUP_TIME:g}×")],
 }
 # The pairs of tools the ratios compare, numerator first: ketch with bup
 # (split, cycle), ketch's client with ketch locally (remote), ketch's mirror
-# push with boto3 (mirror).
-COMPARISONS = (("ketch", "bup"), ("ketch -r", "ketch"), (MIRROR_PUSH, BOTO3))
+# push with boto3 (mirror), ketch -r s3:// with ketch locally (s3).
+COMPARISONS = (("ketch", "bup"), ("ketch -r", "ketch"), (MIRROR_PUSH, BOTO3), (DIRECT, LOCAL))
 # Phases whose targets are on one row alone, with nothing to compare it with.
-SOLO = (f"{MIRROR}:repush", f"{MIRROR}:restore")
+SOLO = (f"{MIRROR}:repush", f"{MIRROR}:restore", f"{S3}:{RELAYED_PHASE}", f"{S3}:one-file",
+        f"{S3}:fleet")
 
 
 def ratios(rows: list[Row]) -> list[dict[str, object]]:
     """For each (phase, item) both tools of a COMPARISONS pair ran, the one
     over the other, and the targets (a failed row misses them all); for each
-    row of a SOLO phase, its targets alone."""
+    row of a SOLO phase, its targets alone (and so for a "not supported yet"
+    row with nothing to compare it with)."""
     by_key = {(r.phase, r.item, r.tool): r for r in rows}
     out = []
     for r in rows:
-        out += [compare(r, by_key[(r.phase, r.item, den)]) for num, den in COMPARISONS
-                if r.tool == num and (r.phase, r.item, den) in by_key]
-        if r.phase in SOLO:
+        paired = [compare(r, by_key[(r.phase, r.item, den)]) for num, den in COMPARISONS
+                  if r.tool == num and (r.phase, r.item, den) in by_key]
+        out += paired
+        if r.phase in SOLO or (not paired and r.note.startswith(NOT_SUPPORTED)):
             out.append(compare(r, None))
     return out
 
@@ -113,6 +129,15 @@ def compare(r: Row, b: Row | None) -> dict[str, object]:
     ratios), and ``r``'s targets."""
     targets = [*TARGETS.get(r.phase, []), RSS_TARGET]
     compared = r.tool if b is None else f"{r.tool} / {b.tool}"
+    if r.note.startswith(NOT_SUPPORTED):  # not a failure: ketch cannot do it yet
+        return {
+            "phase": r.phase,
+            "item": r.item,
+            "compared": compared,
+            "both_ok": False,
+            "targets": [{"target": t.label, "value": NOT_SUPPORTED, "met": None}
+                        for t in targets],
+        }
     if not (r.ok and (b is None or b.ok)):  # no ratios of a failed step, every target missed
         return {
             "phase": r.phase,
@@ -145,6 +170,13 @@ def compare(r: Row, b: Row | None) -> dict[str, object]:
         # mirror: what a push uploaded, what a restore downloaded (MB, not ratios)
         "traffic_mb": _mb_of(r.traffic),
         "downloaded_mb": _mb_of(r.downloaded),
+        # s3: a save's upload over the local save's growth; a relayed restore's
+        # MB/s, download over what it needed, requests over their allowance
+        "traffic_per_growth": _ratio(r.traffic, b.repo_growth),
+        "mb_per_s": r.mb_per_s,
+        "downloaded_per_needed": _ratio(r.downloaded, r.needed),
+        "requests_per_allowed": _ratio(r.requests, r.allowed_requests),
+        "requests": r.requests,
         "both_ok": True,
     }
     x["targets"] = [t.check(x) for t in targets]
@@ -181,7 +213,7 @@ def fmt_row(r: Row) -> list[str]:
 
 
 def _fmt_target(t: dict[str, object]) -> str:
-    mark = "✓" if t["met"] else "✗"
+    mark = "✓" if t["met"] else "–" if t["value"] == NOT_SUPPORTED else "✗"
     value = t["value"]
     shown = f"{value:.3g}" if isinstance(value, int | float) else str(value or "-")
     return f"{mark} {t['target']}: {shown}"
