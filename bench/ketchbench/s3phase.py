@@ -303,6 +303,7 @@ def s3_save(ctx: Context, weed: SeaweedServer, ketch: Tool, url: str, name: str,
     summary = _json(m)
     new = summary.get("bytes_new")
     row.bytes_new = new if isinstance(new, int) else None
+    row.tree = s3_subtree(ketch, url, data, _s3_env(ctx, weed, weed.endpoint, cache))
     if count is not None:
         row.traffic = count.bytes_up
         row.wire_bytes = count.bytes_up + count.bytes_down
@@ -311,6 +312,19 @@ def s3_save(ctx: Context, weed: SeaweedServer, ketch: Tool, url: str, name: str,
             row.note = f"{count.requests} requests ({_methods(count)}); " \
                 f"{count.bytes_up / MB:,.2f} MB up"
     return row
+
+
+def s3_subtree(ketch: Tool, url: str, data: Path, env: dict[str, str]) -> str | None:
+    """The id of DATA's own tree in the latest save (`ls --json`), as rev_parse
+    gives it for the local repository."""
+    proc = subprocess.run([*ketch.argv, "ls", "-r", url, "-s", "--json",
+                           f"{BRANCH}/latest{data.parent}"], capture_output=True, env=env)
+    try:
+        entries = json.loads(proc.stdout)
+    except ValueError:
+        return None
+    oids = [e.get("oid") for e in entries if e.get("name") == data.name]
+    return str(oids[0]) if oids and oids[0] else None
 
 
 def fleet_trees(root: Path, n: int) -> tuple[list[Path], int]:
