@@ -364,13 +364,29 @@ class S3Store(MultipartUploads, ObjectStore):
             # not what every S3-compatible server takes.
             self.put_file(key, path, sha256=sha256, advance=advance)
             return
-        with open(path, "rb") as f:
-            data = f.read()
-        digest = hashlib.sha256(data).digest()
-        if digest.hex() != sha256:
-            raise StoreError(f"{path}: does not match its sha256 {sha256[:12]}… (changed?)")
+        what = self._where(full)
         try:
-            self._put_object(full, data, sha256, None, {"IfNoneMatch": "*"}, digest)
+            with open(path, "rb") as f:
+                # Streamed, not read whole: a save has several packs uploading at once.
+                sha, md5 = hashlib.sha256(), hashlib.md5()
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    sha.update(block)
+                    md5.update(block)
+                digest = sha.digest()
+                if digest.hex() != sha256:
+                    raise StoreError(f"{path}: does not match its sha256 {sha256[:12]}… "
+                                     "(changed?)")
+
+                def attempt() -> dict[str, Any]:
+                    f.seek(0)
+                    check = ({"ChecksumSHA256": b64(digest)} if self.checksums
+                             else {"ContentMD5": b64(md5.digest())})
+                    return self._call(what, self.client.put_object, Key=full, Body=f,
+                                      ContentLength=size, Metadata={"sha256": sha256},
+                                      IfNoneMatch="*", **check)
+
+                resp = self._with_checksum_fallback(attempt)
+            self._check_body(what, resp, digest, b"", md5.digest())
         except PreconditionFailed:
             # Named by its content: the same bytes, from an earlier try.
             st = self.stat(key)
