@@ -76,7 +76,7 @@ RELAYED_PHASE = f"restore-{DEFAULT_DELAY * 1000:g}ms"  # the full restore throug
 RELAYED_0 = "ketch -r s3 +0ms"
 RELAYED_0_PHASE = "restore-0ms"
 NOT_SUPPORTED = "not supported yet"
-FLEET = 50  # machines saving at once
+FLEET = int(os.environ.get("KETCH_BENCH_FLEET", "50"))  # machines saving at once
 REQUEST_SPAN = 4 << 20  # the requests target: one request per 4 MiB needed, at least
 # A small tree per machine: files every machine has (the same bytes), and its own.
 FLEET_SHARED = (40, 20_000)  # files, bytes each
