@@ -273,3 +273,30 @@ def test_a_forked_child_uploads_the_big_files(run_ketch: RunKetch, s3_url: str,
         _same(data, out)
     assert trees["fork"] == trees["threads"]
     assert packs["fork"] >= 2 and packs["threads"] == 1, packs
+
+
+def test_fsck_walks_from_the_refs(run_ketch: RunKetch, s3_url: str, tmp_path: Path) -> None:
+    """fsck -r s3:// checks every object the refs reach: a pack lost from the
+    bucket (and from its manifest) is a failure, named, not an "ok"."""
+    from ketch.offsite.manifest import Manifest
+
+    url = f"{s3_url}/fleet/lost"
+    data = _tree(tmp_path / "data", 6, big=1 << 20)
+    run_ketch("init", "-r", url, check=True)
+    run_ketch("save", "-q", "-r", url, "-n", "a", data, check=True)
+    ok = json.loads(run_ketch("fsck", "-r", url, "--json", check=True).stdout)
+    assert ok["objects_reachable"] > 20 and ok["refs"] == 1 and ok["problems"] == [], ok
+    (data / "more").write_bytes(random.Random(9).randbytes(300_000))
+    run_ketch("save", "-q", "-r", url, "-n", "a", data, check=True)
+
+    store = RetryingStore(S3Store(f"{s3_url}/fleet"))
+    raw, tag = store.get_tagged("lost/manifest.json")
+    m = Manifest.from_json(raw, "m")
+    newest = max(m.packs, key=lambda p: p.mtime)  # the second save's
+    m.packs.remove(newest)
+    store.put_if("lost/manifest.json", m.to_json(), tag)
+    for f in newest.files():
+        store.delete(f"lost/objects/pack/{f.name}")
+    r = run_ketch("fsck", "-r", url)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert b"missing" in r.stdout + r.stderr and b"Traceback" not in r.stderr

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from ketch.errors import KetchError, RefConflict
+from ketch.errors import EXIT_FAILED, KetchError, RefConflict
 from ketch.git.objindex import ObjectIndex
 from ketch.git.pack import DEFAULT_LEVEL, PackWriter
 from ketch.git.refs import check_ref_name
@@ -59,7 +59,7 @@ from ketch.offsite.manifest import (
 )
 from ketch.offsite.s3repo import StoreRepository
 from ketch.offsite.store import NotFound, ObjectStore, PreconditionFailed, StoreError
-from ketch.repo import GcJob, ReadOnlyRepository, WritableRepository
+from ketch.repo import FsckJob, GcJob, ReadOnlyRepository, WritableRepository
 
 # Smaller than a local repository's packs: each is uploaded while the next is
 # written, so the last upload, the one a save waits for, is short.
@@ -417,6 +417,22 @@ class BucketRepository(StoreRepository, WritableRepository):
     def maintain(self) -> None:
         if self._pending or self._futures:
             self._publish()
+
+    def check_integrity(self, job: FsckJob) -> dict[str, Any]:
+        """`mirror verify`'s check, and unless --quick a walk from every ref:
+        each object it reaches is in a pack, each tree and commit parses."""
+        report = super().check_integrity(job)
+        if not self.manifest.primary or job.options.get("quick"):
+            return report
+        from ketch.offsite.bucketgc import reachable
+
+        report["refs"] = len(self.manifest.refs)
+        report["objects_reachable"], problem = reachable(self)
+        if problem is not None:
+            report["problems"].append({"severity": "damaged", "what": "reachability",
+                                       "message": problem})
+            report["exit_code"], report["ok"] = EXIT_FAILED, False
+        return report
 
     # -- what gc (ketch.offsite.bucketgc) does through the repository ---------------------
 

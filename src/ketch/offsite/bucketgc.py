@@ -305,6 +305,26 @@ class _BucketGc:
         return deleted
 
 
+def reachable(repo: BucketRepository, progress: Progress | None = None) -> tuple[int, str | None]:
+    """fsck's walk of a repository in a bucket: (objects reachable from the
+    refs, the first problem met: a missing or damaged object, or None)."""
+    shown = cast(GcProgress, progress) if progress is not None else NullGcProgress()
+    repo.refresh_manifest()
+    m = repo.manifest
+    live = LiveSet(repo.fetch_idx_files(list(m.packs), os.path.join(repo.cache_dir, "gc-idx")))
+    try:
+        walker = _BucketWalker(repo, live, shown)
+        try:
+            walker.walk([bytes.fromhex(v) for v in m.refs.values()])
+        except KetchError as e:
+            return live.marked, str(e).replace("; gc deletes nothing", "")
+        finally:
+            walker.close()
+        return live.marked, None
+    finally:
+        live.close()
+
+
 def collect_bucket(repo: BucketRepository, options: dict[str, Any],
                    progress: Progress | None) -> dict[str, Any]:
     """Run a gc on `repo` with a GcRun's options; its report (as_dict)."""
