@@ -327,6 +327,37 @@ def _s3(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
                    ["-r", f"{mirror.url}/{mirror.name}"], dict(mirror.env))
 
 
+@pytest.fixture(scope="session")
+def contract_bucket(request: pytest.FixtureRequest) -> PushedMirror:
+    """A bucket for repositories saved into directly, one per test."""
+    server = request.getfixturevalue("s3_server")
+    env = {"KETCH_S3_ENDPOINT": server["endpoint"], "AWS_ACCESS_KEY_ID": server["access_key"],
+           "AWS_SECRET_ACCESS_KEY": server["secret_key"], "AWS_DEFAULT_REGION": server["region"],
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    return PushedMirror(f"s3://{server.new_bucket()}/repos", "", env)
+
+
+def _bucket(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """A repository in a bucket (ketch.offsite.bucket), KNOWN written through it."""
+    from ketch.offsite.bucket import BucketRepository, create_bucket_repository
+    from ketch.offsite.retry import RetryingStore
+    from ketch.offsite.s3 import S3Store
+
+    bucket: PushedMirror = request.getfixturevalue("contract_bucket")
+    request.getfixturevalue("s3_env")
+    name = f"r{abs(hash(tmp_path)) % 10**12}"
+    cache = str(tmp_path / "cache")
+
+    def open_() -> Repository:
+        return BucketRepository(RetryingStore(S3Store(bucket.url)), name, url=bucket.url,
+                                cache_root=cache)
+
+    create_bucket_repository(RetryingStore(S3Store(bucket.url)), name, bucket.url)
+    with open_() as repo:
+        prepare(repo)
+    return Backend("bucket", open_, ["-r", f"{bucket.url}/{name}"], dict(bucket.env))
+
+
 @dataclass(frozen=True)
 class BackendSpec:
     make: Factory
@@ -341,6 +372,7 @@ BACKENDS: dict[str, BackendSpec] = {
     "local": BackendSpec(_local, writable=True),
     "ssh": BackendSpec(_ssh, writable=True),
     "s3": BackendSpec(_s3, writable=False),
+    "bucket": BackendSpec(_bucket, writable=True),
 }
 ALL = list(BACKENDS)
 WRITABLE = [n for n, b in BACKENDS.items() if b.writable]

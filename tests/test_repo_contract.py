@@ -31,6 +31,7 @@ from tests.contract_fixtures import (  # noqa: F401 - fixtures the backends ask 
     commit_bytes,
     contract_local_prepared,
     contract_machine,
+    contract_bucket,
     contract_mirror,
     contract_ssh_prepared,
     contract_template,

@@ -36,13 +36,13 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from ketch.errors import EXIT_FAILED, KetchError, RefConflict
+from ketch.errors import EXIT_FAILED, KetchError, ObjectNotFound, RefConflict
 from ketch.git.objindex import ObjectIndex
 from ketch.git.pack import DEFAULT_LEVEL, PackWriter
 from ketch.git.refs import check_ref_name
@@ -244,6 +244,22 @@ class BucketRepository(StoreRepository, WritableRepository):
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
+
+    def read(self, oid: bytes) -> tuple[int, bytes]:
+        try:
+            return super().read(oid)
+        except ObjectNotFound:
+            # Written by this process and uploaded, but not yet in the manifest
+            # that reads go by: name its packs now.
+            if not (self._pending or self._futures):
+                raise
+            self._publish()
+            return super().read(oid)
+
+    def read_many(self, oids: Sequence[bytes]) -> Iterator[tuple[bytes, int, bytes]]:
+        if self._pending or self._futures:
+            self._publish()
+        return super().read_many(oids)
 
     def has_many(self, oids: Sequence[bytes]) -> list[bool]:
         if not len(oids):
