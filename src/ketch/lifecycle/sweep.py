@@ -57,7 +57,7 @@ class PackUsage:
         return self.pack_bytes - self.garbage_bytes
 
 
-def _entry_sizes(live: LiveSet, k: int, pack_bytes: int) -> tuple[npt.NDArray[np.int64],
+def entry_sizes(live: LiveSet, k: int, pack_bytes: int) -> tuple[npt.NDArray[np.int64],
                                                                 npt.NDArray[np.int64]]:
     """(offsets, sizes) of the entries of pack `k`, both in id order."""
     offs = live.idx[k].offsets().astype(np.int64)
@@ -78,7 +78,7 @@ def usage(live: LiveSet) -> list[PackUsage]:
     for k, ix in enumerate(live.idx):
         pack = live.pack_path(k)
         pack_bytes = os.path.getsize(pack)
-        _, sizes = _entry_sizes(live, k, pack_bytes)
+        _, sizes = entry_sizes(live, k, pack_bytes)
         marks = live.marks[k]
         # Header and trailer go with the pack: a pack of only garbage frees all of it.
         garbage = int(sizes[~marks].sum())
@@ -119,7 +119,7 @@ def copy_entries(live: LiveSet, k: int, positions: npt.NDArray[np.int64], writer
     ix = live.idx[k]
     pack = live.pack_path(k)
     pack_bytes = os.path.getsize(pack)
-    offs, sizes = _entry_sizes(live, k, pack_bytes)
+    offs, sizes = entry_sizes(live, k, pack_bytes)
     positions = positions[np.argsort(offs[positions])]
     crcs = ix.crcs()
     oids = ids_to_bytes(ix.ids[positions])

@@ -44,13 +44,13 @@ from ketch.lifecycle.gc import DEFAULT_WAIT, GcBusy
 from ketch.lifecycle.gcreport import GcProgress, GcReport, NullGcProgress
 from ketch.lifecycle.gcwalk import Walker
 from ketch.lifecycle.liveset import LiveSet, ids_to_bytes
+from ketch.lifecycle.sweep import entry_sizes
 from ketch.offsite.bucket import BucketRepository
 from ketch.offsite.manifest import Manifest, PackEntry
 from ketch.offsite.store import NotFound, PreconditionFailed, StoreError
 from ketch.progress import Progress
 
 STALE_LOCK = 6 * 3600.0
-_TRAILER = 20
 _HEAD_GAP = 64 << 10  # garbage entries' first bytes: merged into one GET across this
 _HEAD_SPAN = 4 << 20
 _COPY_BATCH = 2048
@@ -119,21 +119,6 @@ class _BucketWalker(Walker):
     def read_at(self, k: int, pos: int) -> tuple[int, bytes]:
         oid = ids_to_bytes(self.live.idx[k].ids[pos : pos + 1])[0]
         return self.repo.read(oid)
-
-
-def _sizes(live: LiveSet, k: int, pack_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets, entry sizes) of pack k, in id order."""
-    offs = live.idx[k].offsets().astype(np.int64)
-    order = np.argsort(offs)
-    ends = np.empty(len(offs), dtype=np.int64)
-    ends[:-1] = offs[order][1:]
-    if len(offs):
-        ends[-1] = pack_size - _TRAILER
-    sizes = np.empty(len(offs), dtype=np.int64)
-    sizes[order] = ends - offs[order]
-    if len(offs) and int(sizes.min()) <= 0:
-        raise CorruptObject(f"{live.paths[k]}: two entries share an offset; gc deletes nothing")
-    return offs, sizes
 
 
 def _garbage_tree(repo: BucketRepository, entry: PackEntry, offsets: list[int]) -> bool:
@@ -248,7 +233,7 @@ class _BucketGc:
             marks = live.marks[k]
             if marks.all():
                 continue
-            offs, sizes = _sizes(live, k, p.pack.size)
+            offs, sizes = entry_sizes(live, k, p.pack.size)
             garbage = p.pack.size if not marks.any() else int(sizes[~marks].sum())
             share = 100.0 * garbage / p.pack.size if p.pack.size else 0.0
             if share > self.threshold or _garbage_tree(

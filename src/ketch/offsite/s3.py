@@ -337,10 +337,7 @@ class S3Store(MultipartUploads, ObjectStore):
     def put_file(self, key: str, path: str, *, sha256: str, storage_class: str | None = None,
                  advance: Advance | None = None) -> None:
         full = self._key(key)
-        try:
-            size = os.path.getsize(path)
-        except OSError as e:
-            raise StoreError(f"{path}: {e.strerror}") from None
+        size = _file_size(path)
         if size <= self.multipart_threshold:
             with open(path, "rb") as f:
                 data = f.read()
@@ -355,10 +352,7 @@ class S3Store(MultipartUploads, ObjectStore):
     def put_file_once(self, key: str, path: str, *, sha256: str,
                       advance: Advance | None = None) -> None:
         full = self._key(key)
-        try:
-            size = os.path.getsize(path)
-        except OSError as e:
-            raise StoreError(f"{path}: {e.strerror}") from None
+        size = _file_size(path)
         if size > self.multipart_threshold:
             # Not conditional: a CompleteMultipartUpload with If-None-Match is
             # not what every S3-compatible server takes.
@@ -436,6 +430,13 @@ class S3Store(MultipartUploads, ObjectStore):
         if len(etag) == 32 and etag != md5.hex():
             raise StoreError(f"{what}: server ETag {etag} is not the MD5 of what we sent")
         return md5
+
+def _file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError as e:
+        raise StoreError(f"{path}: {e.strerror}") from None
+
 
 def _one_line(e: object) -> str:
     text = " ".join(str(e).split())
