@@ -438,7 +438,13 @@ class BucketRepository(StoreRepository, WritableRepository):
         """`mirror verify`'s check, and unless --quick a walk from every ref:
         each object it reaches is in a pack, each tree and commit parses."""
         report = super().check_integrity(job)
-        if not self.manifest.primary or job.options.get("quick"):
+        if not self.manifest.primary:
+            return report
+        for p in report["problems"]:
+            if p["what"] == "extra":
+                p["message"] = (f"{p['file']}: no manifest names it (a save under way, or "
+                                "one that was killed)")
+        if job.options.get("quick"):
             return report
         from ketch.offsite.bucketgc import reachable
 
