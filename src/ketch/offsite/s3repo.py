@@ -10,7 +10,7 @@ written together.
 
 Reading an object is then one ranged GET of its pack entry. Where an entry
 ends is not recorded anywhere but in its zlib stream, so a GET reads a little
-beyond (_GUESS) and, rarely, a second GET fetches the rest of a big entry.
+beyond (GUESS) and, rarely, a second GET fetches the rest of a big entry.
 `prefetch` hints (restore announces a directory's files and a file's chunks
 before reading them) are fetched with the next read, grouped by pack, with
 nearby entries merged into one GET. Deltas (git-repacked repositories have
@@ -34,12 +34,12 @@ from cachetools import LRUCache
 from isal import isal_zlib
 
 from ketch.errors import CorruptObject, KetchError, ObjectNotFound
-from ketch.git import entry as codec
 from ketch.git import objects as gobj
 from ketch.git.deflate import InflateError, deflate
 from ketch.git.delta import BadDelta, apply_delta
-from ketch.git.entry import FULL_TYPES, OFS_DELTA, REF_DELTA, CorruptPack
+from ketch.git.entry import CorruptPack
 from ketch.git.refs import check_ref_name
+from ketch.offsite import s3read
 from ketch.offsite.manifest import (
     no_such_repository,
     pack_key,
@@ -47,15 +47,14 @@ from ketch.offsite.manifest import (
     read_manifest_bytes,
 )
 from ketch.offsite.s3index import WHOLE_IDX, RemoteIdx, write_cache
+from ketch.offsite.s3read import GUESS, Range, Window, read_entry
 from ketch.offsite.store import NotFound, ObjectStore
 from ketch.repo import FsckJob, Repository
 
 _DISK_TYPES = frozenset((gobj.COMMIT, gobj.TREE, gobj.TAG))
-_GUESS = 8 << 10  # read this far past the last wanted entry's start
 # Merge two wanted ranges into one GET when fewer bytes than this lie between
 # them: a request costs more latency than a few KB of transfer.
 _MERGE_GAP = 32 << 10
-_MAX_SPAN = 16 << 20  # one GET at most (unless one entry is bigger)
 _BATCH_OBJECTS = 256  # hinted objects fetched along with one read
 _PARALLEL = 8  # GETs in flight for idx buckets
 _MEM_BYTES = 32 << 20  # memory LRU of decoded small objects and delta bases
@@ -81,62 +80,6 @@ def _size_of(item: tuple[int, bytes]) -> int:
     return len(item[1])
 
 
-class _Window:
-    """Bytes of one pack from `start` on, fetched as decoding needs them."""
-
-    def __init__(self, repo: StoreRepository, key: str, start: int, end: int,
-                 limit: int) -> None:
-        self.repo, self.key, self.start, self.limit = repo, key, start, limit
-        self.data = repo._get(key, start, min(end, limit)) if start < limit else b""
-
-    @property
-    def end(self) -> int:
-        return self.start + len(self.data)
-
-    def ensure(self, end: int) -> None:
-        """Make [start, end) available (as far as the pack's entries go)."""
-        if end > self.end and self.end < self.limit:
-            stop = min(max(end, self.end + _GUESS), self.limit)
-            # Rebinding (not extending) keeps memoryviews of the old bytes valid.
-            self.data = self.data + self.repo._get(self.key, self.end, stop)
-
-    def read(self, pos: int, n: int) -> memoryview:
-        """Up to `n` bytes at pack offset `pos` (the codec's Reader): what the
-        window holds, fetching more only when it holds nothing there."""
-        if pos >= self.end:
-            self.ensure(pos + n)
-        i = pos - self.start
-        if not 0 <= i < len(self.data):
-            return memoryview(b"")
-        return memoryview(self.data)[i : i + n]
-
-    def head(self, offset: int) -> tuple[bytes, int]:
-        """(the window's bytes, index of `offset` in them), with room after it
-        for any entry header, OFS distance or REF id."""
-        self.ensure(offset + 64)
-        return self.data, offset - self.start
-
-
-def _read_entry(win: _Window, offset: int, where: str) -> tuple[int, bytes, int | bytes | None]:
-    """(type, inflated data, base) of the pack entry at `offset`: the base is
-    None for a whole object, the distance back for an OFS_DELTA, the base's id
-    for a REF_DELTA."""
-    try:
-        raw, i = win.head(offset)
-        t, size, i = codec.read_header(raw, i, len(raw))
-        base: int | bytes | None = None
-        if t == OFS_DELTA:
-            base, i = codec.read_ofs_distance(raw, i, len(raw))
-        elif t == REF_DELTA:
-            base = codec.read_ref_base(raw, i, len(raw))
-            i += 20
-        elif t not in FULL_TYPES:
-            raise CorruptPack(f"invalid entry type {t}")
-        return t, codec.inflate(win.read, win.start + i, size)[0], base
-    except CorruptPack as e:
-        raise CorruptPack(f"{where}: {e}") from None
-
-
 class StoreRepository(Repository):
     """One repository of a mirror, read-only; `url` names the store (for messages
     and the cache directory)."""
@@ -152,8 +95,13 @@ class StoreRepository(Repository):
         self.whole_idx_bytes = whole_idx_bytes
         self.bytes_received = 0
         self.requests = 0
-        self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()  # the counts
+        # The rest of the state: read_many runs beside read (a restore's reader
+        # thread and its tree walk), but only the GETs and decoding of a planned
+        # read go on outside it.
+        self._reading = threading.RLock()
+        self._pool: ThreadPoolExecutor | None = None  # idx pieces
+        self._range_pool: ThreadPoolExecutor | None = None  # read_many's ranges
         raw = read_manifest_bytes(store, name)
         if raw is None:
             raise no_such_repository(store, name, self.url)
@@ -204,9 +152,10 @@ class StoreRepository(Repository):
         return fsck_report(self.store, self.name, job.options, where=self.where)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        for pool in (self._pool, self._range_pool):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._pool = self._range_pool = None
 
     # -- store access -------------------------------------------------------------
 
@@ -271,23 +220,29 @@ class StoreRepository(Repository):
         i = self._by_time.index(name)  # newest first
         self._order = [name, *self._by_time[i + 1 :], *reversed(self._by_time[:i])]
 
-    def has_many(self, oids: Sequence[bytes]) -> list[bool]:
+    def _locate_again(self, oids: Sequence[bytes]) -> dict[bytes, tuple[str, int]]:
         try:
-            found = self._locate(oids)
+            return self._locate(oids)
         except _PackGone as e:
             self._again(e)
-            found = self._locate(oids)
+            return self._locate(oids)
+
+    def has_many(self, oids: Sequence[bytes]) -> list[bool]:
+        with self._reading:
+            found = self._locate_again(oids)
         return [o in found for o in oids]
 
     def exists(self, oid: bytes) -> bool:
-        return self._mem.get(oid) is not None or self.has_many([oid])[0]
+        with self._reading:
+            return self._mem.get(oid) is not None or self.has_many([oid])[0]
 
     def expand_hex(self, hexid: str) -> bytes | None:
         if len(hexid) == 40:
             return super().expand_hex(hexid)
         if len(hexid) < 2:
             return None
-        matches = {o for name in self._order for o in self._index(name).with_prefix(hexid)}
+        with self._reading:
+            matches = {o for name in self._order for o in self._index(name).with_prefix(hexid)}
         if len(matches) > 1:
             raise KetchError(f"ambiguous object id prefix: {hexid}")
         return matches.pop() if matches else None
@@ -296,9 +251,10 @@ class StoreRepository(Repository):
 
     def prefetch(self, oids: Sequence[bytes]) -> None:
         # Readers walk depth first: the newest hints are wanted soonest.
-        self._ahead.extendleft(reversed(oids))
-        while len(self._ahead) > 1 << 16:
-            self._ahead.pop()
+        with self._reading:
+            self._ahead.extendleft(reversed(oids))
+            while len(self._ahead) > 1 << 16:
+                self._ahead.pop()
 
     def _disk_path(self, oid: bytes) -> str:
         h = oid.hex()
@@ -339,15 +295,70 @@ class StoreRepository(Repository):
             write_cache(self._disk_path(oid), bytes([t]) + deflate(data, 1))
 
     def read(self, oid: bytes) -> tuple[int, bytes]:
-        got = self._cached(oid)
-        if got is not None:
-            return got
-        try:
-            return self._read(oid)
-        except _PackGone as e:
-            self._again(e)
-            self._ahead.clear()
-            return self._read(oid)
+        with self._reading:
+            got = self._cached(oid)
+            if got is not None:
+                return got
+            try:
+                return self._read(oid)
+            except _PackGone as e:
+                self._again(e)
+                self._ahead.clear()
+                return self._read(oid)
+
+    def read_many(self, oids: Sequence[bytes]) -> Iterator[tuple[bytes, int, bytes]]:
+        # Planned reads (s3read): each wanted entry's range of its pack once,
+        # in GETs of a few MB, many in flight.
+        with self._reading:
+            wanted = list(dict.fromkeys(oids))
+            held = {o: got for o in wanted
+                    if (got := self._fetched.get(o) or self._mem.get(o)) is not None}
+            rest = [o for o in wanted if o not in held]
+            where = self._locate_again(rest)
+            ranges = self._plan(where)
+        for o, (t, data) in held.items():
+            yield o, t, data
+        yield from self._run(ranges, keep=False)
+        for o in rest:
+            if o not in where:
+                t, data = self.read(o)  # after a newer push, or ObjectNotFound
+                yield o, t, data
+
+    def _plan(self, where: dict[bytes, tuple[str, int]], gap: int = s3read.GAP) -> list[Range]:
+        by_pack: dict[str, list[tuple[int, bytes]]] = {}
+        for o, (name, off) in where.items():
+            by_pack.setdefault(name, []).append((off, o))
+        ranges: list[Range] = []
+        for name, items in by_pack.items():
+            ix = self._index(name)
+            size = self._packs[name].pack.size
+            avg = size // max(ix.count, 1)
+            # The idx's offsets say where each entry ends (4 bytes an entry):
+            # worth fetching when they cost under an eighth of what is read.
+            ends = ix.entry_ends([off for off, _ in items],
+                                 fetch=32 * ix.count <= len(items) * avg)
+            ranges += s3read.plan(name, pack_key(self.name, self._packs[name].pack.name),
+                                  size - 20, [(off, ends.get(off), o) for off, o in items],
+                                  guess=max(GUESS, 2 * avg), gap=gap, span=s3read.span_for(
+                                      sum(ends.get(off, off + avg) - off for off, _ in items)))
+        return ranges
+
+    def _read_range(self, r: Range) -> tuple[list[tuple[bytes, int, bytes]],
+                                             list[tuple[str, int, bytes]], Window]:
+        """On a pool thread: fetch a planned range, decode and check its whole
+        objects; its deltas are left to the caller (their bases need the caches)."""
+        win = Window(self._get, r.key, r.start, r.end, r.limit)
+        done, deltas = [], []
+        for off, oid in r.entries:
+            t, data, base = read_entry(win, off, f"{self.where}: {r.key} at {off}")
+            if base is not None:
+                deltas.append((r.idx_name, off, oid))
+            elif gobj.object_id(t, data) != oid:
+                raise CorruptObject(f"{self.where}: object {oid.hex()} in {r.key} "
+                                    "does not match its id")
+            else:
+                done.append((oid, t, data))
+        return done, deltas, win
 
     def _read(self, oid: bytes) -> tuple[int, bytes]:
         got: tuple[int, bytes] | None = None
@@ -376,38 +387,32 @@ class StoreRepository(Repository):
                asked: bytes) -> Iterator[tuple[bytes, int, bytes]]:
         """(oid, type, data) for located objects, nearby entries in one GET;
         `asked` is the one the caller is waiting for, the rest were hinted."""
-        by_pack: dict[str, list[tuple[int, int, int]]] = {}
-        oids = list(where)
-        for i, o in enumerate(oids):
-            name, off = where[o]
-            by_pack.setdefault(name, []).append((off, off, i))
-        for name, items in by_pack.items():
-            entry = self._packs[name]
-            key = pack_key(self.name, entry.pack.name)
-            items.sort()
-            groups: list[tuple[int, int, list[int]]] = []
-            for start, _, i in items:
-                if groups and (start - groups[-1][1] > _MERGE_GAP
-                               or start - groups[-1][0] > _MAX_SPAN):
-                    groups.append((start, start, [i]))
-                elif groups:
-                    groups[-1] = (groups[-1][0], start, [*groups[-1][2], i])
-                else:
-                    groups.append((start, start, [i]))
-            for first, last, members in groups:
-                win = _Window(self, key, first, last + _GUESS, entry.pack.size - 20)
-                for i in members:
-                    oid = oids[i]
-                    t, obj = self._decode(name, where[oid][1], win, 0)
-                    if gobj.object_id(t, obj) != oid:
-                        raise CorruptObject(f"{self.where}: object {oid.hex()} in "
-                                            f"{entry.pack.name} does not match its id")
-                    self._keep(oid, t, obj, oid == asked)
-                    yield oid, t, obj
+        return self._run(self._plan(where, gap=_MERGE_GAP), keep=True, asked=asked)
 
-    def _decode(self, idx_name: str, offset: int, win: _Window, depth: int) -> tuple[int, bytes]:
+    def _run(self, ranges: list[Range], *, keep: bool,
+             asked: bytes | None = None) -> Iterator[tuple[bytes, int, bytes]]:
+        """The objects of planned ranges, fetched in parallel; `keep` remembers
+        them all (see _keep), else only trees and commits."""
+        if self._range_pool is None:
+            self._range_pool = ThreadPoolExecutor(s3read.IN_FLIGHT,
+                                                  thread_name_prefix="ketch-range")
+        for done, deltas, win in s3read.run(ranges, self._read_range, self._range_pool):
+            for name, off, oid in deltas:
+                with self._reading:
+                    t, data = self._decode(name, off, win, 0)
+                if gobj.object_id(t, data) != oid:
+                    raise CorruptObject(f"{self.where}: object {oid.hex()} in {win.key} "
+                                        "does not match its id")
+                done.append((oid, t, data))
+            for oid, t, data in done:
+                if keep or t in _DISK_TYPES:
+                    with self._reading:
+                        self._keep(oid, t, data, oid == asked)
+                yield oid, t, data
+
+    def _decode(self, idx_name: str, offset: int, win: Window, depth: int) -> tuple[int, bytes]:
         where = f"{self.where}: {self._packs[idx_name].pack.name} at {offset}"
-        t, data, base = _read_entry(win, offset, where)
+        t, data, base = read_entry(win, offset, where)
         if base is None:
             return t, data
         if depth > _MAX_CHAIN:
@@ -423,14 +428,14 @@ class StoreRepository(Repository):
         except BadDelta as e:
             raise BadDelta(f"{where}: {e}") from None
 
-    def _base_at(self, idx_name: str, offset: int, win: _Window, depth: int) -> tuple[int, bytes]:
+    def _base_at(self, idx_name: str, offset: int, win: Window, depth: int) -> tuple[int, bytes]:
         """A delta's base: the entry at `offset` (from the window when it is there)."""
         got = self._mem.get((idx_name, offset))
         if got is None:
             if offset < win.start:
                 entry = self._packs[idx_name]
-                win = _Window(self, pack_key(self.name, entry.pack.name), offset,
-                              offset + _GUESS, entry.pack.size - 20)
+                win = Window(self._get, pack_key(self.name, entry.pack.name), offset,
+                              offset + GUESS, entry.pack.size - 20)
             got = self._decode(idx_name, offset, win, depth)
             self._remember((idx_name, offset), got)
         return got
