@@ -301,6 +301,16 @@ class RemoteIdx:
                 out[o] = starts[i + 1]
         return out
 
+    def start_after(self, pos: int) -> int | None:
+        """The first entry's offset at or after `pos`, when the idx's offsets
+        are at hand already (see entry_ends); else None."""
+        if self._starts is None:
+            self.entry_ends((), fetch=False)
+        if self._starts is None:
+            return None
+        i = bisect.bisect_left(self._starts, pos)
+        return self._starts[i] if i < len(self._starts) else None
+
     def with_prefix(self, hexprefix: str) -> list[bytes]:
         self._load()
         lo, hi = self._span(int(hexprefix[:2], 16))

@@ -30,7 +30,7 @@ GUESS = 8 << 10  # read this far past an entry's start when its end is unknown
 # link of 50 MB/s and 30 ms a request, 256 KiB cost a sixth of a round trip.
 GAP = 256 << 10
 SPAN = 8 << 20  # one GET at most (unless one entry is bigger)
-MIN_SPAN = 4 << 20  # ranges are not cut smaller than this for parallelism
+MIN_SPAN = 8 << 20  # ranges are not cut smaller than this for parallelism
 IN_FLIGHT = 16  # GETs at once
 IN_FLIGHT_BYTES = 96 << 20  # bytes of ranges fetched and not yet handed over
 
@@ -94,6 +94,36 @@ def read_entry(win: Window, offset: int, where: str) -> tuple[int, bytes, int | 
         raise CorruptPack(f"{where}: {e}") from None
 
 
+def scan(win: Window, pos: int) -> Iterator[tuple[int, int, bytes]]:
+    """(offset, type, data) of each whole object from `pos` on, as far as `win`
+    holds entries whole (it fetches nothing more): what a restore will want
+    next lies beside what it asks for, since a save writes a file's blobs and
+    chunk trees together. Deltas are stepped over; a stretch that does not
+    decode ends the scan (the entries asked for are then read one by one)."""
+    data, base = win.data, win.start
+    view = memoryview(data)
+
+    def read(p: int, n: int) -> memoryview:
+        i = p - base
+        return view[i : i + n] if 0 <= i < len(view) else view[0:0]
+
+    while pos < win.end:
+        try:
+            t, size, i = codec.read_header(data, pos - base, len(data))
+            if t == OFS_DELTA:
+                i = codec.read_ofs_distance(data, i, len(data))[1]
+            elif t == REF_DELTA:
+                i += 20
+            elif t not in FULL_TYPES:
+                return
+            out, end = codec.inflate(read, base + i, size)
+        except CorruptPack:
+            return
+        if t in FULL_TYPES:
+            yield pos, t, out
+        pos = end
+
+
 @dataclass
 class Range:
     """One GET of a pack: [start, end) holding `entries` ((offset, oid), by offset)."""
@@ -104,10 +134,12 @@ class Range:
     start: int
     end: int
     entries: list[tuple[int, bytes]] = field(default_factory=list)
+    # Decode every whole object in it, wanted or not (see scan).
+    everything: bool = False
 
 
 def plan(idx_name: str, key: str, limit: int, wanted: list[tuple[int, int | None, bytes]],
-         *, guess: int, span: int, gap: int = GAP) -> list[Range]:
+         *, guess: int, span: int, gap: int = GAP, everything: bool = False) -> list[Range]:
     """The GETs that read `wanted` ((offset, end or None when unknown, oid)) of
     one pack whose entries end at `limit`."""
     out: list[Range] = []
@@ -119,7 +151,7 @@ def plan(idx_name: str, key: str, limit: int, wanted: list[tuple[int, int | None
             cur.end = max(cur.end, stop)
             cur.entries.append((off, oid))
         else:
-            out.append(Range(idx_name, key, limit, off, stop, [(off, oid)]))
+            out.append(Range(idx_name, key, limit, off, stop, [(off, oid)], everything))
     return out
 
 

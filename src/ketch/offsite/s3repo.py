@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -58,6 +58,16 @@ _MERGE_GAP = 32 << 10
 _BATCH_OBJECTS = 256  # hinted objects fetched along with one read
 _PARALLEL = 8  # GETs in flight for idx buckets
 _MEM_BYTES = 32 << 20  # memory LRU of decoded small objects and delta bases
+# Objects fetched before they are asked for (hints, and the blobs beside a
+# file's chunk trees): the oldest are dropped beyond this, to be fetched again.
+_HELD_BYTES = 96 << 20
+# A file's chunk trees lie among its blobs, a subtree's worth (1-2 MB) apart:
+# one GET spanning several of them reads the blobs too (see prefetch_subtrees).
+_SUBTREE_GAP = 2 << 20
+# An object asked for without a hint comes with the entries written just
+# before it: a save writes a directory's trees and metadata after its files',
+# its commit last, so a path's trees lie behind the commit that names them.
+_BEHIND = 128 << 10
 _MEM_MAX_ITEM = 1 << 20
 _DISK_BLOB_MAX = 64 << 10  # small unhinted blobs kept on disk (see _keep)
 _MAX_CHAIN = 500  # deeper delta chains than this are a corrupt pack
@@ -69,6 +79,9 @@ class _PackGone(KetchError):
 
 class MirrorReadOnly(KetchError):
     """Writing to an S3 mirror was attempted."""
+
+
+_Obj = tuple[bytes, int, bytes]  # (id, type, content)
 
 
 def default_cache_root() -> str:
@@ -85,6 +98,9 @@ class StoreRepository(Repository):
     and the cache directory)."""
 
     read_only = "an S3 mirror is read-only; push to it with ketch mirror push"
+    # A restore's reader thread fetches one batch's blobs while its own thread
+    # walks the next files' trees: both wait on round trips, not on each other.
+    reads_concurrently = True
 
     def __init__(self, store: ObjectStore, name: str, *, url: str | None = None,
                  cache_root: str | None = None, whole_idx_bytes: int = WHOLE_IDX) -> None:
@@ -111,8 +127,10 @@ class StoreRepository(Repository):
         self._idx: dict[str, RemoteIdx] = {}
         self._take_manifest(raw)
         self._ahead: deque[bytes] = deque()
-        self._fetched: dict[bytes, tuple[int, bytes]] = {}  # hinted, not read yet
+        # Fetched, not asked for yet: hinted, or found beside chunk trees.
+        self._fetched: OrderedDict[bytes, tuple[int, bytes]] = OrderedDict()
         self._fetched_bytes = 0
+        self._subtrees: set[bytes] = set()  # hinted by prefetch_subtrees
         # Decoded small objects and delta bases, by id or (idx name, offset).
         self._mem: LRUCache[object, tuple[int, bytes]] = LRUCache(_MEM_BYTES, getsizeof=_size_of)
 
@@ -256,6 +274,21 @@ class StoreRepository(Repository):
             while len(self._ahead) > 1 << 16:
                 self._ahead.pop()
 
+    def prefetch_subtrees(self, oids: Sequence[bytes]) -> None:
+        with self._reading:
+            if len(self._subtrees) > 1 << 16:
+                self._subtrees.clear()
+            self._subtrees.update(oids)
+        self.prefetch(oids)
+
+    def _hold(self, oid: bytes, item: tuple[int, bytes]) -> None:
+        if oid in self._fetched:
+            return
+        self._fetched[oid] = item
+        self._fetched_bytes += len(item[1])
+        while self._fetched_bytes > _HELD_BYTES:
+            self._fetched_bytes -= len(self._fetched.popitem(last=False)[1][1])
+
     def _disk_path(self, oid: bytes) -> str:
         h = oid.hex()
         return os.path.join(self.cache_dir, "objects", h[:2], h[2:])
@@ -264,6 +297,9 @@ class StoreRepository(Repository):
         got = self._fetched.pop(oid, None)
         if got is not None:
             self._fetched_bytes -= len(got[1])
+            if oid not in self._mem:
+                # Fetched beside what was asked (not kept then), asked for now.
+                self._keep(oid, got[0], got[1], True)
             return got
         got = self._mem.get(oid)
         if got is not None:
@@ -312,7 +348,8 @@ class StoreRepository(Repository):
         with self._reading:
             wanted = list(dict.fromkeys(oids))
             held = {o: got for o in wanted
-                    if (got := self._fetched.get(o) or self._mem.get(o)) is not None}
+                    if (got := self._fetched.pop(o, None) or self._mem.get(o)) is not None}
+            self._fetched_bytes -= sum(len(d) for _, d in held.values())
             rest = [o for o in wanted if o not in held]
             where = self._locate_again(rest)
             ranges = self._plan(where)
@@ -324,7 +361,8 @@ class StoreRepository(Repository):
                 t, data = self.read(o)  # after a newer push, or ObjectNotFound
                 yield o, t, data
 
-    def _plan(self, where: dict[bytes, tuple[str, int]], gap: int = s3read.GAP) -> list[Range]:
+    def _plan(self, where: dict[bytes, tuple[str, int]], gap: int = s3read.GAP,
+              everything: bool = False) -> list[Range]:
         by_pack: dict[str, list[tuple[int, bytes]]] = {}
         for o, (name, off) in where.items():
             by_pack.setdefault(name, []).append((off, o))
@@ -339,17 +377,33 @@ class StoreRepository(Repository):
                                  fetch=32 * ix.count <= len(items) * avg)
             ranges += s3read.plan(name, pack_key(self.name, self._packs[name].pack.name),
                                   size - 20, [(off, ends.get(off), o) for off, o in items],
-                                  guess=max(GUESS, 2 * avg), gap=gap, span=s3read.span_for(
+                                  guess=max(GUESS, 2 * avg), gap=gap, everything=everything,
+                                  span=s3read.span_for(
                                       sum(ends.get(off, off + avg) - off for off, _ in items)))
         return ranges
 
-    def _read_range(self, r: Range) -> tuple[list[tuple[bytes, int, bytes]],
-                                             list[tuple[str, int, bytes]], Window]:
+    def _read_range(self, r: Range) -> tuple[list[_Obj], list[tuple[str, int, bytes]], Window,
+                                             list[_Obj]]:
         """On a pool thread: fetch a planned range, decode and check its whole
-        objects; its deltas are left to the caller (their bases need the caches)."""
+        objects; its deltas are left to the caller (their bases need the caches).
+        Last, the objects it holds beside those (Range.everything)."""
         win = Window(self._get, r.key, r.start, r.end, r.limit)
-        done, deltas = [], []
-        for off, oid in r.entries:
+        done: list[_Obj] = []
+        deltas, beside = [], []
+        entries = r.entries
+        if r.everything:
+            wanted = dict(entries)
+            for off, t, data in s3read.scan(win, r.start):
+                oid = wanted.pop(off, None)
+                if oid is None:
+                    beside.append((gobj.object_id(t, data), t, data))
+                elif gobj.object_id(t, data) != oid:
+                    raise CorruptObject(f"{self.where}: object {oid.hex()} in {r.key} "
+                                        "does not match its id")
+                else:
+                    done.append((oid, t, data))
+            entries = sorted(wanted.items())
+        for off, oid in entries:
             t, data, base = read_entry(win, off, f"{self.where}: {r.key} at {off}")
             if base is not None:
                 deltas.append((r.idx_name, off, oid))
@@ -358,7 +412,7 @@ class StoreRepository(Repository):
                                     "does not match its id")
             else:
                 done.append((oid, t, data))
-        return done, deltas, win
+        return done, deltas, win, beside
 
     def _read(self, oid: bytes) -> tuple[int, bytes]:
         got: tuple[int, bytes] | None = None
@@ -370,24 +424,40 @@ class StoreRepository(Repository):
         where = self._locate(batch)
         if oid not in where:
             raise ObjectNotFound(f"object {oid.hex()} not found in {self.where}")
-        if len(self._fetched) > 4 * _BATCH_OBJECTS or self._fetched_bytes > _MEM_BYTES:
-            # Hints nobody read after all: drop them rather than grow without bound.
-            self._fetched.clear()
-            self._fetched_bytes = 0
         for o, t, data in self._fetch(where, oid):
             if o == oid:
                 got = (t, data)
             else:
-                self._fetched[o] = (t, data)
-                self._fetched_bytes += len(data)
+                self._hold(o, (t, data))
         assert got is not None
         return got
 
     def _fetch(self, where: dict[bytes, tuple[str, int]],
                asked: bytes) -> Iterator[tuple[bytes, int, bytes]]:
         """(oid, type, data) for located objects, nearby entries in one GET;
-        `asked` is the one the caller is waiting for, the rest were hinted."""
-        return self._run(self._plan(where, gap=_MERGE_GAP), keep=True, asked=asked)
+        `asked` is the one the caller is waiting for, the rest were hinted.
+        Chunk trees (prefetch_subtrees) come with the blobs between them."""
+        trees = {o: w for o, w in where.items() if o in self._subtrees}
+        self._subtrees.difference_update(trees)
+        rest = {o: w for o, w in where.items() if o not in trees}
+        behind = self._behind(asked, *rest[asked]) if asked in rest else None
+        if behind is not None:
+            del rest[asked]
+        return self._run(self._plan(rest, gap=s3read.GAP)
+                         + self._plan(trees, gap=_SUBTREE_GAP, everything=True)
+                         + ([behind] if behind else []), keep=True, asked=asked)
+
+    def _behind(self, oid: bytes, name: str, off: int) -> Range | None:
+        """A range from the first entry within _BEHIND before `off` to the end of
+        the entry there, when the idx's offsets tell where both are."""
+        ix = self._index(name)
+        first = ix.start_after(max(off - _BEHIND, 0))
+        end = ix.entry_ends([off], fetch=False).get(off)
+        if first is None or end is None or first >= off:
+            return None
+        entry = self._packs[name]
+        return Range(name, pack_key(self.name, entry.pack.name), entry.pack.size - 20, first,
+                     end, [(off, oid)], everything=True)
 
     def _run(self, ranges: list[Range], *, keep: bool,
              asked: bytes | None = None) -> Iterator[tuple[bytes, int, bytes]]:
@@ -396,7 +466,12 @@ class StoreRepository(Repository):
         if self._range_pool is None:
             self._range_pool = ThreadPoolExecutor(s3read.IN_FLIGHT,
                                                   thread_name_prefix="ketch-range")
-        for done, deltas, win in s3read.run(ranges, self._read_range, self._range_pool):
+        for done, deltas, win, beside in s3read.run(ranges, self._read_range, self._range_pool):
+            if beside:
+                with self._reading:
+                    for oid, t, data in beside:
+                        if oid not in self._mem:
+                            self._hold(oid, (t, data))
             for name, off, oid in deltas:
                 with self._reading:
                     t, data = self._decode(name, off, win, 0)
