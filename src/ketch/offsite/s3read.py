@@ -22,7 +22,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from ketch.errors import CorruptObject
 from ketch.git import entry as codec
+from ketch.git import objects as gobj
 from ketch.git.entry import FULL_TYPES, OFS_DELTA, REF_DELTA, CorruptPack
 
 GUESS = 8 << 10  # read this far past an entry's start when its end is unknown
@@ -36,6 +38,11 @@ IN_FLIGHT_BYTES = 96 << 20  # bytes of ranges fetched and not yet handed over
 
 # get(key, start, end) -> exactly those bytes of the object `key`.
 Get = Callable[[str, int, int], bytes]
+Obj = tuple[bytes, int, bytes]  # (id, type, content)
+# What decode makes of a range: its whole objects asked for, checked; its
+# deltas asked for ((idx name, offset, id): their bases need the reader's
+# caches); the window; the objects it holds beside them (Range.everything).
+Decoded = tuple[list[Obj], list[tuple[str, int, bytes]], "Window", list[Obj]]
 T = TypeVar("T")
 
 
@@ -183,3 +190,32 @@ def run(ranges: list[Range], work: Callable[[Range], T], pool: ThreadPoolExecuto
     finally:
         for f in pending:
             f.cancel()
+
+
+def decode(get: Get, r: Range, where: str) -> Decoded:
+    """On a pool thread: fetch a planned range, decode and check its objects."""
+    win = Window(get, r.key, r.start, r.end, r.limit)
+    done: list[Obj] = []
+    deltas, beside = [], []
+    entries = r.entries
+    if r.everything:
+        wanted = dict(entries)
+        for off, t, data in scan(win, r.start):
+            oid = wanted.pop(off, None)
+            if oid is None:
+                beside.append((gobj.object_id(t, data), t, data))
+            elif gobj.object_id(t, data) != oid:
+                raise CorruptObject(f"{where}: object {oid.hex()} in {r.key} "
+                                    "does not match its id")
+            else:
+                done.append((oid, t, data))
+        entries = sorted(wanted.items())
+    for off, oid in entries:
+        t, data, base = read_entry(win, off, f"{where}: {r.key} at {off}")
+        if base is not None:
+            deltas.append((r.idx_name, off, oid))
+        elif gobj.object_id(t, data) != oid:
+            raise CorruptObject(f"{where}: object {oid.hex()} in {r.key} does not match its id")
+        else:
+            done.append((oid, t, data))
+    return done, deltas, win, beside

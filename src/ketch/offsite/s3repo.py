@@ -8,16 +8,20 @@ cached on disk (see s3index). Packs are searched most recently hit first
 (newest first to begin with), since a file's chunks and trees were mostly
 written together.
 
-Reading an object is then one ranged GET of its pack entry. Where an entry
-ends is not recorded anywhere but in its zlib stream, so a GET reads a little
-beyond (GUESS) and, rarely, a second GET fetches the rest of a big entry.
-`prefetch` hints (restore announces a directory's files and a file's chunks
-before reading them) are fetched with the next read, grouped by pack, with
-nearby entries merged into one GET. Deltas (git-repacked repositories have
-them; ketch and bup write none) are resolved by fetching their base too. The
-entries are decoded by ketch.git.entry, bounded like any bytes from elsewhere.
-Every object is checked against its id. Trees, commits and the VFS's small
-metadata blobs are cached on disk, so browsing again costs no traffic.
+Reading. `read_many` (a restore's batch of blobs) is planned per pack by
+s3read: entries sorted by offset, merged into GETs of up to 8 MiB, 16 in
+flight. A `read` fetches the hinted objects (`prefetch`) along with it, the
+same way; chunk trees hinted by `prefetch_subtrees` come with the blobs
+written between them, and an unhinted object with the entries written just
+before it (a directory's trees and metadata precede the tree or commit naming
+them): what is decoded beside the object asked for is held for the next reads.
+Where an entry ends the idx's offsets say, when at hand; else a GET reads a
+little beyond (GUESS) and, rarely, a second one the rest. Deltas (git-repacked
+repositories have them; ketch and bup write none) are resolved by fetching
+their base too. Entries are decoded by ketch.git.entry, bounded like any
+bytes from elsewhere; every object is checked against its id. Trees, commits
+and the VFS's small metadata blobs are cached on disk: browsing again costs
+no traffic.
 """
 
 from __future__ import annotations
@@ -52,9 +56,6 @@ from ketch.offsite.store import NotFound, ObjectStore
 from ketch.repo import FsckJob, Repository
 
 _DISK_TYPES = frozenset((gobj.COMMIT, gobj.TREE, gobj.TAG))
-# Merge two wanted ranges into one GET when fewer bytes than this lie between
-# them: a request costs more latency than a few KB of transfer.
-_MERGE_GAP = 32 << 10
 _BATCH_OBJECTS = 256  # hinted objects fetched along with one read
 _PARALLEL = 8  # GETs in flight for idx buckets
 _MEM_BYTES = 32 << 20  # memory LRU of decoded small objects and delta bases
@@ -79,9 +80,6 @@ class _PackGone(KetchError):
 
 class MirrorReadOnly(KetchError):
     """Writing to an S3 mirror was attempted."""
-
-
-_Obj = tuple[bytes, int, bytes]  # (id, type, content)
 
 
 def default_cache_root() -> str:
@@ -382,37 +380,8 @@ class StoreRepository(Repository):
                                       sum(ends.get(off, off + avg) - off for off, _ in items)))
         return ranges
 
-    def _read_range(self, r: Range) -> tuple[list[_Obj], list[tuple[str, int, bytes]], Window,
-                                             list[_Obj]]:
-        """On a pool thread: fetch a planned range, decode and check its whole
-        objects; its deltas are left to the caller (their bases need the caches).
-        Last, the objects it holds beside those (Range.everything)."""
-        win = Window(self._get, r.key, r.start, r.end, r.limit)
-        done: list[_Obj] = []
-        deltas, beside = [], []
-        entries = r.entries
-        if r.everything:
-            wanted = dict(entries)
-            for off, t, data in s3read.scan(win, r.start):
-                oid = wanted.pop(off, None)
-                if oid is None:
-                    beside.append((gobj.object_id(t, data), t, data))
-                elif gobj.object_id(t, data) != oid:
-                    raise CorruptObject(f"{self.where}: object {oid.hex()} in {r.key} "
-                                        "does not match its id")
-                else:
-                    done.append((oid, t, data))
-            entries = sorted(wanted.items())
-        for off, oid in entries:
-            t, data, base = read_entry(win, off, f"{self.where}: {r.key} at {off}")
-            if base is not None:
-                deltas.append((r.idx_name, off, oid))
-            elif gobj.object_id(t, data) != oid:
-                raise CorruptObject(f"{self.where}: object {oid.hex()} in {r.key} "
-                                    "does not match its id")
-            else:
-                done.append((oid, t, data))
-        return done, deltas, win, beside
+    def _read_range(self, r: Range) -> s3read.Decoded:
+        return s3read.decode(self._get, r, self.where)
 
     def _read(self, oid: bytes) -> tuple[int, bytes]:
         got: tuple[int, bytes] | None = None
