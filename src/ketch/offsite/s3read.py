@@ -143,6 +143,8 @@ class Range:
     entries: list[tuple[int, bytes]] = field(default_factory=list)
     # Decode every whole object in it, wanted or not (see scan).
     everything: bool = False
+    # It holds a file's chunk trees (Repository.prefetch_subtrees).
+    chunk_trees: bool = False
 
 
 def plan(idx_name: str, key: str, limit: int, wanted: list[tuple[int, int | None, bytes]],

@@ -325,7 +325,10 @@ class StoreRepository(Repository):
         again by every `ls`; file contents come through hints (restore announces
         them), and copying them into the cache would only fill the disk."""
         self._remember(oid, (t, data))
-        if t in _DISK_TYPES or (asked and len(data) <= _DISK_BLOB_MAX):
+        if oid in self._subtrees:
+            # A file's chunk trees: read by a restore once, not by browsing.
+            self._subtrees.discard(oid)
+        elif t in _DISK_TYPES or (asked and len(data) <= _DISK_BLOB_MAX):
             write_cache(self._disk_path(oid), bytes([t]) + deflate(data, 1))
 
     def read(self, oid: bytes) -> tuple[int, bytes]:
@@ -380,8 +383,8 @@ class StoreRepository(Repository):
                                       sum(ends.get(off, off + avg) - off for off, _ in items)))
         return ranges
 
-    def _read_range(self, r: Range) -> s3read.Decoded:
-        return s3read.decode(self._get, r, self.where)
+    def _read_range(self, r: Range) -> tuple[Range, s3read.Decoded]:
+        return r, s3read.decode(self._get, r, self.where)
 
     def _read(self, oid: bytes) -> tuple[int, bytes]:
         got: tuple[int, bytes] | None = None
@@ -407,13 +410,14 @@ class StoreRepository(Repository):
         `asked` is the one the caller is waiting for, the rest were hinted.
         Chunk trees (prefetch_subtrees) come with the blobs between them."""
         trees = {o: w for o, w in where.items() if o in self._subtrees}
-        self._subtrees.difference_update(trees)
         rest = {o: w for o, w in where.items() if o not in trees}
         behind = self._behind(asked, *rest[asked]) if asked in rest else None
         if behind is not None:
             del rest[asked]
-        return self._run(self._plan(rest, gap=s3read.GAP)
-                         + self._plan(trees, gap=_SUBTREE_GAP, everything=True)
+        chunks = self._plan(trees, gap=_SUBTREE_GAP, everything=True)
+        for r in chunks:
+            r.chunk_trees = True
+        return self._run(self._plan(rest, gap=s3read.GAP) + chunks
                          + ([behind] if behind else []), keep=True, asked=asked)
 
     def _behind(self, oid: bytes, name: str, off: int) -> Range | None:
@@ -435,12 +439,15 @@ class StoreRepository(Repository):
         if self._range_pool is None:
             self._range_pool = ThreadPoolExecutor(s3read.IN_FLIGHT,
                                                   thread_name_prefix="ketch-range")
-        for done, deltas, win, beside in s3read.run(ranges, self._read_range, self._range_pool):
+        for r, (done, deltas, win, beside) in s3read.run(ranges, self._read_range,
+                                                         self._range_pool):
             if beside:
                 with self._reading:
                     for oid, t, data in beside:
                         if oid not in self._mem:
                             self._hold(oid, (t, data))
+                        if r.chunk_trees and t == gobj.TREE:
+                            self._subtrees.add(oid)
             for name, off, oid in deltas:
                 with self._reading:
                     t, data = self._decode(name, off, win, 0)
