@@ -417,6 +417,10 @@ class StoreRepository(Repository):
         chunks = self._plan(trees, gap=_SUBTREE_GAP, everything=True)
         for r in chunks:
             r.chunk_trees = True
+            # The blobs of a subtree lie before it (a small file's: all of them).
+            first = self._index(r.idx_name).start_after(max(r.start - _BEHIND, 0))
+            if first is not None and first < r.start:
+                r.start = first
         return self._run(self._plan(rest, gap=s3read.GAP) + chunks
                          + ([behind] if behind else []), keep=True, asked=asked)
 
