@@ -129,6 +129,7 @@ class StoreRepository(Repository):
         self._fetched: OrderedDict[bytes, tuple[int, bytes]] = OrderedDict()
         self._fetched_bytes = 0
         self._subtrees: set[bytes] = set()  # hinted by prefetch_subtrees
+        self._scanned: dict[str, list[tuple[int, int]]] = {}  # see _back
         # Decoded small objects and delta bases, by id or (idx name, offset).
         self._mem: LRUCache[object, tuple[int, bytes]] = LRUCache(_MEM_BYTES, getsizeof=_size_of)
 
@@ -417,20 +418,34 @@ class StoreRepository(Repository):
         chunks = self._plan(trees, gap=_SUBTREE_GAP, everything=True)
         for r in chunks:
             r.chunk_trees = True
-            # The blobs of a subtree lie before it (a small file's: all of them).
-            first = self._index(r.idx_name).start_after(max(r.start - _BEHIND, 0))
-            if first is not None and first < r.start:
-                r.start = first
+            # The blobs of a subtree lie before it (a small file's: all of them),
+            # the next files' blobs and trees after it.
+            r.start = self._back(r.idx_name, r.start)
+            r.end = max(r.end, min(self._index(r.idx_name).start_after(r.end + _BEHIND)
+                                   or r.limit, r.limit))
         return self._run(self._plan(rest, gap=s3read.GAP) + chunks
                          + ([behind] if behind else []), keep=True, asked=asked)
+
+    def _back(self, name: str, off: int) -> int:
+        """Where a range for the entry at `off` starts to take in what lies
+        _BEHIND it: an entry's offset, past the stretches fetched whole lately
+        (the next small file's subtree would fetch the same 128 KB again)."""
+        ix = self._index(name)
+        first = ix.start_after(max(off - _BEHIND, 0))
+        spans = self._scanned.get(name, [])
+        while first is not None and first < off:
+            b = next((b for a, b in spans if a <= first < b), None)
+            if b is None:
+                return first
+            first = ix.start_after(b)
+        return off
 
     def _behind(self, oid: bytes, name: str, off: int) -> Range | None:
         """A range from the first entry within _BEHIND before `off` to the end of
         the entry there, when the idx's offsets tell where both are."""
-        ix = self._index(name)
-        first = ix.start_after(max(off - _BEHIND, 0))
-        end = ix.entry_ends([off], fetch=False).get(off)
-        if first is None or end is None or first >= off:
+        end = self._index(name).entry_ends([off], fetch=False).get(off)
+        first = self._back(name, off)
+        if end is None or first >= off:
             return None
         entry = self._packs[name]
         return Range(name, pack_key(self.name, entry.pack.name), entry.pack.size - 20, first,
@@ -445,6 +460,11 @@ class StoreRepository(Repository):
                                                   thread_name_prefix="ketch-range")
         for r, (done, deltas, win, beside) in s3read.run(ranges, self._read_range,
                                                          self._range_pool):
+            if r.everything:
+                with self._reading:
+                    spans = self._scanned.setdefault(r.idx_name, [])
+                    spans.append((r.start, win.end))
+                    del spans[:-64]
             if beside:
                 with self._reading:
                     for oid, t, data in beside:
