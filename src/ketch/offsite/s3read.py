@@ -26,6 +26,7 @@ from ketch.errors import CorruptObject
 from ketch.git import entry as codec
 from ketch.git import objects as gobj
 from ketch.git.entry import FULL_TYPES, OFS_DELTA, REF_DELTA, CorruptPack
+from ketch.offsite.s3index import RemoteIdx
 
 GUESS = 8 << 10  # read this far past an entry's start when its end is unknown
 # Merge two wanted ranges when fewer bytes than this lie between them: over a
@@ -162,6 +163,33 @@ def plan(idx_name: str, key: str, limit: int, wanted: list[tuple[int, int | None
         else:
             out.append(Range(idx_name, key, limit, off, stop, [(off, oid)], everything))
     return out
+
+
+def plan_pack(ix: RemoteIdx, key: str, items: list[tuple[int, bytes]], *, gap: int,
+              everything: bool = False) -> list[Range]:
+    """plan() for `items` ((offset, oid)) of the pack `key` whose idx is `ix`."""
+    size = ix.entry.pack.size
+    avg = size // max(ix.count, 1)
+    # The idx's offsets say where each entry ends (4 bytes an entry): worth
+    # fetching when they cost under an eighth of what is read.
+    ends = ix.entry_ends([off for off, _ in items], fetch=32 * ix.count <= len(items) * avg)
+    total = sum(ends.get(off, off + avg) - off for off, _ in items)
+    return plan(ix.entry.idx.name, key, size - 20, [(off, ends.get(off), o) for off, o in items],
+                guess=max(GUESS, 2 * avg), gap=gap, everything=everything,
+                span=span_for(total))
+
+
+def back(ix: RemoteIdx, spans: list[tuple[int, int]], off: int, behind: int) -> int:
+    """The first entry's offset within `behind` bytes before `off`, past any of
+    `spans` (stretches fetched whole lately); `off` when there is none, or
+    when the idx's offsets are not at hand."""
+    first = ix.start_after(max(off - behind, 0))
+    while first is not None and first < off:
+        b = next((b for a, b in spans if a <= first < b), None)
+        if b is None:
+            return first
+        first = ix.start_after(b)
+    return off
 
 
 def span_for(total: int) -> int:

@@ -368,21 +368,10 @@ class StoreRepository(Repository):
         by_pack: dict[str, list[tuple[int, bytes]]] = {}
         for o, (name, off) in where.items():
             by_pack.setdefault(name, []).append((off, o))
-        ranges: list[Range] = []
-        for name, items in by_pack.items():
-            ix = self._index(name)
-            size = self._packs[name].pack.size
-            avg = size // max(ix.count, 1)
-            # The idx's offsets say where each entry ends (4 bytes an entry):
-            # worth fetching when they cost under an eighth of what is read.
-            ends = ix.entry_ends([off for off, _ in items],
-                                 fetch=32 * ix.count <= len(items) * avg)
-            ranges += s3read.plan(name, pack_key(self.name, self._packs[name].pack.name),
-                                  size - 20, [(off, ends.get(off), o) for off, o in items],
-                                  guess=max(GUESS, 2 * avg), gap=gap, everything=everything,
-                                  span=s3read.span_for(
-                                      sum(ends.get(off, off + avg) - off for off, _ in items)))
-        return ranges
+        return [r for name, items in by_pack.items()
+                for r in s3read.plan_pack(self._index(name),
+                                          pack_key(self.name, self._packs[name].pack.name),
+                                          items, gap=gap, everything=everything)]
 
     def _read_range(self, r: Range) -> tuple[Range, s3read.Decoded]:
         return r, s3read.decode(self._get, r, self.where)
@@ -430,15 +419,7 @@ class StoreRepository(Repository):
         """Where a range for the entry at `off` starts to take in what lies
         _BEHIND it: an entry's offset, past the stretches fetched whole lately
         (the next small file's subtree would fetch the same 128 KB again)."""
-        ix = self._index(name)
-        first = ix.start_after(max(off - _BEHIND, 0))
-        spans = self._scanned.get(name, [])
-        while first is not None and first < off:
-            b = next((b for a, b in spans if a <= first < b), None)
-            if b is None:
-                return first
-            first = ix.start_after(b)
-        return off
+        return s3read.back(self._index(name), self._scanned.get(name, []), off, _BEHIND)
 
     def _behind(self, oid: bytes, name: str, off: int) -> Range | None:
         """A range from the first entry within _BEHIND before `off` to the end of
