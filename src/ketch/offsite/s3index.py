@@ -30,6 +30,7 @@ from ketch.offsite.manifest import PackEntry
 _IDX_MERGE_GAP = 2 << 10
 WHOLE_IDX = 128 << 10  # idx files up to this size are fetched whole
 _FAN_END = 8 + 1024
+_WHOLE_IN_MEMORY = 64 << 20  # an idx held whole is read into memory up to this size
 # After this many rounds of GETs, an idx up to _ROUNDS_WHOLE times
 # whole_idx_bytes is fetched whole.
 _ROUNDS = 3
@@ -90,6 +91,7 @@ class RemoteIdx:
         self._fan: list[int] = []
         self._big: dict[int, int] = {}
         self._nbig = 0
+        self._whole: bytes | None = None  # all of it, once held (see _read)
         self._starts: list[int] | None = None  # every entry's offset, sorted; entry_ends
         self.count = 0
         self.fetched = 0  # bytes of it fetched by this process
@@ -177,6 +179,16 @@ class RemoteIdx:
                                                   *(x for r in self._known for x in r)))
 
     def _read(self, a: int, z: int) -> bytes:
+        if self._whole is None and self._known == [(0, self.entry.idx.size)] \
+                and self.entry.idx.size <= _WHOLE_IN_MEMORY:
+            # Held whole (a restore's lookups): one read, not an open and a
+            # pread for each of thousands of ids.
+            with open(self.part_path, "rb") as f:
+                whole = f.read(self.entry.idx.size)
+            if len(whole) == self.entry.idx.size:
+                self._whole = whole
+        if self._whole is not None:
+            return self._whole[a:z]
         fd = os.open(self.part_path, os.O_RDONLY)
         try:
             data = os.pread(fd, z - a, a)
