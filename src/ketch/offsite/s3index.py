@@ -30,6 +30,11 @@ from ketch.offsite.manifest import PackEntry
 _IDX_MERGE_GAP = 2 << 10
 WHOLE_IDX = 128 << 10  # idx files up to this size are fetched whole
 _FAN_END = 8 + 1024
+_WHOLE_IN_MEMORY = 64 << 20  # an idx held whole is read into memory up to this size
+# After this many rounds of GETs, an idx up to _ROUNDS_WHOLE times
+# whole_idx_bytes is fetched whole.
+_ROUNDS = 3
+_ROUNDS_WHOLE = 8
 
 # get_many([(key, start, end), ...]) -> the bytes of each range, in order.
 GetMany = Callable[[list[tuple[str, int, int]]], list[bytes]]
@@ -85,8 +90,12 @@ class RemoteIdx:
         self._known: list[tuple[int, int]] = []  # byte ranges held: sorted, disjoint
         self._fan: list[int] = []
         self._big: dict[int, int] = {}
+        self._nbig = 0
+        self._whole: bytes | None = None  # all of it, once held (see _read)
+        self._starts: list[int] | None = None  # every entry's offset, sorted; entry_ends
         self.count = 0
         self.fetched = 0  # bytes of it fetched by this process
+        self.rounds = 0  # and how many times it went fetching
         self.checked = False
 
     # -- the sparse cached copy ------------------------------------------------------
@@ -128,8 +137,11 @@ class RemoteIdx:
         if not gaps:
             return
         size = self.entry.idx.size
-        if self.fetched + sum(z - a for a, z in gaps) > size // 4:
-            # Reading most of it (a big restore): the rest in one go costs less.
+        self.rounds += 1
+        if self.fetched + sum(z - a for a, z in gaps) > size // 4 or (
+                self.rounds > _ROUNDS and size <= _ROUNDS_WHOLE * self.whole_idx_bytes):
+            # Reading most of it (a big restore), or browsing it one round trip
+            # after another (a path's trees, each on its own): the rest in one go.
             gaps = self._gaps(0, size)
             merged = [(gaps[0][0], gaps[-1][1], [0])]
         else:
@@ -167,6 +179,16 @@ class RemoteIdx:
                                                   *(x for r in self._known for x in r)))
 
     def _read(self, a: int, z: int) -> bytes:
+        if self._whole is None and self._known == [(0, self.entry.idx.size)] \
+                and self.entry.idx.size <= _WHOLE_IN_MEMORY:
+            # Held whole (a restore's lookups): one read, not an open and a
+            # pread for each of thousands of ids.
+            with open(self.part_path, "rb") as f:
+                whole = f.read(self.entry.idx.size)
+            if len(whole) == self.entry.idx.size:
+                self._whole = whole
+        if self._whole is not None:
+            return self._whole[a:z]
         fd = os.open(self.part_path, os.O_RDONLY)
         try:
             data = os.pread(fd, z - a, a)
@@ -202,6 +224,7 @@ class RemoteIdx:
         if nbig < 0 or rest:
             raise CorruptObject(f"{self.where}: {self.entry.idx.name}: its size does not "
                                 f"fit {n} objects")
+        self._nbig = nbig
 
     # -- lookups ------------------------------------------------------------------------
 
@@ -260,6 +283,45 @@ class RemoteIdx:
             self._fetch([(at, at + 8)])
             (self._big[j],) = struct.unpack(">Q", self._read(at, at + 8))
         return self._big[j]
+
+    def entry_ends(self, offsets: Iterable[int], *, fetch: bool) -> dict[int, int]:
+        """Where the entries at `offsets` end: the next entry's offset, the pack's
+        trailer for the last. Known once the idx's offsets are held, all of them
+        (4 bytes an object, 8 more for each beyond 2 GiB): `fetch` fetches them
+        when they are not; without it, an empty answer."""
+        self._load()
+        if self._starts is None:
+            n = self.count
+            a, z = _FAN_END + 24 * n, _FAN_END + 28 * n + 8 * self._nbig
+            if self._gaps(a, z):
+                if not fetch:
+                    return {}
+                self._fetch([(a, z)])
+            raw = self._read(a, z)
+            small = struct.unpack(f">{n}I", raw[: 4 * n])
+            big = struct.unpack(f">{self._nbig}Q", raw[4 * n :])
+            limit = self.entry.pack.size - 20
+            starts = sorted({(big[o & 0x7FFFFFFF] if o & 0x80000000 and (o & 0x7FFFFFFF)
+                              < len(big) else o) for o in small})
+            # A bogus offset only costs its reader a failed decode, not a bad end.
+            self._starts = [s for s in starts if s < limit] + [limit]
+        starts = self._starts
+        out = {}
+        for o in offsets:
+            i = bisect.bisect_left(starts, o)
+            if i + 1 < len(starts) and starts[i] == o:
+                out[o] = starts[i + 1]
+        return out
+
+    def start_after(self, pos: int) -> int | None:
+        """The first entry's offset at or after `pos`, when the idx's offsets
+        are at hand already (see entry_ends); else None."""
+        if self._starts is None:
+            self.entry_ends((), fetch=False)
+        if self._starts is None:
+            return None
+        i = bisect.bisect_left(self._starts, pos)
+        return self._starts[i] if i < len(self._starts) else None
 
     def with_prefix(self, hexprefix: str) -> list[bytes]:
         self._load()

@@ -8,16 +8,20 @@ cached on disk (see s3index). Packs are searched most recently hit first
 (newest first to begin with), since a file's chunks and trees were mostly
 written together.
 
-Reading an object is then one ranged GET of its pack entry. Where an entry
-ends is not recorded anywhere but in its zlib stream, so a GET reads a little
-beyond (_GUESS) and, rarely, a second GET fetches the rest of a big entry.
-`prefetch` hints (restore announces a directory's files and a file's chunks
-before reading them) are fetched with the next read, grouped by pack, with
-nearby entries merged into one GET. Deltas (git-repacked repositories have
-them; ketch and bup write none) are resolved by fetching their base too. The
-entries are decoded by ketch.git.entry, bounded like any bytes from elsewhere.
-Every object is checked against its id. Trees, commits and the VFS's small
-metadata blobs are cached on disk, so browsing again costs no traffic.
+Reading. `read_many` (a restore's batch of blobs) is planned per pack by
+s3read: entries sorted by offset, merged into GETs of up to 8 MiB, 16 in
+flight. A `read` fetches the hinted objects (`prefetch`) along with it, the
+same way; chunk trees hinted by `prefetch_subtrees` come with the blobs
+written between them, and an unhinted object with the entries written just
+before it (a directory's trees and metadata precede the tree or commit naming
+them): what is decoded beside the object asked for is held for the next reads.
+Where an entry ends the idx's offsets say, when at hand; else a GET reads a
+little beyond (GUESS) and, rarely, a second one the rest. Deltas (git-repacked
+repositories have them; ketch and bup write none) are resolved by fetching
+their base too. Entries are decoded by ketch.git.entry, bounded like any
+bytes from elsewhere; every object is checked against its id. Trees, commits
+and the VFS's small metadata blobs are cached on disk: browsing again costs
+no traffic.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -34,12 +38,12 @@ from cachetools import LRUCache
 from isal import isal_zlib
 
 from ketch.errors import CorruptObject, KetchError, ObjectNotFound
-from ketch.git import entry as codec
 from ketch.git import objects as gobj
 from ketch.git.deflate import InflateError, deflate
 from ketch.git.delta import BadDelta, apply_delta
-from ketch.git.entry import FULL_TYPES, OFS_DELTA, REF_DELTA, CorruptPack
+from ketch.git.entry import CorruptPack
 from ketch.git.refs import check_ref_name
+from ketch.offsite import s3read
 from ketch.offsite.manifest import (
     no_such_repository,
     pack_key,
@@ -47,18 +51,24 @@ from ketch.offsite.manifest import (
     read_manifest_bytes,
 )
 from ketch.offsite.s3index import WHOLE_IDX, RemoteIdx, write_cache
+from ketch.offsite.s3read import GUESS, Range, Window, read_entry
 from ketch.offsite.store import NotFound, ObjectStore
 from ketch.repo import FsckJob, Repository
 
 _DISK_TYPES = frozenset((gobj.COMMIT, gobj.TREE, gobj.TAG))
-_GUESS = 8 << 10  # read this far past the last wanted entry's start
-# Merge two wanted ranges into one GET when fewer bytes than this lie between
-# them: a request costs more latency than a few KB of transfer.
-_MERGE_GAP = 32 << 10
-_MAX_SPAN = 16 << 20  # one GET at most (unless one entry is bigger)
 _BATCH_OBJECTS = 256  # hinted objects fetched along with one read
 _PARALLEL = 8  # GETs in flight for idx buckets
 _MEM_BYTES = 32 << 20  # memory LRU of decoded small objects and delta bases
+# Objects fetched before they are asked for (hints, and the blobs beside a
+# file's chunk trees): the oldest are dropped beyond this, to be fetched again.
+_HELD_BYTES = 96 << 20
+# A file's chunk trees lie among its blobs, a subtree's worth (1-2 MB) apart:
+# one GET spanning several of them reads the blobs too (see prefetch_subtrees).
+_SUBTREE_GAP = 2 << 20
+# An object asked for without a hint comes with the entries written just
+# before it: a save writes a directory's trees and metadata after its files',
+# its commit last, so a path's trees lie behind the commit that names them.
+_BEHIND = 128 << 10
 _MEM_MAX_ITEM = 1 << 20
 _DISK_BLOB_MAX = 64 << 10  # small unhinted blobs kept on disk (see _keep)
 _MAX_CHAIN = 500  # deeper delta chains than this are a corrupt pack
@@ -81,67 +91,14 @@ def _size_of(item: tuple[int, bytes]) -> int:
     return len(item[1])
 
 
-class _Window:
-    """Bytes of one pack from `start` on, fetched as decoding needs them."""
-
-    def __init__(self, repo: StoreRepository, key: str, start: int, end: int,
-                 limit: int) -> None:
-        self.repo, self.key, self.start, self.limit = repo, key, start, limit
-        self.data = repo._get(key, start, min(end, limit)) if start < limit else b""
-
-    @property
-    def end(self) -> int:
-        return self.start + len(self.data)
-
-    def ensure(self, end: int) -> None:
-        """Make [start, end) available (as far as the pack's entries go)."""
-        if end > self.end and self.end < self.limit:
-            stop = min(max(end, self.end + _GUESS), self.limit)
-            # Rebinding (not extending) keeps memoryviews of the old bytes valid.
-            self.data = self.data + self.repo._get(self.key, self.end, stop)
-
-    def read(self, pos: int, n: int) -> memoryview:
-        """Up to `n` bytes at pack offset `pos` (the codec's Reader): what the
-        window holds, fetching more only when it holds nothing there."""
-        if pos >= self.end:
-            self.ensure(pos + n)
-        i = pos - self.start
-        if not 0 <= i < len(self.data):
-            return memoryview(b"")
-        return memoryview(self.data)[i : i + n]
-
-    def head(self, offset: int) -> tuple[bytes, int]:
-        """(the window's bytes, index of `offset` in them), with room after it
-        for any entry header, OFS distance or REF id."""
-        self.ensure(offset + 64)
-        return self.data, offset - self.start
-
-
-def _read_entry(win: _Window, offset: int, where: str) -> tuple[int, bytes, int | bytes | None]:
-    """(type, inflated data, base) of the pack entry at `offset`: the base is
-    None for a whole object, the distance back for an OFS_DELTA, the base's id
-    for a REF_DELTA."""
-    try:
-        raw, i = win.head(offset)
-        t, size, i = codec.read_header(raw, i, len(raw))
-        base: int | bytes | None = None
-        if t == OFS_DELTA:
-            base, i = codec.read_ofs_distance(raw, i, len(raw))
-        elif t == REF_DELTA:
-            base = codec.read_ref_base(raw, i, len(raw))
-            i += 20
-        elif t not in FULL_TYPES:
-            raise CorruptPack(f"invalid entry type {t}")
-        return t, codec.inflate(win.read, win.start + i, size)[0], base
-    except CorruptPack as e:
-        raise CorruptPack(f"{where}: {e}") from None
-
-
 class StoreRepository(Repository):
     """One repository of a mirror, read-only; `url` names the store (for messages
     and the cache directory)."""
 
     read_only = "an S3 mirror is read-only; push to it with ketch mirror push"
+    # A restore's reader thread fetches one batch's blobs while its own thread
+    # walks the next files' trees: both wait on round trips, not on each other.
+    reads_concurrently = True
 
     def __init__(self, store: ObjectStore, name: str, *, url: str | None = None,
                  cache_root: str | None = None, whole_idx_bytes: int = WHOLE_IDX) -> None:
@@ -152,8 +109,13 @@ class StoreRepository(Repository):
         self.whole_idx_bytes = whole_idx_bytes
         self.bytes_received = 0
         self.requests = 0
-        self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()  # the counts
+        # The rest of the state: read_many runs beside read (a restore's reader
+        # thread and its tree walk), but only the GETs and decoding of a planned
+        # read go on outside it.
+        self._reading = threading.RLock()
+        self._pool: ThreadPoolExecutor | None = None  # idx pieces
+        self._range_pool: ThreadPoolExecutor | None = None  # read_many's ranges
         raw = read_manifest_bytes(store, name)
         if raw is None:
             raise no_such_repository(store, name, self.url)
@@ -163,8 +125,11 @@ class StoreRepository(Repository):
         self._idx: dict[str, RemoteIdx] = {}
         self._take_manifest(raw)
         self._ahead: deque[bytes] = deque()
-        self._fetched: dict[bytes, tuple[int, bytes]] = {}  # hinted, not read yet
+        # Fetched, not asked for yet: hinted, or found beside chunk trees.
+        self._fetched: OrderedDict[bytes, tuple[int, bytes]] = OrderedDict()
         self._fetched_bytes = 0
+        self._subtrees: set[bytes] = set()  # hinted by prefetch_subtrees
+        self._scanned: dict[str, list[tuple[int, int]]] = {}  # see _back
         # Decoded small objects and delta bases, by id or (idx name, offset).
         self._mem: LRUCache[object, tuple[int, bytes]] = LRUCache(_MEM_BYTES, getsizeof=_size_of)
 
@@ -204,9 +169,10 @@ class StoreRepository(Repository):
         return fsck_report(self.store, self.name, job.options, where=self.where)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        for pool in (self._pool, self._range_pool):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._pool = self._range_pool = None
 
     # -- store access -------------------------------------------------------------
 
@@ -271,23 +237,29 @@ class StoreRepository(Repository):
         i = self._by_time.index(name)  # newest first
         self._order = [name, *self._by_time[i + 1 :], *reversed(self._by_time[:i])]
 
-    def has_many(self, oids: Sequence[bytes]) -> list[bool]:
+    def _locate_again(self, oids: Sequence[bytes]) -> dict[bytes, tuple[str, int]]:
         try:
-            found = self._locate(oids)
+            return self._locate(oids)
         except _PackGone as e:
             self._again(e)
-            found = self._locate(oids)
+            return self._locate(oids)
+
+    def has_many(self, oids: Sequence[bytes]) -> list[bool]:
+        with self._reading:
+            found = self._locate_again(oids)
         return [o in found for o in oids]
 
     def exists(self, oid: bytes) -> bool:
-        return self._mem.get(oid) is not None or self.has_many([oid])[0]
+        with self._reading:
+            return self._mem.get(oid) is not None or self.has_many([oid])[0]
 
     def expand_hex(self, hexid: str) -> bytes | None:
         if len(hexid) == 40:
             return super().expand_hex(hexid)
         if len(hexid) < 2:
             return None
-        matches = {o for name in self._order for o in self._index(name).with_prefix(hexid)}
+        with self._reading:
+            matches = {o for name in self._order for o in self._index(name).with_prefix(hexid)}
         if len(matches) > 1:
             raise KetchError(f"ambiguous object id prefix: {hexid}")
         return matches.pop() if matches else None
@@ -296,9 +268,25 @@ class StoreRepository(Repository):
 
     def prefetch(self, oids: Sequence[bytes]) -> None:
         # Readers walk depth first: the newest hints are wanted soonest.
-        self._ahead.extendleft(reversed(oids))
-        while len(self._ahead) > 1 << 16:
-            self._ahead.pop()
+        with self._reading:
+            self._ahead.extendleft(reversed(oids))
+            while len(self._ahead) > 1 << 16:
+                self._ahead.pop()
+
+    def prefetch_subtrees(self, oids: Sequence[bytes]) -> None:
+        with self._reading:
+            if len(self._subtrees) > 1 << 16:
+                self._subtrees.clear()
+            self._subtrees.update(oids)
+        self.prefetch(oids)
+
+    def _hold(self, oid: bytes, item: tuple[int, bytes]) -> None:
+        if oid in self._fetched:
+            return
+        self._fetched[oid] = item
+        self._fetched_bytes += len(item[1])
+        while self._fetched_bytes > _HELD_BYTES:
+            self._fetched_bytes -= len(self._fetched.popitem(last=False)[1][1])
 
     def _disk_path(self, oid: bytes) -> str:
         h = oid.hex()
@@ -308,6 +296,9 @@ class StoreRepository(Repository):
         got = self._fetched.pop(oid, None)
         if got is not None:
             self._fetched_bytes -= len(got[1])
+            if oid not in self._mem:
+                # Fetched beside what was asked (not kept then), asked for now.
+                self._keep(oid, got[0], got[1], True)
             return got
         got = self._mem.get(oid)
         if got is not None:
@@ -335,19 +326,55 @@ class StoreRepository(Repository):
         again by every `ls`; file contents come through hints (restore announces
         them), and copying them into the cache would only fill the disk."""
         self._remember(oid, (t, data))
-        if t in _DISK_TYPES or (asked and len(data) <= _DISK_BLOB_MAX):
+        if oid in self._subtrees:
+            # A file's chunk trees: read by a restore once, not by browsing.
+            self._subtrees.discard(oid)
+        elif t in _DISK_TYPES or (asked and len(data) <= _DISK_BLOB_MAX):
             write_cache(self._disk_path(oid), bytes([t]) + deflate(data, 1))
 
     def read(self, oid: bytes) -> tuple[int, bytes]:
-        got = self._cached(oid)
-        if got is not None:
-            return got
-        try:
-            return self._read(oid)
-        except _PackGone as e:
-            self._again(e)
-            self._ahead.clear()
-            return self._read(oid)
+        with self._reading:
+            got = self._cached(oid)
+            if got is not None:
+                return got
+            try:
+                return self._read(oid)
+            except _PackGone as e:
+                self._again(e)
+                self._ahead.clear()
+                return self._read(oid)
+
+    def read_many(self, oids: Sequence[bytes]) -> Iterator[tuple[bytes, int, bytes]]:
+        # Planned reads (s3read): each wanted entry's range of its pack once,
+        # in GETs of a few MB, many in flight.
+        with self._reading:
+            wanted = list(dict.fromkeys(oids))
+            held = {o: got for o in wanted
+                    if (got := self._fetched.pop(o, None) or self._mem.get(o)) is not None}
+            self._fetched_bytes -= sum(len(d) for _, d in held.values())
+            rest = [o for o in wanted if o not in held]
+            where = self._locate_again(rest)
+            ranges = self._plan(where)
+        for o, (t, data) in held.items():
+            yield o, t, data
+        yield from self._run(ranges, keep=False)
+        for o in rest:
+            if o not in where:
+                t, data = self.read(o)  # after a newer push, or ObjectNotFound
+                yield o, t, data
+
+    def _plan(self, where: dict[bytes, tuple[str, int]], gap: int = s3read.GAP,
+              everything: bool = False) -> list[Range]:
+        by_pack: dict[str, list[tuple[int, bytes]]] = {}
+        for o, (name, off) in where.items():
+            by_pack.setdefault(name, []).append((off, o))
+        return [r for name, items in by_pack.items()
+                for r in s3read.plan_pack(self._index(name),
+                                          pack_key(self.name, self._packs[name].pack.name),
+                                          items, gap=gap, everything=everything)]
+
+    def _read_range(self, r: Range) -> tuple[Range, s3read.Decoded]:
+        return r, s3read.decode(self._get, r, self.where)
 
     def _read(self, oid: bytes) -> tuple[int, bytes]:
         got: tuple[int, bytes] | None = None
@@ -359,55 +386,89 @@ class StoreRepository(Repository):
         where = self._locate(batch)
         if oid not in where:
             raise ObjectNotFound(f"object {oid.hex()} not found in {self.where}")
-        if len(self._fetched) > 4 * _BATCH_OBJECTS or self._fetched_bytes > _MEM_BYTES:
-            # Hints nobody read after all: drop them rather than grow without bound.
-            self._fetched.clear()
-            self._fetched_bytes = 0
         for o, t, data in self._fetch(where, oid):
             if o == oid:
                 got = (t, data)
             else:
-                self._fetched[o] = (t, data)
-                self._fetched_bytes += len(data)
+                self._hold(o, (t, data))
         assert got is not None
         return got
 
     def _fetch(self, where: dict[bytes, tuple[str, int]],
                asked: bytes) -> Iterator[tuple[bytes, int, bytes]]:
         """(oid, type, data) for located objects, nearby entries in one GET;
-        `asked` is the one the caller is waiting for, the rest were hinted."""
-        by_pack: dict[str, list[tuple[int, int, int]]] = {}
-        oids = list(where)
-        for i, o in enumerate(oids):
-            name, off = where[o]
-            by_pack.setdefault(name, []).append((off, off, i))
-        for name, items in by_pack.items():
-            entry = self._packs[name]
-            key = pack_key(self.name, entry.pack.name)
-            items.sort()
-            groups: list[tuple[int, int, list[int]]] = []
-            for start, _, i in items:
-                if groups and (start - groups[-1][1] > _MERGE_GAP
-                               or start - groups[-1][0] > _MAX_SPAN):
-                    groups.append((start, start, [i]))
-                elif groups:
-                    groups[-1] = (groups[-1][0], start, [*groups[-1][2], i])
-                else:
-                    groups.append((start, start, [i]))
-            for first, last, members in groups:
-                win = _Window(self, key, first, last + _GUESS, entry.pack.size - 20)
-                for i in members:
-                    oid = oids[i]
-                    t, obj = self._decode(name, where[oid][1], win, 0)
-                    if gobj.object_id(t, obj) != oid:
-                        raise CorruptObject(f"{self.where}: object {oid.hex()} in "
-                                            f"{entry.pack.name} does not match its id")
-                    self._keep(oid, t, obj, oid == asked)
-                    yield oid, t, obj
+        `asked` is the one the caller is waiting for, the rest were hinted.
+        Chunk trees (prefetch_subtrees) come with the blobs between them."""
+        trees = {o: w for o, w in where.items() if o in self._subtrees}
+        rest = {o: w for o, w in where.items() if o not in trees}
+        behind = self._behind(asked, *rest[asked]) if asked in rest else None
+        if behind is not None:
+            del rest[asked]
+        chunks = self._plan(trees, gap=_SUBTREE_GAP, everything=True)
+        for r in chunks:
+            r.chunk_trees = True
+            # The blobs of a subtree lie before it (a small file's: all of them),
+            # the next files' blobs and trees after it.
+            r.start = self._back(r.idx_name, r.start)
+            r.end = max(r.end, min(self._index(r.idx_name).start_after(r.end + _BEHIND)
+                                   or r.limit, r.limit))
+        return self._run(self._plan(rest, gap=s3read.GAP) + chunks
+                         + ([behind] if behind else []), keep=True, asked=asked)
 
-    def _decode(self, idx_name: str, offset: int, win: _Window, depth: int) -> tuple[int, bytes]:
+    def _back(self, name: str, off: int) -> int:
+        """Where a range for the entry at `off` starts to take in what lies
+        _BEHIND it: an entry's offset, past the stretches fetched whole lately
+        (the next small file's subtree would fetch the same 128 KB again)."""
+        return s3read.back(self._index(name), self._scanned.get(name, []), off, _BEHIND)
+
+    def _behind(self, oid: bytes, name: str, off: int) -> Range | None:
+        """A range from the first entry within _BEHIND before `off` to the end of
+        the entry there, when the idx's offsets tell where both are."""
+        end = self._index(name).entry_ends([off], fetch=False).get(off)
+        first = self._back(name, off)
+        if end is None or first >= off:
+            return None
+        entry = self._packs[name]
+        return Range(name, pack_key(self.name, entry.pack.name), entry.pack.size - 20, first,
+                     end, [(off, oid)], everything=True)
+
+    def _run(self, ranges: list[Range], *, keep: bool,
+             asked: bytes | None = None) -> Iterator[tuple[bytes, int, bytes]]:
+        """The objects of planned ranges, fetched in parallel; `keep` remembers
+        them all (see _keep), else only trees and commits."""
+        if self._range_pool is None:
+            self._range_pool = ThreadPoolExecutor(s3read.IN_FLIGHT,
+                                                  thread_name_prefix="ketch-range")
+        for r, (done, deltas, win, beside) in s3read.run(ranges, self._read_range,
+                                                         self._range_pool):
+            if r.everything:
+                with self._reading:
+                    spans = self._scanned.setdefault(r.idx_name, [])
+                    spans.append((r.start, win.end))
+                    del spans[:-64]
+            if beside:
+                with self._reading:
+                    for oid, t, data in beside:
+                        if oid not in self._mem:
+                            self._hold(oid, (t, data))
+                        if r.chunk_trees and t == gobj.TREE:
+                            self._subtrees.add(oid)
+            for name, off, oid in deltas:
+                with self._reading:
+                    t, data = self._decode(name, off, win, 0)
+                if gobj.object_id(t, data) != oid:
+                    raise CorruptObject(f"{self.where}: object {oid.hex()} in {win.key} "
+                                        "does not match its id")
+                done.append((oid, t, data))
+            for oid, t, data in done:
+                if keep or t in _DISK_TYPES:
+                    with self._reading:
+                        self._keep(oid, t, data, oid == asked)
+                yield oid, t, data
+
+    def _decode(self, idx_name: str, offset: int, win: Window, depth: int) -> tuple[int, bytes]:
         where = f"{self.where}: {self._packs[idx_name].pack.name} at {offset}"
-        t, data, base = _read_entry(win, offset, where)
+        t, data, base = read_entry(win, offset, where)
         if base is None:
             return t, data
         if depth > _MAX_CHAIN:
@@ -423,14 +484,14 @@ class StoreRepository(Repository):
         except BadDelta as e:
             raise BadDelta(f"{where}: {e}") from None
 
-    def _base_at(self, idx_name: str, offset: int, win: _Window, depth: int) -> tuple[int, bytes]:
+    def _base_at(self, idx_name: str, offset: int, win: Window, depth: int) -> tuple[int, bytes]:
         """A delta's base: the entry at `offset` (from the window when it is there)."""
         got = self._mem.get((idx_name, offset))
         if got is None:
             if offset < win.start:
                 entry = self._packs[idx_name]
-                win = _Window(self, pack_key(self.name, entry.pack.name), offset,
-                              offset + _GUESS, entry.pack.size - 20)
+                win = Window(self._get, pack_key(self.name, entry.pack.name), offset,
+                              offset + GUESS, entry.pack.size - 20)
             got = self._decode(idx_name, offset, win, depth)
             self._remember((idx_name, offset), got)
         return got
