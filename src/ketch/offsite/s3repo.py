@@ -78,10 +78,6 @@ class _PackGone(KetchError):
     """A pack or idx the manifest named is no longer in the store."""
 
 
-class MirrorReadOnly(KetchError):
-    """Writing to an S3 mirror was attempted."""
-
-
 def default_cache_root() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "ketch", "s3")
@@ -137,8 +133,10 @@ class StoreRepository(Repository):
         self.manifest = parse_manifest(raw, self.name)
         self._packs = self.manifest.pack_by_idx()
         self._idx = {n: ix for n, ix in self._idx.items() if n in self._packs}
+        # A pack gc retired (ketch.offsite.bucketgc) holds copies found elsewhere first.
         self._by_time = [p.idx.name for p in sorted(self.manifest.packs,
-                                                    key=lambda p: (-p.mtime, p.pack.name))]
+                                                    key=lambda p: (p.retired != 0, -p.mtime,
+                                                                   p.pack.name))]
         self._order = self._by_time[:]  # search order; see _hit
 
     def _reload(self) -> bool:
