@@ -339,7 +339,8 @@ def contract_bucket(request: pytest.FixtureRequest) -> PushedMirror:
 
 def _bucket(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """A repository in a bucket (ketch.offsite.bucket), KNOWN written through it."""
-    from ketch.offsite.bucket import BucketRepository, create_bucket_repository
+    from ketch.offsite.bucket import BucketRepository
+    from ketch.offsite.bucketinit import create_bucket_repository
     from ketch.offsite.retry import RetryingStore
     from ketch.offsite.s3 import S3Store
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ketch.git import objects as gobj
-from ketch.offsite.bucket import NoCompareAndSwap, probe_conditional_writes
+from ketch.offsite.bucketinit import NoCompareAndSwap, probe_conditional_writes
 from ketch.offsite.manifest import manifest_key, read_manifest
 from ketch.offsite.retry import RetryingStore
 from ketch.offsite.s3 import S3Store

@@ -63,7 +63,8 @@ def open_location(location: str, *, create: bool = False, kind: Kind = "auto",
     directory, even with a colon in its name), "remote" (`-r`: a server, `:PATH` being
     a local one, or an S3 mirror), "auto" (a config's string: decided by its form)."""
     if kind != "local" and is_store_url(location):
-        from ketch.offsite.bucket import BucketRepository, create_bucket_repository
+        from ketch.offsite.bucket import BucketRepository
+        from ketch.offsite.bucketinit import create_bucket_repository
 
         url, name = split_repo_url(location)
         store = open_store(url, endpoint_url=endpoint_url, encrypt_key=encrypt_key)
