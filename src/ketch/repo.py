@@ -134,11 +134,6 @@ class Repository(ABC):
     def prefetch(self, oids: Sequence[bytes]) -> None:  # noqa: B027 - a hint
         """These objects will be read soon: a remote backend fetches them together."""
 
-    def prefetch_subtrees(self, oids: Sequence[bytes]) -> None:
-        """These chunk trees will be read soon, and then every blob under them
-        (a restore of their file): a backend that reads whole stretches of a
-        pack may fetch the stretch they and their blobs were written in."""
-        self.prefetch(oids)
 
     def traffic(self) -> tuple[int, int] | None:
         """(bytes sent, bytes received) over the network so far; None for a

@@ -278,7 +278,7 @@ class Batch:
         """Read these subtrees together; a remote backend is only told of them
         (it reads ahead: read_many would wait for each tree's subtrees)."""
         if not self.repo.reads_are_local:
-            self.repo.prefetch_subtrees(oids)
+            self.repo.prefetch(oids)
             return
         if len(oids) < 2:
             return

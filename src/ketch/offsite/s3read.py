@@ -35,7 +35,7 @@ GAP = 256 << 10
 SPAN = 8 << 20  # one GET at most (unless one entry is bigger)
 MIN_SPAN = 8 << 20  # ranges are not cut smaller than this for parallelism
 IN_FLIGHT = 16  # GETs at once
-IN_FLIGHT_BYTES = 96 << 20  # bytes of ranges fetched and not yet handed over
+IN_FLIGHT_BYTES = 64 << 20  # bytes of ranges fetched and not yet handed over
 
 # get(key, start, end) -> exactly those bytes of the object `key`.
 Get = Callable[[str, int, int], bytes]
@@ -144,8 +144,6 @@ class Range:
     entries: list[tuple[int, bytes]] = field(default_factory=list)
     # Decode every whole object in it, wanted or not (see scan).
     everything: bool = False
-    # It holds a file's chunk trees (Repository.prefetch_subtrees).
-    chunk_trees: bool = False
 
 
 def plan(idx_name: str, key: str, limit: int, wanted: list[tuple[int, int | None, bytes]],

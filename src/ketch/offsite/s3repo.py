@@ -11,8 +11,7 @@ written together.
 Reading. `read_many` (a restore's batch of blobs) is planned per pack by
 s3read: entries sorted by offset, merged into GETs of up to 8 MiB, 16 in
 flight. A `read` fetches the hinted objects (`prefetch`) along with it, the
-same way; chunk trees hinted by `prefetch_subtrees` come with the blobs
-written between them, and an unhinted object with the entries written just
+same way, and an unhinted object with the entries written just
 before it (a directory's trees and metadata precede the tree or commit naming
 them): what is decoded beside the object asked for is held for the next reads.
 Where an entry ends the idx's offsets say, when at hand; else a GET reads a
@@ -59,12 +58,9 @@ _DISK_TYPES = frozenset((gobj.COMMIT, gobj.TREE, gobj.TAG))
 _BATCH_OBJECTS = 256  # hinted objects fetched along with one read
 _PARALLEL = 8  # GETs in flight for idx buckets
 _MEM_BYTES = 32 << 20  # memory LRU of decoded small objects and delta bases
-# Objects fetched before they are asked for (hints, and the blobs beside a
-# file's chunk trees): the oldest are dropped beyond this, to be fetched again.
-_HELD_BYTES = 96 << 20
-# A file's chunk trees lie among its blobs, a subtree's worth (1-2 MB) apart:
-# one GET spanning several of them reads the blobs too (see prefetch_subtrees).
-_SUBTREE_GAP = 2 << 20
+# Objects fetched before they are asked for (hints, and what lies beside an
+# object read without one): the oldest are dropped beyond this.
+_HELD_BYTES = 32 << 20
 # An object asked for without a hint comes with the entries written just
 # before it: a save writes a directory's trees and metadata after its files',
 # its commit last, so a path's trees lie behind the commit that names them.
@@ -124,7 +120,6 @@ class StoreRepository(Repository):
         # Fetched, not asked for yet: hinted, or found beside chunk trees.
         self._fetched: OrderedDict[bytes, tuple[int, bytes]] = OrderedDict()
         self._fetched_bytes = 0
-        self._subtrees: set[bytes] = set()  # hinted by prefetch_subtrees
         self._scanned: dict[str, list[tuple[int, int]]] = {}  # see _back
         # Decoded small objects and delta bases, by id or (idx name, offset).
         self._mem: LRUCache[object, tuple[int, bytes]] = LRUCache(_MEM_BYTES, getsizeof=_size_of)
@@ -271,13 +266,6 @@ class StoreRepository(Repository):
             while len(self._ahead) > 1 << 16:
                 self._ahead.pop()
 
-    def prefetch_subtrees(self, oids: Sequence[bytes]) -> None:
-        with self._reading:
-            if len(self._subtrees) > 1 << 16:
-                self._subtrees.clear()
-            self._subtrees.update(oids)
-        self.prefetch(oids)
-
     def _hold(self, oid: bytes, item: tuple[int, bytes]) -> None:
         if oid in self._fetched:
             return
@@ -324,10 +312,7 @@ class StoreRepository(Repository):
         again by every `ls`; file contents come through hints (restore announces
         them), and copying them into the cache would only fill the disk."""
         self._remember(oid, (t, data))
-        if oid in self._subtrees:
-            # A file's chunk trees: read by a restore once, not by browsing.
-            self._subtrees.discard(oid)
-        elif t in _DISK_TYPES or (asked and len(data) <= _DISK_BLOB_MAX):
+        if t in _DISK_TYPES or (asked and len(data) <= _DISK_BLOB_MAX):
             write_cache(self._disk_path(oid), bytes([t]) + deflate(data, 1))
 
     def read(self, oid: bytes) -> tuple[int, bytes]:
@@ -396,22 +381,15 @@ class StoreRepository(Repository):
                asked: bytes) -> Iterator[tuple[bytes, int, bytes]]:
         """(oid, type, data) for located objects, nearby entries in one GET;
         `asked` is the one the caller is waiting for, the rest were hinted.
-        Chunk trees (prefetch_subtrees) come with the blobs between them."""
-        trees = {o: w for o, w in where.items() if o in self._subtrees}
-        rest = {o: w for o, w in where.items() if o not in trees}
+        (Chunk trees fetched with the whole stretch of blobs around them were
+        tried: on the benchmark's 1.5 GB corpus a restore then downloaded 8.3x
+        what it needed and held 1.3 GB, refetching stretches it had dropped.)"""
+        rest = dict(where)
         behind = self._behind(asked, *rest[asked]) if asked in rest else None
         if behind is not None:
             del rest[asked]
-        chunks = self._plan(trees, gap=_SUBTREE_GAP, everything=True)
-        for r in chunks:
-            r.chunk_trees = True
-            # The blobs of a subtree lie before it (a small file's: all of them),
-            # the next files' blobs and trees after it.
-            r.start = self._back(r.idx_name, r.start)
-            r.end = max(r.end, min(self._index(r.idx_name).start_after(r.end + _BEHIND)
-                                   or r.limit, r.limit))
-        return self._run(self._plan(rest, gap=s3read.GAP) + chunks
-                         + ([behind] if behind else []), keep=True, asked=asked)
+        return self._run(self._plan(rest, gap=s3read.GAP) + ([behind] if behind else []),
+                         keep=True, asked=asked)
 
     def _back(self, name: str, off: int) -> int:
         """Where a range for the entry at `off` starts to take in what lies
@@ -449,8 +427,6 @@ class StoreRepository(Repository):
                     for oid, t, data in beside:
                         if oid not in self._mem:
                             self._hold(oid, (t, data))
-                        if r.chunk_trees and t == gobj.TREE:
-                            self._subtrees.add(oid)
             for name, off, oid in deltas:
                 with self._reading:
                     t, data = self._decode(name, off, win, 0)
