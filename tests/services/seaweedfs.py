@@ -273,6 +273,11 @@ class SeaweedServer(ServiceProcess):
             f"-ip={self.host}",
             f"-ip.bind={self.host}",
             *(f"-{flag}={port}" for flag, port in self.ports.items()),
+            # Every bucket is a collection with volumes of its own: at the
+            # default 1 GiB a volume, a test session's ~60 buckets used up the
+            # volume count weed derives from free space ("no writable volumes").
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=2000",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-webdav=false",
