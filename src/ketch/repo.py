@@ -131,6 +131,11 @@ class Repository(ABC):
     def close(self) -> None:  # noqa: B027 - backends without resources need nothing
         pass
 
+    def forked(self) -> None:  # noqa: B027 - nothing shared to drop
+        """Called in a process forked from this one (`reads_in_forked_processes`,
+        `writes_in_forked_processes`) before it reads or writes: what the
+        parent's process owns (connections, threads, locks) is made anew."""
+
     def prefetch(self, oids: Sequence[bytes]) -> None:  # noqa: B027 - a hint
         """These objects will be read soon: a remote backend fetches them together."""
 
@@ -213,11 +218,6 @@ class WritableRepository(Repository):
         self, name: bytes, new: bytes, old: bytes | None, message: bytes = b""
     ) -> None:
         """Move `name` from `old` (None: must not exist) to `new`, or raise RefConflict."""
-
-    def forked(self) -> None:  # noqa: B027 - nothing shared to drop
-        """Called in a process forked from this one (`writes_in_forked_processes`)
-        before it writes: what the parent's process owns (connections, threads,
-        locks) is made anew."""
 
     def adopt_packs(self, idx_paths: list[str]) -> None:  # noqa: B027 - nothing to learn
         """Packs a forked process wrote into this repository for this process's

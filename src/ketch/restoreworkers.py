@@ -156,6 +156,7 @@ class WorkerPool:
                     other.sock.close()
                 # The planner decides when the restore stops (Ctrl-C included).
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
+                repo.forked()
                 _serve(child, repo)
             except BaseException:
                 code = 1

@@ -98,13 +98,11 @@ class BucketRepository(StoreRepository, WritableRepository):
     writes_in_forked_processes = True
 
     def forked(self) -> None:
-        self.store.forked()
-        self._lock = threading.Lock()
+        super().forked()
         self._plock = threading.Lock()
         self._uploads = None  # the parent's threads did not come along
         self._futures = []
         self._pending = []
-        self._pool = None
 
     def adopt_packs(self, idx_paths: list[str]) -> None:
         """The child's packs, uploaded: named by the manifest with this process's."""

@@ -91,6 +91,9 @@ class StoreRepository(Repository):
     # A restore's reader thread fetches one batch's blobs while its own thread
     # walks the next files' trees: both wait on round trips, not on each other.
     reads_concurrently = True
+    # A restore's forked workers read too, each with an S3 client of its own
+    # (`forked`): one process's GIL was what a restore from a bucket waited on.
+    reads_in_forked_processes = True
 
     def __init__(self, store: ObjectStore, name: str, *, url: str | None = None,
                  cache_root: str | None = None, whole_idx_bytes: int = WHOLE_IDX) -> None:
@@ -160,6 +163,12 @@ class StoreRepository(Repository):
         from ketch.offsite.verify import fsck_report
 
         return fsck_report(self.store, self.name, job.options, where=self.where)
+
+    def forked(self) -> None:
+        self.store.forked()
+        self._lock = threading.Lock()
+        self._reading = threading.RLock()
+        self._pool = self._range_pool = None  # the parent's threads did not come along
 
     def close(self) -> None:
         for pool in (self._pool, self._range_pool):
