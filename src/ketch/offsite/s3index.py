@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 
 from ketch.errors import CorruptObject, KetchError
 from ketch.git.idx import IDX_MAGIC, search_ids
-from ketch.offsite.manifest import PackEntry
+from ketch.offsite.manifest import FileEntry, PackEntry
 
 # Merge two wanted ranges of an idx into one GET when fewer bytes than this lie
 # between them: a request costs more latency than a few KB of transfer.
@@ -65,38 +65,61 @@ def _merge(ranges: list[tuple[int, int, int]], gap: int) -> list[tuple[int, int,
     return out
 
 
-class RemoteIdx:
-    """One pack's idx in the store, read in small pieces; see the module doc.
+class SparseFile:
+    """An immutable file of the store read in pieces: a sparse copy of it in the
+    cache (``NAME.part``) with the list of byte ranges it holds beside it
+    (``NAME.known``), fetched in as few GETs as sensible, and checked against
+    its sha256 once held whole."""
 
-    SHA-1 ids are uniform, so where an id sits among the ids sharing its first
-    byte is predictable: interpolation from its next bytes is off by about
-    sqrt(n)/2 places at most. A lookup fetches a window of ids around the
-    prediction (wider only in the rare case the id lies beyond it), then the
-    4-byte offset of a hit. The pieces land in a sparse copy of the idx in the
-    cache, with the list of byte ranges it holds beside it."""
-
-    def __init__(self, entry: PackEntry, key: str, *, get_many: GetMany, cache_dir: str,
-                 where: str, whole_idx_bytes: int = WHOLE_IDX) -> None:
-        """`key` names the idx in the store, `where` the repository in messages;
-        `get_many` fetches ranges of it."""
-        self.entry = entry
+    def __init__(self, file: FileEntry, key: str, *, get_many: GetMany, cache_dir: str,
+                 where: str, whole_bytes: int = WHOLE_IDX) -> None:
+        """`key` names the file in the store, `where` the repository in messages;
+        `get_many` fetches ranges of it; files up to `whole_bytes` are fetched whole."""
+        self.file = file
         self.key = key
         self.get_many = get_many
         self.cache_dir = cache_dir
         self.where = where
-        self.whole_idx_bytes = whole_idx_bytes
-        base = os.path.join(cache_dir, "idx", entry.idx.name)
+        self.whole_bytes = whole_bytes
+        base = os.path.join(cache_dir, "idx", file.name)
         self.part_path, self.known_path = base + ".part", base + ".known"
         self._known: list[tuple[int, int]] = []  # byte ranges held: sorted, disjoint
-        self._fan: list[int] = []
-        self._big: dict[int, int] = {}
-        self._nbig = 0
         self._whole: bytes | None = None  # all of it, once held (see _read)
-        self._starts: list[int] | None = None  # every entry's offset, sorted; entry_ends
-        self.count = 0
         self.fetched = 0  # bytes of it fetched by this process
         self.rounds = 0  # and how many times it went fetching
         self.checked = False
+
+    @property
+    def held_whole(self) -> bool:
+        return self._known == [(0, self.file.size)]
+
+    def fetch_whole(self) -> None:
+        """All of it, in one GET (what is not held yet)."""
+        self._load_known()
+        self._fetch([(0, self.file.size)])
+
+    def _load_known(self) -> None:
+        """Add what the cache says it holds (another process, a restore's
+        worker, may have fetched it) to what this one knows it holds."""
+        try:
+            with open(self.known_path, "rb") as f:
+                raw = f.read()
+            vals = struct.unpack(f">{len(raw) // 8}Q", raw[: len(raw) // 16 * 16])
+            known = [(vals[i], vals[i + 1]) for i in range(0, len(vals), 2)]
+            if known and os.path.getsize(self.part_path) < known[-1][1]:
+                known = []  # the copy lost data the list claims
+        except (OSError, struct.error):
+            known = []
+        for a, z in known:
+            if a < z:
+                self._add_known(a, z)
+
+    def _fetch_head(self, head: int) -> None:
+        """Its first `head` bytes held: all of it, when it is small."""
+        if self._gaps(0, head) and self.file.size <= self.whole_bytes:
+            self._fetch([(0, self.file.size)])  # small: all of it, checked
+        else:
+            self._fetch([(0, head)])
 
     # -- the sparse cached copy ------------------------------------------------------
 
@@ -132,14 +155,18 @@ class RemoteIdx:
         known[i:j] = [(a, z)]
 
     def _fetch(self, ranges: Iterable[tuple[int, int]]) -> None:
-        """Make sure these byte ranges of the idx are held, in as few GETs as sensible."""
+        """Make sure these byte ranges of the file are held, in as few GETs as sensible."""
+        ranges = list(ranges)
         gaps = sorted(g for a, z in ranges for g in self._gaps(a, z))
+        if gaps and self.rounds:
+            self._load_known()
+            gaps = sorted(g for a, z in ranges for g in self._gaps(a, z))
         if not gaps:
             return
-        size = self.entry.idx.size
+        size = self.file.size
         self.rounds += 1
         if self.fetched + sum(z - a for a, z in gaps) > size // 4 or (
-                self.rounds > _ROUNDS and size <= _ROUNDS_WHOLE * self.whole_idx_bytes):
+                self.rounds > _ROUNDS and size <= _ROUNDS_WHOLE * self.whole_bytes):
             # Reading most of it (a big restore), or browsing it one round trip
             # after another (a path's trees, each on its own): the rest in one go.
             gaps = self._gaps(0, size)
@@ -156,9 +183,9 @@ class RemoteIdx:
         """All of it is here now: it must be what the manifest says."""
         with open(self.part_path, "rb") as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()
-        if digest != self.entry.idx.sha256:
+        if digest != self.file.sha256:
             os.unlink(self.known_path)
-            raise CorruptObject(f"{self.where}: {self.entry.idx.name} does not match its "
+            raise CorruptObject(f"{self.where}: {self.file.name} does not match its "
                                 "manifest (sha256); run 'ketch mirror verify'")
         self.checked = True
 
@@ -179,13 +206,13 @@ class RemoteIdx:
                                                   *(x for r in self._known for x in r)))
 
     def _read(self, a: int, z: int) -> bytes:
-        if self._whole is None and self._known == [(0, self.entry.idx.size)] \
-                and self.entry.idx.size <= _WHOLE_IN_MEMORY:
+        if self._whole is None and self._known == [(0, self.file.size)] \
+                and self.file.size <= _WHOLE_IN_MEMORY:
             # Held whole (a restore's lookups): one read, not an open and a
             # pread for each of thousands of ids.
             with open(self.part_path, "rb") as f:
-                whole = f.read(self.entry.idx.size)
-            if len(whole) == self.entry.idx.size:
+                whole = f.read(self.file.size)
+            if len(whole) == self.file.size:
                 self._whole = whole
         if self._whole is not None:
             return self._whole[a:z]
@@ -199,30 +226,45 @@ class RemoteIdx:
                                 f"{self.cache_dir} and try again")
         return data
 
+
+class RemoteIdx(SparseFile):
+    """One pack's idx in the store, read in small pieces; see the module doc.
+
+    SHA-1 ids are uniform, so where an id sits among the ids sharing its first
+    byte is predictable: interpolation from its next bytes is off by about
+    sqrt(n)/2 places at most. A lookup fetches a window of ids around the
+    prediction (wider only in the rare case the id lies beyond it), then the
+    4-byte offset of a hit."""
+
+    def __init__(self, entry: PackEntry, key: str, *, get_many: GetMany, cache_dir: str,
+                 where: str, whole_idx_bytes: int = WHOLE_IDX) -> None:
+        super().__init__(entry.idx, key, get_many=get_many, cache_dir=cache_dir, where=where,
+                         whole_bytes=whole_idx_bytes)
+        self.entry = entry
+        self._fan: list[int] = []
+        self._big: dict[int, int] = {}
+        self._nbig = 0
+        self._starts: list[int] | None = None  # every entry's offset, sorted; entry_ends
+        self.count = 0
+
+    @property
+    def loaded(self) -> bool:
+        """Its fan-out is at hand: asking it costs no GET for that."""
+        return bool(self._fan)
+
     def _load(self) -> None:
         if self._fan:
             return
-        try:
-            with open(self.known_path, "rb") as f:
-                raw = f.read()
-            vals = struct.unpack(f">{len(raw) // 8}Q", raw[: len(raw) // 16 * 16])
-            self._known = [(vals[i], vals[i + 1]) for i in range(0, len(vals), 2)]
-            if self._known and os.path.getsize(self.part_path) < self._known[-1][1]:
-                self._known = []  # the copy lost data the list claims
-        except (OSError, struct.error):
-            self._known = []
-        if self._gaps(0, _FAN_END) and self.entry.idx.size <= self.whole_idx_bytes:
-            self._fetch([(0, self.entry.idx.size)])  # small: all of it, checked
-        else:
-            self._fetch([(0, _FAN_END)])
+        self._load_known()
+        self._fetch_head(_FAN_END)
         head = self._read(0, _FAN_END)
         if head[:8] != IDX_MAGIC + struct.pack(">I", 2):
-            raise CorruptObject(f"{self.where}: {self.entry.idx.name} is not a v2 idx")
+            raise CorruptObject(f"{self.where}: {self.file.name} is not a v2 idx")
         self._fan = list(struct.unpack(">256I", head[8:_FAN_END]))
         self.count = n = self._fan[255]
-        nbig, rest = divmod(self.entry.idx.size - (_FAN_END + 28 * n + 40), 8)
+        nbig, rest = divmod(self.file.size - (_FAN_END + 28 * n + 40), 8)
         if nbig < 0 or rest:
-            raise CorruptObject(f"{self.where}: {self.entry.idx.name}: its size does not "
+            raise CorruptObject(f"{self.where}: {self.file.name}: its size does not "
                                 f"fit {n} objects")
         self._nbig = nbig
 
