@@ -183,6 +183,7 @@ class VFS:
         self.repo = repo
         self._trees: _LRU[bytes, list[gobj.TreeEntry]] = _LRU(cache_trees)
         self._listings: _LRU[bytes, _Listing] = _LRU(cache_trees)
+        self._walked: _LRU[bytes, bool] = _LRU(cache_trees)  # subtrees hinted
         self._branches: _LRU[bytes, tuple[list[tuple[bytes, bytes, int, bytes]], _Listing]] = (
             _LRU(64)
         )
@@ -223,17 +224,20 @@ class VFS:
 
     # -- directories -----------------------------------------------------------
 
-    def _listing(self, tree: bytes) -> _Listing:
-        """A tree's entries by demangled name, with `.bupm` records matched (2.6)."""
+    def _listing(self, tree: bytes, *, walk: bool = True) -> _Listing:
+        """A tree's entries by demangled name, with `.bupm` records matched (2.6).
+        `walk`: its subdirectories will be read next (not when resolving a path)."""
         cached = self._listings.get(tree)
         if cached is not None:
+            if walk and self._walked.get(tree) is None:
+                self._hint_subtrees(tree, self._tree(tree))
             return cached
         entries = self._tree(tree)
         # What a walk reads next: this directory's .bupm, then its subdirectories'
         # trees; a remote repository fetches them together.
-        self.repo.prefetch([e.oid for e in entries if e.name == b".bupm"]
-                           + [e.oid for e in entries if e.mode == gobj.MODE_TREE
-                              and not e.name.endswith(b".bup") and self._trees.get(e.oid) is None])
+        self.repo.prefetch([e.oid for e in entries if e.name == b".bupm"])
+        if walk:
+            self._hint_subtrees(tree, entries)
         records: list[Metadata | None] = []
         for e in entries:
             if e.name == b".bupm":
@@ -352,11 +356,18 @@ class VFS:
             return iter(sorted(tags, key=lambda i: i.name))
         return iter(self._dir_listing(item).items)
 
-    def _dir_listing(self, item: Item) -> _Listing:
+    def _hint_subtrees(self, tree: bytes, entries: list[gobj.TreeEntry]) -> None:
+        """A path's lookup needs one subdirectory: hinting the others too would
+        cost a bucket a GET each, so only a walk hints them."""
+        self._walked.put(tree, True)
+        self.repo.prefetch([e.oid for e in entries if e.mode == gobj.MODE_TREE
+                            and not e.name.endswith(b".bup") and self._trees.get(e.oid) is None])
+
+    def _dir_listing(self, item: Item, *, walk: bool = True) -> _Listing:
         if item.kind == "branch" and item.oid is not None:
             return self._branch(item.oid)[1]
         if item.kind in ("save", "dir") and item.oid is not None:
-            return self._listing(item.oid)
+            return self._listing(item.oid, walk=walk)
         raise NotADirectory(f"not a directory: {show_path(item.name)}")
 
     def _child(self, parent: Item, name: bytes) -> Item | None:
@@ -374,7 +385,7 @@ class VFS:
             return None if oid is None else self._tag(name, oid)
         if parent.kind == "branch" and name != b"latest" and not _SAVE_NAME_RX.match(name):
             return None
-        return self._dir_listing(parent).by_name.get(name)
+        return self._dir_listing(parent, walk=False).by_name.get(name)
 
     def fill_meta(self, item: Item) -> Item:
         """A directory's own metadata: the first record of its `.bupm`."""
@@ -386,7 +397,7 @@ class VFS:
             tree = self._commit(item.oid).tree
         else:
             return item
-        dot = self._listing(tree).dot
+        dot = self._listing(tree, walk=False).dot
         if dot is None:
             return item
         mode = dot.mode if dot.mode is not None else item.mode
