@@ -60,7 +60,7 @@ def _clean(run_ketch: RunKetch, base: str, name: str, tmp: Path) -> None:
     store = RetryingStore(S3Store(base))
     m = read_manifest(store, name)
     assert m is not None
-    named = {f"{name}/objects/pack/{f.name}" for p in m.packs for f in p.files()}
+    named = {f"{name}/objects/pack/{n}" for n in m.file_names()}  # the locator too
     stored = {k for k, _ in store.list(pack_prefix(name))}
     assert stored == named, (stored - named, named - stored)
 

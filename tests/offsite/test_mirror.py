@@ -219,7 +219,9 @@ def test_push_uploads_only_what_is_new(mirror: Mirror, small_repo: Path, tmp_pat
     assert (r.uploaded_files, r.skipped_files, r.manifest_written) == (len(files), 0, True)
     m = read_manifest(mirror.store, "small")
     assert m is not None and m.generation == 1
-    assert m.refs == _local_refs(small_repo) and m.file_names() == files
+    # The repository's files, and the locator that finds their objects.
+    assert m.refs == _local_refs(small_repo) and m.locator is not None
+    assert m.file_names() == files | {m.locator.name}
     assert m.head == "ref: refs/heads/master" and "[core]" in m.config
 
     again = push([str(small_repo)], mirror.store).repos[0]
@@ -385,7 +387,10 @@ def test_idx_read_piecemeal(tmp_path: Path) -> None:
 
 def test_gc_deletes_packs_after_the_manifest(mirror: Mirror, small_repo: Path) -> None:
     push([str(small_repo)], mirror.store)
-    old = _pack_files(small_repo)
+    first = read_manifest(mirror.store, "small")
+    assert first is not None and first.locator is not None
+    # Its packs, and the locator a mirror of one pack does without.
+    old = _pack_files(small_repo) | {first.locator.name}
     # A gc on the server: one pack, with deltas (ketch itself writes none).
     git(small_repo, "repack", "-a", "-d", "-f", "-q", "--depth=20", "--window=50")
     new = _pack_files(small_repo)

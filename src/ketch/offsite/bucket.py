@@ -45,6 +45,7 @@ from ketch.errors import EXIT_FAILED, KetchError, ObjectNotFound, RefConflict
 from ketch.git.objindex import ObjectIndex
 from ketch.git.pack import DEFAULT_LEVEL, PackWriter
 from ketch.git.refs import check_ref_name
+from ketch.offsite import locator
 from ketch.offsite.manifest import (
     FileEntry,
     Manifest,
@@ -91,6 +92,7 @@ class BucketRepository(StoreRepository, WritableRepository):
         self._futures: list[Future[None]] = []
         self._staging: str | None = None
         self._synced: set[str] = set()  # the packs deduplicated against
+        self._published = False  # packs of this process's are in the manifest
         self.bytes_sent = 0
 
     # A save's forked child (ketch.savefork) uploads its own packs, with its own
@@ -129,6 +131,11 @@ class BucketRepository(StoreRepository, WritableRepository):
         try:
             if self._pending and self.manifest.primary:
                 self._publish()
+            if self._published and self.manifest.primary:
+                with contextlib.suppress(Exception):
+                    # Only lookups are faster for it: whatever stops it must not
+                    # fail a save that landed. The next save tries again.
+                    locator.refresh(self)
         finally:
             if self._uploads is not None:
                 self._uploads.shutdown(wait=True)
@@ -339,6 +346,7 @@ class BucketRepository(StoreRepository, WritableRepository):
             self._done(pending)
 
     def _done(self, published: list[PackEntry]) -> None:
+        self._published = self._published or bool(published)
         with self._plock:
             self._pending = [p for p in self._pending if p not in published]
 
@@ -440,6 +448,10 @@ class BucketRepository(StoreRepository, WritableRepository):
     def named(self, entries: list[PackEntry]) -> None:
         """`entries` are in the manifest now."""
         self._done(entries)
+
+    def delete_file(self, f: FileEntry) -> None:
+        """A file of the pack directory no manifest names any more (an old locator)."""
+        self.store.delete(pack_key(self.name, f.name))
 
     def delete_pack(self, entry: PackEntry) -> None:
         """Pack first, then its idx: an idx without its pack would look whole."""

@@ -45,8 +45,9 @@ from ketch.lifecycle.gcreport import GcProgress, GcReport, NullGcProgress
 from ketch.lifecycle.gcwalk import Walker
 from ketch.lifecycle.liveset import LiveSet, ids_to_bytes
 from ketch.lifecycle.sweep import entry_sizes
+from ketch.offsite import locator
 from ketch.offsite.bucket import BucketRepository
-from ketch.offsite.manifest import Manifest, PackEntry
+from ketch.offsite.manifest import Manifest, PackEntry, pack_prefix
 from ketch.offsite.store import NotFound, PreconditionFailed, StoreError
 from ketch.progress import Progress
 
@@ -216,14 +217,34 @@ class _BucketGc:
             retire = {packs[k].pack.name for k in doomed}
             deleted = self._swap(generation, new, retire, gone)
             repo.named(new)
-            for p in deleted:
-                repo.delete_pack(p)
-            report.packs_deleted = len(deleted)
+            self._delete(deleted)
         finally:
             live.close()
         repo.refresh_manifest()
         report.bytes_after = sum(p.pack.size + p.idx.size for p in repo.manifest.packs)
         return report
+
+    def _delete(self, deleted: list[PackEntry]) -> None:
+        for p in deleted:
+            self.repo.delete_pack(p)
+        self.report.packs_deleted = len(deleted)
+        if deleted:
+            # The locator named packs that are gone: a new one.
+            locator.refresh(self.repo, force=True)
+        self._sweep_locators()
+
+    def _sweep_locators(self) -> None:
+        """Locators no manifest names: replaced by a writer whose key may not
+        delete. Listed before the manifest is read: one uploaded meanwhile and
+        not named yet is its writer's to upload again (locator.refresh)."""
+        repo = self.repo
+        listed = [k for k, _ in repo.store.list(pack_prefix(repo.name))
+                  if locator.is_locator(k.rsplit("/", 1)[-1])]
+        repo.refresh_manifest()
+        named = repo.manifest.locator
+        for k in listed:
+            if named is None or k.rsplit("/", 1)[-1] != named.name:
+                repo.store.delete(k)
 
     def _doomed(self, live: LiveSet, packs: list[PackEntry]) -> list[int]:
         out = []

@@ -26,8 +26,11 @@ Manifest (JSON object, format version 1)::
                             "sha256": "<hex>"}, {"name": "pack-<sha1>.par2", ...}],
                 "retired": T},
                ...],
-     "primary": true}
+     "primary": true,
+     "locator": {"name": "locator-<hex>.kloc", "size": N, "sha256": "<hex>", "objects": N}}
 
+`locator` (ketch.offsite.locator; name, size, sha256 and "objects", its count)
+finds any object of the packs it covers in one lookup; left out where there is none.
 `primary` marks a repository saved into directly (ketch.offsite.bucket);
 `retired` a pack its gc took out of use (ketch.offsite.bucketgc). Both are
 left out when false or 0, so a mirror's manifest is what it always was.
@@ -59,6 +62,7 @@ MANIFEST_NAME = "manifest.json"
 PACK_DIR = "objects/pack"
 
 _PACK_RX = re.compile(r"pack-[0-9a-f]{40}\.pack\Z")
+_LOCATOR_RX = re.compile(r"locator-[0-9a-f]{40}\.kloc\Z")
 _PARITY_SUFFIX_RX = re.compile(r"(\.vol[0-9]{1,6}\+[0-9]{1,6})?\.par2\Z")
 _HEX40 = re.compile(r"[0-9a-f]{40}\Z")
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
@@ -136,20 +140,25 @@ class Manifest:
     # A repository saved into directly (ketch.offsite.bucket), not a mirror a
     # push replaces: a push refuses it, and only a primary one takes saves.
     primary: bool = False
+    # One file that finds any object of the packs it covers (ketch.offsite.locator),
+    # and how many objects it covers; None where there is none.
+    locator: FileEntry | None = None
+    locator_objects: int = 0
 
     def pack_by_idx(self) -> dict[str, PackEntry]:
         return {p.idx.name: p for p in self.packs}
 
     def file_names(self) -> set[str]:
-        return {f.name for p in self.packs for f in p.files()}
+        return {f.name for p in self.packs for f in p.files()} | (
+            {self.locator.name} if self.locator else set())
 
     def same_content(self, other: Manifest | None) -> bool:
         """Equal except for generation and time: nothing to publish."""
         if other is None:
             return False
-        return (self.repository, self.head, self.refs, self.config, sorted(
+        return (self.repository, self.head, self.refs, self.config, self.locator, sorted(
             self.packs, key=lambda p: p.pack.name)) == (
-            other.repository, other.head, other.refs, other.config, sorted(
+            other.repository, other.head, other.refs, other.config, other.locator, sorted(
                 other.packs, key=lambda p: p.pack.name))
 
     def to_json(self) -> bytes:
@@ -157,6 +166,8 @@ class Manifest:
             "format": FORMAT, "version": VERSION, "repository": self.repository,
             "generation": self.generation, "time": self.time, "head": self.head,
             **({"primary": True} if self.primary else {}),
+            **({"locator": {**self.locator.as_dict(), "objects": self.locator_objects}}
+               if self.locator else {}),
             "refs": dict(sorted(self.refs.items())), "config": self.config,
             "packs": [
                 {**p.pack.as_dict(), "mtime": p.mtime, "idx": p.idx.as_dict(),
@@ -183,6 +194,9 @@ class Manifest:
                     head=str(doc["head"]), refs=refs, config=str(doc["config"]),
                     packs=[_pack_entry(p) for p in doc["packs"]],
                     primary=doc.get("primary") is True)
+            if doc.get("locator") is not None:
+                m.locator = _file_entry(doc["locator"])
+                m.locator_objects = _size(doc["locator"]["objects"])
         except ManifestError:
             raise
         except RecursionError:
@@ -202,6 +216,9 @@ class Manifest:
         head = self.head
         if not (_HEX40.match(head) or (head.startswith("ref: ") and _good_ref(head[5:]))):
             raise ManifestError(f"{where}: bad HEAD in manifest: {head!r}")
+        if self.locator is not None and not (
+                _LOCATOR_RX.match(self.locator.name) and _HEX64.match(self.locator.sha256)):
+            raise ManifestError(f"{where}: bad locator in manifest: {self.locator.name!r}")
         for p in self.packs:
             if not _PACK_RX.match(p.pack.name) or p.idx.name != p.stem + ".idx":
                 raise ManifestError(f"{where}: bad pack name in manifest: {p.pack.name!r}")

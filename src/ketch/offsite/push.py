@@ -39,6 +39,7 @@ from ketch.git.loose import iter_loose_ids, read_loose
 from ketch.git.pack import encode_entry
 from ketch.git.refs import Refs
 from ketch.integrity import parity
+from ketch.offsite import locator
 from ketch.offsite.manifest import (
     FileEntry,
     Manifest,
@@ -75,6 +76,7 @@ class RepoPushReport:
     skipped_bytes: int = 0
     deleted_files: int = 0
     deleted_bytes: int = 0
+    locator_bytes: int = 0  # a new locator's (ketch.offsite.locator), not a repository file
     packs: int = 0
     refs: int = 0
     loose_objects: int = 0
@@ -350,6 +352,30 @@ def _new_manifest(plan: _Plan, done: dict[str, FileEntry]) -> Manifest:
                     refs=snap.refs, config=snap.config, packs=packs)
 
 
+def _with_locator(plan: _Plan, store: ObjectStore, new: Manifest) -> None:
+    """Name a locator (ketch.offsite.locator) in `new`: the last push's while
+    its packs are all still there and it covers enough of them; else a new one."""
+    if len(new.packs) < 2:
+        return
+    old = plan.old
+    total = sum(locator.objects_in(p.idx.size) for p in new.packs)
+    if old is not None and old.locator is not None \
+            and pack_key(plan.snap.name, old.locator.name) in plan.existing \
+            and {p.pack.name for p in old.packs} <= {p.pack.name for p in new.packs} \
+            and total - old.locator_objects <= locator.STALE_SHARE * old.locator_objects:
+        new.locator, new.locator_objects = old.locator, old.locator_objects
+        return
+    with tempfile.TemporaryDirectory(prefix="ketch-locator-") as tmp:
+        path = os.path.join(tmp, "locator")
+        n = locator.build([(p.pack.name, plan.snap.files[p.idx.name].path, p.pack.size)
+                           for p in new.packs], path)
+        name, digest = locator.locator_name(path)
+        store.put_file(pack_key(plan.snap.name, name), path, sha256=digest)
+        new.locator = FileEntry(name, os.path.getsize(path), digest)
+        new.locator_objects = n
+        plan.report.locator_bytes = new.locator.size
+
+
 def _publish(plan: _Plan, store: ObjectStore, new: Manifest) -> None:
     key = manifest_key(plan.snap.name)
     current = _last_manifest(store, plan.snap.name)
@@ -432,11 +458,13 @@ def _push_one(plan: _Plan, store: ObjectStore, dry_run: bool, storage_class: str
     if dry_run:
         rep.uploaded_files = len(plan.upload)
         rep.uploaded_bytes = sum(plan.snap.files[fn].size for fn in plan.upload)
-        _delete_unnamed(plan, store, set(plan.snap.files), dry_run=True)
+        kept = {plan.old.locator.name} if plan.old and plan.old.locator else set()
+        _delete_unnamed(plan, store, set(plan.snap.files) | kept, dry_run=True)
         rep.generation = plan.old.generation if plan.old else 0
         return
     done = _upload(plan, store, storage_class, progress)
     new = _new_manifest(plan, done)
+    _with_locator(plan, store, new)
     if new.same_content(plan.old):
         assert plan.old is not None
         rep.generation = plan.old.generation

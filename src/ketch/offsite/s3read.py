@@ -164,13 +164,19 @@ def plan(idx_name: str, key: str, limit: int, wanted: list[tuple[int, int | None
 
 
 def plan_pack(ix: RemoteIdx, key: str, items: list[tuple[int, bytes]], *, gap: int,
-              everything: bool = False) -> list[Range]:
-    """plan() for `items` ((offset, oid)) of the pack `key` whose idx is `ix`."""
+              everything: bool = False, known: dict[int, int] | None = None) -> list[Range]:
+    """plan() for `items` ((offset, oid)) of the pack `key` whose idx is `ix`;
+    `known` has where entries end, when something said (the locator)."""
     size = ix.entry.pack.size
-    avg = size // max(ix.count, 1)
-    # The idx's offsets say where each entry ends (4 bytes an entry): worth
-    # fetching when they cost under an eighth of what is read.
-    ends = ix.entry_ends([off for off, _ in items], fetch=32 * ix.count <= len(items) * avg)
+    ends = dict(known or {})
+    unknown = [off for off, _ in items if off not in ends]
+    avg = GUESS // 2
+    if unknown:
+        ix.entry_ends((), fetch=False)  # its fan-out: how many entries it has
+        avg = size // max(ix.count, 1)
+        # The idx's offsets say where each entry ends (4 bytes an entry): worth
+        # fetching when they cost under an eighth of what is read.
+        ends.update(ix.entry_ends(unknown, fetch=32 * ix.count <= len(unknown) * avg))
     total = sum(ends.get(off, off + avg) - off for off, _ in items)
     return plan(ix.entry.idx.name, key, size - 20, [(off, ends.get(off), o) for off, o in items],
                 guess=max(GUESS, 2 * avg), gap=gap, everything=everything,

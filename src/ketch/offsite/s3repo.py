@@ -43,6 +43,7 @@ from ketch.git.delta import BadDelta, apply_delta
 from ketch.git.entry import CorruptPack
 from ketch.git.refs import check_ref_name
 from ketch.offsite import s3read
+from ketch.offsite.locator import RemoteLocator
 from ketch.offsite.manifest import (
     no_such_repository,
     pack_key,
@@ -68,6 +69,15 @@ _BEHIND = 128 << 10
 _MEM_MAX_ITEM = 1 << 20
 _DISK_BLOB_MAX = 64 << 10  # small unhinted blobs kept on disk (see _keep)
 _MAX_CHAIN = 500  # deeper delta chains than this are a corrupt pack
+# A lookup of more ids than this asks the locator for the first _PROBE and the
+# last only; when they are in one pack (a file's chunks lie together), that
+# pack's idx for the rest: one GET of it, not one locator window per chunk.
+_MANY = 8
+_BEHIND_LOADS = 1
+_WHOLE_MAX_BEHIND = 16 << 20
+_WALK = 64  # reads without a hint after which a reader is walking a tree
+_DECODE_ALL = 256 << 10
+_PROBE = 2
 
 
 class _PackGone(KetchError):
@@ -118,6 +128,11 @@ class StoreRepository(Repository):
         digest = hashlib.sha256(f"{self.url}\0{name}".encode()).hexdigest()[:24]
         self.cache_dir = os.path.join(cache_root or default_cache_root(), digest)
         self._idx: dict[str, RemoteIdx] = {}
+        self._locator: RemoteLocator | None = None
+        self._ends: dict[tuple[str, int], int] = {}  # where entries end, from the locator
+        self._behind_loads = 0  # idx files fetched for _behind
+        self._unhinted = 0  # reads that came to _behind
+        self._firsts: dict[tuple[str, int], int] = {}  # locator.BEHIND before them
         self._take_manifest(raw)
         self._ahead: deque[bytes] = deque()
         # Fetched, not asked for yet: hinted, or found beside chunk trees.
@@ -136,6 +151,13 @@ class StoreRepository(Repository):
                                                     key=lambda p: (p.retired != 0, -p.mtime,
                                                                    p.pack.name))]
         self._order = self._by_time[:]  # search order; see _hit
+        loc = self.manifest.locator
+        if loc is None:
+            self._locator = None
+        elif self._locator is None or self._locator.file != loc:
+            self._locator = RemoteLocator(
+                loc, pack_key(self.name, loc.name), get_many=self._get_many,
+                cache_dir=self.cache_dir, where=self.where, packs_hint=len(self.manifest.packs))
 
     def _reload(self) -> bool:
         """Take the store's current manifest; False when it has not changed."""
@@ -212,25 +234,67 @@ class StoreRepository(Repository):
                 cache_dir=self.cache_dir, where=self.where, whole_idx_bytes=self.whole_idx_bytes)
         return ix
 
-    def _locate(self, oids: Iterable[bytes]) -> dict[bytes, tuple[str, int]]:
+    def _locate(self, oids: Iterable[bytes], *,
+                use_locator: bool = True) -> dict[bytes, tuple[str, int]]:
         """(idx name, offset) of each of `oids` the mirror holds."""
         found: dict[bytes, tuple[str, int]] = {}
         todo = list(dict.fromkeys(oids))
-        for name in list(self._order):
+        order = self._order
+        if use_locator and self._locator is not None and todo:
+            covered = self._by_locator(self._locator, todo, found)
+            if covered is not None:
+                todo = [o for o in todo if o not in found]
+                order = [n for n in order if n not in covered]
+        for name in list(order):
             if not todo:
                 break
-            hits = self._index(name).locate(todo)
-            rest = []
-            for o in todo:
-                off = hits.get(o)
-                if off is None:
-                    rest.append(o)
-                else:
-                    found[o] = (name, off)
-            if len(rest) < len(todo):
-                self._hit(name)
-            todo = rest
+            self._search_pack(name, todo, found)
+            todo = [o for o in todo if o not in found]
         return found
+
+    def _search_pack(self, name: str, todo: list[bytes],
+                     found: dict[bytes, tuple[str, int]]) -> None:
+        hits = self._index(name).locate(todo)
+        for o, off in hits.items():
+            found[o] = (name, off)
+        if hits:
+            self._hit(name)
+
+    def _by_locator(self, loc: RemoteLocator, todo: list[bytes],
+                    found: dict[bytes, tuple[str, int]]) -> set[str] | None:
+        """Look `todo` up in the locator (see _MANY); the idx names of the packs
+        it covers, or None when it cannot be read (then every pack is searched)."""
+        try:
+            if len(todo) > _MANY and not loc.held_whole:
+                probe = [*todo[:_PROBE], todo[-1]]
+                packs = self._take_located(loc.locate(probe), found)
+                if len(packs) == 1 and all(o in found for o in probe):
+                    self._search_pack(packs.pop(), [o for o in todo if o not in found], found)
+            self._take_located(loc.locate([o for o in todo if o not in found]), found)
+        except (_PackGone, CorruptObject) as e:
+            # A locator gone (a gc replaced it) or damaged: the packs' own idx files.
+            if isinstance(e, _PackGone) and self._reload():
+                return self._by_locator(self._locator, todo, found) if self._locator else None
+            self._locator = None
+            return None
+        return {n[: -len(".pack")] + ".idx" for n in loc.pack_names}
+
+    def _take_located(self, hits: dict[bytes, tuple[str, int, int, int]],
+                      found: dict[bytes, tuple[str, int]]) -> set[str]:
+        """Record the locator's answers that fit a pack the manifest lists; the
+        idx names of those packs."""
+        names = set()
+        for o, (pack_name, off, length, first) in hits.items():
+            name = pack_name[: -len(".pack")] + ".idx"
+            entry = self._packs.get(name)
+            if entry is None or off + length > entry.pack.size - 20:
+                continue  # gc deleted that pack, or a bogus record
+            found[o] = (name, off)
+            if length:
+                self._ends[(name, off)] = off + length
+                self._firsts[(name, off)] = first
+            names.add(name)
+        return names
 
     def _hit(self, name: str) -> None:
         """Search `name` first from now on, then the packs written just before it,
@@ -335,8 +399,35 @@ class StoreRepository(Repository):
                 self._again(e)
                 self._ahead.clear()
                 return self._read(oid)
+            except CorruptObject:
+                if self._locator is None:
+                    raise
+                self._drop_locator()  # damaged, maybe: the packs' idx files say
+                return self._read(oid)
+
+    def _drop_locator(self) -> None:
+        self._locator = None
+        self._ends.clear()
+        self._firsts.clear()
+        self._ahead.clear()
 
     def read_many(self, oids: Sequence[bytes]) -> Iterator[tuple[bytes, int, bytes]]:
+        done = set()
+        try:
+            for o, t, data in self._read_many(oids):
+                done.add(o)
+                yield o, t, data
+        except CorruptObject:
+            if self._locator is None:
+                raise
+            with self._reading:
+                self._drop_locator()
+            for o in dict.fromkeys(oids):
+                if o not in done:
+                    t, data = self.read(o)
+                    yield o, t, data
+
+    def _read_many(self, oids: Sequence[bytes]) -> Iterator[tuple[bytes, int, bytes]]:
         # Planned reads (s3read): each wanted entry's range of its pack once,
         # in GETs of a few MB, many in flight.
         with self._reading:
@@ -363,7 +454,11 @@ class StoreRepository(Repository):
         return [r for name, items in by_pack.items()
                 for r in s3read.plan_pack(self._index(name),
                                           pack_key(self.name, self._packs[name].pack.name),
-                                          items, gap=gap, everything=everything)]
+                                          items, gap=gap, everything=everything,
+                                          known=self._known_ends(name, items))]
+
+    def _known_ends(self, name: str, items: list[tuple[int, bytes]]) -> dict[int, int]:
+        return {off: end for off, _ in items if (end := self._ends.get((name, off)))}
 
     def _read_range(self, r: Range) -> tuple[Range, s3read.Decoded]:
         return r, s3read.decode(self._get, r, self.where)
@@ -376,6 +471,10 @@ class StoreRepository(Repository):
             if o != oid and o not in self._fetched and self._mem.get(o) is None:
                 batch.append(o)
         where = self._locate(batch)
+        if oid not in where and self._locator is not None:
+            where = self._locate(batch, use_locator=False)
+            if oid in where:
+                self._locator = None  # it lied: set it aside for the packs' idx files
         if oid not in where:
             raise ObjectNotFound(f"object {oid.hex()} not found in {self.where}")
         for o, t, data in self._fetch(where, oid):
@@ -397,8 +496,14 @@ class StoreRepository(Repository):
         behind = self._behind(asked, *rest[asked]) if asked in rest else None
         if behind is not None:
             del rest[asked]
-        return self._run(self._plan(rest, gap=s3read.GAP) + ([behind] if behind else []),
-                         keep=True, asked=asked)
+        ranges = self._plan(rest, gap=s3read.GAP)
+        for r in ranges:
+            # What lies between a directory's tree and its metadata is mostly
+            # its subdirectories' trees: decoded and held. (Not in the long
+            # ranges of a file's blobs: inflating them all cost a restore a third
+            # more time.)
+            r.everything = r.end - r.start <= _DECODE_ALL
+        return self._run(ranges + ([behind] if behind else []), keep=True, asked=asked)
 
     def _back(self, name: str, off: int) -> int:
         """Where a range for the entry at `off` starts to take in what lies
@@ -409,7 +514,27 @@ class StoreRepository(Repository):
     def _behind(self, oid: bytes, name: str, off: int) -> Range | None:
         """A range from the first entry within _BEHIND before `off` to the end of
         the entry there, when the idx's offsets tell where both are."""
-        end = self._index(name).entry_ends([off], fetch=False).get(off)
+        ix = self._index(name)
+        self._unhinted += 1
+        if not ix.loaded:
+            first = self._firsts.get((name, off))
+            if self._unhinted > _WALK and ix.file.size <= _WHOLE_MAX_BEHIND:
+                # A walk of a tree (a restore, ls -R): the idx's offsets find the
+                # whole stretch behind, as without a locator.
+                ix.fetch_whole()
+            elif first is not None and first < off:
+                entry = self._packs[name]
+                return Range(name, pack_key(self.name, entry.pack.name), entry.pack.size - 20,
+                             first, self._ends[(name, off)], [(off, oid)], everything=True)
+            elif self._behind_loads < _BEHIND_LOADS and ix.file.size <= 2 * WHOLE_IDX:
+                # Found by the locator, its idx not at hand. The first read (the
+                # commit; its path's trees lie just behind it) pays for the idx,
+                # one GET, when it is small.
+                self._behind_loads += 1
+                ix.fetch_whole()
+            else:
+                return None
+        end = ix.entry_ends([off], fetch=False).get(off)
         first = self._back(name, off)
         if end is None or first >= off:
             return None

@@ -25,7 +25,9 @@ from typing import Any
 
 from ketch.errors import EXIT_FAILED, EXIT_OK, EXIT_WARNINGS, CorruptObject, KetchError
 from ketch.integrity.packcheck import check_pack
+from ketch.offsite.locator import is_locator
 from ketch.offsite.manifest import (
+    FileEntry,
     PackEntry,
     list_repositories,
     load_manifest,
@@ -131,27 +133,32 @@ def _verify_one(store: ObjectStore, rep: RepoVerifyReport, percent: float,
     listed = dict(store.list(pack_prefix(rep.name)))
     named = set()
     intact: list[PackEntry] = []
+
+    def check(f: FileEntry) -> bool:
+        key = pack_key(rep.name, f.name)
+        named.add(key)
+        rep.files_checked += 1
+        if key not in listed:
+            rep.missing.append(key)
+            return False
+        st = store.stat(key)
+        size = st.size if st is not None else listed[key]
+        if size != f.size:
+            rep.corrupted.append(f"{key}: {size} bytes, the manifest says {f.size}")
+            return False
+        if st is not None and st.checksum is not None and st.checksum != f.sha256:
+            rep.corrupted.append(f"{key}: sha256 {st.checksum} differs from the manifest's")
+            return False
+        return True
+
     for p in m.packs:
-        whole = True
-        for f in p.files():
-            key = pack_key(rep.name, f.name)
-            named.add(key)
-            rep.files_checked += 1
-            if key not in listed:
-                rep.missing.append(key)
-                whole = False
-                continue
-            st = store.stat(key)
-            size = st.size if st is not None else listed[key]
-            if size != f.size:
-                rep.corrupted.append(f"{key}: {size} bytes, the manifest says {f.size}")
-                whole = False
-            elif st is not None and st.checksum is not None and st.checksum != f.sha256:
-                rep.corrupted.append(f"{key}: sha256 {st.checksum} differs from the manifest's")
-                whole = False
-        if whole:
+        if all([check(f) for f in p.files()]):
             intact.append(p)
-    rep.extra = sorted(k for k in listed if k not in named)
+    if m.locator is not None:
+        check(m.locator)
+    # Locators a writer replaced and its key could not delete: gc deletes them.
+    rep.extra = sorted(k for k in listed if k not in named
+                       and not is_locator(k.rsplit("/", 1)[-1]))
     if percent <= 0 or not m.packs:
         return
     want = min(len(m.packs), max(1, math.ceil(len(m.packs) * percent / 100)))
