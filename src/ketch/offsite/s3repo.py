@@ -3,10 +3,11 @@
 `ketch ls/cat-file/restore -r s3://bucket/prefix/REPO` read the manifest (refs
 and the list of packs), then fetch only the byte ranges they need:
 
-Finding an object. Each pack's idx is read piecemeal with ranged GETs and
-cached on disk (see s3index). Packs are searched most recently hit first
-(newest first to begin with), since a file's chunks and trees were mostly
-written together.
+Finding an object: the repository's locator, then the idx files of the
+packs it does not cover, read piecemeal with ranged GETs and cached on disk
+(ketch.offsite.s3find). A batch whose first and last objects the locator puts
+close together in one pack (a file's chunks) is read as one range, every
+object in it decoded and matched by its id.
 
 Reading. `read_many` (a restore's batch of blobs) is planned per pack by
 s3read: entries sorted by offset, merged into GETs of up to 8 MiB, 16 in
@@ -14,8 +15,8 @@ flight. A `read` fetches the hinted objects (`prefetch`) along with it, the
 same way, and an unhinted object with the entries written just
 before it (a directory's trees and metadata precede the tree or commit naming
 them): what is decoded beside the object asked for is held for the next reads.
-Where an entry ends the idx's offsets say, when at hand; else a GET reads a
-little beyond (GUESS) and, rarely, a second one the rest. Deltas (git-repacked
+Where an entry ends the locator says, or the idx's offsets when at hand; else
+a GET reads a little beyond (GUESS) and, rarely, a second one the rest. Deltas (git-repacked
 repositories have them; ketch and bup write none) are resolved by fetching
 their base too. Entries are decoded by ketch.git.entry, bounded like any
 bytes from elsewhere; every object is checked against its id. Trees, commits
@@ -43,13 +44,14 @@ from ketch.git.delta import BadDelta, apply_delta
 from ketch.git.entry import CorruptPack
 from ketch.git.refs import check_ref_name
 from ketch.offsite import s3read
-from ketch.offsite.locator import RemoteLocator
 from ketch.offsite.manifest import (
     no_such_repository,
     pack_key,
     parse_manifest,
     read_manifest_bytes,
 )
+from ketch.offsite.s3find import Finder, Found
+from ketch.offsite.s3find import PackGone as _PackGone
 from ketch.offsite.s3index import WHOLE_IDX, RemoteIdx, write_cache
 from ketch.offsite.s3read import GUESS, Range, Window, read_entry
 from ketch.offsite.store import NotFound, ObjectStore
@@ -76,17 +78,8 @@ _MANY = 8
 _BEHIND_LOADS = 1
 _WHOLE_MAX_BEHIND = 16 << 20
 _WALK = 64  # reads without a hint after which a reader is walking a tree
-_REMEMBER = 256
-# A batch's objects from the first's entry to the last's, read as one range
-# when they lie in one pack no further apart than this each (a file's chunks,
-# written one after the other): no lookup for those between.
-_RUN_PER_OBJECT = 64 << 10
 _DECODE_ALL = 256 << 10
 _PROBE = 2
-
-
-class _PackGone(KetchError):
-    """A pack or idx the manifest named is no longer in the store."""
 
 
 def default_cache_root() -> str:
@@ -135,12 +128,10 @@ class StoreRepository(Repository):
         self._count(len(raw))
         digest = hashlib.sha256(f"{self.url}\0{name}".encode()).hexdigest()[:24]
         self.cache_dir = os.path.join(cache_root or default_cache_root(), digest)
-        self._idx: dict[str, RemoteIdx] = {}
-        self._locator: RemoteLocator | None = None
-        self._ends: dict[tuple[str, int], int] = {}  # where entries end, from the locator
+        self._find = Finder(name, get_many=self._get_many, cache_dir=self.cache_dir,
+                            where=self.where, whole_idx_bytes=whole_idx_bytes)
         self._behind_loads = 0  # idx files fetched for _behind
         self._unhinted = 0  # reads that came to _behind
-        self._firsts: dict[tuple[str, int], int] = {}  # locator.BEHIND before them
         self._take_manifest(raw)
         self._ahead: deque[bytes] = deque()
         # Fetched, not asked for yet: hinted, or found beside chunk trees.
@@ -152,20 +143,8 @@ class StoreRepository(Repository):
 
     def _take_manifest(self, raw: bytes) -> None:
         self.manifest = parse_manifest(raw, self.name)
-        self._packs = self.manifest.pack_by_idx()
-        self._idx = {n: ix for n, ix in self._idx.items() if n in self._packs}
-        # A pack gc retired (ketch.offsite.bucketgc) holds copies found elsewhere first.
-        self._by_time = [p.idx.name for p in sorted(self.manifest.packs,
-                                                    key=lambda p: (p.retired != 0, -p.mtime,
-                                                                   p.pack.name))]
-        self._order = self._by_time[:]  # search order; see _hit
-        loc = self.manifest.locator
-        if loc is None:
-            self._locator = None
-        elif self._locator is None or self._locator.file != loc:
-            self._locator = RemoteLocator(
-                loc, pack_key(self.name, loc.name), get_many=self._get_many,
-                cache_dir=self.cache_dir, where=self.where, packs_hint=len(self.manifest.packs))
+        self._find.take(self.manifest)
+        self._packs = self._find.packs
 
     def _reload(self) -> bool:
         """Take the store's current manifest; False when it has not changed."""
@@ -234,91 +213,12 @@ class StoreRepository(Repository):
     # -- finding objects -------------------------------------------------------------
 
     def _index(self, idx_name: str) -> RemoteIdx:
-        ix = self._idx.get(idx_name)
-        if ix is None:
-            entry = self._packs[idx_name]
-            ix = self._idx[idx_name] = RemoteIdx(
-                entry, pack_key(self.name, entry.idx.name), get_many=self._get_many,
-                cache_dir=self.cache_dir, where=self.where, whole_idx_bytes=self.whole_idx_bytes)
-        return ix
+        return self._find.index(idx_name)
 
-    def _locate(self, oids: Iterable[bytes], *,
-                use_locator: bool = True) -> dict[bytes, tuple[str, int]]:
-        """(idx name, offset) of each of `oids` the mirror holds."""
-        found: dict[bytes, tuple[str, int]] = {}
-        todo = list(dict.fromkeys(oids))
-        order = self._order
-        if use_locator and self._locator is not None and todo:
-            covered = self._by_locator(self._locator, todo, found)
-            if covered is not None:
-                todo = [o for o in todo if o not in found]
-                order = [n for n in order if n not in covered]
-        for name in list(order):
-            if not todo:
-                break
-            self._search_pack(name, todo, found)
-            todo = [o for o in todo if o not in found]
-        return found
+    def _locate(self, oids: Iterable[bytes], *, use_locator: bool = True) -> Found:
+        return self._find.locate(oids, use_locator=use_locator)
 
-    def _search_pack(self, name: str, todo: list[bytes],
-                     found: dict[bytes, tuple[str, int]]) -> None:
-        hits = self._index(name).locate(todo)
-        for o, off in hits.items():
-            found[o] = (name, off)
-        if hits:
-            self._hit(name)
-
-    def _by_locator(self, loc: RemoteLocator, todo: list[bytes],
-                    found: dict[bytes, tuple[str, int]]) -> set[str] | None:
-        """Look `todo` up in the locator (see _MANY); the idx names of the packs
-        it covers, or None when it cannot be read (then every pack is searched)."""
-        try:
-            if len(todo) > _MANY and not loc.held_whole:
-                probe = [*todo[:_PROBE], todo[-1]]
-                packs = self._take_located(loc.locate(probe), found)
-                if len(packs) == 1 and all(o in found for o in probe):
-                    name = packs.pop()
-                    ix = self._index(name)
-                    if ix.file.size <= 2 * WHOLE_IDX:
-                        ix.fetch_whole()  # one GET, then every lookup in it is free
-                        self._search_pack(name, [o for o in todo if o not in found], found)
-            self._take_located(loc.locate([o for o in todo if o not in found]), found)
-        except (_PackGone, CorruptObject) as e:
-            # A locator gone (a gc replaced it) or damaged: the packs' own idx files.
-            if isinstance(e, _PackGone) and self._reload():
-                return self._by_locator(self._locator, todo, found) if self._locator else None
-            self._locator = None
-            return None
-        return {n[: -len(".pack")] + ".idx" for n in loc.pack_names}
-
-    def _take_located(self, hits: dict[bytes, tuple[str, int, int, int]],
-                      found: dict[bytes, tuple[str, int]]) -> set[str]:
-        """Record the locator's answers that fit a pack the manifest lists; the
-        idx names of those packs."""
-        names = set()
-        # What a few lookups learn is kept for their reads; a restore's thousands
-        # would cost memory, and its reads plan from the idx files' offsets.
-        small = len(hits) <= _REMEMBER
-        for o, (pack_name, off, length, first) in hits.items():
-            name = pack_name[: -len(".pack")] + ".idx"
-            entry = self._packs.get(name)
-            if entry is None or off + length > entry.pack.size - 20:
-                continue  # gc deleted that pack, or a bogus record
-            found[o] = (name, off)
-            if length and small:
-                self._ends[(name, off)] = off + length
-                self._firsts[(name, off)] = first
-            names.add(name)
-        return names
-
-    def _hit(self, name: str) -> None:
-        """Search `name` first from now on, then the packs written just before it,
-        then those after: a save writes a file's chunks, then its trees, then the
-        commit, and splits them over packs in that order."""
-        i = self._by_time.index(name)  # newest first
-        self._order = [name, *self._by_time[i + 1 :], *reversed(self._by_time[:i])]
-
-    def _locate_again(self, oids: Sequence[bytes]) -> dict[bytes, tuple[str, int]]:
+    def _locate_again(self, oids: Sequence[bytes]) -> Found:
         try:
             return self._locate(oids)
         except _PackGone as e:
@@ -340,7 +240,7 @@ class StoreRepository(Repository):
         if len(hexid) < 2:
             return None
         with self._reading:
-            matches = {o for name in self._order for o in self._index(name).with_prefix(hexid)}
+            matches = self._find.with_prefix(hexid)
         if len(matches) > 1:
             raise KetchError(f"ambiguous object id prefix: {hexid}")
         return matches.pop() if matches else None
@@ -415,15 +315,13 @@ class StoreRepository(Repository):
                 self._ahead.clear()
                 return self._read(oid)
             except CorruptObject:
-                if self._locator is None:
+                if self._find.locator is None:
                     raise
                 self._drop_locator()  # damaged, maybe: the packs' idx files say
                 return self._read(oid)
 
     def _drop_locator(self) -> None:
-        self._locator = None
-        self._ends.clear()
-        self._firsts.clear()
+        self._find.drop_locator()
         self._ahead.clear()
 
     def read_many(self, oids: Sequence[bytes]) -> Iterator[tuple[bytes, int, bytes]]:
@@ -433,7 +331,7 @@ class StoreRepository(Repository):
                 done.add(o)
                 yield o, t, data
         except CorruptObject:
-            if self._locator is None:
+            if self._find.locator is None:
                 raise
             with self._reading:
                 self._drop_locator()
@@ -451,7 +349,7 @@ class StoreRepository(Repository):
                     if (got := self._fetched.pop(o, None) or self._mem.get(o)) is not None}
             self._fetched_bytes -= sum(len(d) for _, d in held.values())
             rest = [o for o in wanted if o not in held]
-            run = self._run_of(rest)
+            run = self._find.run_of(rest)
         for o, (t, data) in held.items():
             yield o, t, data
         if run is not None:
@@ -476,30 +374,6 @@ class StoreRepository(Repository):
                 t, data = self.read(o)  # after a newer push, or ObjectNotFound
                 yield o, t, data
 
-    def _run_of(self, rest: list[bytes]) -> Range | None:
-        """One range from the first of `rest` to the last, decoded whole, when
-        the locator puts them in one pack close enough (_RUN_PER_OBJECT): a
-        file's chunks without a lookup each."""
-        loc = self._locator
-        if loc is None or len(rest) <= _MANY or loc.held_whole:
-            return None
-        found: dict[bytes, tuple[str, int]] = {}
-        try:
-            self._take_located(loc.locate([rest[0], rest[-1]]), found)
-        except (_PackGone, CorruptObject):
-            self._drop_locator()
-            return None
-        if len(found) != 2:
-            return None
-        (name, a), (last, b) = found[rest[0]], found[rest[-1]]
-        end = self._ends.get((last, b))
-        if name != last or end is None or not a < b or \
-                end - a > min(s3read.SPAN, _RUN_PER_OBJECT * len(rest)):
-            return None
-        entry = self._packs[name]
-        return Range(name, pack_key(self.name, entry.pack.name), entry.pack.size - 20, a, end,
-                     [(a, rest[0]), (b, rest[-1])], everything=True)
-
     def _plan(self, where: dict[bytes, tuple[str, int]], gap: int = s3read.GAP,
               everything: bool = False) -> list[Range]:
         by_pack: dict[str, list[tuple[int, bytes]]] = {}
@@ -509,10 +383,7 @@ class StoreRepository(Repository):
                 for r in s3read.plan_pack(self._index(name),
                                           pack_key(self.name, self._packs[name].pack.name),
                                           items, gap=gap, everything=everything,
-                                          known=self._known_ends(name, items))]
-
-    def _known_ends(self, name: str, items: list[tuple[int, bytes]]) -> dict[int, int]:
-        return {off: end for off, _ in items if (end := self._ends.get((name, off)))}
+                                          known=self._find.known_ends(name, items))]
 
     def _read_range(self, r: Range) -> tuple[Range, s3read.Decoded]:
         return r, s3read.decode(self._get, r, self.where)
@@ -525,10 +396,10 @@ class StoreRepository(Repository):
             if o != oid and o not in self._fetched and self._mem.get(o) is None:
                 batch.append(o)
         where = self._locate(batch)
-        if oid not in where and self._locator is not None:
+        if oid not in where and self._find.locator is not None:
             where = self._locate(batch, use_locator=False)
             if oid in where:
-                self._locator = None  # it lied: set it aside for the packs' idx files
+                self._drop_locator()  # it lied: set it aside for the packs' idx files
         if oid not in where:
             raise ObjectNotFound(f"object {oid.hex()} not found in {self.where}")
         for o, t, data in self._fetch(where, oid):
@@ -571,15 +442,13 @@ class StoreRepository(Repository):
         ix = self._index(name)
         self._unhinted += 1
         if not ix.loaded:
-            first = self._firsts.get((name, off))
+            first = self._find.firsts.get((name, off))
             if self._unhinted > _WALK and ix.file.size <= _WHOLE_MAX_BEHIND:
                 # A walk of a tree (a restore, ls -R): the idx's offsets find the
                 # whole stretch behind, as without a locator.
                 ix.fetch_whole()
             elif first is not None and first < off:
-                entry = self._packs[name]
-                return Range(name, pack_key(self.name, entry.pack.name), entry.pack.size - 20,
-                             first, self._ends[(name, off)], [(off, oid)], everything=True)
+                return self._find.range(name, first, self._find.ends[(name, off)], [(off, oid)])
             elif self._behind_loads < _BEHIND_LOADS and ix.file.size <= 2 * WHOLE_IDX:
                 # Found by the locator, its idx not at hand. The first read (the
                 # commit; its path's trees lie just behind it) pays for the idx,
