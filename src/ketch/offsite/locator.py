@@ -54,7 +54,7 @@ _HEAD = 16 + 1024
 RECORD = np.dtype([("id", "S20"), ("pack", ">u4"), ("off", ">u8"), ("len", ">u4"),
                    ("back", ">u4")])
 _REC = RECORD.itemsize  # 40
-BEHIND = 16 << 10
+BEHIND = 64 << 10
 # A lookup of more ids than this, or the _ROUNDS-th, fetches it whole (up to
 # _WHOLE_MAX): a restore of a tree looks up thousands.
 _MANY_WINDOWS = 16
