@@ -99,6 +99,14 @@ class Repository(ABC):
     # objects together with read_many pays, where a remote backend is better
     # told what comes next (prefetch) and left to read ahead.
     reads_are_local = False
+    # Whether a walk of many directories pays for reading their trees first, a
+    # level at a time (`read_ahead`): where each read is a round trip, a walk of
+    # N directories then costs as many rounds as the tree is deep, not N.
+    walks_ahead = False
+    # Whether read_many is best asked for many more objects at once than a
+    # local disk wants (a restore's batches): a backend that plans its reads
+    # across a whole batch fetches each stretch of a pack once per batch.
+    wide_batches = False
 
     @abstractmethod
     def read(self, oid: bytes) -> tuple[int, bytes]:
@@ -121,6 +129,12 @@ class Repository(ABC):
         for oid in oids:
             t, data = self.read(oid)
             yield oid, t, data
+
+    def read_ahead(self, oids: Sequence[bytes]) -> Iterator[tuple[bytes, int, bytes]]:
+        """read_many, for objects `read` will be asked for again soon (a walk's
+        trees and metadata, read level by level first: `walks_ahead`): a
+        backend that caches keeps them."""
+        return self.read_many(oids)
 
     @abstractmethod
     def read_ref(self, name: bytes) -> bytes | None: ...

@@ -488,6 +488,8 @@ def restore(
     switch = sys.getswitchinterval()
     sys.setswitchinterval(min(switch, _SWITCH_INTERVAL))
     try:
+        for t in targets:
+            vfs.read_ahead(t.item)
         progress.start(*(r.totals(targets) if progress.wants_totals else (None, None)))
         r.run(targets, out)
     finally:

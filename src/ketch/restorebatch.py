@@ -41,6 +41,9 @@ from ketch.restoreworkers import Report, WorkerPool, rebuild_error
 BATCH_BLOBS = 4096
 BATCH_BYTES = 32 << 20
 BATCH_FILES = 256
+# From a repository that wants wide batches (Repository.wide_batches).
+WIDE_BATCH_BLOBS = 1 << 16
+WIDE_BATCH_BYTES = 512 << 20
 # With workers, a chunked file's subtrees of at most this many bytes are
 # handed to them whole: they read and walk those trees, not this process.
 UNIT_BYTES = 4 << 20
@@ -152,6 +155,9 @@ class Batch:
         self.units: list[tuple[FileJob, bytes, int, int]] = []
         self.nbytes = 0
         self.nfiles = 0  # files placed since the last flush
+        wide = repo.wide_batches
+        self.max_blobs = WIDE_BATCH_BLOBS if wide else BATCH_BLOBS
+        self.max_bytes = WIDE_BATCH_BYTES if wide else BATCH_BYTES
         # The batch being read while the next one is planned.
         self.inflight: tuple[Reader, threading.Thread | None,
                              dict[bytes, list[_Place]]] | None = None
@@ -187,7 +193,7 @@ class Batch:
                         self.place(job, b, start, end, est)
                     if job.error is not None:
                         break
-                    if len(self.places) >= BATCH_BLOBS or self.nbytes >= BATCH_BYTES:
+                    if len(self.places) >= self.max_blobs or self.nbytes >= self.max_bytes:
                         self.flush()
             except (ContentError, KetchError) as e:
                 self.fail(job, e)
@@ -198,8 +204,8 @@ class Batch:
             self.jobs.pop()
             self.finish(job)
             self.run_after()
-        elif self.nfiles >= BATCH_FILES or len(self.places) >= BATCH_BLOBS \
-                or self.nbytes >= BATCH_BYTES:
+        elif self.nfiles >= BATCH_FILES or len(self.places) >= self.max_blobs \
+                or self.nbytes >= self.max_bytes:
             self.flush()
 
     def place(self, job: FileJob, oid: bytes, start: int, end: int, est: int) -> None:

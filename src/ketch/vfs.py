@@ -47,6 +47,9 @@ SAVE_NAME_FORMAT = "%Y-%m-%d-%H%M%S"
 # bup only looks these names up in a branch; anything else is "not found".
 _SAVE_NAME_RX = re.compile(rb"\A[0-9]{4}-[0-9]{2}-[0-9]{2}-[0-9]{6}(-[0-9]+)?\Z")
 
+# What read_ahead fetches besides .bupm: trees, and symlinks' targets (a
+# restore reads each alone otherwise).
+_AHEAD_MODES = frozenset({gobj.MODE_TREE, gobj.MODE_SYMLINK})
 DIR_KINDS = frozenset({"root", "tags", "branch", "save", "dir"})
 LINK_KINDS = frozenset({"symlink", "latest"})
 _KIND_BY_FMT = {
@@ -355,6 +358,42 @@ class VFS:
                     for ref, oid in self.repo.iter_refs(b"refs/tags/")]
             return iter(sorted(tags, key=lambda i: i.name))
         return iter(self._dir_listing(item).items)
+
+    def read_ahead(self, item: Item) -> None:
+        """Before a walk of a directory reads its trees one by one: every tree
+        under it (chunked files' too) and every `.bupm`, a level at a time,
+        from a repository where that pays (`walks_ahead`, a bucket: a restore
+        of 1,667 directories made 1,308 round trips one after another)."""
+        if not self.repo.walks_ahead or item.kind not in ("save", "dir") or item.oid is None:
+            return
+        seen = {item.oid}
+        whole: set[bytes] = set()  # a big .bupm's chunk trees: all they name
+        level = [item.oid]
+        while level:
+            below: list[bytes] = []
+            try:
+                for oid, t, data in self.repo.read_ahead(level):
+                    if t == gobj.TREE:
+                        below += self._unseen_below(data, seen, whole, oid in whole)
+            except (KetchError, OSError):
+                return  # the walk meets the same object and says which file it failed
+            level = below
+
+    @staticmethod
+    def _unseen_below(tree: bytes, seen: set[bytes], whole: set[bytes],
+                      everything: bool) -> list[bytes]:
+        out = []
+        try:
+            for e in gobj.decode_tree(tree):
+                bupm = e.name == b".bupm"
+                if (everything or bupm or e.mode in _AHEAD_MODES) and e.oid not in seen:
+                    seen.add(e.oid)
+                    out.append(e.oid)
+                    if everything or bupm:
+                        whole.add(e.oid)
+        except ValueError:
+            pass  # the walk reports it, where it meets the tree
+        return out
 
     def _hint_subtrees(self, tree: bytes, entries: list[gobj.TreeEntry]) -> None:
         """A path's lookup needs one subdirectory: hinting the others too would

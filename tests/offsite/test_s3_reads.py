@@ -182,3 +182,84 @@ def test_read_many_resolves_deltas(tmp_path: Path) -> None:
         assert got == {o: local.read(o) for o in oids}
         restore(VFS(sr), [b"/host/latest/"], str(tmp_path / "out"))
     assert (tmp_path / "out" / "text").read_bytes() == (data / "text").read_bytes()
+
+
+# -- a whole tree: its trees read a level at a time, its blobs in wide batches -------
+
+
+def _save_and_push(base: Path, data: Path, url: str) -> int:
+    """Save `data` into a local repository, push it to `url`: the bytes of its
+    pack entries (all needed by a full restore of its one save)."""
+    repo = base / "repo"
+    env = dict(os.environ, PYTHONPATH=str(SRC_DIR))
+    for args in (["init", "-d", repo], ["save", "-d", repo, "-n", "host", "--strip", data],
+                 ["mirror", "push", repo, url]):
+        subprocess.run([sys.executable, "-m", "ketch", *map(os.fspath, args)], check=True,
+                       capture_output=True, env=env, stdin=subprocess.DEVNULL)
+    return sum(p.stat().st_size - 12 - 20 for p in (repo / "objects" / "pack").glob("*.pack"))
+
+
+def test_read_ahead_leaves_a_walk_nothing_to_fetch(s3_url: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every tree under a directory, every .bupm (a big one is itself chunked)
+    and every symlink's target, read a level at a time: the walk that follows
+    (a restore's, one tree after another) then makes no request at all."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    depth = 4
+    for i in range(3 ** depth):
+        d = data.joinpath(*(f"l{k}-{(i // 3 ** k) % 3}" for k in range(depth)))
+        d.mkdir(parents=True, exist_ok=True)
+        # Trees far apart in the pack, as a real tree's files put them.
+        (d / "f").write_bytes(os.urandom(200 << 10))
+        (d / "up").symlink_to(f"../target-{i}")
+    wide = data / "wide"
+    wide.mkdir()
+    for i in range(3000):  # a .bupm of ~150 KB: chunked, a tree of its own
+        (wide / f"file-with-a-long-name-{i:05d}").write_bytes(b"x" * (i % 7))
+    _save_and_push(tmp_path, data, f"{s3_url}/m")
+    sr, _ = _open(f"{s3_url}/m")
+    rounds = []
+    read_ahead = sr.read_ahead
+    monkeypatch.setattr(sr, "read_ahead", lambda oids: rounds.append(len(oids)) or
+                        read_ahead(oids))
+    with sr:
+        vfs = VFS(sr)
+        top = vfs.resolve(b"/host/latest")
+        vfs.read_ahead(top)
+        assert len(rounds) <= depth + 4, rounds  # levels, not directories
+        before = sr.requests
+        seen = set()
+        for path, item in vfs.walk(top):
+            seen.add(path.decode())
+            if item.is_symlink:
+                assert vfs.readlink(item).startswith(b"../target-")
+            vfs.fill_meta(item)
+        assert sr.requests == before
+    assert len([p for p in seen if "/wide/" in f"/{p}"]) >= 3000
+    assert len([p for p in seen if p.endswith("/up")]) == 3 ** depth
+
+
+def test_a_file_that_repeats_itself_is_fetched_once(s3_url: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A VM image's blocks repeated from far back in the file: restored in one
+    wide batch, each stretch of its pack is fetched once (in batches of 32 MB,
+    each batch fetched again the stretches its repeats point back into)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    data.mkdir()
+    rnd = __import__("random").Random(5)
+    pieces = [rnd.randbytes(64 << 10) for _ in range(400)]
+    with open(data / "image", "wb") as f:
+        for p in pieces:
+            f.write(p)
+        for _ in range(600):
+            f.write(rnd.choice(pieces))
+    entries = _save_and_push(tmp_path, data, f"{s3_url}/m")
+    sr, counted = _open(f"{s3_url}/m")
+    with sr:
+        restore(VFS(sr), [b"/host/latest/"], str(tmp_path / "out"))
+    assert (tmp_path / "out" / "image").read_bytes() == (data / "image").read_bytes()
+    print(f"{entries / 1e6:.1f} MB of entries: {counted.other_bytes / 1e6:.1f} MB in "
+          f"{counted.other_requests} GETs")
+    assert counted.other_bytes <= 1.1 * entries
