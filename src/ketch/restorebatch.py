@@ -42,8 +42,8 @@ BATCH_BLOBS = 4096
 BATCH_BYTES = 32 << 20
 BATCH_FILES = 256
 # From a repository that wants wide batches (Repository.wide_batches).
-WIDE_BATCH_BLOBS = 1 << 16
-WIDE_BATCH_BYTES = 512 << 20
+WIDE_BATCH_BLOBS = 1 << 18
+WIDE_BATCH_BYTES = 2 << 30
 # With workers, a chunked file's subtrees of at most this many bytes are
 # handed to them whole: they read and walk those trees, not this process.
 UNIT_BYTES = 4 << 20

@@ -50,6 +50,9 @@ _SAVE_NAME_RX = re.compile(rb"\A[0-9]{4}-[0-9]{2}-[0-9]{2}-[0-9]{6}(-[0-9]+)?\Z"
 # What read_ahead fetches besides .bupm: trees, and symlinks' targets (a
 # restore reads each alone otherwise).
 _AHEAD_MODES = frozenset({gobj.MODE_TREE, gobj.MODE_SYMLINK})
+# Beyond this many objects (a machine of hundreds of GB: its chunk trees), the
+# walk reads the rest as it goes: the ids alone would hold hundreds of MB.
+_AHEAD_MAX = 1 << 20
 DIR_KINDS = frozenset({"root", "tags", "branch", "save", "dir"})
 LINK_KINDS = frozenset({"symlink", "latest"})
 _KIND_BY_FMT = {
@@ -369,7 +372,7 @@ class VFS:
         seen = {item.oid}
         whole: set[bytes] = set()  # a big .bupm's chunk trees: all they name
         level = [item.oid]
-        while level:
+        while level and len(seen) <= _AHEAD_MAX:
             below: list[bytes] = []
             try:
                 for oid, t, data in self.repo.read_ahead(level):
