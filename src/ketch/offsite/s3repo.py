@@ -80,7 +80,11 @@ _WHOLE_MAX_BEHIND = 16 << 20
 _WALK = 64  # reads without a hint after which a reader is walking a tree
 _DECODE_ALL = 256 << 10
 _PROBE = 2
-_AHEAD_GAP = 16 << 10  # see _read_many
+# read_ahead's ranges merge across this much, every object in them decoded:
+# trees and .bupm of the next levels come along and are held. The corpus's
+# 1,667 directories took 1,611 GETs (25 MB) with 16 KB and no decoding, 588
+# (38 MB) now, 485 (52 MB) with 256 KB.
+_AHEAD_GAP = 128 << 10
 _WALKED_BYTES = 256 << 20  # see _hold_walked
 
 
@@ -373,9 +377,9 @@ class StoreRepository(Repository):
     def _read_many(self, oids: Sequence[bytes], ahead: bool) -> Iterator[tuple[bytes, int, bytes]]:
         # Planned reads (s3read): each wanted entry's range of its pack once,
         # in GETs of a few MB, many in flight. Read `ahead` (a walk's trees and
-        # metadata), everything is kept for the reads to come, and only small
-        # gaps are read through: the trees of one level lie far apart, between
-        # the files they name, which a restore reads later anyway.
+        # metadata), everything is kept for the reads to come, and only gaps of
+        # _AHEAD_GAP are read through: the trees of one level lie far apart,
+        # between the files they name, which a restore reads later anyway.
         with self._reading:
             wanted = list(dict.fromkeys(oids))
             held = {o: got for o in wanted if (got := self._walked.get(o)) is not None}
@@ -405,7 +409,8 @@ class StoreRepository(Repository):
             rest = [o for o in rest if o not in taken and o not in beside]
         with self._reading:
             where = self._locate_again(rest)
-            ranges = self._plan(where, gap=_AHEAD_GAP if ahead else s3read.GAP)
+            ranges = self._plan(where, gap=_AHEAD_GAP if ahead else s3read.GAP,
+                                everything=ahead)
         yield from self._run(ranges, keep=ahead, all_asked=ahead)
         for o in rest:
             if o not in where:
