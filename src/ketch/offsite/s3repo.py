@@ -29,17 +29,13 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from cachetools import LRUCache
-from isal import isal_zlib
-
 from ketch.errors import CorruptObject, KetchError, ObjectNotFound
 from ketch.git import objects as gobj
-from ketch.git.deflate import InflateError, deflate
 from ketch.git.delta import BadDelta, apply_delta
 from ketch.git.entry import CorruptPack
 from ketch.git.refs import check_ref_name
@@ -52,24 +48,18 @@ from ketch.offsite.manifest import (
 )
 from ketch.offsite.s3find import Finder, Found
 from ketch.offsite.s3find import PackGone as _PackGone
-from ketch.offsite.s3index import WHOLE_IDX, RemoteIdx, write_cache
+from ketch.offsite.s3held import DISK_TYPES, Held
+from ketch.offsite.s3index import WHOLE_IDX, RemoteIdx
 from ketch.offsite.s3read import GUESS, Range, Window, read_entry
 from ketch.offsite.store import NotFound, ObjectStore
 from ketch.repo import FsckJob, Repository
 
-_DISK_TYPES = frozenset((gobj.COMMIT, gobj.TREE, gobj.TAG))
 _BATCH_OBJECTS = 256  # hinted objects fetched along with one read
 _PARALLEL = 8  # GETs in flight for idx buckets
-_MEM_BYTES = 32 << 20  # memory LRU of decoded small objects and delta bases
-# Objects fetched before they are asked for (hints, and what lies beside an
-# object read without one): the oldest are dropped beyond this.
-_HELD_BYTES = 32 << 20
 # An object asked for without a hint comes with the entries written just
 # before it: a save writes a directory's trees and metadata after its files',
 # its commit last, so a path's trees lie behind the commit that names them.
 _BEHIND = 128 << 10
-_MEM_MAX_ITEM = 1 << 20
-_DISK_BLOB_MAX = 64 << 10  # small unhinted blobs kept on disk (see _keep)
 _MAX_CHAIN = 500  # deeper delta chains than this are a corrupt pack
 # A lookup of more ids than this asks the locator for the first _PROBE and the
 # last only; when they are in one pack (a file's chunks lie together), that
@@ -85,16 +75,11 @@ _PROBE = 2
 # 1,667 directories took 1,611 GETs (25 MB) with 16 KB and no decoding, 588
 # (38 MB) now, 485 (52 MB) with 256 KB.
 _AHEAD_GAP = 128 << 10
-_WALKED_BYTES = 256 << 20  # see _hold_walked
 
 
 def default_cache_root() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "ketch", "s3")
-
-
-def _size_of(item: tuple[int, bytes]) -> int:
-    return len(item[1])
 
 
 class StoreRepository(Repository):
@@ -145,15 +130,8 @@ class StoreRepository(Repository):
         self._unhinted = 0  # reads that came to _behind
         self._take_manifest(raw)
         self._ahead: deque[bytes] = deque()
-        # Fetched, not asked for yet: hinted, or found beside chunk trees.
-        self._fetched: OrderedDict[bytes, tuple[int, bytes]] = OrderedDict()
-        self._fetched_bytes = 0
         self._scanned: dict[str, list[tuple[int, int]]] = {}  # see _back
-        # Decoded small objects and delta bases, by id or (idx name, offset).
-        self._mem: LRUCache[object, tuple[int, bytes]] = LRUCache(_MEM_BYTES, getsizeof=_size_of)
-        # What read_ahead fetched, for the walk that follows (see _hold_walked).
-        self._walked: dict[bytes, tuple[int, bytes]] = {}
-        self._walked_bytes = 0
+        self._held = Held(self.cache_dir)
 
     def _take_manifest(self, raw: bytes) -> None:
         self.manifest = parse_manifest(raw, self.name)
@@ -246,7 +224,7 @@ class StoreRepository(Repository):
 
     def exists(self, oid: bytes) -> bool:
         with self._reading:
-            return self._mem.get(oid) is not None or self.has_many([oid])[0]
+            return self._held.has(oid) or self.has_many([oid])[0]
 
     def expand_hex(self, hexid: str) -> bytes | None:
         if len(hexid) == 40:
@@ -268,72 +246,9 @@ class StoreRepository(Repository):
             while len(self._ahead) > 1 << 16:
                 self._ahead.pop()
 
-    def _hold(self, oid: bytes, item: tuple[int, bytes]) -> None:
-        if oid in self._fetched:
-            return
-        self._fetched[oid] = item
-        self._fetched_bytes += len(item[1])
-        while self._fetched_bytes > _HELD_BYTES:
-            self._fetched_bytes -= len(self._fetched.popitem(last=False)[1][1])
-
-    def _disk_path(self, oid: bytes) -> str:
-        h = oid.hex()
-        return os.path.join(self.cache_dir, "objects", h[:2], h[2:])
-
-    def _cached(self, oid: bytes) -> tuple[int, bytes] | None:
-        got = self._walked.get(oid)
-        if got is not None:
-            return got
-        got = self._fetched.pop(oid, None)
-        if got is not None:
-            self._fetched_bytes -= len(got[1])
-            if oid not in self._mem:
-                # Fetched beside what was asked (not kept then), asked for now.
-                self._keep(oid, got[0], got[1], True)
-            return got
-        got = self._mem.get(oid)
-        if got is not None:
-            return got
-        try:
-            with open(self._disk_path(oid), "rb") as f:
-                raw = f.read()
-            t, data = raw[0], isal_zlib.decompress(raw[1:])
-        except (OSError, IndexError):
-            return None
-        except InflateError:
-            return None
-        if gobj.object_id(t, data) != oid:
-            return None  # a damaged cache file: fetch the object again
-        self._remember(oid, (t, data))
-        return t, data
-
-    def _hold_walked(self, oid: bytes, t: int, data: bytes) -> None:
-        """Keep what read_ahead fetched in memory, up to _WALKED_BYTES, then on
-        disk as any tree: written to the cache one file each, the 17,000 trees
-        and .bupm of the corpus took 15 s of a 60 s restore."""
-        if self._walked_bytes + len(data) <= _WALKED_BYTES:
-            if oid not in self._walked:
-                self._walked[oid] = (t, data)
-                self._walked_bytes += len(data)
-        else:
-            self._keep(oid, t, data, True)
-
-    def _remember(self, key: object, item: tuple[int, bytes]) -> None:
-        if len(item[1]) <= _MEM_MAX_ITEM and key not in self._mem:
-            self._mem[key] = item
-
-    def _keep(self, oid: bytes, t: int, data: bytes, asked: bool) -> None:
-        """Remember a fetched object. On disk go trees and commits, and small blobs
-        read without a prefetch hint: those are the VFS's metadata (.bupm), read
-        again by every `ls`; file contents come through hints (restore announces
-        them), and copying them into the cache would only fill the disk."""
-        self._remember(oid, (t, data))
-        if t in _DISK_TYPES or (asked and len(data) <= _DISK_BLOB_MAX):
-            write_cache(self._disk_path(oid), bytes([t]) + deflate(data, 1))
-
     def read(self, oid: bytes) -> tuple[int, bytes]:
         with self._reading:
-            got = self._cached(oid)
+            got = self._held.get(oid)
             if got is not None:
                 return got
             try:
@@ -382,16 +297,10 @@ class StoreRepository(Repository):
         # between the files they name, which a restore reads later anyway.
         with self._reading:
             wanted = list(dict.fromkeys(oids))
-            held = {o: got for o in wanted if (got := self._walked.get(o)) is not None}
-            popped = {o: got for o in wanted if o not in held
-                      and (got := self._fetched.pop(o, None) or self._mem.get(o)) is not None}
-            self._fetched_bytes -= sum(len(d) for _, d in popped.values())
-            held.update(popped)
+            held = {o: got for o in wanted
+                    if (got := self._held.take(o, ahead=ahead)) is not None}
             rest = [o for o in wanted if o not in held]
             run = None if ahead else self._find.run_of(rest)
-            if ahead:
-                for o, (t, data) in popped.items():
-                    self._hold_walked(o, t, data)
         for o, (t, data) in held.items():
             yield o, t, data
         if run is not None:
@@ -402,8 +311,7 @@ class StoreRepository(Repository):
             with self._reading:
                 # The rest of the run was held (see _run): those asked for.
                 beside = {o: item for o in rest if o not in taken
-                          and (item := self._fetched.pop(o, None) or self._mem.get(o))}
-                self._fetched_bytes -= sum(len(d) for _, d in beside.values())
+                          and (item := self._held.take(o))}
             for o, (t, data) in beside.items():
                 yield o, t, data
             rest = [o for o in rest if o not in taken and o not in beside]
@@ -436,8 +344,7 @@ class StoreRepository(Repository):
         batch = [oid]
         while self._ahead and len(batch) < _BATCH_OBJECTS:
             o = self._ahead.popleft()
-            if o != oid and o not in self._fetched and self._mem.get(o) is None \
-                    and o not in self._walked:
+            if o != oid and not self._held.has(o):
                 batch.append(o)
         where = self._locate(batch)
         if oid not in where and self._find.locator is not None:
@@ -450,7 +357,7 @@ class StoreRepository(Repository):
             if o == oid:
                 got = (t, data)
             else:
-                self._hold(o, (t, data))
+                self._held.hold(o, (t, data))
         assert got is not None
         return got
 
@@ -512,7 +419,7 @@ class StoreRepository(Repository):
     def _run(self, ranges: list[Range], *, keep: bool, asked: bytes | None = None,
              all_asked: bool = False) -> Iterator[tuple[bytes, int, bytes]]:
         """The objects of planned ranges, fetched in parallel; `keep` remembers
-        them all (see _keep), else only trees and commits."""
+        them all (see Held.keep), else only trees and commits."""
         if self._range_pool is None:
             self._range_pool = ThreadPoolExecutor(s3read.IN_FLIGHT,
                                                   thread_name_prefix="ketch-range")
@@ -526,8 +433,7 @@ class StoreRepository(Repository):
             if beside:
                 with self._reading:
                     for oid, t, data in beside:
-                        if oid not in self._mem:
-                            self._hold(oid, (t, data))
+                        self._held.hold(oid, (t, data))
             for name, off, oid in deltas:
                 with self._reading:
                     t, data = self._decode(name, off, win, 0)
@@ -538,10 +444,10 @@ class StoreRepository(Repository):
             for oid, t, data in done:
                 if all_asked:
                     with self._reading:
-                        self._hold_walked(oid, t, data)
-                elif keep or t in _DISK_TYPES:
+                        self._held.hold_walked(oid, t, data)
+                elif keep or t in DISK_TYPES:
                     with self._reading:
-                        self._keep(oid, t, data, oid == asked)
+                        self._held.keep(oid, t, data, oid == asked)
                 yield oid, t, data
 
     def _decode(self, idx_name: str, offset: int, win: Window, depth: int) -> tuple[int, bytes]:
@@ -564,14 +470,14 @@ class StoreRepository(Repository):
 
     def _base_at(self, idx_name: str, offset: int, win: Window, depth: int) -> tuple[int, bytes]:
         """A delta's base: the entry at `offset` (from the window when it is there)."""
-        got = self._mem.get((idx_name, offset))
+        got = self._held.remembered((idx_name, offset))
         if got is None:
             if offset < win.start:
                 entry = self._packs[idx_name]
                 win = Window(self._get, pack_key(self.name, entry.pack.name), offset,
                               offset + GUESS, entry.pack.size - 20)
             got = self._decode(idx_name, offset, win, depth)
-            self._remember((idx_name, offset), got)
+            self._held.remember((idx_name, offset), got)
         return got
 
     # -- refs, from the manifest ------------------------------------------------------------
