@@ -88,11 +88,6 @@ class RestoreResult:
         return f"{n} item{'s' if n != 1 else ''} not restored ({', '.join(why)})"
 
 
-def _quote(path: bytes) -> str:
-    # One-line messages even for names containing newlines.
-    return show_path(path)
-
-
 @dataclass
 class _Target:
     item: Item
@@ -105,7 +100,7 @@ def _parse_path(path: bytes) -> tuple[bytes, bool, bool]:
     """(vfs path, contents only, apply the leaf's metadata to OUTDIR)."""
     norm = os.path.normpath(path).lstrip(b"/")
     if b"/" not in norm:
-        raise RestoreError(f"{_quote(path)}: path doesn't include a branch and revision")
+        raise RestoreError(f"{show_path(path)}: path doesn't include a branch and revision")
     _, last = os.path.split(path)
     if last == b"":
         return path.rstrip(b"/"), True, False
@@ -126,9 +121,9 @@ def _resolve(vfs: VFS, path: bytes) -> _Target:
         # The VFS's messages already name the path.
         raise RestoreError(str(e)) from e
     if item.kind in ("root", "tags", "branch"):
-        raise RestoreError(f"{_quote(path)}: not a save or a path inside one")
+        raise RestoreError(f"{show_path(path)}: not a save or a path inside one")
     if contents_only and item.kind not in _DIR_KINDS:
-        raise RestoreError(f"{_quote(path)}: cannot be restored as a directory")
+        raise RestoreError(f"{show_path(path)}: cannot be restored as a directory")
     return _Target(item, name, contents_only, apply_top)
 
 
@@ -186,8 +181,8 @@ class _Restorer:
 
     def os_error(self, path: bytes, e: OSError, what: str) -> None:
         if e.errno in _FATAL_ERRNOS:
-            raise RestoreError(f"{_quote(path)}: {what}: {e.strerror}") from e
-        self.fail(f"{_quote(path)}: {what}: {e.strerror}", "unwritable")
+            raise RestoreError(f"{show_path(path)}: {what}: {e.strerror}") from e
+        self.fail(f"{show_path(path)}: {what}: {e.strerror}", "unwritable")
 
     # -- totals ----------------------------------------------------------------
 
@@ -275,7 +270,7 @@ class _Restorer:
         try:
             meta = self.vfs.fill_meta(item).meta
         except KetchError as e:
-            self.fail(f"{_quote(path)}: not restored: {e}", "unreadable")
+            self.fail(f"{show_path(path)}: not restored: {e}", "unreadable")
             return False, None
         if meta is not None and meta.mode is None:
             meta = None
@@ -302,7 +297,7 @@ class _Restorer:
         try:
             os.chmod(path, stat.S_IMODE(mode))
         except OSError as e:
-            self.warn(f"{_quote(path)}: chmod {stat.S_IMODE(mode):o}: {e.strerror}")
+            self.warn(f"{show_path(path)}: chmod {stat.S_IMODE(mode):o}: {e.strerror}")
 
     def apply(self, meta: Metadata, path: bytes, fd: int | None = None) -> None:
         try:
@@ -312,7 +307,7 @@ class _Restorer:
                 apply_to_fd(meta, fd, path, numeric_ids=self.numeric_ids, warn=self.warn)
         except (OSError, KetchError) as e:
             msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            self.warn(f"{_quote(path)}: cannot apply metadata: {msg}")
+            self.warn(f"{show_path(path)}: cannot apply metadata: {msg}")
 
     # -- non-directories -----------------------------------------------------------
 
@@ -341,7 +336,7 @@ class _Restorer:
             self.progress.advance(0, 1)
             return
         except InTheWay as e:
-            self.fail(f"{_quote(path)}: not restored: {e}", "blocked")
+            self.fail(f"{show_path(path)}: not restored: {e}", "blocked")
             return
         except OSError as e:
             self.os_error(path, e, "cannot restore")
@@ -397,7 +392,7 @@ class _Restorer:
             create_special(meta, path)
             self.result.specials += 1
             return True
-        self.warn(f"{_quote(path)}: not restoring a {kind} without metadata")
+        self.warn(f"{show_path(path)}: not restoring a {kind} without metadata")
         return False
 
     # -- regular files -------------------------------------------------------------
@@ -423,7 +418,7 @@ class _Restorer:
             if isinstance(e, OSError):
                 self.os_error(path, e, "cannot restore")
                 return
-            self.fail(f"{_quote(path)}: not restored: {e}",
+            self.fail(f"{show_path(path)}: not restored: {e}",
                       "unverified" if isinstance(e, (ContentError, CorruptObject))
                       else "unreadable")
 
@@ -435,7 +430,7 @@ class _Restorer:
     def file_written(self, meta: Metadata | None, path: bytes, size: int) -> bool:
         if meta is not None and meta.size is not None and size != meta.size:
             self.discard(path)
-            self.fail(f"{_quote(path)}: not restored: size is {size}, "
+            self.fail(f"{show_path(path)}: not restored: size is {size}, "
                       f"metadata says {meta.size}", "unverified")
             return False
         self.result.files += 1
@@ -477,9 +472,9 @@ def restore(
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
-        raise RestoreError(f"{_quote(out)}: cannot create output directory: {e.strerror}") from e
+        raise RestoreError(f"{show_path(out)}: cannot create output directory: {e.strerror}") from e
     if not os.path.isdir(out):
-        raise RestoreError(f"{_quote(out)}: not a directory")
+        raise RestoreError(f"{show_path(out)}: not a directory")
     clobber = Clobber(no_clobber, on_overwrite, on_keep)
     r = _Restorer(vfs, numeric_ids, progress, clobber)
     # The reader thread gives up the GIL several times a blob (pread, inflate,

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import os
 import struct
 import tempfile
@@ -43,7 +42,7 @@ import numpy as np
 from ketch.errors import CorruptObject
 from ketch.git.idx import PackIndex
 from ketch.offsite.manifest import FileEntry, Manifest, pack_key
-from ketch.offsite.s3index import GetMany, SparseFile
+from ketch.offsite.s3index import GetMany, SparseFile, window
 
 if TYPE_CHECKING:
     from ketch.offsite.bucket import BucketRepository
@@ -210,14 +209,7 @@ class RemoteLocator(SparseFile):
         self.count, self._rec_at, self._fan = n, rec_at, fan
 
     def _window(self, oid: bytes) -> tuple[int, int, int, int] | None:
-        """(lo, hi, a, z): the records with oid's first byte are [lo, hi); look in [a, z)."""
-        lo, hi = (self._fan[oid[0] - 1] if oid[0] else 0), self._fan[oid[0]]
-        if lo == hi:
-            return None
-        m = hi - lo
-        guess = lo + (int.from_bytes(oid[1:9], "big") * m >> 64)
-        half = int(1.5 * math.sqrt(m)) + 4  # three standard deviations, and some
-        return lo, hi, max(lo, guess - half), min(hi, guess + half + 1)
+        return window(self._fan, oid)
 
     def locate(self, oids: Iterable[bytes]) -> dict[bytes, tuple[str, int, int, int]]:
         """(pack name, offset, entry length or 0, where the entries within BEHIND

@@ -19,7 +19,7 @@ import math
 import os
 import struct
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from ketch.errors import CorruptObject, KetchError
 from ketch.git.idx import IDX_MAGIC, search_ids
@@ -63,6 +63,19 @@ def _merge(ranges: list[tuple[int, int, int]], gap: int) -> list[tuple[int, int,
         else:
             out.append((start, end, [tag]))
     return out
+
+
+def window(fan: Sequence[int], oid: bytes) -> tuple[int, int, int, int] | None:
+    """(lo, hi, a, z) in a table of sorted ids with the fan-out `fan`: the ids
+    with oid's first byte are [lo, hi); look in [a, z), where uniform ids put
+    it (interpolated from its next 8 bytes)."""
+    lo, hi = (fan[oid[0] - 1] if oid[0] else 0), fan[oid[0]]
+    if lo == hi:
+        return None
+    m = hi - lo
+    guess = lo + (int.from_bytes(oid[1:9], "big") * m >> 64)
+    half = int(1.5 * math.sqrt(m)) + 4  # three standard deviations, and some
+    return lo, hi, max(lo, guess - half), min(hi, guess + half + 1)
 
 
 class SparseFile:
@@ -274,14 +287,7 @@ class RemoteIdx(SparseFile):
         return (self._fan[b - 1] if b else 0), self._fan[b]
 
     def _window(self, oid: bytes) -> tuple[int, int, int, int] | None:
-        """(lo, hi, a, z): the ids with oid's first byte are [lo, hi); look in [a, z)."""
-        lo, hi = self._span(oid[0])
-        if lo == hi:
-            return None
-        m = hi - lo
-        guess = lo + (int.from_bytes(oid[1:9], "big") * m >> 64)
-        half = int(1.5 * math.sqrt(m)) + 4  # three standard deviations, and some
-        return lo, hi, max(lo, guess - half), min(hi, guess + half + 1)
+        return window(self._fan, oid)
 
     def locate(self, oids: Iterable[bytes]) -> dict[bytes, int]:
         """The pack offsets of those of `oids` this pack holds."""
