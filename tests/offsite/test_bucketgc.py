@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from ketch.errors import KetchError
+from ketch.git.objects import BLOB
+from ketch.offsite.bucket import BucketRepository
 from ketch.offsite.manifest import pack_prefix, read_manifest
 from ketch.offsite.retry import RetryingStore
 from ketch.offsite.s3 import S3Store
@@ -174,4 +177,30 @@ def test_saves_during_gc_lose_nothing(run_ketch: RunKetch, s3_env: S3Server,
     for branch, days in landed.items():
         _restores(run_ketch, url, tmp_path, branch, days)
     assert run_ketch("fsck", "-r", url).returncode == 0
+    _clean(run_ketch, base, "m1", tmp_path)
+
+
+def test_a_save_that_gc_outran_leaves_no_pack_behind(run_ketch: RunKetch, s3_env: S3Server,
+                                                     tmp_path: Path) -> None:
+    """A save told to run again (gc deleted a pack it deduplicated against)
+    takes back the packs it had uploaded: nothing names them, and fsck would
+    report them as debris of an interrupted write."""
+    base = f"s3://{s3_env.new_bucket()}/fleet"
+    url = f"{base}/m1"
+    run_ketch("init", "-r", url, check=True)
+    for day in range(3):
+        _save(run_ketch, url, tmp_path, day)
+    repo = BucketRepository(RetryingStore(S3Store(base)), "m1", url=base)
+    try:
+        w = repo.writer()
+        new = w.write(BLOB, os.urandom(50_000))
+        w.close()
+        run_ketch("prune", "-r", url, "m", "--keep-last", "1", check=True)
+        _gc(run_ketch, url, "--threshold", "0", "--wait", "0")
+        with pytest.raises(KetchError, match="run the save again"):
+            repo.update_ref(b"refs/heads/late", new, None)
+    finally:
+        repo.close()
+    fsck = run_ketch("fsck", "-r", url)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     _clean(run_ketch, base, "m1", tmp_path)

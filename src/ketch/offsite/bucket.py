@@ -323,9 +323,20 @@ class BucketRepository(StoreRepository, WritableRepository):
         that long)."""
         gone = self._synced - {p.pack.name for p in m.packs}
         if gone:
+            self._withdraw()
             raise KetchError(f"{self.where}: a gc deleted {len(gone)} pack(s) this save "
                              "deduplicated against while it ran; nothing was lost, run the "
                              "save again")
+
+    def _withdraw(self) -> None:
+        """Delete this write's uploaded packs that no manifest names: they are
+        no use to the save run again (it deduplicates against the manifest) and
+        fsck would find them. A machine key that may not delete leaves them to gc."""
+        with self._plock:
+            pending, self._pending = self._pending, []
+        for entry in pending:
+            with contextlib.suppress(Exception):
+                self.delete_pack(entry)
 
     def _add_pending(self, m: Manifest, pending: list[PackEntry]) -> bool:
         names = {p.pack.name for p in m.packs}
