@@ -116,8 +116,10 @@ def test_a_save_with_few_big_bytes_forks_nothing(src: Path, tmp_path: Path) -> N
 
 
 def test_threads_then_a_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first big files on threads, the rest in a child: one save, both
-    packs, the same tree as threads alone."""
+    """The first big files on threads, the rest in a child: one save, the
+    parent's pack and the child's, the same tree as threads alone. The child's
+    8 MB of data is past the size at which its chunk trees join its data
+    pack: they are a pack of their own."""
     src = tmp_path / "src"
     src.mkdir()
     for i in range(6):
@@ -126,7 +128,7 @@ def test_threads_then_a_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(savefork, "_FORK_AT", 5 * MB)
     both = _against_threads(tmp_path / "both", src, monkeypatch)
     packs = _packs(tmp_path / "both")
-    assert len(packs) == 2
+    assert len(packs) == 3
     assert both.objects_new == sum(len(ids) for ids in packs.values())
     git(tmp_path / "both", "fsck", "--strict", "--no-dangling")
 

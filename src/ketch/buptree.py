@@ -12,7 +12,11 @@ from ketch.git import objects as gobj
 
 
 class BatchSink(hs.ObjectSink, Protocol):
-    def write_many(self, type_num: int, datas: Sequence[bytes | memoryview]) -> list[bytes]: ...
+    def write_many(self, type_num: int, datas: Sequence[bytes | memoryview], *,
+                   metadata: bool = False) -> list[bytes]:
+        """`metadata`: blobs that belong with the trees (`.bupm`), packed apart
+        from file data where the writer can."""
+        ...
 
 
 def mangle(name: bytes, is_chunked: bool) -> bytes:
@@ -46,27 +50,28 @@ def lookup(entries: Iterable[gobj.TreeEntry], name: bytes) -> tuple[gobj.TreeEnt
 
 
 def add_chunks(sink: BatchSink, tree: hs.ChunkTree, chunks: list[tuple[memoryview, int]],
-               oids: list[bytes] | None = None) -> None:
+               oids: list[bytes] | None = None, *, metadata: bool = False) -> None:
     """Store chunks (unless `oids` says they are stored) and add them to a file's tree."""
     if not chunks:
         return
     if oids is None:
-        oids = sink.write_many(gobj.BLOB, [c for c, _ in chunks])
+        oids = sink.write_many(gobj.BLOB, [c for c, _ in chunks], metadata=metadata)
     tree.add_many(gobj.MODE_FILE, oids, [len(c) for c, _ in chunks], [lv for _, lv in chunks])
 
 
 def chunks_object(sink: BatchSink, chunks: list[tuple[memoryview, int]],
-                  oids: list[bytes] | None = None) -> tuple[int, bytes]:
+                  oids: list[bytes] | None = None, *, metadata: bool = False
+                  ) -> tuple[int, bytes]:
     """bup's object for a whole file's chunks: (gitmode, oid)."""
     tree = hs.ChunkTree(sink)
-    add_chunks(sink, tree, chunks, oids)
+    add_chunks(sink, tree, chunks, oids, metadata=metadata)
     return hs.top_object(sink, tree.top())
 
 
 def store_bytes(sink: BatchSink, data: bytes) -> tuple[int, bytes]:
     """Chunk a small in-memory stream (a .bupm) as a file: (gitmode, oid)."""
     sp = hs.Splitter(4)
-    return chunks_object(sink, list(sp.feed(data)) + list(sp.finish()))
+    return chunks_object(sink, list(sp.feed(data)) + list(sp.finish()), metadata=True)
 
 
 def write_dir_tree(sink: BatchSink, dir_record: bytes, entries: list[gobj.TreeEntry],

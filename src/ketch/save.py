@@ -169,7 +169,8 @@ class _Saver:
             except OSError as e:
                 self.warn(f"{os.fsdecode(path)}: {e.strerror}; skipped")
                 return None
-            gitmode, oid = gobj.MODE_SYMLINK, self.w.write(gobj.BLOB, target)
+            gitmode, oid = gobj.MODE_SYMLINK, self.w.write(gobj.BLOB, target,
+                                                             metadata=True)
         else:
             gitmode, oid = gobj.MODE_FILE, self.w.write(gobj.BLOB, b"")
         got = self.finish_nondir(path, name, st, gitmode, oid, size)

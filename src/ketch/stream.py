@@ -24,10 +24,12 @@ SplitMode = str  # "blobs" | "tree" | "commit" | "name" | "noop"
 class HashOnlySink:
     """A sink for --noop: computes ids, stores nothing."""
 
-    def write(self, type_num: int, data: bytes | memoryview) -> bytes:
+    def write(self, type_num: int, data: bytes | memoryview, *,
+              metadata: bool = False) -> bytes:
         return gobj.object_id(type_num, data)
 
-    def write_many(self, type_num: int, datas: Sequence[bytes | memoryview]) -> list[bytes]:
+    def write_many(self, type_num: int, datas: Sequence[bytes | memoryview], *,
+                   metadata: bool = False) -> list[bytes]:
         return [gobj.object_id(type_num, d) for d in datas]
 
 

@@ -25,7 +25,7 @@ from typing import BinaryIO
 
 from ketch.git.durable import fsync_dir, start_writeback
 from ketch.git.idx import write_idx_v2_flat
-from ketch.git.packenc import EncodingWriter, PackEncoder
+from ketch.git.packenc import DATA, METADATA, EncodingWriter, PackEncoder
 from ketch.git.packenc import encode_entry as encode_entry
 from ketch.git.packenc import entry_header as entry_header
 from ketch.git.packenc import zlib_stored as zlib_stored
@@ -37,6 +37,9 @@ DEFAULT_LEVEL = 1
 # as borg does), so the fsync at close waits for the last stretch only, not a
 # whole pack's worth of dirty pages (~1.2 s for 1 GB here).
 _WRITEBACK = 16 << 20
+# A session's metadata pack joins its data pack when the two are smaller than
+# this: a day's small save stays one pack, and its trees are a range or two.
+_MERGE_BELOW = 8 << 20
 _HASH_WINDOW = 8 << 20  # a multiple of mmap.ALLOCATIONGRANULARITY
 
 
@@ -80,8 +83,27 @@ class _Entries:
         return offset
 
 
+class _Lane:
+    """One pack being written: its temporary file and entries."""
+
+    def __init__(self) -> None:
+        self.tmpdir: str | None = None
+        self.file: BinaryIO | None = None
+        self.entries = _Entries()
+        self.offset = 0
+        self.kicked = 0  # offset up to which writeback has been started
+
+    @property
+    def open(self) -> bool:
+        return self.file is not None
+
+
 class PackWriter(EncodingWriter):
     """Writes objects into packs under `objects/pack`, closing one at the size limits.
+
+    File data and metadata (trees, commits, `.bupm`) go to packs of their own
+    (`packenc`'s lanes); a session's metadata joins its data pack at the end
+    when that is small (under 8 MB), so a small save is still one pack.
 
     `exists(oid)` tells whether the repository already has an object; such objects
     (and objects already written in this session) are never written again.
@@ -116,11 +138,7 @@ class PackWriter(EncodingWriter):
         self._fsync = fsync
         self._enc = PackEncoder(self._take, level=level, exists=exists,
                                 exists_many=exists_many, threads=threads)
-        self._tmpdir: str | None = None
-        self._file: BinaryIO | None = None
-        self._entries = _Entries()
-        self._offset = 0
-        self._kicked = 0  # offset up to which writeback has been started
+        self._lanes = (_Lane(), _Lane())
         self.closed_idx: list[str] = []
         self.objects_written = 0
         self.bytes_written = 0
@@ -131,70 +149,101 @@ class PackWriter(EncodingWriter):
         """Append an already-encoded pack entry (see PackEncoder.write_raw)."""
         self._enc.write_raw(oid, encoded, crc)
 
-    def _take(self, oids: list[bytes], blob: bytes, meta: list[tuple[int, int]]) -> None:
-        """The encoder's sink: a batch of entries, appended to the open pack."""
+    def _take(self, oids: list[bytes], blob: bytes, meta: list[tuple[int, int]],
+              lane: int) -> None:
+        """The encoder's sink: a batch of entries, appended to its lane's pack."""
         total = len(blob)
+        ln = self._lanes[lane]
         if (
-            self._file is not None
-            and self._offset + total < self.max_pack_size
-            and len(self._entries) + len(oids) < self.max_pack_objects
+            ln.file is not None
+            and ln.offset + total < self.max_pack_size
+            and len(ln.entries) + len(oids) < self.max_pack_objects
         ):
             # The whole batch fits in the open pack: one write.
-            self._file.write(blob)
-            self._offset = self._entries.extend(oids, meta, self._offset)
+            ln.file.write(blob)
+            ln.offset = ln.entries.extend(oids, meta, ln.offset)
             self.objects_written += len(oids)
             self.bytes_written += total
-            if self._offset - self._kicked >= _WRITEBACK:
-                self._start_writeback()
+            if ln.offset - ln.kicked >= _WRITEBACK:
+                self._start_writeback(ln)
             return
         pos = 0
         view = memoryview(blob)
         for oid, (n, crc) in zip(oids, meta, strict=True):
-            self._append(oid, view[pos : pos + n], crc)
+            self._append(lane, oid, view[pos : pos + n], crc)
             pos += n
 
-    def _append(self, oid: bytes, enc: bytes | memoryview, crc: int) -> None:
-        if self._file is None:
-            self._open()
-        assert self._file is not None
-        self._file.write(enc)
-        self._entries.add(oid, crc, self._offset)
-        self._offset += len(enc)
+    def _append(self, lane: int, oid: bytes, enc: bytes | memoryview, crc: int) -> None:
+        ln = self._lanes[lane]
+        if ln.file is None:
+            self._open(ln)
+        assert ln.file is not None
+        ln.file.write(enc)
+        ln.entries.add(oid, crc, ln.offset)
+        ln.offset += len(enc)
         self.objects_written += 1
         self.bytes_written += len(enc)
-        if self._offset >= self.max_pack_size or len(self._entries) >= self.max_pack_objects:
-            self._finish_pack()
-        elif self._offset - self._kicked >= _WRITEBACK:
-            self._start_writeback()
+        if ln.offset >= self.max_pack_size or len(ln.entries) >= self.max_pack_objects:
+            self._finish_lane(lane)
+        elif ln.offset - ln.kicked >= _WRITEBACK:
+            self._start_writeback(ln)
 
-    def _open(self) -> None:
+    def _open(self, ln: _Lane) -> None:
         os.makedirs(self.pack_dir, exist_ok=True)
-        self._tmpdir = tempfile.mkdtemp(prefix="pack-tmp-", dir=self.tmp_dir)
-        self._file = open(os.path.join(self._tmpdir, "pack"), "w+b", buffering=1 << 20)  # noqa: SIM115
-        self._file.write(b"PACK" + struct.pack(">II", 2, 0))
-        self._offset = 12
-        self._kicked = 0
-        self._entries = _Entries()
+        ln.tmpdir = tempfile.mkdtemp(prefix="pack-tmp-", dir=self.tmp_dir)
+        ln.file = open(os.path.join(ln.tmpdir, "pack"), "w+b", buffering=1 << 20)  # noqa: SIM115
+        ln.file.write(b"PACK" + struct.pack(">II", 2, 0))
+        ln.offset = 12
+        ln.kicked = 0
+        ln.entries = _Entries()
 
-    def _start_writeback(self) -> None:
+    def _start_writeback(self, ln: _Lane) -> None:
         """Start writing what is in the page cache to disk, without waiting."""
-        assert self._file is not None
+        assert ln.file is not None
         if self._fsync:
-            self._file.flush()
-            start_writeback(self._file.fileno(), self._kicked, self._offset - self._kicked)
-        self._kicked = self._offset
+            ln.file.flush()
+            start_writeback(ln.file.fileno(), ln.kicked, ln.offset - ln.kicked)
+        ln.kicked = ln.offset
 
     # -- closing ------------------------------------------------------------
 
-    def _finish_pack(self) -> None:
-        f, tmpdir = self._file, self._tmpdir
+    def _finish_lane(self, lane: int) -> None:
+        """Close the lane's pack. A metadata pack's trees name data handed over
+        before them: the open data pack is made durable first, so no crash
+        leaves a tree whose blobs are in no pack."""
+        if lane == METADATA:
+            data = self._lanes[DATA]
+            if data.entries:
+                self._finish_pack(data)
+        self._finish_pack(self._lanes[lane])
+
+    def _merge_metadata(self) -> None:
+        """Move the open metadata pack's entries to the end of the open data
+        pack (entries are whole objects, not deltas: they move as they are)."""
+        data, md = self._lanes
+        assert data.file is not None and md.file is not None
+        md.file.flush()
+        shift = data.offset - 12
+        pos = 12
+        while pos < md.offset:
+            block = os.pread(md.file.fileno(), min(8 << 20, md.offset - pos), pos)
+            data.file.write(block)
+            pos += len(block)
+        for i in range(len(md.entries)):
+            data.entries.add(bytes(md.entries.oids[20 * i : 20 * i + 20]), md.entries.crcs[i],
+                             md.entries.offsets[i] + shift)
+        data.offset += md.offset - 12
+        self._drop(md)
+
+    def _finish_pack(self, ln: _Lane) -> None:
+        f, tmpdir = ln.file, ln.tmpdir
         assert f is not None and tmpdir is not None
-        self._file = None
-        self._tmpdir = None
+        ln.file = None
+        ln.tmpdir = None
         f.seek(8)
-        f.write(struct.pack(">I", len(self._entries)))
+        f.write(struct.pack(">I", len(ln.entries)))
         f.flush()
-        pack_sha = _sha1_of(f.fileno(), self._offset)
+        pack_sha = _sha1_of(f.fileno(), ln.offset)
         f.seek(0, os.SEEK_END)
         f.write(pack_sha)
         f.flush()
@@ -203,8 +252,7 @@ class PackWriter(EncodingWriter):
         f.close()
         idx_tmp = os.path.join(tmpdir, "idx")
         with open(idx_tmp, "wb") as xf:
-            write_idx_v2_flat(xf, self._entries.oids, self._entries.crcs,
-                              self._entries.offsets, pack_sha)
+            write_idx_v2_flat(xf, ln.entries.oids, ln.entries.crcs, ln.entries.offsets, pack_sha)
             xf.flush()
             if self._fsync:
                 os.fsync(xf.fileno())
@@ -214,21 +262,26 @@ class PackWriter(EncodingWriter):
         if self._fsync:
             fsync_dir(self.pack_dir)
         os.rmdir(tmpdir)
-        self._entries = _Entries()
+        ln.entries = _Entries()
         self.closed_idx.append(base + ".idx")
         if self._on_pack is not None:
             self._on_pack(base + ".idx")
 
     def flush(self) -> list[str]:
-        """Finish the current pack (if any); returns the idx paths closed so far."""
+        """Finish the open packs (data first); returns the idx paths closed so far."""
         self._enc.drain()
         with held():
             self._enc.busy = True
-            if self._file is not None:
-                if self._entries:
-                    self._finish_pack()
+            data, md = self._lanes
+            if (md.entries and data.entries
+                    and data.offset + md.offset < min(_MERGE_BELOW, self.max_pack_size)
+                    and len(data.entries) + len(md.entries) < self.max_pack_objects):
+                self._merge_metadata()
+            for ln in self._lanes:
+                if ln.entries:
+                    self._finish_pack(ln)
                 else:
-                    self.abort_current()
+                    self._drop(ln)
             self._enc.busy = False
         return list(self.closed_idx)
 
@@ -238,22 +291,26 @@ class PackWriter(EncodingWriter):
         finally:
             self._enc.shutdown()
 
+    def _drop(self, ln: _Lane) -> None:
+        if ln.file is not None:
+            ln.file.close()
+            ln.file = None
+        if ln.tmpdir is not None:
+            shutil.rmtree(ln.tmpdir, ignore_errors=True)
+            ln.tmpdir = None
+        ln.entries = _Entries()
+
     def abort_current(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
-            self._tmpdir = None
-        self._entries = _Entries()
+        for ln in self._lanes:
+            self._drop(ln)
 
     def abort(self) -> None:
         """Stop writing, keeping the complete objects already handed over: the
-        queued ones are encoded and the open pack finished, as a remote writer
+        queued ones are encoded and the open packs finished, as a remote writer
         keeps what its server has, so a re-run does not write them again (an
         interrupted first backup of a big machine does not start from zero).
         If that cannot be done (an update was cut half-way, the disk is full),
-        the unfinished pack is dropped; closed packs stay either way."""
+        the unfinished packs are dropped; closed packs stay either way."""
         try:
             if not self._enc.busy:
                 with contextlib.suppress(Exception):

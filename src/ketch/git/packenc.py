@@ -12,6 +12,14 @@ each hashes on its own, and one lock orders what follows (the existence
 check, the queue, the hand-over to the sink). Which thread's objects reach the
 pack first is scheduling; what the objects are is not.
 
+Entries go to one of two lanes, each its own pack: metadata (trees, commits,
+and the blobs a caller marks: `.bupm`, symlink targets) apart from file data,
+as restic and kopia keep tree packs apart. A reader that walks a save reads
+its trees from a few packs in a few requests instead of picking them out from
+between the data (on S3, a restore's read-ahead went from ~590 GETs to a few).
+A metadata batch is handed over only after the data queued before it, so a
+metadata pack never closes before the data its trees name (`PackWriter`).
+
 Incompressible data (random, already compressed) would cost deflate for
 nothing (8 KiB random chunks: ISA-L level 1 ~160 MB/s, zlib's ~30, storing
 ~750), so the encoder predicts per stream: after a run of chunks that did not
@@ -133,8 +141,17 @@ class _Done:
 _Pending = Future[_Encoded] | _Done
 
 
-# Where encoded batches go: (ids, their entries back to back, (length, crc32) each).
-Sink = Callable[[list[bytes], bytes, list[tuple[int, int]]], None]
+DATA, METADATA = 0, 1  # the lanes
+_METADATA_TYPES = frozenset((1, 2, 4))  # commit, tree, tag
+
+
+def lane_of(type_num: int, metadata: bool = False) -> int:
+    return METADATA if metadata or type_num in _METADATA_TYPES else DATA
+
+
+# Where encoded batches go: (ids, their entries back to back, (length, crc32)
+# each, the lane).
+Sink = Callable[[list[bytes], bytes, list[tuple[int, int]], int], None]
 
 
 class PackEncoder:
@@ -165,7 +182,7 @@ class PackEncoder:
         self._atomic = atomic
         nthreads = threads if threads is not None else min(4, os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(max_workers=max(1, nthreads))
-        self._pending: deque[tuple[list[bytes], _Pending, int]] = deque()
+        self._pending: deque[tuple[list[bytes], _Pending, int, int]] = deque()
         self._pending_bytes = 0
         self._max_pending_bytes = 16 << 20
         # One predictor per writing thread: a big file's run of random chunks
@@ -175,8 +192,9 @@ class PackEncoder:
         # Ids written in this session, including packs already closed: their idx
         # may not be in the caller's index yet.
         self._written: set[bytes] = set()
-        self._small: list[tuple[bytes, int, bytes]] = []
-        self._small_bytes = 0
+        # Single objects waiting to be deflated together, per lane.
+        self._small: tuple[list[tuple[bytes, int, bytes]], ...] = ([], [])
+        self._small_bytes = [0, 0]
         # True while a hand-over is under way: an exception that leaves it set has
         # cut one half-way, and what the sink was writing cannot be trusted.
         self.busy = False
@@ -203,35 +221,41 @@ class PackEncoder:
                 out.append(i)
         return out
 
-    def write(self, type_num: int, data: bytes | memoryview) -> bytes:
-        """Store one object unless it is already there; returns its raw id."""
+    def write(self, type_num: int, data: bytes | memoryview, *, metadata: bool = False) -> bytes:
+        """Store one object unless it is already there; returns its raw id.
+        `metadata`: a blob that belongs with the trees (see the module's doc)."""
         h = hashlib.sha1(header(type_num, len(data)))
         h.update(data)
         oid = h.digest()
         with self._lock:
-            self._write_hashed(oid, type_num, data)
+            self._write_hashed(oid, type_num, data, lane_of(type_num, metadata))
         return oid
 
-    def _write_hashed(self, oid: bytes, type_num: int, data: bytes | memoryview) -> None:
+    def _write_hashed(self, oid: bytes, type_num: int, data: bytes | memoryview,
+                      lane: int) -> None:
         if oid not in self._written and not (self._exists is not None and self._exists(oid)):
             # Single objects (trees, commits, small files) are deflated in batches
             # on the pool: zlib's per-call setup is most of the cost for them.
             # Queued before it counts as written, so an interrupt between the two
             # loses no object another one may refer to.
-            self._small.append((oid, type_num, bytes(data)))
+            self._small[lane].append((oid, type_num, bytes(data)))
             self._written.add(oid)
-            self._small_bytes += len(data)
-            if len(self._small) >= 256 or self._small_bytes >= 1 << 20:
-                self._flush_small()
+            self._small_bytes[lane] += len(data)
+            if len(self._small[lane]) >= 256 or self._small_bytes[lane] >= 1 << 20:
+                self._flush_small(lane)
 
-    def _flush_small(self) -> None:
-        if not self._small:
-            return
+    def _flush_small(self, lane: int) -> None:
         with self._lock, held():
-            items, size = self._small, self._small_bytes
-            self._small, self._small_bytes = [], 0
+            if lane == METADATA:
+                # The data these trees name goes first (module doc).
+                self._flush_small(DATA)
+            items, size = list(self._small[lane]), self._small_bytes[lane]
+            if not items:
+                return
+            self._small[lane].clear()
+            self._small_bytes[lane] = 0
             fut = self._pool.submit(self._encode_items, items)
-            self._enqueue([oid for oid, _, _ in items], fut, size)
+            self._enqueue([oid for oid, _, _ in items], fut, size, lane)
 
     def _encode_items(self, items: list[tuple[bytes, int, bytes]]) -> _Encoded:
         """Runs on a pool thread: whole objects, always deflated (no prediction)."""
@@ -244,7 +268,8 @@ class PackEncoder:
             meta.append((len(head) + len(z), crc32(z, crc32(head))))
         return b"".join(parts), meta
 
-    def write_many(self, type_num: int, datas: Sequence[bytes | memoryview]) -> list[bytes]:
+    def write_many(self, type_num: int, datas: Sequence[bytes | memoryview], *,
+                   metadata: bool = False) -> list[bytes]:
         """Store several objects of one type (e.g. the chunks of one read) at once:
         one existence query and one pool task for the whole batch."""
         sha1 = hashlib.sha1
@@ -263,8 +288,11 @@ class PackEncoder:
                 new_ids = [oids[i] for i in new]
                 payload = [datas[i] for i in new]
                 size = sum(len(d) for d in payload)
+                lane = lane_of(type_num, metadata)
+                if lane == METADATA:
+                    self._flush_small(DATA)
                 fut = self._pool.submit(self._encode_batch, type_num, payload, pred)
-                self._enqueue(new_ids, fut, size)
+                self._enqueue(new_ids, fut, size, lane)
                 self._written.update(new_ids)
         return oids
 
@@ -295,8 +323,8 @@ class PackEncoder:
                 meta.append((len(head) + n + 4, crc32(tail, crc32(d, crc32(head)))))
         return b"".join(parts), meta
 
-    def _enqueue(self, oids: list[bytes], fut: _Pending, size: int) -> None:
-        self._pending.append((oids, fut, size))
+    def _enqueue(self, oids: list[bytes], fut: _Pending, size: int, lane: int) -> None:
+        self._pending.append((oids, fut, size, lane))
         self._pending_bytes += size
         while self._pending and (
             self._pending_bytes > self._max_pending_bytes or len(self._pending) > 64
@@ -312,7 +340,10 @@ class PackEncoder:
             if oid in self._written:
                 return
             self._written.add(oid)
-            self._enqueue([oid], _Done((encoded, [(len(encoded), crc)])), len(encoded))
+            lane = lane_of((encoded[0] >> 4) & 7) if encoded else DATA
+            if lane == METADATA:
+                self._flush_small(DATA)
+            self._enqueue([oid], _Done((encoded, [(len(encoded), crc)])), len(encoded), lane)
 
     def _drain_one(self) -> None:
         if not self._atomic:
@@ -324,15 +355,15 @@ class PackEncoder:
             self.busy = False
 
     def _take_one(self) -> None:
-        oids, fut, size = self._pending.popleft()
+        oids, fut, size, lane = self._pending.popleft()
         self._pending_bytes -= size
         blob, meta = fut.result()
-        self._sink(oids, blob, meta)
+        self._sink(oids, blob, meta, lane)
 
     def drain(self) -> None:
         """Encode everything written so far and hand it to the sink."""
         with self._lock:
-            self._flush_small()
+            self._flush_small(METADATA)  # and DATA before it
             while self._pending:
                 self._drain_one()
             self._pending_bytes = 0
@@ -340,10 +371,11 @@ class PackEncoder:
     def discard(self) -> None:
         """Drop what is queued and not handed over yet."""
         with self._lock:
-            for _, fut, _ in self._pending:
+            for _, fut, _, _ in self._pending:
                 fut.cancel()
             self._pending.clear()
-            self._small.clear()
+            for small in self._small:
+                small.clear()
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)
@@ -358,10 +390,11 @@ class EncodingWriter:
     def exists(self, oid: bytes) -> bool:
         return self._enc.exists(oid)
 
-    def write(self, type_num: int, data: bytes | memoryview) -> bytes:
+    def write(self, type_num: int, data: bytes | memoryview, *, metadata: bool = False) -> bytes:
         """Store one object unless it is already there; returns its raw id."""
-        return self._enc.write(type_num, data)
+        return self._enc.write(type_num, data, metadata=metadata)
 
-    def write_many(self, type_num: int, datas: Sequence[bytes | memoryview]) -> list[bytes]:
+    def write_many(self, type_num: int, datas: Sequence[bytes | memoryview], *,
+                   metadata: bool = False) -> list[bytes]:
         """Store several objects of one type (e.g. the chunks of one read) at once."""
-        return self._enc.write_many(type_num, datas)
+        return self._enc.write_many(type_num, datas, metadata=metadata)

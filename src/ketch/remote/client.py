@@ -308,8 +308,11 @@ class RemoteWriter(EncodingWriter):
         self.objects_written = 0
         self.bytes_written = 0
 
-    def _send(self, oids: list[bytes], blob: bytes, meta: list[tuple[int, int]]) -> None:
-        """The encoder's sink: a batch of entries, framed onto the connection."""
+    def _send(self, oids: list[bytes], blob: bytes, meta: list[tuple[int, int]],
+              lane: int) -> None:
+        """The encoder's sink: a batch of entries, framed onto the connection (the
+        server sorts trees and commits into packs of their own by type; the
+        blobs marked metadata stay with the data)."""
         conn = self.repo.conn
         if not self._streaming:
             conn.write(b"receive-objects-v2\n")
