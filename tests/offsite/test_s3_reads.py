@@ -263,3 +263,38 @@ def test_a_file_that_repeats_itself_is_fetched_once(s3_url: str, tmp_path: Path,
     print(f"{entries / 1e6:.1f} MB of entries: {counted.other_bytes / 1e6:.1f} MB in "
           f"{counted.other_requests} GETs")
     assert counted.other_bytes <= 1.1 * entries
+
+
+def test_a_tree_spread_over_its_data_is_read_in_few_requests(
+        s3_url: str, run_ketch: RunKetch, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """100 directories of 320 KB each, saved straight into the bucket: their
+    trees and .bupm are in a metadata pack of their own (packenc's lanes),
+    which the read-ahead fetches whole, so the restore's requests stay near
+    one per 4 MB. With trees between the files they name, each level of the
+    walk cost a GET per directory."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    for i in range(100):
+        d = data / f"d{i // 10}" / f"e{i % 10}"
+        d.mkdir(parents=True)
+        for j in range(4):
+            (d / f"f{j}").write_bytes(os.urandom(80_000))
+        (d / "link").symlink_to(f"f{i % 4}")
+    url = f"{s3_url}/m"
+    run_ketch("init", "-r", f"{url}/repo", check=True)
+    run_ketch("save", "-q", "-r", f"{url}/repo", "-n", "host", "--strip", data, check=True)
+    sr, counted = _open(url)
+    with sr:
+        packs = [size for key, size in counted.list("repo/objects/pack/")
+                 if key.endswith(".pack")]
+        assert len(packs) == 2, packs  # the data, and the metadata apart
+        restore(VFS(sr), [b"/host/latest/"], str(tmp_path / "out"))
+    d = subprocess.run(["diff", "-r", "--no-dereference", data, tmp_path / "out"],
+                       capture_output=True, text=True)
+    assert d.returncode == 0, d.stdout[:2000]
+    entries = sum(size - 32 for size in packs)
+    print(f"{counted.other_requests} GETs ({counted.idx_requests} of idx) for "
+          f"{entries / 1e6:.1f} MB of entries")
+    assert counted.other_requests <= entries / (4 * MB) + 10
+    assert counted.other_bytes <= 1.1 * entries
