@@ -105,6 +105,9 @@ class Repository(ABC):
     # level at a time (`read_ahead`): where each read is a round trip, a walk of
     # N directories then costs as many rounds as the tree is deep, not N.
     walks_ahead = False
+    # After opening with create: whether this made the repository (False: it
+    # was there already); None where the backend cannot tell.
+    created: bool | None = None
     # Whether read_many is best asked for many more objects at once than a
     # local disk wants (a restore's batches): a backend that plans its reads
     # across a whole batch fetches each stretch of a pack once per batch.

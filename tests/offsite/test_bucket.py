@@ -54,8 +54,13 @@ def _same(a: Path, b: Path) -> None:
 def test_init_save_ls_restore_pull(run_ketch: RunKetch, s3_url: str, tmp_path: Path) -> None:
     url = f"{s3_url}/fleet/web1"
     data = _tree(tmp_path / "data", 1, big=12 << 20)
-    assert run_ketch("init", "-r", url).returncode == 0
+    init = run_ketch("init", "-r", url)
+    assert init.returncode == 0 and b"Initialized ketch repository at" in init.stderr
     first = run_ketch("save", "-r", url, "-n", "web1", "--strip", "--json", data, check=True)
+    # As git says of a second init: the repository and its saves stay.
+    again = run_ketch("init", "-r", url)
+    assert again.returncode == 0
+    assert b"Reinitialized existing ketch repository at" in again.stderr, again.stderr
     stats = json.loads(first.stdout)
     (data / "notes.txt").write_text("changed\n")
     second = json.loads(run_ketch("save", "-r", url, "-n", "web1", "--strip", "--json", data,

@@ -28,8 +28,9 @@ def command(ctx: click.Context, repo_dir: str | None) -> None:
         if not is_store_url(w.location) and not parse_remote(w.location).path:
             _check_default(ctx, repo_dir, w.location)
             return
-        open_repo(ctx, repo_dir, create=True)
-        click.echo(f"Initialized ketch repository at {w.location}", err=True)
+        repo = open_repo(ctx, repo_dir, create=True)
+        said = "Reinitialized existing" if repo.created is False else "Initialized"
+        click.echo(f"{said} ketch repository at {w.location}", err=True)
         return
     path = os.path.expanduser(w.location)
     if w.source == w.config_path and sys.stderr.isatty():

@@ -83,8 +83,9 @@ class BucketRepository(StoreRepository, WritableRepository):
     manifest is primary (see the module doc)."""
 
     def __init__(self, store: ObjectStore, name: str, *, url: str | None = None,
-                 cache_root: str | None = None) -> None:
+                 cache_root: str | None = None, created: bool | None = None) -> None:
         super().__init__(store, name, url=url, cache_root=cache_root)
+        self.created = created
         self._pending: list[PackEntry] = []  # uploaded, not yet in the manifest
         self._plock = threading.Lock()
         self._dedup: ObjectIndex | None = None

@@ -68,9 +68,8 @@ def open_location(location: str, *, create: bool = False, kind: Kind = "auto",
 
         url, name = split_repo_url(location)
         store = open_store(url, endpoint_url=endpoint_url, encrypt_key=encrypt_key)
-        if create:
-            create_bucket_repository(store, name, url)
-        return BucketRepository(store, name, url=url)
+        created = create_bucket_repository(store, name, url) if create else None
+        return BucketRepository(store, name, url=url, created=created)
     if kind == "remote" or (kind == "auto" and is_remote(location)):
         from ketch.remote.client import RemoteRepository
         from ketch.remote.spec import parse_remote
