@@ -176,9 +176,15 @@ def push_step(ketch: Tool, repo: Path, env: dict[str, str], bytes_in: int) -> Ro
     return row
 
 
+def _server_cpu_note(note: str, seconds: float) -> str:
+    """The S3 server's CPU time during a step: on one machine of few cores it
+    competes with ketch for them, which a real S3 endpoint does not."""
+    return "; ".join(x for x in (note, f"server CPU {seconds:.1f} s") if x)
+
+
 def restore_step(ctx: Context, label: str, cmd_of: Callable[[Path], list[str]],
                  env: dict[str, str], data: Path, data_bytes: int, phase: str,
-                 tool: str) -> Row:
+                 tool: str, weed: SeaweedServer | None = None) -> Row:
     """One full restore of DATA into a fresh directory, the page cache dropped
     first, then (untimed) compared with DATA."""
     out = _fresh_dir(ctx, f"s3-out-{label}")
@@ -186,8 +192,11 @@ def restore_step(ctx: Context, label: str, cmd_of: Callable[[Path], list[str]],
     dropped = drop_caches()
     if not dropped:
         log("cannot drop the page cache (not root): the restore starts warm")
+    cpu = weed.cpu_seconds() if weed is not None else 0.0
     m = measure(cmd_of(out), env, cwd=out)
     row = _row(phase, tool, "data", data_bytes, m)
+    if weed is not None:
+        row.note = _server_cpu_note(row.note, weed.cpu_seconds() - cpu)
     row.cold_cache = dropped
     restored = out / data.name
     if m.returncode == 0:
@@ -289,14 +298,19 @@ def s3_save(ctx: Context, weed: SeaweedServer, ketch: Tool, url: str, name: str,
         f"{', through the relay: counted' if counted else ''})")
     os.sync()
     count = None
+    server_cpu = 0.0
     if counted:
         with LatencyRelay(weed.host, weed.s3_port, delay=0.0) as relay:
             m = measure(save_cmd(ketch, url, data),
                         _s3_env(ctx, weed, relay.endpoint, cache))
             count = relay.counts()
     else:
+        cpu = weed.cpu_seconds()
         m = measure(save_cmd(ketch, url, data), _s3_env(ctx, weed, weed.endpoint, cache))
+        server_cpu = weed.cpu_seconds() - cpu
     row = _row(phase, DIRECT, "data", data_bytes, m)
+    if not counted:
+        row.note = _server_cpu_note(row.note, server_cpu)
     row.repo_bytes = _bucket_bytes(weed, BUCKET, prefix)
     if row.repo_bytes is not None and before is not None:
         row.repo_growth = row.repo_bytes - before
@@ -494,7 +508,7 @@ def restores(ctx: Context, weed: SeaweedServer, ketch: Tool, repo: Path, data: P
 
     direct = restore_step(ctx, "direct", from_s3,
                           _s3_env(ctx, weed, weed.endpoint, _fresh_dir(ctx, "s3-cache-d")),
-                          data, data_bytes, "restore", DIRECT)
+                          data, data_bytes, "restore", DIRECT, weed)
     rows.append(direct)
     for delay, phase, tool in ((0.0, RELAYED_0_PHASE, RELAYED_0),
                                (DEFAULT_DELAY, RELAYED_PHASE, RELAYED)):
@@ -502,7 +516,7 @@ def restores(ctx: Context, weed: SeaweedServer, ketch: Tool, repo: Path, data: P
             relayed = restore_step(
                 ctx, phase, from_s3,
                 _s3_env(ctx, weed, relay.endpoint, _fresh_dir(ctx, f"s3-cache-{phase}")),
-                data, data_bytes, phase, tool)
+                data, data_bytes, phase, tool, weed)
             count = relay.counts()
         _count_row(relayed, count, needed, idx_reads(count))
         info[phase] = {**count.as_dict(), "kinds": request_kinds(count),

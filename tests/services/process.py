@@ -9,6 +9,7 @@ what to clean up) stays in its own module.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -81,6 +82,22 @@ class ServiceProcess:
     def __init__(self, log_path: Path) -> None:
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def cpu_seconds(self) -> float:
+        """The process's CPU time so far (user + system), 0 when not running:
+        what a benchmark's server spent beside the client on one machine."""
+        if self._proc is None:
+            return 0.0
+        try:
+            with open(f"/proc/{self._proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     # -- starting ----------------------------------------------------------
 
