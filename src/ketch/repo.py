@@ -105,6 +105,10 @@ class Repository(ABC):
     # level at a time (`read_ahead`): where each read is a round trip, a walk of
     # N directories then costs as many rounds as the tree is deep, not N.
     walks_ahead = False
+    # Whether read/read_many have checked every object against its id already
+    # (a backend that must, the bytes coming from another machine): a
+    # restore then does not hash them a second time.
+    reads_verified = False
     # After opening with create: whether this made the repository (False: it
     # was there already); None where the backend cannot tell.
     created: bool | None = None

@@ -298,3 +298,50 @@ def test_a_tree_spread_over_its_data_is_read_in_few_requests(
           f"{entries / 1e6:.1f} MB of entries")
     assert counted.other_requests <= entries / (4 * MB) + 10
     assert counted.other_bytes <= 1.1 * entries
+
+
+def test_a_blob_changed_in_the_bucket_fails_its_file(
+        pushed: tuple[str, Path, int], source: tuple[Path, Path], tmp_path: Path,
+        run_ketch: RunKetch) -> None:
+    """One chunk of a random file, stored (level 0), altered in the bucket
+    with its zlib checksum made right again: it inflates cleanly, and only its
+    id tells. The restore names it and fails that file; the others restore."""
+    import zlib
+
+    from ketch.git.idx import PackIndex
+    from ketch.offsite.s3 import S3Store
+
+    url, data, _ = pushed
+    repo, _ = source
+    [idx] = [p for p in (repo / "objects" / "pack").glob("*.idx")
+             if os.path.getsize(p.with_suffix(".pack")) > 20 * MB]
+    offs = sorted(off for _, _, off in PackIndex(idx).iter_entries())
+    store = S3Store(url)
+    key = f"repo/objects/pack/{idx.with_suffix('.pack').name}"
+    pack = bytearray(store.get(key))
+    for off, end in zip(offs, offs[1:], strict=False):
+        i = off
+        while pack[i] & 0x80:  # the entry's header
+            i += 1
+        z = i + 1
+        if pack[off] >> 4 & 7 == 3 and pack[z:z + 3] == b"\x78\x01\x01":
+            n = int.from_bytes(pack[z + 3:z + 5], "little")
+            if z + 7 + n + 4 == end and n > 1000:
+                payload = z + 7
+                pack[payload + 500] ^= 0x01
+                pack[end - 4:end] = zlib.adler32(bytes(pack[payload:payload + n])
+                                                 ).to_bytes(4, "big")
+                break
+    else:
+        pytest.fail("no stored blob in one block")
+    store.put(key, bytes(pack))
+    out = tmp_path / "out"
+    r = run_ketch("restore", "-r", f"{url}/repo", "-C", out, "host/latest/")
+    assert r.returncode != 0
+    err = r.stderr.decode()
+    failed = [line.split(": not restored: ")[0] for line in err.splitlines()
+              if ": not restored: " in line and "does not match its id" in line]
+    assert len(failed) == 1 and failed[0].endswith(("/big", "/one")), err
+    other = "one" if failed[0].endswith("/big") else "big"
+    assert (out / other).read_bytes() == (data / other).read_bytes()
+    assert (out / "tree" / "f39").read_bytes() == (data / "tree" / "f39").read_bytes()

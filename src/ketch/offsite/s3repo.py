@@ -104,6 +104,9 @@ class StoreRepository(Repository):
     # not the loopback). `forked` stays for a save's forked child.
     reads_in_forked_processes = False
     walks_ahead = True
+    # Every object is checked against its id as it is decoded (s3read.decode,
+    # deltas in _run, the disk cache in Held.get).
+    reads_verified = True
     # A restore's batches of 32 MB fetched 882 MB for the 647 MB of pack it
     # needed (a VM image's repeated blocks point back into stretches earlier
     # batches had fetched: each batch fetched them again).
