@@ -102,3 +102,37 @@ def test_help_lists_what_the_commands_say(run_ketch: RunKetch) -> None:
         assert ours.getvalue() == clicks.getvalue()
     shown = run_ketch("--help", check=True).stdout.decode()
     assert all(f"  {name} " in shown for name in COMMANDS)
+
+
+# A Ctrl-C that arrives while the entry point imports the commands (here: as
+# click is imported, by a meta-path hook that signals the process itself).
+_CTRL_C_AT_IMPORT = """
+import os, signal, sys
+class Hook:
+    def find_spec(self, name, path, target=None):
+        if name == "click":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, Hook())
+from ketch.cli.entry import main
+sys.argv = ["ketch", "--version"]
+raise SystemExit(main())
+"""
+
+
+def test_ctrl_c_while_starting_is_one_line() -> None:
+    """Before: Python's traceback of whatever import it cut (11 times in 30
+    Ctrl-Cs at random moments of `python -m ketch ls`; the 3 left now fall in
+    the interpreter's own start, before any of ketch runs)."""
+    proc = subprocess.run([sys.executable, "-c", _CTRL_C_AT_IMPORT], capture_output=True,
+                          env=_subprocess_env(None), timeout=60)
+    assert proc.returncode == 2, proc
+    assert proc.stderr == b"ketch: error: interrupted\n", proc.stderr.decode()
+
+
+def test_the_scripts_start_at_the_entry_point() -> None:
+    """`ketch` and `python -m ketch` both go through cli.entry."""
+    text = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    assert 'ketch = "ketch.cli.entry:main"' in text
+    assert "from ketch.cli.entry import main" in (
+        Path(climain.__file__).parents[1] / "__main__.py").read_text()

@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     _tune_malloc()
     signal.signal(signal.SIGTERM, _terminated)
     try:
+        # From here a Ctrl-C is a KeyboardInterrupt, answered below (before
+        # here: cli.entry's early handler, while the commands were imported).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         rv = cli.main(args=argv, prog_name="ketch", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
         sys.stdout.flush()  # here, where a closed pipe is still ours to catch
