@@ -23,10 +23,8 @@ file instead of shifting what follows.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
-import resource
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,7 +33,7 @@ from ketch.errors import CorruptObject, KetchError
 from ketch.git import objects as gobj
 from ketch.progress import Progress
 from ketch.repo import Repository
-from ketch.restorefile import HOLE_BLOCK, ContentError, FileJob, has_hole
+from ketch.restorefile import HOLE_BLOCK, ContentError, FileJob, files_allowed, has_hole
 from ketch.restoreworkers import Report, WorkerPool, rebuild_error
 
 # A batch is read once it wants this many distinct blobs or bytes, or holds
@@ -144,23 +142,6 @@ class Reader:
             yield bundle
 
 
-def _files_allowed(want: int) -> int:
-    """How many files a batch may hold open: `want`, or what the descriptor
-    limit leaves room for (a batch in flight and one being planned, each file
-    once, and the restore's own). The soft limit is raised towards the hard
-    one first, as far as that needs: Debian's soft default is 1,024."""
-    need = 2 * want + 256
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < need:
-        to = need if hard == resource.RLIM_INFINITY else min(need, hard)
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (to, hard))
-            soft = to
-    if soft == resource.RLIM_INFINITY:
-        return want
-    return max(BATCH_FILES, min(want, (soft - 256) // 2))
-
-
 class Batch:
     """Files waiting for their blobs; see the module's docstring."""
 
@@ -182,7 +163,7 @@ class Batch:
         wide = repo.wide_batches
         self.max_blobs = WIDE_BATCH_BLOBS if wide else BATCH_BLOBS
         self.max_bytes = WIDE_BATCH_BYTES if wide else BATCH_BYTES
-        self.max_files = _files_allowed(WIDE_BATCH_FILES) if wide else BATCH_FILES
+        self.max_files = files_allowed(WIDE_BATCH_FILES, BATCH_FILES) if wide else BATCH_FILES
         # The batch being read while the next one is planned.
         self.inflight: tuple[Reader, threading.Thread | None,
                              dict[bytes, list[_Place]]] | None = None

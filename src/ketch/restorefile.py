@@ -4,7 +4,9 @@ and checks the blobs is restorebatch's)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 from collections.abc import Callable
 
 # Holes are made from aligned blocks of this size: the common filesystem block,
@@ -109,3 +111,21 @@ class FileJob:
         if not self.closed:
             self.closed = True
             os.close(self.fd)
+
+
+def files_allowed(want: int, least: int) -> int:
+    """How many files a restore's batch may hold open (each FileJob keeps its
+    descriptor): `want`, or what the descriptor limit leaves room for (a
+    batch in flight and one being planned, each file once, and the restore's
+    own), but not under `least`. The soft limit is raised towards the hard
+    one first, as far as that needs: Debian's soft default is 1,024."""
+    need = 2 * want + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        to = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (to, hard))
+            soft = to
+    if soft == resource.RLIM_INFINITY:
+        return want
+    return max(least, min(want, (soft - 256) // 2))

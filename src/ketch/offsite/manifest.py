@@ -148,6 +148,21 @@ class Manifest:
     def pack_by_idx(self) -> dict[str, PackEntry]:
         return {p.idx.name: p for p in self.packs}
 
+    def ref(self, name: bytes) -> bytes | None:
+        """The id a ref (or HEAD, through its symbolic ref) names, if any."""
+        if name == b"HEAD":
+            if not self.head.startswith("ref: "):
+                return bytes.fromhex(self.head)
+            name = self.head[5:].strip().encode()
+        value = self.refs.get(name.decode("utf-8", "surrogateescape"))
+        return bytes.fromhex(value) if value else None
+
+    def ref_items(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        """(name, id) of the refs under `prefix`, sorted by name."""
+        refs = sorted((n.encode("utf-8", "surrogateescape"), bytes.fromhex(v))
+                      for n, v in self.refs.items())
+        return [(n, v) for n, v in refs if n.startswith(prefix)]
+
     def file_names(self) -> set[str]:
         return {f.name for p in self.packs for f in p.files()} | (
             {self.locator.name} if self.locator else set())

@@ -70,18 +70,6 @@ _WHOLE_MAX_BEHIND = 16 << 20
 _WALK = 64  # reads without a hint after which a reader is walking a tree
 _DECODE_ALL = 256 << 10
 _PROBE = 2
-# read_ahead's ranges merge across this much, every object in them decoded:
-# trees and .bupm of the next levels come along and are held. The corpus's
-# 1,667 directories took 1,611 GETs (25 MB) with 16 KB and no decoding, 588
-# (38 MB) now, 485 (52 MB) with 256 KB.
-_AHEAD_GAP = 128 << 10
-# A pack read ahead is fetched whole, once, when it is this small and its
-# entries are small on average: a metadata pack (trees and .bupm, apart from
-# the data since packenc's lanes; the corpus's are 1-3 MB of ~6,700 entries),
-# or a small save's one pack. The corpus's read-ahead took 56 GETs, level by
-# level, for its 6 MB of metadata; a data pack's entries average 2-8 KB.
-_AHEAD_WHOLE = 8 << 20
-_AHEAD_WHOLE_AVG = 1024
 
 
 def default_cache_root() -> str:
@@ -304,7 +292,7 @@ class StoreRepository(Repository):
         # Planned reads (s3read): each wanted entry's range of its pack once,
         # in GETs of a few MB, many in flight. Read `ahead` (a walk's trees and
         # metadata), everything is kept for the reads to come, and only gaps of
-        # _AHEAD_GAP are read through: the trees of one level lie far apart,
+        # s3read.AHEAD_GAP are read through: the trees of one level lie far apart,
         # between the files they name, which a restore reads later anyway.
         with self._reading:
             wanted = list(dict.fromkeys(oids))
@@ -328,7 +316,7 @@ class StoreRepository(Repository):
             rest = [o for o in rest if o not in taken and o not in beside]
         with self._reading:
             where = self._locate_again(rest)
-            ranges = self._plan(where, gap=_AHEAD_GAP if ahead else s3read.GAP,
+            ranges = self._plan(where, gap=s3read.AHEAD_GAP if ahead else s3read.GAP,
                                 everything=ahead, whole=ahead)
         yield from self._run(ranges, keep=ahead, all_asked=ahead)
         for o in rest:
@@ -339,29 +327,22 @@ class StoreRepository(Repository):
     def _plan(self, where: dict[bytes, tuple[str, int]], gap: int = s3read.GAP,
               everything: bool = False, whole: bool = False) -> list[Range]:
         """Ranges reading `where`'s objects; `whole`: a small pack of small
-        entries is read whole, once (see _AHEAD_WHOLE)."""
+        entries is read whole, once (s3read.whole_pack)."""
         by_pack: dict[str, list[tuple[int, bytes]]] = {}
         for o, (name, off) in where.items():
             by_pack.setdefault(name, []).append((off, o))
         out = []
         for name, items in by_pack.items():
             key = pack_key(self.name, self._packs[name].pack.name)
-            if whole and name not in self._whole_ahead and self._metadata_like(name):
+            if whole and name not in self._whole_ahead and \
+                    (r := s3read.whole_pack(self._packs[name], key, items)) is not None:
                 self._whole_ahead.add(name)
-                end = self._packs[name].pack.size - 20
-                out.append(Range(name, key, end, 12, end, sorted(items), everything=True))
+                out.append(r)
                 continue
             out += s3read.plan_pack(self._index(name), key, items, gap=gap,
                                     everything=everything,
                                     known=self._find.known_ends(name, items))
         return out
-
-    def _metadata_like(self, name: str) -> bool:
-        entry = self._packs[name]
-        # An idx v2 holds 28 bytes an entry past its 1,072 of fan-out and sums.
-        count = max(1, (entry.idx.size - 1072) // 28)
-        return 12 < entry.pack.size <= _AHEAD_WHOLE and \
-            entry.pack.size <= count * _AHEAD_WHOLE_AVG
 
     def _read_range(self, r: Range) -> tuple[Range, s3read.Decoded]:
         return r, s3read.decode(self._get, r, self.where)
@@ -511,15 +492,7 @@ class StoreRepository(Repository):
 
     def read_ref(self, name: bytes) -> bytes | None:
         check_ref_name(name, allow_pseudo=True)  # as the local and ssh backends do
-        if name == b"HEAD":
-            head = self.manifest.head
-            if not head.startswith("ref: "):
-                return bytes.fromhex(head)
-            name = head[5:].strip().encode()
-        value = self.manifest.refs.get(name.decode("utf-8", "surrogateescape"))
-        return bytes.fromhex(value) if value else None
+        return self.manifest.ref(name)
 
     def iter_refs(self, prefix: bytes = b"refs/") -> Iterator[tuple[bytes, bytes]]:
-        refs = sorted((n.encode("utf-8", "surrogateescape"), bytes.fromhex(v))
-                      for n, v in self.manifest.refs.items())
-        return iter([(n, v) for n, v in refs if n.startswith(prefix)])
+        return iter(self.manifest.ref_items(prefix))
