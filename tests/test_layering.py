@@ -64,6 +64,7 @@ LAYERS: dict[str, int] = {
     "listing": 4,  # ls's lines, from the vfs
     "lifecycle": 4,  # prune and gc: retention, and space given back
     "integrity": 4,  # fsck, parity (par2) and repair
+    "reportlog": 4,  # run, drill, mirror and fsck reports kept in the repository
     # 5: repositories elsewhere, and the machine's jobs.
     "remote": 5,
     "offsite": 5,

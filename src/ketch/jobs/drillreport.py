@@ -1,25 +1,20 @@
 """What a restore drill found, as text, JSON, and a commit in the repository.
 
-Reports are kept in the repository they are about, as a chain of commits on
-`refs/ketch/drill` (each commit's tree holds `report.json`, its parent is the
-previous drill), so the backup server and a dashboard see when the backups
-were last proven restorable. The ref is not a branch: `ketch ls` does not list
-it, prune leaves it alone, and gc keeps what it reaches (every ref is a root).
+Reports are kept in the repository they are about, on `refs/ketch/drill`
+(ketch.reportlog), so the backup server and its dashboard see when the backups
+were last proven restorable.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 
-from ketch.commits import commit_bytes
-from ketch.errors import EXIT_FAILED, EXIT_OK, EXIT_WARNINGS, KetchError
-from ketch.git import objects as gobj
+from ketch import reportlog
+from ketch.errors import EXIT_FAILED, EXIT_OK, EXIT_WARNINGS
 from ketch.repo import ReadOnlyRepository, Repository
 from ketch.text import plural
 
-DRILL_REF = b"refs/ketch/drill"
-REPORT_NAME = b"report.json"
+DRILL_REF = reportlog.ref_for("drill")
 
 
 @dataclass
@@ -127,36 +122,12 @@ def store_report(repo: Repository, report: DrillReport) -> str | None:
     """Commit the report onto refs/ketch/drill; its id, or None (with a note on
     the report) where the repository cannot be written (an S3 mirror)."""
     try:
-        w_repo = repo.writable()
+        return reportlog.store(repo, "drill", report.as_dict(), report.status)
     except ReadOnlyRepository as e:
         report.notes.append(f"report not stored in the repository: {e}")
         return None
-    data = json.dumps(report.as_dict(), indent=2, sort_keys=True).encode() + b"\n"
-    old = repo.read_ref(DRILL_REF)
-    w = w_repo.writer()
-    try:
-        blob = w.write(gobj.BLOB, data)
-        tree = w.write(gobj.TREE, gobj.encode_tree([gobj.TreeEntry(gobj.MODE_FILE,
-                                                                   REPORT_NAME, blob)]))
-        message = f"ketch drill: {report.status}\n\n{report.text()}\n".encode()
-        commit = w.write(gobj.COMMIT, commit_bytes(tree, old, None, message))
-    except BaseException:
-        w.abort()
-        raise
-    w.close()
-    w_repo.update_ref(DRILL_REF, commit, old, b"ketch drill")
-    return commit.hex()
 
 
 def read_reports(repo: Repository, limit: int = 10) -> list[dict[str, object]]:
-    """The newest stored reports first (for a dashboard, and the tests)."""
-    out: list[dict[str, object]] = []
-    oid = repo.read_ref(DRILL_REF)
-    while oid is not None and len(out) < limit:
-        commit = gobj.decode_commit(repo.read_typed(oid, gobj.COMMIT))
-        entries = {e.name: e for e in gobj.decode_tree(repo.read_typed(commit.tree, gobj.TREE))}
-        if REPORT_NAME not in entries:
-            raise KetchError(f"drill report {oid.hex()}: no {REPORT_NAME.decode()} in its tree")
-        out.append(json.loads(repo.read_typed(entries[REPORT_NAME].oid, gobj.BLOB)))
-        oid = commit.parents[0] if commit.parents else None
-    return out
+    """The newest stored reports first (for the tests)."""
+    return [r.data for r in reportlog.history(repo, "drill", limit)]
