@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ketch.offsite.encrypt import INDEX_KEY, EncryptedStore
+from ketch.offsite.encrypt import EncryptedStore
+from ketch.offsite.nameindex import INDEX_KEY
 from ketch.offsite.store import DirStore
 
 KEY = bytes(range(32))

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ketch.offsite.encrypt import INDEX_KEY, EncryptedStore
+from ketch.offsite.encrypt import EncryptedStore
+from ketch.offsite.nameindex import INDEX_KEY
 from ketch.offsite.store import DirStore, StoreError
 
 FUZZ = settings(max_examples=50, deadline=None,

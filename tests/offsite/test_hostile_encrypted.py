@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from ketch.offsite.encrypt import _INDEX_NAME, INDEX_KEY, EncryptedStore
+from ketch.offsite.encrypt import EncryptedStore
 from ketch.offsite.keyfile import save_key
+from ketch.offsite.nameindex import _INDEX_NAME, INDEX_KEY
 from ketch.offsite.push import push
 from ketch.offsite.s3 import S3Store
 from ketch.offsite.s3repo import StoreRepository

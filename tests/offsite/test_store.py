@@ -22,13 +22,13 @@ from hypothesis import strategies as st
 from ketch.offsite.cache import CachingStore
 from ketch.offsite.encrypt import (
     HEADER_SIZE,
-    INDEX_KEY,
     OVERHEAD,
     EncryptedStore,
     TamperedError,
     WrongKeyError,
 )
 from ketch.offsite.keyfile import KeyFileError, keygen, load_key, save_key
+from ketch.offsite.nameindex import INDEX_KEY
 from ketch.offsite.retry import RetryingStore
 from ketch.offsite.s3 import AuthError, S3Store, parse_s3_url
 from ketch.offsite.store import DirStore, NotFound, ObjectStore, Stat, StoreError, TransientError

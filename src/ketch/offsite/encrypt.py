@@ -19,7 +19,8 @@ delete (``index_interval`` > 0 batches it; then call ``flush()``).  A
 flush re-reads the index if someone else changed it and merges, but pushes
 are meant to be single-writer per mirror: two writers flushing at the same
 moment can lose each other's entries (the objects stay readable; only
-``list`` misses them until they are written again).
+``list`` misses them until they are written again).  ketch.offsite.nameindex
+keeps the index.
 
 Objects.  A 32-byte header, then segments::
 
@@ -54,12 +55,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 import struct
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import NoReturn
 
@@ -69,6 +67,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ketch.offsite.keyfile import KEY_SIZE, KeyFileError
+from ketch.offsite.nameindex import INDEX_KEY, NameIndex
 from ketch.offsite.store import (
     Advance,
     NotFound,
@@ -86,16 +85,11 @@ HEADER_SIZE = _HEADER.size  # 32
 NONCE_SIZE = 12
 TAG_SIZE = 16
 OVERHEAD = NONCE_SIZE + TAG_SIZE
-INDEX_KEY = "ketch-keys"
-_INDEX_NAME = "\0ketch-keys"  # in the associated data: no user key can be this
 _SALT = b"ketch offsite v1"
 # The plaintext digest recorded for a value replaced by compare-and-swap (a
 # primary repository's manifest): many writers replace it, and the index, which
 # they share without one, may lag behind; the swap's tag vouches for it instead.
 _SWAPPED = "0" * 64
-# An index entry: [plaintext size, plaintext sha256, ciphertext sha256].  An
-# alias because `list` is a method name inside EncryptedStore.
-_Entry = list[object]
 
 
 class WrongKeyError(StoreError):
@@ -104,12 +98,6 @@ class WrongKeyError(StoreError):
 
 class TamperedError(StoreError):
     """Encrypted data failed authentication: altered, truncated or misplaced."""
-
-
-def _good_entry(e: object) -> bool:
-    """[plaintext size, plaintext sha256, ciphertext sha256], as _record writes it."""
-    return (isinstance(e, list) and len(e) == 3 and type(e[0]) is int and e[0] >= 0
-            and all(isinstance(h, str) and len(h) == 64 for h in e[1:]))
 
 
 def _subkey(master: bytes, label: bytes) -> bytes:
@@ -138,21 +126,25 @@ class EncryptedStore(ObjectStore):
             raise ValueError(f"bad segment size {segment_size}")
         self.inner = inner
         self.segment_size = segment_size
-        self.index_interval = index_interval
         self.tmp_dir = tmp_dir
         self._aead = AESGCM(_subkey(key, b"encrypt"))
         self._name_key = _subkey(key, b"names")
         self._nonce_key = _subkey(key, b"nonces")
         self.key_id = _subkey(key, b"key id")[:8]
         self._ad_prefix = b"ketch-enc" + struct.pack(">BI", VERSION, segment_size)
-        self._lock = threading.RLock()
-        self._index: dict[str, _Entry] | None = None  # as last read or written
-        self._index_sum: str | None = None  # what the inner store said its checksum was
-        self._pending: dict[str, _Entry | None] = {}  # None: deleted
-        self._last_flush = 0.0
+        self._names = NameIndex(inner, self._encrypt_bytes, self._decrypt_whole, index_interval)
 
     def __repr__(self) -> str:
         return f"EncryptedStore({self.inner!r}, key id {self.key_id.hex()})"
+
+    @property
+    def index_interval(self) -> float:
+        """The name index holds it; read and set here, as before it moved there."""
+        return self._names.interval
+
+    @index_interval.setter
+    def index_interval(self, seconds: float) -> None:
+        self._names.interval = seconds
 
     def __enter__(self) -> EncryptedStore:
         return self
@@ -326,7 +318,7 @@ class EncryptedStore(ObjectStore):
         """A whole value must be the copy the name index records: the format binds
         a ciphertext to its name, not to a version, so an older manifest put back
         under its name would authenticate."""
-        entry = self._view().get(key)
+        entry = self._names.view().get(key)
         if entry is None or str(entry[1]) in (_SWAPPED, hashlib.sha256(plain).hexdigest()):
             return
         raise StaleObject(f"{key}: not the copy the encrypted store's index records (an older "
@@ -347,7 +339,7 @@ class EncryptedStore(ObjectStore):
         size = self.plain_size(st.size)
         if size < 0:
             raise TamperedError(f"{key}: {st.size} bytes is no encrypted object's size")
-        entry = self._view().get(key)
+        entry = self._names.view().get(key)
         # The plaintext digest is vouched for only while the stored bytes are
         # the ones recorded; otherwise the store's own digest goes out, so a
         # comparison with the plaintext's fails as it should.
@@ -357,17 +349,17 @@ class EncryptedStore(ObjectStore):
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
         """What the index says is under `prefix` (see the module doc)."""
-        view = self._view()
+        view = self._names.view()
         return iter(sorted((k, int(str(e[0]))) for k, e in view.items() if k.startswith(prefix)))
 
     # -- writes ----------------------------------------------------------------------
 
     def put(self, key: str, data: bytes) -> None:
-        self._view()  # a wrong key fails here, before anything is written
+        self._names.view()  # a wrong key fails here, before anything is written
         blob = self._encrypt_bytes(key, data)
         self.inner.put(self.inner_key(key), blob)
-        self._record(key, [len(data), hashlib.sha256(data).hexdigest(),
-                           hashlib.sha256(blob).hexdigest()])
+        self._names.record(key, [len(data), hashlib.sha256(data).hexdigest(),
+                                 hashlib.sha256(blob).hexdigest()])
 
     def get_tagged(self, key: str) -> tuple[bytes, str]:
         try:
@@ -377,17 +369,17 @@ class EncryptedStore(ObjectStore):
         return self._decrypt_whole(key, blob), tag
 
     def put_if(self, key: str, data: bytes, tag: str | None) -> str:
-        self._view()  # a wrong key fails here, before anything is written
+        self._names.view()  # a wrong key fails here, before anything is written
         blob = self._encrypt_bytes(key, data)
         new = self.inner.put_if(self.inner_key(key), blob, tag)
-        self._record(key, [len(data), _SWAPPED, hashlib.sha256(blob).hexdigest()])
+        self._names.record(key, [len(data), _SWAPPED, hashlib.sha256(blob).hexdigest()])
         return new
 
     def put_file(self, key: str, path: str, *, sha256: str, storage_class: str | None = None,
                  advance: Advance | None = None) -> None:
         if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
             raise StoreError(f"{path}: bad sha256 {sha256!r}")
-        self._view()  # a wrong key fails here, before anything is uploaded
+        self._names.view()  # a wrong key fails here, before anything is uploaded
         try:
             fd, tmp = tempfile.mkstemp(prefix="ketch-enc.", dir=self.tmp_dir)
         except OSError as e:
@@ -401,7 +393,7 @@ class EncryptedStore(ObjectStore):
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
-        self._record(key, [size, sha256, cipher_sha])
+        self._names.record(key, [size, sha256, cipher_sha])
 
     def _encrypt_file(self, key: str, path: str, fd: int, sha256: str) -> tuple[int, str]:
         """Encrypt `path` as `key` into the open temp file `fd`:
@@ -427,80 +419,19 @@ class EncryptedStore(ObjectStore):
 
     def delete(self, key: str) -> None:
         self.inner.delete(self.inner_key(key))
-        self._record(key, None)
+        self._names.record(key, None)
 
-    # -- the index ---------------------------------------------------------------------
-
-    def _read_index(self) -> tuple[dict[str, _Entry], str | None]:
-        st = self.inner.stat(INDEX_KEY)
-        if st is None:
-            return {}, None
-        raw = self._decrypt_whole(_INDEX_NAME, self.inner.get(INDEX_KEY), INDEX_KEY)
-        try:
-            doc = json.loads(raw)
-            keys = doc["keys"]
-            if doc.get("v") != 1 or not isinstance(keys, dict):
-                raise ValueError("unknown layout")
-            for k, e in keys.items():
-                if not _good_entry(e):
-                    raise ValueError(f"bad entry for {k[:100]}")
-        except RecursionError:
-            raise StoreError(f"{INDEX_KEY}: unreadable index (nested too deeply)") from None
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise StoreError(f"{INDEX_KEY}: unreadable index ({e})") from None
-        return keys, st.checksum
-
-    def _view(self) -> dict[str, _Entry]:
-        with self._lock:
-            if self._index is None:
-                self._index, self._index_sum = self._read_index()
-            view = dict(self._index)
-            for k, e in self._pending.items():
-                if e is None:
-                    view.pop(k, None)
-                else:
-                    view[k] = e
-            return view
-
-    def _record(self, key: str, entry: _Entry | None) -> None:
-        with self._lock:
-            self._pending[key] = entry
-            if time.monotonic() - self._last_flush >= self.index_interval:
-                self._write_index()
+    # -- the rest of ObjectStore --------------------------------------------------------
 
     def flush(self) -> None:
         """Write the index if anything changed since it was last written; then
         flush the store under this one, as every wrapper does."""
-        self._write_index()
+        self._names.flush()
         self.inner.flush()
 
     def forked(self) -> None:
-        self._lock = threading.RLock()  # held, maybe, by a thread the fork left behind
+        self._names.forked()
         self.inner.forked()
 
     def location(self) -> str:
         return self.inner.location()
-
-    def _write_index(self) -> None:
-        with self._lock:
-            if not self._pending:
-                return
-            st = self.inner.stat(INDEX_KEY)
-            current = None if st is None else st.checksum
-            # Re-read unless the index is, by its digest, the one we know.
-            if self._index is None or current is None or current != self._index_sum:
-                self._index, _ = self._read_index()
-            index = dict(self._index)
-            for k, e in self._pending.items():
-                if e is None:
-                    index.pop(k, None)
-                else:
-                    index[k] = e
-            data = json.dumps({"v": 1, "keys": index}, sort_keys=True,
-                              separators=(",", ":")).encode()
-            blob = self._encrypt_bytes(_INDEX_NAME, data)
-            self.inner.put(INDEX_KEY, blob)
-            self._index = index
-            self._index_sum = hashlib.sha256(blob).hexdigest()
-            self._pending.clear()
-            self._last_flush = time.monotonic()
