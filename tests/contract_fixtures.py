@@ -306,7 +306,10 @@ def contract_mirror(request: pytest.FixtureRequest,
                     tmp_path_factory: pytest.TempPathFactory) -> PushedMirror:
     """KNOWN, prepared in a local repository and pushed with `ketch mirror push`."""
     server = request.getfixturevalue("s3_server")
-    path = request.getfixturevalue("contract_local_prepared")
+    # A copy: the push keeps its record in the repository it pushed
+    # (refs/ketch/mirror), and the local backend's tests copy the prepared one.
+    path = _copy(request.getfixturevalue("contract_local_prepared"),
+                 tmp_path_factory.mktemp("pushed") / "contract")
     env = {"KETCH_S3_ENDPOINT": server["endpoint"], "AWS_ACCESS_KEY_ID": server["access_key"],
            "AWS_SECRET_ACCESS_KEY": server["secret_key"], "AWS_DEFAULT_REGION": server["region"],
            "AWS_EC2_METADATA_DISABLED": "true"}

@@ -1,12 +1,14 @@
 """`ketch fsck` on a local repository made by real `ketch save`s: clean (and git
 fsck agrees), then each kind of damage a disk can do, found, located (pack and
-offset) and named by the save and path it damages; caches are warnings."""
+offset) and named by the save and path it damages; caches are warnings. Each
+check is kept in the repository (refs/ketch/fsck), on a backup server too."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import pwd
 import shutil
 import struct
 import subprocess
@@ -16,12 +18,17 @@ from pathlib import Path
 
 import pytest
 
+from ketch import reportlog
 from ketch.git.idx import PackIndex
 from ketch.git.midx import write_midx
 from ketch.integrity import parity
 from ketch.integrity.fsck import check_repository
 from ketch.localrepo import LocalRepository
 from tests.conftest import RunKetch, _subprocess_env
+from tests.gitutil import git
+from tests.remote.conftest import sshd  # noqa: F401 - a fixture
+from tests.remote.test_remote import KETCH_SERVER, Machine
+from tests.services.sshd import SshServer
 
 
 def _ketch(*args: str | Path) -> None:
@@ -81,7 +88,8 @@ def test_clean_repository_exit_0_and_git_agrees(repo: Path, run_ketch: RunKetch)
                           capture_output=True).returncode == 0
     quick = run_ketch("fsck", "-d", repo, "--quick", "--json")
     report = json.loads(quick.stdout)
-    assert quick.returncode == 0 and report["ok"] and report["quick"] and report["refs"] == 1
+    # refs/heads/web1, and refs/ketch/fsck where the first check keeps its record
+    assert quick.returncode == 0 and report["ok"] and report["quick"] and report["refs"] == 2
     packs = len(list((repo / "objects" / "pack").glob("*.pack")))
     assert packs >= 2
     # Half the packs (rounded up), at random.
@@ -215,15 +223,102 @@ def test_bad_input_is_one_line(tmp_path: Path, run_ketch: RunKetch) -> None:
     assert out.returncode == 2 and b"Traceback" not in out.stderr
 
 
+def _records(repo: Path) -> list[dict]:
+    with LocalRepository(str(repo)) as r:
+        return [s.data for s in reportlog.history(r, "fsck")]
+
+
+def test_each_check_is_kept_in_the_repository(repo: Path, run_ketch: RunKetch) -> None:
+    first = json.loads(run_ketch("fsck", "-d", repo, "--read-data=50", "--json",
+                                 check=True).stdout)
+    [rec] = _records(repo)
+    assert rec["ok"] is True and rec["exit_code"] == 0 and rec["errors"] == []
+    assert rec["read_data"] == 50.0 and rec["quick"] is False
+    assert [rec[k] for k in ("packs", "packs_read", "objects", "objects_reachable", "refs")] == [
+        first[k] for k in ("packs", "packs_read", "objects", "objects_reachable", "refs")]
+    assert rec["problems"] == 0 and rec["summary"].startswith("ok: ")
+    # The second check sees the first's record (a ref, a pack), and adds its own.
+    second = json.loads(run_ketch("fsck", "-d", repo, "--json", check=True).stdout)
+    assert second["refs"] == first["refs"] + 1 and second["packs"] == first["packs"] + 1
+    again = _records(repo)
+    assert len(again) == 2 and again[1] == rec and again[0]["read_data"] == 0.0
+    git(repo, "fsck", "--strict", "--no-dangling")
+
+    _big_pack(repo).with_suffix(".idx").unlink()
+    out = run_ketch("fsck", "-d", repo, "-q")
+    assert out.returncode == 2
+    damaged = _records(repo)[0]
+    assert damaged["ok"] is False and damaged["exit_code"] == 2 and damaged["damaged"] > 0
+    assert damaged["summary"].startswith("DAMAGED: ")
+    assert damaged["errors"] and damaged["errors"][0].startswith("damaged: ")
+    assert len(damaged["errors"]) == min(damaged["problems"], 10)
+
+
+def test_a_record_that_cannot_be_kept_is_a_warning(repo: Path, run_ketch: RunKetch) -> None:
+    """A ref lock a crashed writer left behind: the check is clean, says so,
+    and says why no record was kept (exit 1)."""
+    (repo / "refs" / "ketch").mkdir()
+    (repo / "refs" / "ketch" / "fsck.lock").write_text("")
+    out = run_ketch("fsck", "-d", repo, "--quick", "--json")
+    report = json.loads(out.stdout)
+    assert out.returncode == 1 == report["exit_code"]
+    [p] = report["problems"]
+    assert p["severity"] == "warning" and p["what"] == "report"
+    assert p["message"].startswith("fsck report not stored: cannot lock ref refs/ketch/fsck")
+    assert _records(repo) == []
+
+
+def test_run_as_root_the_record_stays_the_owners(repo: Path, run_ketch: RunKetch) -> None:
+    """`sudo ketch fsck -d` on the backup server, in a machine's repository: the
+    machine's forced-command server, running as its owner, must go on writing it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to give a repository to another user")
+    nobody = pwd.getpwnam("nobody")
+    for p in [repo, *repo.rglob("*")]:
+        os.lchown(p, nobody.pw_uid, nobody.pw_gid)
+    run_ketch("fsck", "-d", repo, "--quick", check=True)
+    assert len(_records(repo)) == 1
+    assert {p.stat().st_uid for p in repo.rglob("*")} == {nobody.pw_uid}
+
+
 def test_all_root_one_good_one_damaged(made: Path, tmp_path: Path, run_ketch: RunKetch) -> None:
     root = tmp_path / "root"
     shutil.copytree(made, root / "good")
     shutil.copytree(made, root / "bad")
     _big_pack(root / "bad").unlink()
+    if os.geteuid() == 0:  # as on a backup server: each repository its machine user's
+        nobody = pwd.getpwnam("nobody")
+        for p in [root / "good", *(root / "good").rglob("*")]:
+            os.lchown(p, nobody.pw_uid, nobody.pw_gid)
     out = run_ketch("fsck", "--all", root)
     assert out.returncode == 2
     text = out.stdout.decode()
     assert "good  ok" in text and "bad   DAMAGED" in text
+    [good] = _records(root / "good")
+    [bad] = _records(root / "bad")
+    assert (good["exit_code"], bad["exit_code"]) == (0, 2)
+    assert any("missing" in e for e in bad["errors"]), bad["errors"]
+    git(root / "good", "fsck", "--strict", "--no-dangling")
+    if os.geteuid() == 0:
+        # What the record wrote (a pack, the ref, its reflog) is the owner's again.
+        assert {p.stat().st_uid for p in (root / "good").rglob("*")} == {nobody.pw_uid}
+
+
+def test_fsck_over_ssh_keeps_its_record_on_the_server(
+        made: Path, tmp_path: Path, sshd: SshServer, run_ketch: RunKetch) -> None:  # noqa: F811
+    """The server checks its repository; the client keeps the record there
+    through update-ref, which an append-only key allows for refs/ketch/*."""
+    repo = tmp_path / "srv" / "web1"
+    shutil.copytree(made, repo)
+    m = Machine.new(sshd, "fsck-record-append-only",
+                    forced=f"{KETCH_SERVER} --append-only")
+    for _ in range(2):
+        out = run_ketch("fsck", "-r", m.url(repo), "--read-data", env=m.env)
+        assert out.returncode == 0, out.stdout + out.stderr
+    records = _records(repo)
+    assert [(r["ok"], r["read_data"]) for r in records] == [(True, 100.0), (True, 100.0)]
+    assert records[0]["refs"] == records[1]["refs"] + 1
+    git(repo, "fsck", "--strict", "--no-dangling")
 
 
 @pytest.mark.skipif(not parity.available(), reason="par2 is not installed")

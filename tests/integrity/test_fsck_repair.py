@@ -1,10 +1,12 @@
 """The user's path through a damaged pack, on the command line: `ketch fsck -g`
 makes parity, the damage (flipped bytes, a zeroed 4 KiB block, a truncated
 pack) makes `ketch fsck` exit 2, `ketch fsck --repair` puts the pack back to
-the byte, and git agrees the repository is whole."""
+the byte, and git agrees the repository is whole. The pack each check's record
+(refs/ketch/fsck) is kept in is protected by -g like the rest."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -12,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from ketch import reportlog
 from ketch.integrity import parity
+from ketch.localrepo import LocalRepository
 from tests.conftest import RunKetch, _subprocess_env
-from tests.integrity.parityutil import DAMAGE, need_par2, packs, saved_repo, sha256, the_pack
+from tests.integrity.parityutil import DAMAGE, need_par2, packs, saved_repo, sha256
 from tests.lifecycle.gcsetup import fsck as git_fsck
 
 
@@ -27,8 +31,14 @@ def protected(tmp_path_factory: pytest.TempPathFactory) -> Path:
     p = subprocess.run([sys.executable, "-m", "ketch", "fsck", "-d", str(repo), "-g"],
                        capture_output=True, env=_subprocess_env(None), timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert all(parity.verify(pack) for pack in packs(repo))
+    # The save's pack, and the one holding the check's record: both protected.
+    assert len(packs(repo)) == 2 and all(parity.verify(pack) for pack in packs(repo))
     return repo
+
+
+def _data_pack(repo: Path) -> str:
+    """The save's pack (the record's is a few hundred bytes)."""
+    return max(packs(repo), key=os.path.getsize)
 
 
 @pytest.mark.parametrize("how", list(DAMAGE))
@@ -36,7 +46,7 @@ def test_fsck_finds_and_repair_restores(protected: Path, tmp_path: Path, run_ket
                                         how: str) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(protected, repo)
-    pack = the_pack(repo)
+    pack = _data_pack(repo)
     original = sha256(pack)
     DAMAGE[how](pack)
 
@@ -49,4 +59,8 @@ def test_fsck_finds_and_repair_restores(protected: Path, tmp_path: Path, run_ket
     assert b"repaired from its parity" in fixed.stdout
     assert sha256(pack) == original
     assert parity.verify(pack) is True
+    with LocalRepository(str(repo)) as r:
+        records = [s.data for s in reportlog.history(r, "fsck")]
+    assert [(d["exit_code"], d["repairs"]) for d in records] == [
+        (fixed.returncode, 1), (2, 0), (0, 0)]  # newest first: --repair, the finding, -g
     git_fsck(repo)

@@ -1,6 +1,7 @@
 """`ketch run` end to end: a config written by `config init`, checked, run; a
 failing dump fails the run loudly and leaves the previous good save latest;
-pings reach a real local HTTP server."""
+pings reach a real local HTTP server; an interrupted run is logged and its
+report kept in the repository, on a backup server over ssh too."""
 
 from __future__ import annotations
 
@@ -17,11 +18,16 @@ from pathlib import Path
 
 import pytest
 
+from ketch import reportlog
 from ketch.jobs.config import load_config
 from ketch.jobs.configwrite import render_config
 from ketch.jobs.model import DumpSpec
+from ketch.localrepo import LocalRepository
 from tests.conftest import RunKetch, _subprocess_env
 from tests.gitutil import git
+from tests.remote.conftest import sshd  # noqa: F401 - a fixture
+from tests.remote.test_remote import KETCH_SERVER, Machine
+from tests.services.sshd import SshServer
 
 
 @pytest.fixture
@@ -176,10 +182,11 @@ command = ["sh", "-c", "echo begun; touch {started}; exec sleep 60"]
     return cfg, log, started
 
 
-def _start_run(cfg: Path, started: Path) -> subprocess.Popen[bytes]:
+def _start_run(cfg: Path, started: Path,
+               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, "-m", "ketch", "run", "-c", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, env=_subprocess_env(None),
+                            stdin=subprocess.DEVNULL, env=_subprocess_env(env),
                             start_new_session=True)
     deadline = time.monotonic() + 60
     while not started.exists():  # the dump is under way
@@ -213,6 +220,51 @@ def test_an_interrupted_run_writes_its_log_line(tmp_path: Path, sig: signal.Sign
     assert entry["status"] == "FAILED" and entry["exit_code"] == 2
     assert entry["errors"] == ["interrupted during dump slow: the run did not finish"]
     assert "  error: interrupted during dump slow: the run did not finish" in log.read_text()
+    # And in the repository, for the dashboard: the run that did not finish.
+    repo = tmp_path / "repo"
+    with LocalRepository(str(repo)) as r:
+        stored = reportlog.latest(r, "run")
+        assert r.read_ref(b"refs/heads/slow") is None  # the dump saved nothing
+    assert stored is not None and stored.data["exit_code"] == 2
+    assert stored.data["errors"] == entry["errors"] and stored.data["items"] == []
+    git(repo, "fsck", "--strict")
+
+
+def test_a_run_interrupted_over_ssh_keeps_its_report_on_the_server(
+        sshd: SshServer, tmp_path: Path) -> None:  # noqa: F811
+    """SIGTERM in the middle of a dump's stream cuts the ssh session (the server
+    keeps what arrived whole): the report goes to the server through a new one."""
+    repo = tmp_path / "srv" / "web1"
+    subprocess.run([sys.executable, "-m", "ketch", "init", "-d", str(repo)], check=True,
+                   capture_output=True, env=_subprocess_env(None))
+    m = Machine.new(sshd, "run-interrupted-over-ssh", forced=f"{KETCH_SERVER} --append-only")
+    started, log = tmp_path / "started", tmp_path / "ketch.log"
+    cfg = _write(tmp_path / "ketch.toml", f'''repository = "{m.url(repo)}"
+lock_file = "{tmp_path / 'run.lock'}"
+log_file = "{log}"
+
+[[dump]]
+name = "slow"
+type = "command"
+command = ["sh", "-c", "head -c 3000000 /dev/urandom; touch {started}; exec sleep 60"]
+''')
+    proc = _start_run(cfg, started, m.env)
+    try:
+        time.sleep(0.3)  # the dump's bytes on their way to the server
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 2, err
+    [entry] = _log_entries(log)
+    assert entry["warnings"] == [], entry  # stored: no "run report not stored"
+    with LocalRepository(str(repo)) as r:
+        stored = reportlog.latest(r, "run")
+        assert r.read_ref(b"refs/heads/slow") is None
+    assert stored is not None and stored.data["exit_code"] == 2
+    assert stored.data["errors"] == ["interrupted during dump slow: the run did not finish"]
+    git(repo, "fsck", "--strict")
 
 
 def test_a_refused_overlapping_run_writes_its_log_line(tmp_path: Path,

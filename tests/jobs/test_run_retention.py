@@ -1,7 +1,8 @@
 """Retention in `ketch run`: after the saves, each set and dump is pruned by its
 policy, the garbage that freed is collected, and the report says what was kept,
 removed and reclaimed; where the repository may not lose saves (an S3 mirror),
-one note, and the run's exit code is the saves' own."""
+one note, and the run's exit code is the saves' own. The run reports kept on
+refs/ketch/run outlive the gc, and say what retention did."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import json
 import os
 from pathlib import Path
 
+from ketch import reportlog
 from ketch.jobs.model import BackupSet, Config, DumpSpec
 from ketch.jobs.runner import run_jobs
-from ketch.localrepo import init_repository
+from ketch.localrepo import LocalRepository, init_repository
 from tests.conftest import RunKetch
 from tests.gitutil import git
 from tests.offsite.conftest import S3Server, s3_env, s3_server, s3_url  # noqa: F401
@@ -61,6 +63,14 @@ def test_each_branch_is_pruned_by_its_policy_then_garbage_collected(
     assert len(_saves(repo, "data")) == 2 and len(_saves(repo, "keep")) == 3
     assert len(_saves(repo, "db")) == 1
     assert _pack_bytes(repo) < 7_000_000  # two 3 MB files left, not three
+    # Every run's report is still there after the gc (its roots are all refs).
+    with LocalRepository(str(repo)) as r:
+        stored = reportlog.history(r, "run")
+    assert [s.data["exit_code"] for s in stored] == [0, 0, 0]
+    newest = stored[0].data
+    assert [(b["name"], b["kept"], b["removed"]) for b in newest["retention"]] == [
+        ("data", 2, 1), ("db", 1, 1)]
+    assert newest["gc"]["bytes_reclaimed"] == last.gc["bytes_reclaimed"]
     git(repo, "fsck", "--strict")
     # The newest save holds exactly what was saved last.
     out = tmp_path / "out"
@@ -104,6 +114,7 @@ def test_a_read_only_mirror_gets_a_note_not_a_failure(
     # The save fails (exit 2, as without retention); retention adds a note, not a failure.
     assert proc.returncode == 2, proc.stderr
     assert "read-only" in report["items"][0]["error"]
-    assert report["notes"] == [
-        "retention not applied: an S3 mirror is read-only; push to it with ketch mirror push"]
-    assert report["retention"] == []
+    read_only = "an S3 mirror is read-only; push to it with ketch mirror push"
+    assert report["notes"] == [f"retention not applied: {read_only}",
+                               f"run report not stored in the repository: {read_only}"]
+    assert report["retention"] == [] and report["warnings"] == []

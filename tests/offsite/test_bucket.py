@@ -237,6 +237,24 @@ def test_nightly_run_into_a_bucket(run_ketch: RunKetch, s3_env: S3Server,
     assert r.returncode == 0 and r.stdout == b"" and r.stderr == b"", r.stderr
     listed = run_ketch("ls", "-r", url, "app", check=True).stdout.decode().split()
     assert listed[-1] == "latest" and len(listed) == 2, listed
+    # The run's report is in the bucket too, and fsck there (whose walk starts
+    # at every ref) finds it whole, then keeps its own beside it.
+    from ketch import reportlog
+    from ketch.remote.location import open_location
+
+    for _ in range(2):
+        fsck = run_ketch("fsck", "-r", url, "--json")
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    with open_location(url, endpoint_url=s3_env["endpoint"]) as repo:
+        stored = reportlog.latest(repo, "run")
+        assert stored is not None and stored.data["exit_code"] == 0
+        [item] = stored.data["items"]
+        assert item["name"] == "app" and item["commit"] == (
+            repo.read_ref(b"refs/heads/app") or b"").hex()
+        checks = reportlog.history(repo, "fsck")
+    assert [c.data["ok"] for c in checks] == [True, True]
+    assert checks[1].data["refs"] == 2  # refs/heads/app and refs/ketch/run
+    assert checks[0].data["refs"] == 3  # and the first check's refs/ketch/fsck
 
 
 def test_a_pack_is_created_once(s3_url: str, tmp_path: Path) -> None:

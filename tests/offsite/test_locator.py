@@ -290,10 +290,13 @@ def test_a_mirror_push_names_a_locator_and_keeps_it(run_ketch: RunKetch, s3_env:
     m = read_manifest(store, "web1")
     assert m is not None and m.locator is not None and len(m.packs) >= 2
     assert m.locator_objects == sum(locator.objects_in(p.idx.size) for p in m.packs)
-    # Nothing new: the same manifest, the same locator.
+    # Nothing new but the first push's record (refs/ketch/mirror, a small pack):
+    # the locator stays.
     run_ketch("mirror", "push", repo, base, check=True)
     again = read_manifest(store, "web1")
-    assert again is not None and again.locator == m.locator and again.generation == m.generation
+    assert again is not None and again.locator == m.locator
+    assert again.generation == m.generation + 1 and len(again.packs) == len(m.packs) + 1
+    assert "refs/ketch/mirror" in again.refs and "refs/ketch/mirror" not in m.refs
     out = tmp_path / "out"
     run_ketch("restore", "-r", f"{base}/web1", "-C", out, "m/latest/", check=True)
     _same(trees[-1], out)

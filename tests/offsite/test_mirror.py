@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import pwd
 import random
 import shutil
 import signal
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from ketch import reportlog
 from ketch.errors import CorruptObject, KetchError
 from ketch.git.idx import write_idx_v2
 from ketch.localrepo import LocalRepository
@@ -242,10 +244,61 @@ def test_push_uploads_only_what_is_new(mirror: Mirror, small_repo: Path, tmp_pat
 
 def test_dry_run_uploads_nothing(tmp_path: Path, small_repo: Path) -> None:
     store = DirStore(str(tmp_path / "bucket"))
-    report = push([str(small_repo)], store, dry_run=True)
+    before = _local_refs(small_repo)
+    report = push([str(small_repo)], store, dry_run=True, record_as="s3://bucket/mirror")
     assert report.repos[0].uploaded_files == len(_pack_files(small_repo))
     assert "would upload" in report.text()
     assert list(store.list("")) == []
+    assert _local_refs(small_repo) == before  # no record of a push that did not happen
+
+
+def test_each_push_is_recorded_in_its_repository(tmp_path: Path, small_repo: Path) -> None:
+    """Pushed, failed, or pushed with a record that could not be kept (a ref
+    lock a crashed writer left behind): the push's own result stands."""
+    store = DirStore(str(tmp_path / "bucket"))
+    borrowing = small_repo.parent / "borrowing"
+    shutil.copytree(small_repo, borrowing, symlinks=True)
+    (borrowing / "objects" / "info" / "alternates").write_text(f"{small_repo}/objects\n")
+    report = push([str(borrowing), str(small_repo)], store,
+                  record_as="s3://user:secret@bucket/mirror/")
+    assert report.exit_code == 2 and report.repos[1].warnings == []
+    with LocalRepository(str(borrowing)) as r:
+        [failed] = reportlog.history(r, "mirror")
+    assert failed.data["ok"] is False and "alternates" in failed.data["error"]
+    assert failed.data["store"] == "s3://bucket/mirror" and failed.data["uploaded_files"] == 0
+    with LocalRepository(str(small_repo)) as r:
+        [pushed] = reportlog.history(r, "mirror")
+    assert pushed.data["ok"] is True and pushed.data["error"] is None
+    assert pushed.data["uploaded_files"] == report.repos[1].uploaded_files > 0
+    assert pushed.data["manifest_written"] is True and pushed.data["generation"] == 1
+
+    lock = small_repo / "refs" / "ketch" / "mirror.lock"
+    lock.write_text("")
+    stuck = push([str(small_repo)], store, record_as="s3://bucket/mirror")
+    [warning] = stuck.repos[0].warnings
+    assert stuck.exit_code == 1 and stuck.repos[0].error is None
+    assert warning.startswith("mirror report not stored: cannot lock ref refs/ketch/mirror")
+    assert "  warning: mirror report not stored" in stuck.text()
+    assert read_manifest(store, "small") is not None
+    lock.unlink()
+    with LocalRepository(str(small_repo)) as r:
+        assert len(reportlog.history(r, "mirror")) == 1
+    git(small_repo, "fsck", "--strict", "--no-dangling")
+
+
+def test_run_as_root_the_record_stays_the_owners(tmp_path: Path, small_repo: Path) -> None:
+    """A push runs as root on the backup server; a repository belongs to its
+    machine's user, whose forced-command server must go on writing it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to give a repository to another user")
+    nobody = pwd.getpwnam("nobody")
+    for p in [small_repo, *small_repo.rglob("*")]:
+        os.lchown(p, nobody.pw_uid, nobody.pw_gid)
+    report = push([str(small_repo)], DirStore(str(tmp_path / "bucket")),
+                  record_as="s3://bucket/mirror")
+    assert report.exit_code == 0, report.text()
+    assert (small_repo / "refs" / "ketch" / "mirror").exists()
+    assert {p.stat().st_uid for p in small_repo.rglob("*")} == {nobody.pw_uid}
 
 
 def test_interrupted_push_resumes(mirror: Mirror, small_repo: Path) -> None:
@@ -546,10 +599,29 @@ def test_cli_push_verify_pull(s3_mirror: Mirror, small_repo: Path, tmp_path: Pat
         head = client.head_object(Bucket=s3_mirror.bucket, Key=f"mirror/{key}")
         assert head.get("StorageClass", "STANDARD") == (
             "STANDARD_IA" if key.endswith(".pack") else "STANDARD"), key
+    # Each repository keeps a record of its push, which the dashboard reads.
+    for name in ("second", "small"):
+        with LocalRepository(str(server / name)) as local:
+            [rec] = reportlog.history(local, "mirror")
+        pushed = next(r for r in doc["repositories"] if r["name"] == name)
+        assert rec.data["action"] == "push" and rec.data["ok"] is True
+        assert rec.data["store"] == url and rec.data["name"] == name
+        assert rec.data["error"] is None and abs(rec.data["time"] - time.time()) < 600
+        assert [rec.data[k] for k in ("uploaded_files", "uploaded_bytes", "packs")] == [
+            pushed[k] for k in ("uploaded_files", "uploaded_bytes", "packs")]
+    # The record is new in the repository: the next push carries it to the mirror.
     partly = run_ketch("mirror", "push", small_repo, tmp_path / "nope", url)
     text = partly.stdout.decode()
     assert partly.returncode == 2 and "nope: FAILED: " in text
-    assert "manifest unchanged" in text and "small: uploaded 0 files" in text
+    assert "manifest generation 2" in text and "small: uploaded 2 files" in text
+    assert not (tmp_path / "nope").exists()  # a path that is no repository gets no record
+    with LocalRepository(str(small_repo)) as local:
+        records = reportlog.history(local, "mirror")
+    assert [r.data["generation"] for r in records] == [2, 1]
+    with StoreRepository(s3_mirror.store, "small", url=s3_mirror.repo_url("small")) as sr:
+        carried = reportlog.latest(sr, "mirror")
+    assert carried is not None and carried.commit == records[1].commit
+    git(small_repo, "fsck", "--strict", "--no-dangling")
 
     v = run_ketch("mirror", "verify", url, "--read-data=50", "--json", check=True)
     assert all(r["ok"] and r["packs_read"] >= 2 for r in json.loads(v.stdout)["repositories"])

@@ -41,3 +41,7 @@ def test_fsck_of_a_mirrored_repository_finds_a_damaged_pack(s3_mirror: Mirror,  
     report = json.loads(out.stdout)
     assert out.returncode == 2 == report["exit_code"]
     assert any(p["message"].startswith(bad) for p in report["problems"]), report
+    # A mirror is read-only: the check keeps no record there, and says nothing of it.
+    assert not [p for p in report["problems"] if p["what"] == "report"]
+    with open_location(url) as mirrored:
+        assert mirrored.read_ref(b"refs/ketch/fsck") is None

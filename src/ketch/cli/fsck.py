@@ -1,16 +1,18 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
-from ketch.cli.common import open_repo, repo_option
+from ketch.cli.common import open_repo, repo_option, where
 from ketch.cli.fleetout import render_fleet
 from ketch.cli.fsckout import text
 from ketch.cli.termprogress import PhaseMeter, show_progress
 from ketch.errors import UsageError
 from ketch.integrity.fleetcheck import fsck_all
 from ketch.integrity.fsck import FsckRun
+from ketch.integrity.fsckrecord import store_fsck_report
 from ketch.interrupt import reported_as
 
 
@@ -43,6 +45,9 @@ def command(ctx: click.Context, /, repo_dir: str | None, root: str | None, quick
     something is damaged or missing. Each damaged object is named once, by
     the first save and path that need it. Over ssh the server does the
     reading; in a bucket (a mirror or a repository of its own) it is `mirror verify`'s check.
+
+    The result is kept in the repository (refs/ketch/fsck) where it may be
+    written, for the backup server's dashboard.
     """
     meter = PhaseMeter() if show_progress() and not quiet else None
     job = FsckRun(quick=quick, read_data=read_data, generate=generate, repair=repair,
@@ -51,7 +56,16 @@ def command(ctx: click.Context, /, repo_dir: str | None, root: str | None, quick
         if repo_dir is not None or ctx.meta.get("ketch.remote"):
             raise UsageError("give -d/-r or --all ROOT, not both")
         return render_fleet(fsck_all(root, job), as_json)
-    report = open_repo(ctx, repo_dir).check_integrity(job)
+    repo = open_repo(ctx, repo_dir)
+    report = repo.check_integrity(job)
+    stored = store_fsck_report(repo, report, job.options)
+    w = where(ctx, repo_dir)
+    if (stored or job.writes) and w.kind != "remote" and os.path.isdir(w.location):
+        from ketch.lifecycle.fleet import give_back
+
+        # Run as root on the backup server, in a machine's repository: what this
+        # wrote must stay writable by that machine's server, which runs as its owner.
+        give_back(w.location)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     elif not quiet or report["problems"] or report.get("repairs"):

@@ -67,7 +67,10 @@ def command() -> None:
 def push_cmd(args: tuple[str, ...], all_dir: str | None, dry_run: bool,
              storage_class: str | None, endpoint_url: str | None, encrypt_key: str | None,
              as_json: bool) -> int:
-    """Upload what is new in the repositories: packs, idx files, then a manifest."""
+    """Upload what is new in the repositories: packs, idx files, then a manifest.
+
+    Each repository keeps a record of its push (refs/ketch/mirror), which the
+    next push uploads: the backup server's dashboard reads it there."""
     from ketch.offsite.push import find_repositories, push
 
     *repos, url = args
@@ -77,7 +80,7 @@ def push_cmd(args: tuple[str, ...], all_dir: str | None, dry_run: bool,
         raise UsageError("name the repositories to push, or --all DIR")
     store = _store(url, endpoint_url, encrypt_key)
     report = push(repos, store, dry_run=dry_run, storage_class=storage_class,
-                  progress=_progress("Uploading", as_json))
+                  progress=_progress("Uploading", as_json), record_as=url)
     return _report(report, as_json)
 
 

@@ -1,9 +1,12 @@
 """`ketch fsck --all ROOT`: every repository under ROOT checked, one line
-each (its full report in --json); the exit status is the worst of them."""
+each (its full report in --json); the exit status is the worst of them. Each
+keeps its result on refs/ketch/fsck (ketch.integrity.fsckrecord), given back
+to the repository's owner afterwards when run as root (each_repository)."""
 
 from __future__ import annotations
 
 from ketch.integrity.fsck import FsckRun
+from ketch.integrity.fsckrecord import store_fsck_report
 from ketch.lifecycle.fleet import FleetReport, MachineResult, each_repository
 from ketch.localrepo import LocalRepository
 from ketch.text import plural
@@ -14,6 +17,7 @@ def fsck_all(root: str, job: FsckRun) -> FleetReport:
 
     def one(name: str, repo: LocalRepository) -> MachineResult:
         got = repo.check_integrity(job)
+        store_fsck_report(repo, got, job.options)
         problems = got["problems"]
         if not problems:
             summary = (f"ok ({plural(got['packs'], 'pack')}, "

@@ -10,6 +10,12 @@ pruned (a failing item's history is left alone until it saves again), and if
 that removed anything, the repository's garbage is collected. A repository
 that may not lose saves (an S3 mirror, a backup server's append-only key) gets
 a note, not a failure: retention is applied where that repository is written.
+
+Then, while the repository is still open, the report is committed onto its
+`refs/ketch/run` (ketch.reportlog): the backup server's dashboard learns how
+each machine's run went, failed and interrupted runs above all, from the
+repositories alone. A repository that cannot be written (an S3 mirror) gets a
+note; any other failure to store it is a warning of the run, never its end.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
+from ketch import reportlog
 from ketch.errors import EXIT_FAILED, EXIT_OK, EXIT_WARNINGS, KetchError, UsageError
 from ketch.excludes import ExcludeRules
 from ketch.index import Index
@@ -35,7 +42,7 @@ from ketch.jobs.model import BackupSet, Config, DumpSpec
 from ketch.jobs.retention import RetentionReport, apply_retention
 from ketch.progress import NullProgress, Progress
 from ketch.remote.location import open_location
-from ketch.repo import Repository
+from ketch.repo import ReadOnlyRepository, Repository
 from ketch.save import SaveOptions, save
 from ketch.snapshot import save_index_path
 from ketch.text import plural
@@ -220,7 +227,7 @@ def run_jobs(cfg: Config, *, only: list[str] | None = None,
         with run_lock(default_lock_path(cfg)):
             if notifier is not None:
                 report.warnings.extend(notifier.start())
-            _run_items(cfg, report, sets, dumps, progress_for, running)
+            _run_items(cfg, report, sets, dumps, progress_for, running, t0)
             report.seconds = time.monotonic() - t0
             if notifier is not None:
                 report.warnings.extend(notifier.finish(report.exit_code, report.text(),
@@ -234,8 +241,7 @@ def run_jobs(cfg: Config, *, only: list[str] | None = None,
         _log(log_path, report)
         raise
     except KeyboardInterrupt:  # SIGINT, or SIGTERM turned into it
-        during = f" during {running[-1]}" if running else ""
-        report.errors.append(f"interrupted{during}: the run did not finish")
+        _interrupted(report, running)
         report.seconds = time.monotonic() - t0
         _log(log_path, report)
         raise
@@ -247,11 +253,19 @@ def _log(log_path: str | None, report: RunReport) -> None:
         report.warnings.append(problem)
 
 
+def _interrupted(report: RunReport, running: list[str]) -> None:
+    during = f" during {running[-1]}" if running else ""
+    message = f"interrupted{during}: the run did not finish"
+    if message not in report.errors:  # said already, in the report stored in the repository
+        report.errors.append(message)
+
+
 def _run_items(cfg: Config, report: RunReport, sets: list[BackupSet], dumps: list[DumpSpec],
-               progress_for: ProgressFor, running: list[str]) -> None:
+               progress_for: ProgressFor, running: list[str], t0: float) -> None:
+    reopen = partial(open_location, cfg.repository, endpoint_url=cfg.s3_endpoint,
+                     encrypt_key=cfg.encrypt_key)
     try:
-        repo = open_location(cfg.repository, endpoint_url=cfg.s3_endpoint,
-                             encrypt_key=cfg.encrypt_key)
+        repo = reopen()
     except KetchError as e:
         report.errors.append(f"repository {cfg.repository}: {e}")
         return
@@ -280,11 +294,61 @@ def _run_items(cfg: Config, report: RunReport, sets: list[BackupSet], dumps: lis
         report.warnings.extend(done.warnings)
         report.notes.extend(done.notes)
         running.clear()
+    except KeyboardInterrupt:
+        # An interrupted run is one the dashboard must show: its report is
+        # stored before the interruption goes on (a second signal cuts that short).
+        _interrupted(report, running)
+        report.seconds = time.monotonic() - t0
+        store_report(repo, report, reopen)
+        raise
+    else:
+        report.seconds = time.monotonic() - t0
+        store_report(repo, report)
     finally:
         try:
             repo.close()
         except KetchError as e:
             report.warnings.append(f"closing the repository: {e}")
+
+
+def store_report(repo: Repository, report: RunReport,
+                 reopen: Callable[[], Repository] | None = None) -> str | None:
+    """Commit the report onto refs/ketch/run; its id, or None with a note (the
+    repository is read-only) or a warning (anything else) on the report.
+    `reopen`: where `repo` failed, a second try through a new one (an
+    interrupted run's: an interrupt cuts a server's session, whose stream may
+    have stopped in the middle of an object)."""
+    try:
+        commit = reportlog.store(repo, "run", report.as_dict(), report.status)
+    except ReadOnlyRepository as e:
+        report.notes.append(f"run report not stored in the repository: {e}")
+        return None
+    except Exception as e:
+        # Whatever went wrong, the saves are done: the notification and the log
+        # line that follow must still go out, so this cannot end the run.
+        problem = e
+    else:
+        try:
+            # Housekeeping after a commit, as after a save's: with par2 on, the
+            # report's pack gets its parity like every other pack.
+            repo.writable().maintain()
+        except Exception as e:
+            report.warnings.append(f"after storing the run report: {_why(e)}")
+        return commit
+    if reopen is not None:
+        try:
+            with reopen() as again:
+                return reportlog.store(again, "run", report.as_dict(), report.status)
+        except Exception:
+            pass  # the first failure is the one worth telling
+    report.warnings.append(f"run report not stored: {_why(problem)}")
+    return None
+
+
+def _why(e: Exception) -> str:
+    if isinstance(e, OSError) and not isinstance(e, KetchError):
+        return f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}"
+    return str(e) or type(e).__name__
 
 
 def _one(kind: str, name: str, progress_for: ProgressFor,

@@ -21,6 +21,11 @@ explodes unreachable objects into them). Rather than refuse, they are packed
 into one extra pack in a temporary directory, sorted by id with a fixed zlib
 level, so the same loose objects give the same pack name on every push and it
 is uploaded once; `mirror pull` restores it as an ordinary pack.
+
+Given the store's URL (`record_as`, as the command line does), each repository
+then records its push, pushed or failed, on its own `refs/ketch/mirror`
+(ketch.offsite.mirrorlog); the next push carries that record to the mirror.
+Failing to record is a warning of that repository's push, not a failure.
 """
 
 from __future__ import annotations
@@ -33,13 +38,20 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ketch.errors import EXIT_FAILED, EXIT_OK, KetchError, NotARepository, UsageError
+from ketch.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_WARNINGS,
+    KetchError,
+    NotARepository,
+    UsageError,
+)
 from ketch.git.idx import write_idx_v2
 from ketch.git.loose import iter_loose_ids, read_loose
 from ketch.git.pack import encode_entry
 from ketch.git.refs import Refs
 from ketch.integrity import parity
-from ketch.offsite import locator
+from ketch.offsite import locator, mirrorlog
 from ketch.offsite.manifest import (
     FileEntry,
     Manifest,
@@ -84,6 +96,7 @@ class RepoPushReport:
     generation: int = 0
     seconds: float = 0.0
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -101,7 +114,9 @@ class PushReport:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_FAILED if self.failed else EXIT_OK
+        if self.failed:
+            return EXIT_FAILED
+        return EXIT_WARNINGS if any(r.warnings for r in self.repos) else EXIT_OK
 
     def text(self) -> str:
         verb = "would upload" if self.dry_run else "uploaded"
@@ -110,6 +125,7 @@ class PushReport:
         for r in self.repos:
             if r.error is not None:
                 lines.append(f"{r.name}: FAILED: {r.error}")
+                lines.extend(f"  warning: {w}" for w in r.warnings)
                 continue
             loose = f", {r.loose_objects} loose objects packed" if r.loose_objects else ""
             state = (f"manifest generation {r.generation}" if r.manifest_written
@@ -118,6 +134,7 @@ class PushReport:
                          f"{r.skipped_files} already there ({_mb(r.skipped_bytes)}), {gone} "
                          f"{r.deleted_files} ({_mb(r.deleted_bytes)}){loose}; "
                          f"{'' if self.dry_run else state}".rstrip("; "))
+            lines.extend(f"  warning: {w}" for w in r.warnings)
         lines.append(f"{len(self.repos) - len(self.failed)} of {len(self.repos)} repositories "
                      f"pushed, {verb} {_mb(self.total('uploaded_bytes'))} "
                      f"in {self.seconds:.1f}s")
@@ -403,10 +420,13 @@ def _delete_unnamed(plan: _Plan, store: ObjectStore, keep: set[str], dry_run: bo
 
 
 def push(repos: list[str], store: ObjectStore, *, dry_run: bool = False,
-         storage_class: str | None = None, progress: Progress | None = None) -> PushReport:
+         storage_class: str | None = None, progress: Progress | None = None,
+         record_as: str | None = None) -> PushReport:
     """Mirror each repository (a path; its basename names it in the store).
 
-    A repository that fails is reported (`error`) and the others still go."""
+    A repository that fails is reported (`error`) and the others still go.
+    With `record_as` (the store's URL, as users know it), each repository keeps
+    a record of its push on refs/ketch/mirror (not on a dry run)."""
     progress = progress or NullProgress()
     report = PushReport(dry_run=dry_run)
     t0 = time.monotonic()
@@ -430,6 +450,8 @@ def push(repos: list[str], store: ObjectStore, *, dry_run: bool = False,
             except (KetchError, OSError) as e:
                 rep.error = _message(e)
             rep.seconds = time.monotonic() - t
+            if rep.error is not None and record_as is not None and not dry_run:
+                mirrorlog.record_push(rep, record_as)
         progress.start(sum(p.snap.files[fn].size for p in plans for fn in p.upload),
                        sum(len(p.upload) for p in plans))
         for plan in plans:
@@ -439,6 +461,8 @@ def push(repos: list[str], store: ObjectStore, *, dry_run: bool = False,
             except (KetchError, OSError) as e:
                 plan.report.error = _message(e)
             plan.report.seconds += time.monotonic() - t
+            if record_as is not None and not dry_run:
+                mirrorlog.record_push(plan.report, record_as)
     store.flush()  # what a store batches (an encrypted store's name index) goes out now
     progress.finish()
     report.seconds = time.monotonic() - t0
