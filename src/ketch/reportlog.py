@@ -11,7 +11,8 @@ what they reach (every ref is a root), and a mirror push copies them.
     refs/ketch/run      ketch run: exit code, per-set and per-dump results
     refs/ketch/drill    ketch drill: what was restored and checked
     refs/ketch/mirror   ketch mirror push / verify, stored on the server
-    refs/ketch/fsck     ketch fsck
+                        (record shape: ketch.offsite.mirrorlog)
+    refs/ketch/fsck     ketch fsck (record shape: ketch.integrity.fsckrecord)
 
 A reader asks only for the newest few: the chain is walked from its head.
 """
@@ -49,28 +50,33 @@ class StoredReport:
     data: dict[str, Any]
 
 
-def store(repo: Repository, kind: str, data: Mapping[str, Any], summary: str) -> str:
+def store(repo: Repository, kind: str, data: Mapping[str, Any], summary: str, *,
+          when: float | None = None) -> str:
     """Commit `data` as the newest report of `kind`; the commit's id (hex).
 
+    `when` (seconds since the epoch) dates the report; default now.
     Raises ReadOnlyRepository where the repository may not be written (a
     read-only mirror), and what the writer raises; the caller decides whether
     a report that could not be kept is a warning."""
     ref = ref_for(kind)
     w_repo = repo.writable()
     payload = json.dumps(data, indent=2, sort_keys=True, default=str).encode() + b"\n"
-    old = repo.read_ref(ref)
-    w = w_repo.writer()
-    try:
-        blob = w.write(gobj.BLOB, payload, metadata=True)
-        tree = w.write(gobj.TREE, gobj.encode_tree([gobj.TreeEntry(gobj.MODE_FILE,
-                                                                   REPORT_NAME, blob)]))
-        message = f"ketch {kind}: {summary}\n".encode()
-        commit = w.write(gobj.COMMIT, commit_bytes(tree, old, None, message))
-    except BaseException:
-        w.abort()
-        raise
-    w.close()
-    w_repo.update_ref(ref, commit, old, f"ketch {kind}".encode())
+    # Held as a save holds it: a gc waits rather than delete what the writer
+    # found stored and so did not write again.
+    with w_repo.writing():
+        old = repo.read_ref(ref)
+        w = w_repo.writer()
+        try:
+            blob = w.write(gobj.BLOB, payload, metadata=True)
+            tree = w.write(gobj.TREE, gobj.encode_tree([gobj.TreeEntry(gobj.MODE_FILE,
+                                                                       REPORT_NAME, blob)]))
+            message = f"ketch {kind}: {summary}\n".encode()
+            commit = w.write(gobj.COMMIT, commit_bytes(tree, old, when, message))
+        except BaseException:
+            w.abort()
+            raise
+        w.close()
+        w_repo.update_ref(ref, commit, old, f"ketch {kind}".encode())
     return commit.hex()
 
 
