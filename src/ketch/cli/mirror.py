@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
 from ketch.cli.termprogress import TermProgress, show_progress
-from ketch.errors import UsageError
+from ketch.errors import EXIT_WARNINGS, UsageError
 from ketch.offsite.store import ObjectStore
 from ketch.progress import NullProgress, Progress
 
@@ -115,16 +116,27 @@ class _OptionalValue(click.Command):
 @click.argument("repos", nargs=-1, metavar="[REPO...]")
 @click.option("--read-data", "percent", type=float, default=0.0, metavar="[=PERCENT]",
               help="also download PERCENT of the packs (alone: all) and check every object")
+@click.option("--root", metavar="DIR", default=None,
+              help="the local repositories (DIR/NAME, a backup server's root) each keep the "
+                   "result on refs/ketch/mirror, for ketch web")
 @_store_options
-def verify_cmd(url: str, repos: tuple[str, ...], percent: float, endpoint_url: str | None,
-               encrypt_key: str | None, as_json: bool) -> int:
+def verify_cmd(url: str, repos: tuple[str, ...], percent: float, root: str | None,
+               endpoint_url: str | None, encrypt_key: str | None, as_json: bool) -> int:
     """Check the mirror against its manifests (exit 2: damaged, 1: extra files)."""
+    from ketch.offsite.mirrorlog import record_verify
     from ketch.offsite.verify import verify
 
+    if root is not None and not os.path.isdir(root):
+        raise UsageError(f"--root {root}: no such directory")
     store = _store(url, endpoint_url, encrypt_key)
     report = verify(store, list(repos) or None, read_data_percent=percent,
                     progress=_progress("Reading", as_json))
-    return _report(report, as_json)
+    code = _report(report, as_json)
+    if root is not None:
+        for w in record_verify(report.repos, root, url, percent):
+            click.echo(f"ketch: warning: {w}", err=True)
+            code = max(code, EXIT_WARNINGS)
+    return code
 
 
 @command.command("keygen")

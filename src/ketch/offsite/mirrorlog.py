@@ -3,8 +3,9 @@
 from the repositories alone when each machine's offsite copy was last made,
 and whether that worked. The next push carries the record to the mirror too.
 
-`mirror verify` records nothing: it is given the store and names in it, not
-the local repositories the names came from.
+`mirror verify --root DIR` records its result in each repository DIR/NAME it
+verified (the backup server's root): without --root it knows only the store
+and the names in it, so it records nothing.
 
 A push usually runs as root on the backup server, while each repository belongs
 to its machine's user (the forced-command server runs as that user): what the
@@ -30,6 +31,7 @@ A push record (report.json on refs/ketch/mirror):
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from ketch import reportlog
@@ -39,6 +41,7 @@ from ketch.localrepo import LocalRepository
 
 if TYPE_CHECKING:
     from ketch.offsite.push import RepoPushReport
+    from ketch.offsite.verify import RepoVerifyReport
 
 # What a push record counts, as the push's report has them.
 PUSH_COUNTS = ("uploaded_files", "uploaded_bytes", "skipped_files", "skipped_bytes",
@@ -95,3 +98,37 @@ def store_in_local(path: str, data: dict[str, Any]) -> str:
     finally:
         repo.close()
         give_back(repo.path)
+
+
+def verify_record(rep: RepoVerifyReport, store_url: str, percent: float) -> dict[str, Any]:
+    """What `refs/ketch/mirror` keeps of one repository's verify: action
+    "verify", ok, store, name, time, files_checked, missing, corrupted, extra
+    (counts), packs_read, bytes_read, objects_checked, read_data_percent,
+    error, summary."""
+    bad = len(rep.missing) + len(rep.corrupted)
+    summary = (f"verify of {store_url} FAILED: {rep.error}" if rep.error else
+               f"verified {store_url}: {rep.files_checked} files"
+               + (f", {bad} missing or damaged" if bad else ", intact"))
+    return {"action": "verify", "ok": rep.ok, "store": store_url, "name": rep.name,
+            "time": reportlog.now(), "files_checked": rep.files_checked,
+            "missing": len(rep.missing), "corrupted": len(rep.corrupted),
+            "extra": len(rep.extra), "packs_read": rep.packs_read, "bytes_read": rep.bytes_read,
+            "objects_checked": rep.objects_checked, "read_data_percent": percent,
+            "exit_code": 0 if rep.ok and not rep.extra else 1 if rep.ok else 2,
+            "error": rep.error, "summary": summary}
+
+
+def record_verify(reps: list[RepoVerifyReport], root: str, store_url: str,
+                  percent: float) -> list[str]:
+    """Keep each repository's verify result in ROOT/NAME; the warnings (a name
+    with no repository under ROOT, a record that could not be stored)."""
+    warnings = []
+    for rep in reps:
+        path = os.path.join(root, rep.name)
+        try:
+            store_in_local(path, verify_record(rep, display_url(store_url), percent))
+        except NotARepository:
+            warnings.append(f"{rep.name}: no repository {path} to keep the verify's record in")
+        except (KetchError, OSError) as e:
+            warnings.append(f"{rep.name}: mirror report not stored: {e}")
+    return warnings
