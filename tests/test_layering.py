@@ -69,6 +69,7 @@ LAYERS: dict[str, int] = {
     "remote": 5,
     "offsite": 5,
     "jobs": 5,
+    "web": 5,  # the dashboard: reads repositories, their reports and the vfs
     # 6: the command line.
     "cli": 6,
     "__main__": 6,

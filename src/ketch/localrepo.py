@@ -313,6 +313,21 @@ class LocalRepository(WritableRepository):
 
     # -- refs ---------------------------------------------------------------------
 
+    def pack_sizes(self) -> list[tuple[int, float]]:
+        out = []
+        try:
+            with os.scandir(self.pack_dir) as it:
+                for e in it:
+                    if e.name.endswith(".pack"):
+                        try:
+                            st = e.stat()
+                        except FileNotFoundError:  # a gc took it away meanwhile
+                            continue
+                        out.append((st.st_size, st.st_mtime))
+        except FileNotFoundError:
+            pass
+        return out
+
     def read_ref(self, name: bytes) -> bytes | None:
         return self.refs.read(name)
 

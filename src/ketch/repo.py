@@ -169,6 +169,12 @@ class Repository(ABC):
         reports no traffic at all, rather than a misleading zero)."""
         return None
 
+    def pack_sizes(self) -> list[tuple[int, float]]:
+        """(bytes, when written: seconds since the epoch, 0 if unknown) of each
+        pack in use, for a dashboard's size and growth; empty where the packs
+        cannot be listed from here (over ssh)."""
+        return []
+
     def check_integrity(self, job: FsckJob) -> dict[str, Any]:
         """Run `job` where the repository's files are; its report."""
         raise KetchError("this repository cannot be checked from here")

@@ -33,6 +33,8 @@ SUMMARIES = {
     "schedule": "Run the backup every night: a systemd timer (cron where there is no "
                 "systemd).",
     "server": "Serve a repository on stdin/stdout (started by ssh; speaks bup's protocol).",
+    "web": "Serve a read-only web dashboard of the backups: every machine's last saves, "
+           "runs, mirror pushes, drills and fsck; browse and download files.",
     "split": "Split FILES (or stdin) into chunks, as bup does, and store them.",
 }
 # The commands whose summary is their short_help: click shows it whole.

@@ -488,11 +488,13 @@ class StoreRepository(Repository):
             self._held.remember((idx_name, offset), got)
         return got
 
-    # -- refs, from the manifest ------------------------------------------------------------
-
     def read_ref(self, name: bytes) -> bytes | None:
-        check_ref_name(name, allow_pseudo=True)  # as the local and ssh backends do
+        # Refs come from the manifest; names are checked as the local and ssh backends do.
+        check_ref_name(name, allow_pseudo=True)
         return self.manifest.ref(name)
 
     def iter_refs(self, prefix: bytes = b"refs/") -> Iterator[tuple[bytes, bytes]]:
         return iter(self.manifest.ref_items(prefix))
+
+    def pack_sizes(self) -> list[tuple[int, float]]:
+        return [(p.pack.size, p.mtime / 1e9) for p in self.manifest.packs if not p.retired]
