@@ -26,11 +26,12 @@ set -euo pipefail
 #   (src/ketch/_rollsum.c, setup.py) with them; python3-dev pulls in the headers
 #   of Debian's python3 (python3.X-dev), the one `make venv` uses.  Without them
 #   the install still succeeds and ketch splits with numpy, several times slower.
+# fuse3: ketch mount (mfusepy loads its libfuse3; fusermount3 unmounts).
 # chromium: tests/web/test_web_browser.py drives it through Playwright (pip's
 #   playwright package only; `playwright install` is never run).
 PACKAGES="bup git python3-venv acl attr time e2fsprogs python3-pyxattr python3-pylibacl openssh-server systemd openssl tzdata"
 PACKAGES+=" mariadb-server mariadb-client postgresql postgresql-client sqlite3 cron util-linux passwd"
-PACKAGES+=" restic borgbackup par2 gcc python3-dev chromium"
+PACKAGES+=" restic borgbackup par2 gcc python3-dev chromium fuse3"
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
     echo "install-deps: not a Debian system; install the equivalents of: $PACKAGES" >&2

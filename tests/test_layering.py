@@ -61,7 +61,8 @@ LAYERS: dict[str, int] = {
     "restorebatch": 4,  # files written in batches, blobs read in pack order
     "restoreworkers": 4,  # the batches read and written by forked workers
     "vfs": 4,
-    "listing": 4,  # ls's lines, from the vfs
+    "listing": 4,
+    "mount": 4,  # the vfs as a FUSE filesystem  # ls's lines, from the vfs
     "lifecycle": 4,  # prune and gc: retention, and space given back
     "integrity": 4,  # fsck, parity (par2) and repair
     "reportlog": 4,  # run, drill, mirror and fsck reports kept in the repository

@@ -24,7 +24,7 @@ COMMANDS = {
     "init": "init", "index": "index", "save": "save", "ls": "ls", "restore": "restore",
     "cat-file": "cat_file", "split": "split", "join": "join", "server": "server", "run": "run",
     "mirror": "mirror", "prune": "prune", "gc": "gc", "fsck": "fsck", "drill": "drill",
-    "schedule": "schedule", "web": "web",
+    "schedule": "schedule", "web": "web", "mount": "mount",
     "config": "config",
     "completion": "completion",
     "help": "help",

@@ -25,6 +25,8 @@ SUMMARIES = {
     "join": "Write the bytes stored by `split` (a branch, commit, tree or blob id) to stdout.",
     "ls": "List paths of the repository the way `bup ls` does.",
     "mirror": "Offsite copies in S3: push repositories, verify, pull, and read them in place.",
+    "mount": "Mount the repository read-only at MOUNTPOINT: the NAME/DATE/path tree of `ls`, "
+             "with each file's mode, owner, size, times and symlink target.",
     "prune": "Remove the saves a retention policy does not keep.",
     "restore": "Restore PATHs (e.g. NAME/latest/home/me) from saves into the output "
                "directory.",
