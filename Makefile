@@ -7,6 +7,7 @@
 #   make lint    ruff + mypy only
 #   make bench   ketch and bup side by side (BENCH_ARGS="--scale 0.1" for a quick run)
 #   make deps    Debian packages (apt-get when root, otherwise says what is missing)
+#   make dist    the wheel for this platform in dist/ (scripts/install-ketch.sh installs it)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -22,7 +23,7 @@ PYTEST_ARGS ?=
 # services, so not more than four.
 PYTEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 
-.PHONY: venv deps test lint demo bench clean
+.PHONY: venv deps test lint demo bench dist clean
 
 # The venv is (re)built only when pyproject.toml, setup.py or the compiled
 # kernel's source is newer than the stamp, so a second `make test` installs
@@ -58,5 +59,23 @@ demo: deps venv
 bench: deps venv
 	$(VENV)/bin/python bench/bench.py $(BENCH_ARGS)
 
+# The wheel carries the compiled kernel for this machine's Python and platform
+# (cp311-linux_x86_64 here), so targets with that Python need no compiler.
+# pip builds in build/, which setuptools never prunes: a module deleted since
+# the last build would ship, hence the rm.  The old wheel goes too, so
+# dist/ketch-*.whl names one file.  The kernel is optional in setup.py (an
+# install without a compiler falls back to numpy); a wheel for a fleet must
+# not lose it silently, so its absence fails the target (grep without -q: an
+# early exit would break zipfile's pipe, and pipefail would call that a miss).
+dist: venv
+	rm -rf build dist/ketch-*.whl
+	$(VENV)/bin/pip wheel --disable-pip-version-check -q --no-deps -w dist .
+	@whl=$$(ls dist/ketch-*.whl); \
+	if ! $(VENV)/bin/python -m zipfile -l "$$whl" | grep 'ketch/_rollsum\..*\.so' >/dev/null; then \
+	    echo "make dist: $$whl has no compiled ketch/_rollsum (gcc and python3-dev missing? make deps)" >&2; \
+	    exit 2; \
+	fi; \
+	echo "==> $$whl ($$(du -k "$$whl" | cut -f1) KiB)"
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info build src/ketch/*.so
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info build dist src/ketch/*.so
