@@ -131,12 +131,10 @@ def verify_cmd(url: str, repos: tuple[str, ...], percent: float, root: str | Non
     store = _store(url, endpoint_url, encrypt_key)
     report = verify(store, list(repos) or None, read_data_percent=percent,
                     progress=_progress("Reading", as_json))
-    code = _report(report, as_json)
-    if root is not None:
-        for w in record_verify(report.repos, root, url, percent):
-            click.echo(f"ketch: warning: {w}", err=True)
-            code = max(code, EXIT_WARNINGS)
-    return code
+    warnings = record_verify(report.repos, root, url, percent) if root is not None else []
+    for w in warnings:
+        click.echo(f"ketch: warning: {w}", err=True)
+    return max(_report(report, as_json), EXIT_WARNINGS if warnings else 0)
 
 
 @command.command("keygen")
