@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.conftest import in_ci
 from tests.services.web import WebServer
-from tests.web.fleet import XSS_NAME, Fleet, make_fleet, run_ketch_plain
+from tests.web.fleet import XSS_NAME, Fleet
 
 CHROMIUM = "/usr/bin/chromium"
 CHROME_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -40,17 +40,6 @@ def browser() -> Iterator[Browser]:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROME_ARGS)
         yield b
         b.close()
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
-    return make_fleet(tmp_path_factory.mktemp("fleet"), run_ketch_plain)
-
-
-@pytest.fixture(scope="module")
-def web(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
-    with WebServer.start(tmp_path_factory.mktemp("web"), "--root", fleet.root) as w:
-        yield w
 
 
 @pytest.fixture

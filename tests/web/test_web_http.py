@@ -18,20 +18,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.services.web import WebServer
-from tests.web.fleet import HOSTILE_NAMES, XSS_NAME, Fleet, git_fsck, make_fleet, run_ketch_plain
+from tests.web.fleet import HOSTILE_NAMES, XSS_NAME, Fleet, git_fsck, run_ketch_plain
 
 TOKEN = "s3cret-token-for-the-tests-0123456789"
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
-    return make_fleet(tmp_path_factory.mktemp("fleet"), run_ketch_plain)
-
-
-@pytest.fixture(scope="module")
-def web(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
-    with WebServer.start(tmp_path_factory.mktemp("web"), "--root", fleet.root) as w:
-        yield w
 
 
 @pytest.fixture(scope="module")
