@@ -53,3 +53,19 @@ def test_a_mirror_is_served_from_s3_with_the_push_recorded(tmp_path: Path, s3_ur
         assert status == 200
         assert got == (fleet.web01_home / "blob.bin").read_bytes()
         assert web.get("/metrics")[0] == 200
+
+
+@pytest.mark.usefixtures("s3_env")
+def test_an_encrypted_mirror_is_served_with_its_key(tmp_path: Path, s3_url: str) -> None:
+    fleet = make_fleet(tmp_path, run_ketch_plain)
+    key = tmp_path / "mirror.key"
+    run_ketch_plain("mirror", "keygen", key, check=True)
+    url = f"{s3_url}/enc"
+    run_ketch_plain("mirror", "push", "--all", fleet.root, url, "--encrypt-key", key, check=True)
+    with WebServer.start(tmp_path / "w", "-r", url, "--encrypt-key", key) as web:
+        status, _, body = web.get("/api/")
+        assert status == 200, body[:300]
+        assert {m["machine"] for m in json.loads(body)["machines"]} == {"web01", "mail01", "db01"}
+        home = quote(str(fleet.web01_home).lstrip("/"))
+        status, _, got = web.get(f"/m/web01/file/home/latest/{home}/blob.bin")
+        assert status == 200 and got == (fleet.web01_home / "blob.bin").read_bytes()

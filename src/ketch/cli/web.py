@@ -54,7 +54,8 @@ def command(ctx: click.Context, root: str | None, repo_dir: str | None, listen: 
     from ketch.web.source import open_source
 
     remote = ctx.meta.get("ketch.remote")
-    source = open_source(root, repo_dir, remote, ctx.meta.get("ketch.endpoint_url"))
+    source = open_source(root, repo_dir, remote, ctx.meta.get("ketch.endpoint_url"),
+                         ctx.meta.get("ketch.encrypt_key"))
     token = read_token(token_file) if token_file else None
     sock = _listen(listen)
     host, port = sock.getsockname()[:2]

@@ -134,13 +134,15 @@ class SingleSource(Source):
 class StoreSource(Source):
     """Every repository of a mirror in S3 (read-only)."""
 
-    def __init__(self, url: str, endpoint_url: str | None = None) -> None:
+    def __init__(self, url: str, endpoint_url: str | None = None,
+                 encrypt_key: str | None = None) -> None:
         super().__init__()
         if not is_store_url(url):
             raise UsageError(f"{url}: not an s3:// address")
         self.url = url.rstrip("/")
         self.description = self.url
-        self.store: ObjectStore = open_store(self.url, endpoint_url=endpoint_url)
+        self.store: ObjectStore = open_store(self.url, endpoint_url=endpoint_url,
+                                             encrypt_key=encrypt_key)
         self._names: tuple[float, list[str]] | None = None
 
     def _ttl(self) -> float:
@@ -158,7 +160,7 @@ class StoreSource(Source):
 
 
 def open_source(root: str | None, repo_dir: str | None, url: str | None,
-                endpoint_url: str | None = None) -> Source:
+                endpoint_url: str | None = None, encrypt_key: str | None = None) -> Source:
     given = [x for x in (root, repo_dir, url) if x]
     if len(given) != 1:
         raise UsageError("give one of --root DIR, -d DIR or -r s3://BUCKET/PREFIX")
@@ -167,4 +169,4 @@ def open_source(root: str | None, repo_dir: str | None, url: str | None,
     if repo_dir:
         return SingleSource(repo_dir)
     assert url is not None
-    return StoreSource(url, endpoint_url)
+    return StoreSource(url, endpoint_url, encrypt_key)
