@@ -25,6 +25,7 @@ COMMANDS = {
     "cat-file": "cat_file", "split": "split", "join": "join", "server": "server", "run": "run",
     "mirror": "mirror", "prune": "prune", "gc": "gc", "fsck": "fsck", "drill": "drill",
     "schedule": "schedule", "web": "web", "mount": "mount",
+    "runbook": "runbook",
     "config": "config",
     "completion": "completion",
     "help": "help",

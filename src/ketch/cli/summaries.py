@@ -30,6 +30,8 @@ SUMMARIES = {
     "prune": "Remove the saves a retention policy does not keep.",
     "restore": "Restore PATHs (e.g. NAME/latest/home/me) from saves into the output "
                "directory.",
+    "runbook": "Print this machine's disaster procedures as the exact commands to run: "
+               "files lost, a database damaged, the machine lost, the backup server lost.",
     "run": "Run every backup set and dump of the config (or only NAMES), once.",
     "save": "Save PATHS (exactly these, recursively) as a new save on branch NAME.",
     "schedule": "Run the backup every night: a systemd timer (cron where there is no "
