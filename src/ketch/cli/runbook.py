@@ -44,7 +44,8 @@ def command(config_path: str | None, machine: str | None, mirror: str | None,
                            encrypt_key=cfg.encrypt_key) as repo:
             files = latest_dump_files(repo, cfg)
     except KetchError as e:
-        click.echo(f"ketch: note: repository not read ({e}); dump files are listed "
+        why = " ".join(str(e).split())  # one line, whatever the transport said
+        click.echo(f"ketch: note: repository not read ({why}); dump files are listed "
                    "generically", err=True)
     book = build(cfg, machine or socket.gethostname().split(".")[0], mirror=mirror,
                  server_root=server_root, dump_files=files)

@@ -121,7 +121,8 @@ def build(cfg: Config, machine: str, *, mirror: str | None = None,
     (s3://BUCKET/PREFIX), for the server procedure; `dump_files`: each dump's
     files in its latest save, where the repository could be read."""
     flag = repo_flag(cfg.repository)
-    book = Runbook(machine, cfg.source, cfg.repository)
+    source = os.path.abspath(cfg.source) if cfg.source else ""
+    book = Runbook(machine, source, cfg.repository)
     dump_files = dump_files or {}
     first = cfg.sets[0] if cfg.sets else None
 
@@ -189,7 +190,7 @@ def build(cfg: Config, machine: str, *, mirror: str | None = None,
             # Nothing uses the database yet on a new machine: the copy goes in place.
             reload.append(f"mv -n {shlex.quote(d.path + '.restored')} {shlex.quote(d.path)}")
         machine_p.steps.append(Step(f"dump {d.name}: once the database server runs", reload))
-    c = f" -c {shlex.quote(cfg.source)}" if cfg.source else ""
+    c = f" -c {shlex.quote(source)}" if source else ""
     machine_p.steps.append(Step("Check the config and schedule the nightly run again",
                                 [f"ketch config check{c}", f"ketch schedule install{c}"]))
     book.procedures.append(machine_p)
