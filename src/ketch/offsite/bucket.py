@@ -114,8 +114,7 @@ class BucketRepository(StoreRepository, WritableRepository):
                 entry = _entry_from_json(json.load(f))
             with self._plock:
                 self._pending.append(entry)
-                if self._dedup is not None:
-                    self._dedup.add_idx(os.path.join(self._idx_dir(), entry.idx.name))
+                self._dedup_add(os.path.join(self._idx_dir(), entry.idx.name))
 
     def _entry_path(self, idx_name: str) -> str:
         return os.path.join(self._staging_dir(), idx_name + ".entry")
@@ -266,7 +265,15 @@ class BucketRepository(StoreRepository, WritableRepository):
         os.unlink(pack_path)
         with self._plock:
             self._pending.append(entry)
-            if self._dedup is not None:
+            self._dedup_add(cached)
+
+    def _dedup_add(self, cached: str) -> None:
+        """Deduplicate against a pack just uploaded. Another save sharing the cache
+        whose manifest does not name it yet may have swept its idx away as stale:
+        then this save only misses its objects (uploads them again); the pack is
+        uploaded and named by the manifest all the same."""
+        if self._dedup is not None:
+            with contextlib.suppress(FileNotFoundError):
                 self._dedup.add_idx(cached)
 
     def wait_uploads(self) -> None:
