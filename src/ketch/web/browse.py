@@ -19,17 +19,15 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from ketch.listing import bup_mode_string, entries, json_row
-from ketch.vfs import VFS, Item
+from ketch.vfs import VFS, Item, show_path
 
 TEXT_LIMIT = 1 << 20  # shown inline up to this size; past it, a download
 TAR_BLOCK = 512
 
 
-def display(name: bytes) -> str:
-    """A name as text: undecodable bytes as \\xNN, control characters too, so
-    that a newline in a name cannot break a line of the page."""
-    text = name.decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+# A name as text: undecodable bytes and control characters as \xNN, so that a
+# newline in a name cannot break a line of the page.
+display = show_path
 
 
 def href(path: bytes) -> str:

@@ -87,7 +87,6 @@ class Dashboard:
 
     def page(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         context.setdefault("where", self.source.description)
-        context.setdefault("now", time.time())
         context.setdefault("login", self.token is not None)
         return HTMLResponse(self.env.get_template(template).render(**context), status)
 

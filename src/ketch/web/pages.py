@@ -99,9 +99,10 @@ def overview(dash: Dashboard, request: Request) -> Response:
         rows = [facts_dict(f, now) for f in facts]
         rows.sort(key=lambda d: (-STATUS_NAMES.index(d["status"]), d["machine"]))
         return JSON({"machines": rows, "generated": int(now)})
-    return dash.page("overview.html", rows=_overview_rows(facts, now),
-                     counts=[sum(1 for f in facts if judge(f, now).status == s)
-                             for s in range(3)])
+    shown = _overview_rows(facts, now)
+    return dash.page("overview.html", rows=shown,
+                     counts=[sum(r.v.status == s for r in shown) for s in range(3)])
+
 
 def machine(dash: Dashboard, request: Request) -> Response:
     name = request.path_params["machine"]
