@@ -150,9 +150,11 @@ class LatencyRelay:
         """The server's bytes to the client, counted, until the server closes."""
         try:
             while data := server.recv(_BLOCK):
-                client.sendall(data)
+                # Counted before it is sent: a client that has read it all may
+                # ask for the counts at once (a send failure overstates by a block).
                 with self._lock:
                     self._count.bytes_down += len(data)
+                client.sendall(data)
         except OSError:
             pass
         finally:
@@ -162,9 +164,9 @@ class LatencyRelay:
                 pass
 
     def _up(self, server: socket.socket, data: bytes) -> None:
-        server.sendall(data)
         with self._lock:
             self._count.bytes_up += len(data)
+        server.sendall(data)
 
     def _request(self, reader: IO[bytes], client: socket.socket, server: socket.socket) -> bool:
         """One request from ``reader``: its head read whole, the delay, then
