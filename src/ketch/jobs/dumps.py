@@ -386,6 +386,10 @@ def restore_command(spec: DumpSpec, filename: str, save: str = "latest") -> str:
     repository).  mysql and pg dumps recreate their database (it must not exist
     yet: drop it, or restore into a fresh server); restoring globals.sql into a
     cluster that has the roles reports "already exists" for them, harmlessly.
+    A pg database's dump stops at its first error (ON_ERROR_STOP), with a
+    non-zero status: at CREATE DATABASE when the database is still there, where
+    psql would otherwise go on loading the dump into it and exit 0.  Not
+    globals.sql nor postgres.sql: their roles and database exist on every server.
     A SQLite file is written next to the original (`.restored`): stop the
     application, then move it over the database and remove any -wal/-shm files."""
     src = "ketch cat-file " + shlex.quote(f"{spec.name}/{save}/{filename}")
@@ -395,6 +399,10 @@ def restore_command(spec: DumpSpec, filename: str, save: str = "latest") -> str:
         return f"{src} | " + shlex.join([*as_user, "mysql", *_mysql_conn(spec)])
     if spec.type == "postgresql":
         argv = ["psql", "-X"]
+        # Not the runbook's placeholder FILE either, which may stand for globals.sql.
+        if filename.endswith(".sql") and filename != "postgres.sql" and not (
+                spec.globals and filename == "globals.sql"):
+            argv += ["-v", "ON_ERROR_STOP=1"]
         if spec.host:
             argv += ["-h", spec.host]
         if spec.port:
