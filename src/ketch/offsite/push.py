@@ -30,9 +30,7 @@ Failing to record is a warning of that repository's push, not a failure.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import struct
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,20 +41,14 @@ from ketch.errors import (
     EXIT_OK,
     EXIT_WARNINGS,
     KetchError,
-    NotARepository,
     UsageError,
 )
-from ketch.git.idx import write_idx_v2
-from ketch.git.loose import iter_loose_ids, read_loose
-from ketch.git.pack import encode_entry
-from ketch.git.refs import Refs
-from ketch.integrity import parity
 from ketch.offsite import locator, mirrorlog
 from ketch.offsite.manifest import (
     FileEntry,
     Manifest,
     PackEntry,
-    check_repo_name,
+    encrypted_hint,
     manifest_key,
     now_iso,
     pack_key,
@@ -64,10 +56,9 @@ from ketch.offsite.manifest import (
     parity_order,
     read_manifest,
 )
+from ketch.offsite.pushlocal import LocalFile, Snapshot, is_repo, snapshot
 from ketch.offsite.store import ObjectStore, StaleObject, StoreError
 from ketch.progress import NullProgress, Progress
-
-_LOOSE_LEVEL = 6  # fixed, so the loose-object pack is the same bytes every time
 
 
 class UploadNotVerified(StoreError):
@@ -158,114 +149,7 @@ def find_repositories(parent: str) -> list[str]:
         names = sorted(os.listdir(parent))
     except OSError as e:
         raise UsageError(f"{parent}: {e.strerror}") from None
-    return [os.path.join(parent, n) for n in names if _is_repo(os.path.join(parent, n))]
-
-
-def _is_repo(path: str) -> bool:
-    return all(os.path.isdir(os.path.join(path, d)) for d in ("objects", "refs"))
-
-
-# -- the local side -------------------------------------------------------------
-
-
-@dataclass
-class _LocalFile:
-    path: str
-    size: int
-    mtime: int = 0  # nanoseconds: packs of one save are written within a second
-    sha256: str | None = None  # computed on demand: hashing a big pack is not free
-
-    def digest(self) -> str:
-        if self.sha256 is None:
-            with open(self.path, "rb") as f:
-                self.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-        return self.sha256
-
-
-@dataclass
-class _Snapshot:
-    name: str
-    path: str
-    head: str
-    refs: dict[str, str]
-    config: str
-    files: dict[str, _LocalFile]  # file name in objects/pack -> local file
-    loose: int = 0
-
-
-def _read_text(path: str, default: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except FileNotFoundError:
-        return default
-
-
-def snapshot(path: str, tmpdir: str) -> _Snapshot:
-    """Refs first, then packs (see the module docstring for why this order)."""
-    name = check_repo_name(os.path.basename(os.path.normpath(os.path.abspath(path))))
-    if not _is_repo(path):
-        raise NotARepository(f"{path}: not a repository")
-    if os.path.exists(os.path.join(path, "objects", "info", "alternates")):
-        raise KetchError(f"{path}: borrows objects from another repository (objects/info/"
-                         "alternates); run 'git repack -a -d' in it before mirroring")
-    refs = {n.decode("utf-8", "surrogateescape"): oid.hex()
-            for n, oid in Refs(path).iter_refs(b"refs/")}
-    head = _read_text(os.path.join(path, "HEAD"), "ref: refs/heads/master\n").strip()
-    config = _read_text(os.path.join(path, "config"), "")
-    pack_dir = os.path.join(path, "objects", "pack")
-    files: dict[str, _LocalFile] = {}
-    try:
-        names = set(os.listdir(pack_dir))
-    except FileNotFoundError:
-        names = set()
-    for n in sorted(names):
-        # A pack without its idx is still being written and nothing refers to it yet.
-        if n.startswith("pack-") and n.endswith(".pack") and n[:-5] + ".idx" in names:
-            pack = os.path.join(pack_dir, n)
-            # Parity only as a complete set (a generate may be under way).
-            par = parity.parity_files(pack) if parity.has_parity(pack) else []
-            for fn in (n, n[:-5] + ".idx", *(os.path.basename(p) for p in par)):
-                st = os.stat(os.path.join(pack_dir, fn))
-                files[fn] = _LocalFile(os.path.join(pack_dir, fn), st.st_size, st.st_mtime_ns)
-    snap = _Snapshot(name, path, head, refs, config, files)
-    objects_dir = os.path.join(path, "objects")
-    ids = sorted(iter_loose_ids(objects_dir))
-    if ids:
-        pack, idx, snap.loose = pack_loose(objects_dir, ids, tmpdir)
-        for p in (pack, idx):
-            files[os.path.basename(p)] = _LocalFile(p, os.path.getsize(p))
-    return snap
-
-
-def pack_loose(objects_dir: str, ids: list[bytes], tmpdir: str) -> tuple[str, str, int]:
-    """Pack loose objects, deterministically; (pack path, idx path, object count)."""
-    encoded: list[tuple[bytes, bytes, int]] = []
-    for oid in ids:
-        got = read_loose(objects_dir, oid, verify=True)
-        if got is not None:  # pruned while we looked: unreachable, so not needed
-            enc, crc, _ = encode_entry(got[0], got[1], _LOOSE_LEVEL)
-            encoded.append((oid, enc, crc))
-    h = hashlib.sha1()
-    tmp = os.path.join(tmpdir, "loose.pack")
-    entries = []
-    with open(tmp, "wb") as f:
-        head = b"PACK" + struct.pack(">II", 2, len(encoded))
-        f.write(head)
-        h.update(head)
-        offset = len(head)
-        for oid, enc, crc in encoded:
-            f.write(enc)
-            h.update(enc)
-            entries.append((oid, crc, offset))
-            offset += len(enc)
-        sha = h.digest()
-        f.write(sha)
-    stem = os.path.join(tmpdir, f"pack-{sha.hex()}")
-    os.replace(tmp, stem + ".pack")
-    with open(stem + ".idx", "wb") as f:
-        write_idx_v2(f, entries, sha)
-    return stem + ".pack", stem + ".idx", len(encoded)
+    return [os.path.join(parent, n) for n in names if is_repo(os.path.join(parent, n))]
 
 
 # -- planning and uploading -----------------------------------------------------------
@@ -273,7 +157,7 @@ def pack_loose(objects_dir: str, ids: list[bytes], tmpdir: str) -> tuple[str, st
 
 @dataclass
 class _Plan:
-    snap: _Snapshot
+    snap: Snapshot
     report: RepoPushReport
     old: Manifest | None
     existing: dict[str, int]  # key -> size, listed before uploading
@@ -291,7 +175,7 @@ def _last_manifest(store: ObjectStore, name: str) -> Manifest | None:
         return None
 
 
-def _plan(snap: _Snapshot, store: ObjectStore, report: RepoPushReport) -> _Plan:
+def _plan(snap: Snapshot, store: ObjectStore, report: RepoPushReport) -> _Plan:
     old = _last_manifest(store, snap.name)
     if old is not None and old.primary:
         # A push replaces the manifest whole and deletes the packs it does not
@@ -317,7 +201,7 @@ def _plan(snap: _Snapshot, store: ObjectStore, report: RepoPushReport) -> _Plan:
     return plan
 
 
-def _stored_matches(store: ObjectStore, key: str, lf: _LocalFile) -> bool:
+def _stored_matches(store: ObjectStore, key: str, lf: LocalFile) -> bool:
     st = store.stat(key)
     if st is None or st.size != lf.size:
         return False
@@ -434,6 +318,13 @@ def push(repos: list[str], store: ObjectStore, *, dry_run: bool = False,
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise UsageError(f"two repositories would share the name {dupes[0]!r} in the mirror")
+    # Without the key, a push into an encrypted mirror would upload the
+    # repositories in the clear beside it, where readers with the key never look
+    # (and with a key into a plain one, the reverse).
+    hint = encrypted_hint(store, "the mirror")
+    if hint is not None:
+        raise UsageError(f"{hint}; else the push would put the repositories beside the "
+                         "mirror, where its readers do not look")
     plans: list[_Plan] = []
     with tempfile.TemporaryDirectory(prefix="ketch-mirror-") as tmp:
         for i, path in enumerate(repos):
