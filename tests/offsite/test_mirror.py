@@ -176,7 +176,7 @@ class _StopAfter(NullProgress):
             raise Stop
 
 
-class _Recording:
+class _Recording(ObjectStore):
     """A store that logs every write and delete, in order."""
 
     def __init__(self, inner: ObjectStore) -> None:
@@ -668,3 +668,43 @@ def test_encrypted_mirror(mirror: Mirror, small_repo: Path, tmp_path: Path,
     blind = run_ketch("mirror", "verify", mirror.url)
     assert blind.returncode == 2 and b"is encrypted: give its key" in blind.stderr
 
+
+def test_push_without_the_key_into_an_encrypted_mirror_is_refused(
+        mirror: Mirror, small_repo: Path, tmp_path: Path, run_ketch: RunKetch) -> None:
+    # E.g. a rebuilt backup server whose push job has no key yet: the push must not
+    # upload the repositories in the clear beside the encrypted mirror.
+    key_file = tmp_path / "mirror.key"
+    run_ketch("mirror", "keygen", key_file, check=True)
+    push([str(small_repo)], EncryptedStore(mirror.store, load_key(str(key_file))))
+    before = sorted(mirror.store.list(""))
+    with pytest.raises(KetchError, match="is encrypted: give its key.*where its readers"):
+        push([str(small_repo)], mirror.store)
+    assert sorted(mirror.store.list("")) == before
+    if mirror.url is None:
+        return
+    blind = run_ketch("mirror", "push", small_repo, mirror.url)
+    assert blind.returncode == 2 and b"is encrypted: give its key" in blind.stderr
+    assert blind.stderr.count(b"\n") == 1, blind.stderr
+    assert sorted(mirror.store.list("")) == before
+
+
+def test_push_with_a_key_into_a_plain_mirror_is_refused(
+        mirror: Mirror, small_repo: Path, tmp_path: Path, run_ketch: RunKetch) -> None:
+    # The reverse: encrypted objects beside a plain mirror, which its readers
+    # (without a key) would never see, nor readers with the key the old saves.
+    key_file = tmp_path / "mirror.key"
+    run_ketch("mirror", "keygen", key_file, check=True)
+    push([str(small_repo)], mirror.store)
+    before = sorted(mirror.store.list(""))
+    enc = EncryptedStore(mirror.store, load_key(str(key_file)))
+    with pytest.raises(KetchError, match="is not encrypted: leave out the key"):
+        push([str(small_repo)], enc)
+    assert sorted(mirror.store.list("")) == before
+    with pytest.raises(KetchError, match="is not encrypted: leave out the key"):
+        StoreRepository(enc, "small")  # a read with the key says why, too
+    if mirror.url is None:
+        return
+    keyed = run_ketch("mirror", "push", small_repo, mirror.url, "--encrypt-key", key_file)
+    assert keyed.returncode == 2 and b"is not encrypted" in keyed.stderr, keyed.stderr
+    assert keyed.stderr.count(b"\n") == 1, keyed.stderr
+    assert sorted(mirror.store.list("")) == before

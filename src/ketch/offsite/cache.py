@@ -98,6 +98,9 @@ class CachingStore(ObjectStore):
     def flush(self) -> None:
         self.inner.flush()
 
+    def key_mismatch(self) -> str | None:
+        return self.inner.key_mismatch()
+
     def forked(self) -> None:
         self.inner.forked()
 

@@ -66,6 +66,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ketch.errors import KetchError
 from ketch.offsite.keyfile import KEY_SIZE, KeyFileError
 from ketch.offsite.nameindex import INDEX_KEY, NameIndex
 from ketch.offsite.store import (
@@ -428,6 +429,19 @@ class EncryptedStore(ObjectStore):
         flush the store under this one, as every wrapper does."""
         self._names.flush()
         self.inner.flush()
+
+    def key_mismatch(self) -> str | None:
+        """A plain mirror (manifests under their names, no index) read or
+        written with a key: the key's objects would sit beside it unseen."""
+        try:
+            if self.inner.stat(INDEX_KEY) is not None:
+                return None
+            # Sorted keys: a repository's manifest.json comes before its objects/.
+            plain = any(k.endswith("/manifest.json") for k, _ in self.inner.list(""))
+        except KetchError:
+            return None
+        return ("is not encrypted: leave out the key (--encrypt-key, $KETCH_ENCRYPT_KEY), "
+                "or use another prefix for an encrypted mirror") if plain else None
 
     def forked(self) -> None:
         self._names.forked()

@@ -301,32 +301,21 @@ def parse_manifest(raw: bytes, repo: str) -> Manifest:
     return m
 
 
-# What an EncryptedStore keeps at the top of the bucket (ketch.offsite.encrypt);
-# seen without the key, it explains why no manifest can be found.
-_ENCRYPTED_MARK = "ketch-keys"
-
-
-def _encrypted_hint(store: ObjectStore, where: str) -> ManifestError | None:
-    if type(store).__name__ == "EncryptedStore":
-        return None
-    try:
-        encrypted = store.stat(_ENCRYPTED_MARK) is not None
-    except KetchError:
-        encrypted = False
-    if not encrypted:
-        return None
-    return ManifestError(f"{where} is encrypted: give its key (--encrypt-key FILE or "
-                         "$KETCH_ENCRYPT_KEY)")
+def encrypted_hint(store: ObjectStore, where: str) -> ManifestError | None:
+    """The error to give when `store` is read (or written) without the key of the
+    encrypted mirror it holds, or with a key for a plain one; None otherwise."""
+    problem = store.key_mismatch()
+    return ManifestError(f"{where} {problem}") if problem else None
 
 
 def no_such_repository(store: ObjectStore, repo: str, where: str = "") -> ManifestError:
     where = where or "the mirror"
-    return _encrypted_hint(store, where) or ManifestError(
+    return encrypted_hint(store, where) or ManifestError(
         f"{where}: no repository {repo!r} (no {manifest_key(repo)})")
 
 
 def no_repositories(store: ObjectStore) -> ManifestError:
-    return _encrypted_hint(store, "the mirror") or ManifestError(
+    return encrypted_hint(store, "the mirror") or ManifestError(
         "the mirror holds no repositories (no */manifest.json)")
 
 

@@ -15,9 +15,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from ketch.offsite.store import ObjectStore, StoreError
+from ketch.offsite.store import ENCRYPTED_INDEX_KEY, ObjectStore, StoreError
 
-INDEX_KEY = "ketch-keys"
+INDEX_KEY = ENCRYPTED_INDEX_KEY
 _INDEX_NAME = "\0ketch-keys"  # in the associated data: no user key can be this
 # An index entry: [plaintext size, plaintext sha256, ciphertext sha256].
 _Entry = list[object]

@@ -22,6 +22,11 @@ from ketch.errors import KetchError
 Advance = Callable[[int], None]
 
 
+# Where an encrypted store (ketch.offsite.encrypt) keeps its name index: the
+# one key of its own in the bucket that is not a hash.
+ENCRYPTED_INDEX_KEY = "ketch-keys"
+
+
 class StoreError(KetchError):
     """The object store failed or refused a request."""
 
@@ -94,6 +99,18 @@ class ObjectStore(Protocol):
         """(key, size) of every key under prefix, sorted by key."""
 
     def delete(self, key: str) -> None: ...
+
+    def key_mismatch(self) -> str | None:
+        """Why the store cannot be read or written as it was opened, with or
+        without an encryption key, or None. A plain store finds an encrypted
+        store's name index here; an encrypted store, plain manifests and no
+        index. Wrappers pass it on."""
+        try:
+            if self.stat(ENCRYPTED_INDEX_KEY) is None:
+                return None
+        except KetchError:
+            return None
+        return "is encrypted: give its key (--encrypt-key FILE or $KETCH_ENCRYPT_KEY)"
 
     def forked(self) -> None:
         """This process was forked from the one that made the store: it makes
