@@ -16,7 +16,7 @@ from ketch.jobs.config import (
     default_config_path,
     load_config,
 )
-from ketch.jobs.configcheck import overall
+from ketch.jobs.configcheck import CheckResult, overall
 from ketch.jobs.schedule import CRON_PATH, SYSTEMD_DIR
 from ketch.text import plural
 
@@ -33,15 +33,21 @@ command.add_command(init)
 
 @command.command("check")
 @config_option
+@click.option("--server", is_flag=True,
+              help="check the backup server's config (-c default: $KETCH_SERVER_CONFIG, else "
+                   "/etc/ketch/server.toml): its root, its mirror's key and the key's copy")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 @click.option("--systemd-dir", default=SYSTEMD_DIR, show_default=True, metavar="DIR",
               help="where `ketch schedule install` put the timer's unit files")
 @click.option("--cron-file", default=CRON_PATH, show_default=True, metavar="FILE",
               help="where `ketch schedule install` put the cron entry")
-def check(config_path: str | None, as_json: bool, systemd_dir: str, cron_file: str) -> int:
+def check(config_path: str | None, server: bool, as_json: bool, systemd_dir: str,
+          cron_file: str) -> int:
     """Validate the config and test that what it names is reachable.
 
     Exit status: 0 all ok, 1 warnings only, 2 a failure or an invalid config."""
+    if server:
+        return _check_server(config_path, as_json)
     path = config_path or default_config_path()
     try:
         cfg = load_config(path)
@@ -63,6 +69,18 @@ def check(config_path: str | None, as_json: bool, systemd_dir: str, cron_file: s
                                    cron_path=cron_file, systemd_dir=systemd_dir)
         finally:
             line.close()
+    return _render(path, results, as_json)
+
+
+def _check_server(config_path: str | None, as_json: bool) -> int:
+    from ketch.jobs.configcheck import check_server_config
+    from ketch.lifecycle.serverconfig import default_server_config_path, load_server_config
+
+    path = config_path or default_server_config_path()
+    return _render(path, check_server_config(load_server_config(path)), as_json)
+
+
+def _render(path: str, results: list[CheckResult], as_json: bool) -> int:
     status, code = overall(results)
     if as_json:
         click.echo(json.dumps({"config": path, "errors": [], "status": status,

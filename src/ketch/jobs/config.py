@@ -79,7 +79,7 @@ _STR, _TEXT, _INT, _NUM, _BOOL, _STRS, _ABS, _ABSS, _ENV, _TABLE, _TABLES, _RET 
     "tables", "retention")
 
 _TOP = {"repository": _STR, "s3_endpoint": _STR, "encrypt_key": _ABS,
-        "log_file": _ABS, "lock_file": _ABS, "compress": _INT,
+        "encrypt_key_copy": _STR, "log_file": _ABS, "lock_file": _ABS, "compress": _INT,
         "par2": _BOOL, "retention": _RET, "set": _TABLES, "dump": _TABLES, "schedule": _TABLE,
         "notify": _TABLE, "drill": _TABLE}
 _SET = {"name": _STR, "paths": _ABSS, "exclude": _STRS, "exclude_from": _ABSS,

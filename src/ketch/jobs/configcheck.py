@@ -17,8 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ketch.errors import EXIT_FAILED, EXIT_OK, EXIT_WARNINGS, KetchError
+from ketch.jobs.keycopy import judge_key_copy
 from ketch.jobs.model import Config, DumpSpec, Notify
 from ketch.jobs.schedule import CRON_PATH, SYSTEMD_DIR
+from ketch.lifecycle.serverconfig import ServerConfig
 from ketch.remote.location import is_remote, is_store_url
 
 CREDENTIAL_KEYS = ("options_file", "passfile", "uri_file", "env_file")
@@ -152,6 +154,36 @@ def _check_secret(what: str, path: str) -> CheckResult:
     return _ok(what, f"{path}: mode {stat.S_IMODE(st.st_mode):04o}")
 
 
+def _key_copy(what: str, key: str, copy: str | None, where: str) -> CheckResult:
+    v = judge_key_copy(key, copy, where, what.replace("mirror.", "[mirror] "))
+    return {"ok": _ok, "warn": _warn, "fail": _fail}[v.level](what, v.detail)
+
+
+def check_server_config(cfg: ServerConfig) -> list[CheckResult]:
+    """The backup server's config (`ketch config check --server`): its root,
+    and its mirror's key and where that key's copy is."""
+    out: list[CheckResult] = []
+    if cfg.root is None:
+        out.append(_warn("root", "not set: ketch prune --all and the nightly job need ROOT"))
+    elif not os.path.isdir(cfg.root):
+        out.append(_fail("root", f"{cfg.root}: no such directory"))
+    else:
+        from ketch.lifecycle.fleet import find_repositories
+
+        found = find_repositories(cfg.root)
+        out.append(_ok("root", f"{cfg.root}: {len(found)} repositories"))
+        names = {os.path.basename(p) for p in found}
+        out += [_warn(f"machine.{m}", f"no repository {cfg.root}/{m}: the policy applies to "
+                                      "nothing") for m in cfg.machines if m not in names]
+    if cfg.mirror_key is None:
+        out.append(_ok("mirror", "no encrypted mirror named ([mirror] encrypt_key)"))
+    else:
+        out += [_check_secret("mirror.encrypt_key", cfg.mirror_key),
+                _key_copy("mirror.key_copy", cfg.mirror_key, cfg.mirror_key_copy,
+                          "this server")]
+    return out
+
+
 def _check_dump(spec: DumpSpec) -> list[CheckResult]:
     what = f"dump {spec.name} ({spec.type})"
     out = [_check_secret(f"{what}: {key}", getattr(spec, key))
@@ -276,6 +308,10 @@ def check_config(cfg: Config, *, progress: Callable[[str], None] | None = None,
     say = progress or (lambda _: None)
     say(f"repository {cfg.repository}")
     out = [_check_repository(cfg.repository, cfg)]
+    if cfg.encrypt_key:
+        out += [_check_secret("encrypt_key", cfg.encrypt_key),
+                _key_copy("encrypt_key_copy", cfg.encrypt_key, cfg.encrypt_key_copy,
+                          "this machine")]
     if cfg.par2:
         out.append(_check_par2(cfg.repository, cfg))
     if not cfg.sets and not cfg.dumps:

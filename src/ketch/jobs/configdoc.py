@@ -36,6 +36,9 @@ MEANINGS: dict[str, dict[str, str]] = {
                        "come from the environment, ~/.aws or the instance role",
         "encrypt_key": "for an encrypted repository in a bucket: the key file (ketch mirror "
                        "keygen)",
+        "encrypt_key_copy": "where the key's second copy is kept, away from this machine: a "
+                            "path (checked to hold the same key) or words (\"printed, in the "
+                            "safe\"); without it `ketch config check` warns",
         "retention": "how long saves are kept: the [retention] table (below), for every set "
                      "and dump without one of its own",
         "set": "the backup sets, as [[set]] tables (below)",

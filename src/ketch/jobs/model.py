@@ -137,6 +137,7 @@ class Config:
     # default), and the key file of an encrypted one (cron has no environment).
     s3_endpoint: str | None = None
     encrypt_key: str | None = None
+    encrypt_key_copy: str | None = None  # where its second copy is (jobs.keycopy)
     source: str = ""  # the file this was loaded from
 
     def retention_of(self, item: BackupSet | DumpSpec) -> Retention | None:

@@ -14,6 +14,9 @@ which cannot remove a save, so on a backup server retention is the server's.
     threshold = 10          # rewrite packs holding more than 10% garbage
     [schedule]
     time = "06:00"          # local time of `ketch schedule install --server`'s job
+    [mirror]                # the S3 mirror's key, for `ketch config check --server`
+    encrypt_key = "/root/ketch-mirror.key"
+    key_copy = "printed, in the office safe"   # or a path: checked to match
 
 Read from $KETCH_SERVER_CONFIG, else /etc/ketch/server.toml. The same
 `[retention]` keys are the machine config's (`retention_problems` checks both).
@@ -39,7 +42,8 @@ DEFAULT_THRESHOLD = 10.0
 RETENTION_KEYS = ("keep-last", "keep-hourly", "keep-daily", "keep-weekly", "keep-monthly",
                   "keep-yearly", "keep-within")
 _TIME = re.compile(r"([01]\d|2[0-3]):[0-5]\d\Z")
-_TOP = ("root", "retention", "machine", "gc", "schedule")
+_TOP = ("root", "retention", "machine", "gc", "schedule", "mirror")
+_MIRROR = ("encrypt_key", "key_copy")
 
 
 def default_server_config_path() -> str:
@@ -103,6 +107,8 @@ class ServerConfig:
     machines: dict[str, KeepPolicy] = field(default_factory=dict)
     gc_threshold: float = DEFAULT_THRESHOLD
     time: str = DEFAULT_TIME
+    mirror_key: str | None = None  # [mirror] encrypt_key
+    mirror_key_copy: str | None = None  # [mirror] key_copy: where its second copy is
 
     def policy_for(self, machine: str) -> KeepPolicy | None:
         """The machine's policy; None when the config has none for it."""
@@ -130,6 +136,19 @@ def _machines(raw: dict[str, Any], cfg: ServerConfig, problems: list[tuple[str, 
         policy = _policy(_table(table, key, problems), key, problems)
         if policy is not None:
             cfg.machines[name] = policy
+
+
+def _mirror(raw: dict[str, Any], cfg: ServerConfig, problems: list[tuple[str, str]]) -> None:
+    for key, v in raw.items():
+        if key not in _MIRROR:
+            problems.append((f"mirror.{key}", unknown_key(key, _MIRROR)))
+        elif not isinstance(v, str) or not v or (key == "encrypt_key" and not os.path.isabs(v)):
+            want = "an absolute path" if key == "encrypt_key" else "a string"
+            problems.append((f"mirror.{key}", f"expected {want}, got {v!r}"))
+        elif key == "encrypt_key":
+            cfg.mirror_key = v
+        else:
+            cfg.mirror_key_copy = v
 
 
 def parse_server_config(text: str, source: str) -> ServerConfig:
@@ -171,6 +190,7 @@ def parse_server_config(text: str, source: str) -> ServerConfig:
                                               f"\"06:00\"), got {v!r}"))
         else:
             cfg.time = v
+    _mirror(_table(data.get("mirror", {}), "mirror", problems), cfg, problems)
     if problems:
         raise ServerConfigError("\n".join(f"{source}: {k}: {m}" for k, m in problems))
     return cfg
