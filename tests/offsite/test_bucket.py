@@ -253,8 +253,8 @@ def test_nightly_run_into_a_bucket(run_ketch: RunKetch, s3_env: S3Server,
             repo.read_ref(b"refs/heads/app") or b"").hex()
         checks = reportlog.history(repo, "fsck")
     assert [c.data["ok"] for c in checks] == [True, True]
-    assert checks[1].data["refs"] == 2  # refs/heads/app and refs/ketch/run
-    assert checks[0].data["refs"] == 3  # and the first check's refs/ketch/fsck
+    assert checks[1].data["refs"] == 3  # refs/heads/app, ketch-config and refs/ketch/run
+    assert checks[0].data["refs"] == 4  # and the first check's refs/ketch/fsck
 
 
 def test_a_pack_is_created_once(s3_url: str, tmp_path: Path) -> None:

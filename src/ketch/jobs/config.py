@@ -31,6 +31,7 @@ from ketch.errors import UsageError
 from ketch.git.refs import BadRefName, validate_branch_name
 from ketch.jobs.configcheck import CheckResult as CheckResult
 from ketch.jobs.configcheck import check_config as check_config
+from ketch.jobs.configsave import CONFIG_SET
 from ketch.jobs.configscan import BARE_KEY, KeyLines, Path, toml_str
 from ketch.jobs.model import (
     DUMP_TYPES,
@@ -241,6 +242,9 @@ class _Loader:
         except BadRefName as e:
             why = re.sub(r"\bb(['\"])", r"\1", str(e).split(": ")[-1])  # b' ' -> ' '
             self.error(path, f"{name!r} is not usable as a branch name: {why}")
+            return
+        if name == CONFIG_SET:
+            self.error(path, f"{name!r} is reserved: every run saves the config there")
             return
         if name in seen:
             other = seen[name]

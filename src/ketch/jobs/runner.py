@@ -1,7 +1,9 @@
 """`ketch run`: every backup set and dump of a machine's config, once, under a
 lock, with one report (text, JSON, log file) and notifications.
 
-A failure in one item (a set or a dump) is recorded and the others still run;
+First the config itself is saved, onto branch `ketch-config` (jobs.configsave),
+so that a new machine finds it by the lost one's name. A failure in one item
+(a set or a dump) is recorded and the others still run;
 the run's exit code is the worst of them: 0 ok, 1 warnings, 2 failed. A dump
 that fails records nothing, so the previous good save stays `latest`.
 
@@ -38,6 +40,7 @@ from ketch.errors import EXIT_FAILED, EXIT_OK, EXIT_WARNINGS, KetchError, UsageE
 from ketch.excludes import ExcludeRules
 from ketch.index import Index
 from ketch.integrity.protect import protect_new_packs
+from ketch.jobs.configsave import CONFIG_SET, config_paths
 from ketch.jobs.model import BackupSet, Config, DumpSpec
 from ketch.jobs.retention import RetentionReport, apply_retention
 from ketch.progress import NullProgress, Progress
@@ -86,6 +89,7 @@ class RunReport:
     retention: list[RetentionReport] = field(default_factory=list)  # per pruned branch
     gc: dict[str, Any] | None = None  # the gc after a prune that removed saves
     notes: list[str] = field(default_factory=list)  # worth saying, but no problem
+    config_commit: str | None = None  # the save of the config (branch ketch-config)
 
     @property
     def exit_code(self) -> int:
@@ -120,6 +124,8 @@ class RunReport:
             lines.extend(f"    warning: {w}" for w in i.warnings[:20])
             if len(i.warnings) > 20:
                 lines.append(f"    ... and {len(i.warnings) - 20} more warnings")
+        if self.config_commit:
+            lines.append(f"  config: saved on {CONFIG_SET}")
         for r in self.retention:
             lines.append(f"  retention {r.kind} {r.name}: " + (
                 f"not pruned: {r.error}" if r.error else
@@ -200,6 +206,23 @@ def _run_set(repo: Repository, cfg: Config, s: BackupSet, progress: Progress) ->
     return item
 
 
+def _save_config(repo: Repository, cfg: Config, paths: list[str], report: RunReport,
+                 progress_for: ProgressFor) -> None:
+    """The config's own save. Not an item of the run (those are the config's):
+    a problem with it is a warning, since the backups themselves go on; a
+    read-only repository's is left to the sets' own failures."""
+    try:
+        item = _run_set(repo, cfg, BackupSet(CONFIG_SET, paths),
+                        progress_for(f"set {CONFIG_SET}"))
+    except ReadOnlyRepository:
+        return
+    except (KetchError, OSError) as e:
+        report.warnings.append(f"the config was not saved: {_why(e)}")
+        return
+    report.config_commit = item.commit
+    report.warnings += [f"saving the config: {w}" for w in item.warnings]
+
+
 def _run_dump(repo: Repository, cfg: Config, spec: DumpSpec, progress: Progress) -> ItemReport:
     from ketch.jobs.dumps import run_dump
 
@@ -275,6 +298,10 @@ def _run_items(cfg: Config, report: RunReport, sets: list[BackupSet], dumps: lis
                 protect_new_packs(repo.writable(), report.warnings.append)
             except KetchError as e:
                 report.warnings.append(f"par2: the new packs will have no parity: {e}")
+        if paths := config_paths(cfg):
+            # First: the smallest save, and the one a new machine needs first.
+            running.append(f"set {CONFIG_SET}")
+            _save_config(repo, cfg, paths, report, progress_for)
         for s in sets:
             running.append(f"set {s.name}")
             report.items.append(_one("set", s.name, progress_for,
@@ -285,7 +312,10 @@ def _run_items(cfg: Config, report: RunReport, sets: list[BackupSet], dumps: lis
                                      partial(_run_dump, repo, cfg, d)))
         running.clear()
         saved = {(i.kind, i.name) for i in report.items if i.ok}
-        policies = [("set", s.name, cfg.retention_of(s)) for s in sets] + \
+        if report.config_commit:
+            saved.add(("set", CONFIG_SET))
+        policies = [("set", CONFIG_SET, cfg.retention)] + \
+                   [("set", s.name, cfg.retention_of(s)) for s in sets] + \
                    [("dump", d.name, cfg.retention_of(d)) for d in dumps]
         running.append("retention")
         done = apply_retention(repo, [p for p in policies if p[2]], saved, progress_for,

@@ -19,6 +19,7 @@ from typing import Any
 from ketch import reportlog
 from ketch.errors import KetchError
 from ketch.git import objects as gobj
+from ketch.jobs.configsave import CONFIG_SET
 from ketch.repo import Repository
 
 DAY = 86400
@@ -207,7 +208,8 @@ def read_facts(machine: str, repo: Repository, refs: dict[bytes, bytes],
     f = Facts(machine, packs=packs, repo_bytes=sum(s for s, _ in packs))
     try:
         for name, oid in sorted(refs.items()):
-            if name.startswith(b"refs/heads/"):
+            # ketch-config is saved by every run: the run's own column says its age.
+            if name.startswith(b"refs/heads/") and name != b"refs/heads/" + CONFIG_SET.encode():
                 c = gobj.decode_commit(repo.read_typed(oid, gobj.COMMIT))
                 f.sets.append(SetState(name[len(b"refs/heads/"):].decode("utf-8", "replace"),
                                        c.author_time, oid.hex()))
