@@ -8,17 +8,19 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import SRC_DIR, RunKetch
+from tests.conftest import RunKetch
+from tests.jobs.rehearsal import ketch_on_path, printed_commands
 from tests.test_restore import snapshot
 
 
 def _machine(root: Path) -> tuple[Path, Path]:
-    """A machine under `root`: /etc with its ketch config, /srv/data, a SQLite DB."""
-    etc, data, db = root / "etc", root / "srv" / "data", root / "var" / "db"
-    (etc / "ketch").mkdir(parents=True)
+    """A machine under `root`: /etc/ketch with its config (in no set: every run
+    saves it as ketch-config), /etc/app, /srv/data, a SQLite DB."""
+    etc, data, db = root / "etc" / "app", root / "srv" / "data", root / "var" / "db"
+    (root / "etc" / "ketch").mkdir(parents=True)
+    etc.mkdir()
     (etc / "app.conf").write_text("port = 8080\n")
     data.mkdir(parents=True)
     (data / "report.pdf").write_bytes(os.urandom(300_000))
@@ -31,7 +33,7 @@ def _machine(root: Path) -> tuple[Path, Path]:
         c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
         c.executemany("INSERT INTO t (v) VALUES (?)", [(f"row {i}",) for i in range(500)])
     c.close()
-    cfg = etc / "ketch" / "ketch.toml"
+    cfg = root / "etc" / "ketch" / "ketch.toml"
     cfg.write_text(f'''repository = "{root.parent / "repo"}"
 lock_file = "{root.parent / "run.lock"}"
 log_file = "{root.parent / "ketch.log"}"
@@ -50,10 +52,6 @@ path = "{db / "app.db"}"
     return cfg, db / "app.db"
 
 
-def _commands(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line and not line.startswith("#")]
-
-
 def test_the_machine_lost_procedure_gives_the_machine_back(tmp_path: Path,
                                                            run_ketch: RunKetch) -> None:
     root = tmp_path / "machine"
@@ -63,23 +61,20 @@ def test_the_machine_lost_procedure_gives_the_machine_back(tmp_path: Path,
     assert got.returncode == 0, got.stderr.decode()
     book = run_ketch("runbook", "-c", cfg, "--machine", "web1", "--only", "machine", check=True)
     text = book.stdout.decode()
-    assert "is in no set" not in text  # the config is in set etc
+    assert "no ketch-config yet" not in text  # the run saved it
+    assert f"-C {root / 'etc'} ketch-config/latest{root / 'etc' / 'ketch'}" in text
     assert "appdb/latest/app.db" in text  # the dump's file, read from the repository
 
-    before = {p: snapshot(root / p) for p in ("etc", "srv/data")}
+    before = {p: snapshot(root / p) for p in ("etc/app", "etc/ketch", "srv/data")}
     with sqlite3.connect(db) as c:
         rows = c.execute("SELECT id, v FROM t ORDER BY id").fetchall()
     c.close()
     shutil.rmtree(root)  # the machine is gone
 
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "ketch").write_text(f"#!/bin/sh\nexec {sys.executable} -m ketch \"$@\"\n")
-    (bindir / "ketch").chmod(0o755)
-    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", PYTHONPATH=str(SRC_DIR))
+    env = ketch_on_path(tmp_path / "bin")
     # As printed, but for installing ketch (the wrapper above stands in) and the
     # schedule (no cron here); the config check runs last, on its own: 1 is warnings.
-    lines = _commands(text)
+    lines = printed_commands(text)
     check = [c for c in lines if c.startswith("ketch config check")]
     script = [c for c in lines if c not in check and
               not c.startswith(("scripts/install-ketch.sh", "ketch schedule install"))]
@@ -113,7 +108,11 @@ def test_every_procedure_names_its_repository_and_warns_of_gaps(tmp_path: Path,
     import json
     book = json.loads(got.stdout)
     assert [p["name"] for p in book["procedures"]] == ["files", "database", "machine", "server"]
-    assert any("is in no set" in w for w in book["warnings"])
+    assert book["warnings"] == []  # the repository could not be read: nothing to warn of
+    # The config alone (its directory is not ketch's own), from the save of it every run makes.
+    assert f"ketch restore -r backup@server:/srv/ketch/web1 -C {tmp_path} " \
+           f"ketch-config/latest{cfg}" in "\n".join(c for p in book["procedures"]
+                                                   for s in p["steps"] for c in s["commands"])
     commands = [c for p in book["procedures"] for s in p["steps"] for c in s["commands"]]
     ketch_lines = [c for c in commands if c.startswith("ketch ") and " -r " not in c
                    and not c.startswith(("ketch config", "ketch schedule", "ketch mirror",
