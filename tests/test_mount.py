@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import shutil
 import stat
 import subprocess
 import time
@@ -18,11 +17,11 @@ import pytest
 
 from ketch.localrepo import LocalRepository
 from ketch.vfs import VFS
-from tests.conftest import RunKetch, in_ci
+from tests.conftest import RunKetch
 from tests.offsite.conftest import s3_env, s3_server, s3_url
 from tests.remote.conftest import sshd
 from tests.remote.test_remote import Machine
-from tests.services.mount import KetchMount
+from tests.services.mount import KetchMount, require_fuse
 from tests.services.sshd import SshServer
 from tests.test_restore import ODD_GID, ODD_UID, assert_same_tree
 
@@ -33,10 +32,7 @@ __all__ = ["s3_env", "s3_server", "s3_url", "sshd"]
 
 @pytest.fixture(autouse=True)
 def _fuse() -> None:
-    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
-        if in_ci():
-            pytest.fail("FUSE is needed: /dev/fuse and fusermount3 (apt-get install fuse3)")
-        pytest.skip("no FUSE here")
+    require_fuse()
 
 
 def _tree(root: Path) -> None:

@@ -8,16 +8,27 @@ test unmounts it (fusermount3 -u) or signals it as Ctrl-C would.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Self
 
-from tests.conftest import _subprocess_env
+import pytest
+
+from tests.conftest import _subprocess_env, in_ci
 from tests.services.process import ServiceProcess
 
 START_TIMEOUT = 30.0
+
+
+def require_fuse() -> None:
+    """Skip without /dev/fuse and fusermount3; under CI, fail."""
+    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
+        if in_ci():
+            pytest.fail("FUSE is needed: /dev/fuse and fusermount3 (apt-get install fuse3)")
+        pytest.skip("no FUSE here")
 
 
 class KetchMount(ServiceProcess):
