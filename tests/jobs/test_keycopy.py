@@ -76,7 +76,8 @@ def test_the_server_mirror_key(tmp_path: Path, run_ketch: RunKetch) -> None:
     got = run_ketch("config", "check", "--server", "-c", conf)
     out = got.stdout.decode()
     assert got.returncode == 1, out + got.stderr.decode()
-    assert "only copy is on this server" in out and "1 repositories" in out
+    assert "only copy is on this server" in out and ": 1 repository\n" in out
+    assert '[mirror] key_copy = "..."' in out
     conf.write_text(f'root = "{root}"\n[mirror]\nencrypt_key = "{key}"\n'
                     'key_copy = "printed, in the office safe"\n[machine.web2]\nkeep-last = 1\n')
     got = run_ketch("config", "check", "--server", "-c", conf, "--json")

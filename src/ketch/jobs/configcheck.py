@@ -22,6 +22,7 @@ from ketch.jobs.model import Config, DumpSpec, Notify
 from ketch.jobs.schedule import CRON_PATH, SYSTEMD_DIR
 from ketch.lifecycle.serverconfig import ServerConfig
 from ketch.remote.location import is_remote, is_store_url
+from ketch.text import plural
 
 CREDENTIAL_KEYS = ("options_file", "passfile", "uri_file", "env_file")
 
@@ -154,8 +155,8 @@ def _check_secret(what: str, path: str) -> CheckResult:
     return _ok(what, f"{path}: mode {stat.S_IMODE(st.st_mode):04o}")
 
 
-def _key_copy(what: str, key: str, copy: str | None, where: str) -> CheckResult:
-    v = judge_key_copy(key, copy, where, what.replace("mirror.", "[mirror] "))
+def _key_copy(what: str, setting: str, key: str, copy: str | None, where: str) -> CheckResult:
+    v = judge_key_copy(key, copy, where, setting)
     return {"ok": _ok, "warn": _warn, "fail": _fail}[v.level](what, v.detail)
 
 
@@ -171,7 +172,7 @@ def check_server_config(cfg: ServerConfig) -> list[CheckResult]:
         from ketch.lifecycle.fleet import find_repositories
 
         found = find_repositories(cfg.root)
-        out.append(_ok("root", f"{cfg.root}: {len(found)} repositories"))
+        out.append(_ok("root", f"{cfg.root}: {plural(len(found), 'repository', 'repositories')}"))
         names = {os.path.basename(p) for p in found}
         out += [_warn(f"machine.{m}", f"no repository {cfg.root}/{m}: the policy applies to "
                                       "nothing") for m in cfg.machines if m not in names]
@@ -179,8 +180,8 @@ def check_server_config(cfg: ServerConfig) -> list[CheckResult]:
         out.append(_ok("mirror", "no encrypted mirror named ([mirror] encrypt_key)"))
     else:
         out += [_check_secret("mirror.encrypt_key", cfg.mirror_key),
-                _key_copy("mirror.key_copy", cfg.mirror_key, cfg.mirror_key_copy,
-                          "this server")]
+                _key_copy("mirror.key_copy", "[mirror] key_copy", cfg.mirror_key,
+                          cfg.mirror_key_copy, "this server")]
     return out
 
 
@@ -310,8 +311,8 @@ def check_config(cfg: Config, *, progress: Callable[[str], None] | None = None,
     out = [_check_repository(cfg.repository, cfg)]
     if cfg.encrypt_key:
         out += [_check_secret("encrypt_key", cfg.encrypt_key),
-                _key_copy("encrypt_key_copy", cfg.encrypt_key, cfg.encrypt_key_copy,
-                          "this machine")]
+                _key_copy("encrypt_key_copy", "encrypt_key_copy", cfg.encrypt_key,
+                          cfg.encrypt_key_copy, "this machine")]
     if cfg.par2:
         out.append(_check_par2(cfg.repository, cfg))
     if not cfg.sets and not cfg.dumps:
